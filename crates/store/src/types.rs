@@ -13,6 +13,9 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Largest value the store accepts, in bytes (1.5 MiB, etcd's default request limit).
 pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
 
+/// Longest lease TTL the store grants (one year).
+pub const MAX_LEASE_TTL_SECS: i64 = 365 * 24 * 3600;
+
 /// One key at one revision.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct KeyValue {
