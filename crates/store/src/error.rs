@@ -10,7 +10,10 @@ pub enum StoreError {
         compact_revision: Revision,
     },
     #[error("revision {requested} is newer than the store's current revision {current}")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("key of {len} bytes is longer than the limit of {max} bytes")]
     KeyTooLarge { len: usize, max: usize },
     #[error("value of {len} bytes for key {key:?} is larger than the limit of {max} bytes")]

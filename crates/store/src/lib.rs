@@ -117,11 +117,19 @@ mod tests {
 
     #[test]
     fn parses_store_locations() {
-        assert_eq!("embedded".parse::<StoreLocation>().unwrap(), StoreLocation::Embedded);
         assert_eq!(
-            "etcd://127.0.0.1:2379,127.0.0.1:2380".parse::<StoreLocation>().unwrap(),
+            "embedded".parse::<StoreLocation>().unwrap(),
+            StoreLocation::Embedded
+        );
+        assert_eq!(
+            "etcd://127.0.0.1:2379,127.0.0.1:2380"
+                .parse::<StoreLocation>()
+                .unwrap(),
             StoreLocation::Etcd {
-                endpoints: vec!["http://127.0.0.1:2379".into(), "http://127.0.0.1:2380".into()]
+                endpoints: vec![
+                    "http://127.0.0.1:2379".into(),
+                    "http://127.0.0.1:2380".into()
+                ]
             }
         );
         assert!("etcd://".parse::<StoreLocation>().is_err());

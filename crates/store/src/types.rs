@@ -439,7 +439,11 @@ mod tests {
         assert!(Compare::absent("k").holds(None));
         assert!(!Compare::present("k").holds(None));
         assert!(Compare::mod_revision("k", 0).holds(None));
-        let value = Compare::new("k", CompareOp::NotEqual, CompareTarget::Value(b"x".to_vec()));
+        let value = Compare::new(
+            "k",
+            CompareOp::NotEqual,
+            CompareTarget::Value(b"x".to_vec()),
+        );
         assert!(!value.holds(None));
     }
 

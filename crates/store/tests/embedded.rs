@@ -47,7 +47,9 @@ async fn durability_writer_child() {
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("/durable/{t}/{i}");
-                let resp = store.put(PutRequest::new(key.clone(), vec![b'v'; 4096])).await;
+                let resp = store
+                    .put(PutRequest::new(key.clone(), vec![b'v'; 4096]))
+                    .await;
                 match resp {
                     Ok(resp) => println!("ACK {key} {}", resp.revision),
                     Err(e) => panic!("write failed: {e}"),
@@ -65,7 +67,12 @@ async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["durability_writer_child", "--exact", "--include-ignored", "--nocapture"])
+        .args([
+            "durability_writer_child",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+        ])
         .env(CHILD_DIR_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -120,7 +127,11 @@ async fn a_second_open_of_the_same_directory_is_refused() {
 async fn foreign_and_corrupted_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(embedded::DATA_FILE);
-    std::fs::write(&file, b"this is not a database, just some text ".repeat(200)).unwrap();
+    std::fs::write(
+        &file,
+        b"this is not a database, just some text ".repeat(200),
+    )
+    .unwrap();
     match EmbeddedStore::open(dir.path(), Options::default()).await {
         Err(StoreError::Corrupted { path, .. }) => assert!(path.ends_with(embedded::DATA_FILE)),
         Err(e) => panic!("expected Corrupted, got {e}"),
@@ -190,7 +201,14 @@ async fn reopening_keeps_data_revision_and_leases() {
             .put(PutRequest::new("/keep/leased", "l").with_lease(lease.id))
             .await
             .unwrap();
-        (store.put(PutRequest::new("/keep/a", "1")).await.unwrap().revision, lease)
+        (
+            store
+                .put(PutRequest::new("/keep/a", "1"))
+                .await
+                .unwrap()
+                .revision,
+            lease,
+        )
     };
     let store = open_in(dir.path(), Options::default()).await;
     assert_eq!(store.status().await.unwrap().revision, rev);
@@ -199,7 +217,11 @@ async fn reopening_keeps_data_revision_and_leases() {
     assert_eq!(info.keys, vec![b"/keep/leased".to_vec()]);
     store.lease_revoke(lease.id).await.unwrap();
     assert_eq!(store.get(b"/keep/leased").await.unwrap(), None);
-    let next = store.put(PutRequest::new("/keep/b", "2")).await.unwrap().revision;
+    let next = store
+        .put(PutRequest::new("/keep/b", "2"))
+        .await
+        .unwrap()
+        .revision;
     assert_eq!(next, rev + 2);
 }
 
@@ -228,12 +250,18 @@ async fn a_watcher_that_cannot_keep_up_is_cancelled_not_waited_for() {
             Err(_) => panic!("stalled watcher was never cancelled"),
         }
     };
-    assert!(matches!(outcome, StoreError::WatchCancelled { .. }), "{outcome}");
+    assert!(
+        matches!(outcome, StoreError::WatchCancelled { .. }),
+        "{outcome}"
+    );
     assert!(outcome.to_string().contains("watch again"), "{outcome}");
     assert!((1..1200).contains(&delivered), "delivered {delivered}");
     assert!(writes_took < Duration::from_secs(60));
     // New watchers still work.
-    let mut fresh = store.watch(WatchRequest::new(KeyRange::prefix("/slow/"))).await.unwrap();
+    let mut fresh = store
+        .watch(WatchRequest::new(KeyRange::prefix("/slow/")))
+        .await
+        .unwrap();
     store.put(PutRequest::new("/slow/last", "x")).await.unwrap();
     let events = conformance::next_events(&mut fresh, 1).await;
     assert_eq!(events[0].kv.key, b"/slow/last");
@@ -266,7 +294,10 @@ async fn quota_refuses_growth_but_allows_deletes_and_compaction() {
         }
     }
     let refused = refused.expect("quota never enforced");
-    assert!(matches!(refused, StoreError::QuotaExceeded { .. }), "{refused}");
+    assert!(
+        matches!(refused, StoreError::QuotaExceeded { .. }),
+        "{refused}"
+    );
     assert!(refused.to_string().contains("compact"), "{refused}");
     let status = store.status().await.unwrap();
     assert_eq!(status.quota_bytes, quota);
@@ -304,7 +335,10 @@ async fn automatic_compaction_runs_on_its_own() {
             assert!(status.compact_revision <= status.revision - 5);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no automatic compaction");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic compaction"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(store.get(b"/auto/k").await.unwrap().unwrap().value, b"49");

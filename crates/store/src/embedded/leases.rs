@@ -133,7 +133,10 @@ mod tests {
         leases.attach(id, b"k");
         assert_eq!(leases.info(id).keys, vec![b"k".to_vec()]);
         assert!(leases.expired(Instant::now()).is_empty());
-        assert_eq!(leases.expired(Instant::now() + Duration::from_secs(2)), vec![id]);
+        assert_eq!(
+            leases.expired(Instant::now() + Duration::from_secs(2)),
+            vec![id]
+        );
         assert_eq!(leases.keep_alive(id), Some(1));
         assert_eq!(leases.remove(id), Some(vec![b"k".to_vec()]));
         assert_eq!(leases.info(id).remaining_secs, -1);

@@ -167,7 +167,10 @@ impl EmbeddedStore {
         .abort_handle()
     }
 
-    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction, Revision, Revision) -> Result<T>) -> Result<T> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction, Revision, Revision) -> Result<T>,
+    ) -> Result<T> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let (revision, compact) = revisions_in(&txn)?;
         f(&txn, revision, compact)
@@ -225,7 +228,9 @@ fn open_file(dir: &Path) -> Result<Opened> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
     }
-    let exists = std::fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false);
+    let exists = std::fs::metadata(&path)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
     let corrupted = |detail: String| StoreError::Corrupted {
         path: path.display().to_string(),
         detail,
@@ -384,7 +389,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseInfo> {
-        Ok(self.leases.lock().unwrap_or_else(|e| e.into_inner()).info(id))
+        Ok(self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .info(id))
     }
 
     async fn watch(&self, req: WatchRequest) -> Result<Watch> {
@@ -463,7 +472,12 @@ impl Store for EmbeddedStore {
 
 /// Replays the change log to a watcher that started in the past, then hands it to the
 /// hub once it has reached the published revision.
-async fn catch_up(db: Arc<Database>, hub: Arc<WatchHub>, mut state: WatcherState, req: WatchRequest) {
+async fn catch_up(
+    db: Arc<Database>,
+    hub: Arc<WatchHub>,
+    mut state: WatcherState,
+    req: WatchRequest,
+) {
     let mut next = req.start_revision;
     loop {
         let db = db.clone();
@@ -501,7 +515,9 @@ async fn catch_up(db: Arc<Database>, hub: Arc<WatchHub>, mut state: WatcherState
             Err(join) => {
                 let _ = state
                     .tx
-                    .send(Err(StoreError::Backend(format!("watch replay failed: {join}"))))
+                    .send(Err(StoreError::Backend(format!(
+                        "watch replay failed: {join}"
+                    ))))
                     .await;
                 return;
             }

@@ -96,7 +96,10 @@ pub(super) fn range(
     let limit = usize::try_from(req.limit).unwrap_or(0);
     let want = |count: i64| !req.count_only && (limit == 0 || (count as usize) <= limit);
     if at == store_revision {
-        for entry in latest.range::<&[u8]>(key_bounds(&req.range)).map_err(db_err)? {
+        for entry in latest
+            .range::<&[u8]>(key_bounds(&req.range))
+            .map_err(db_err)?
+        {
             let (key, value) = entry.map_err(db_err)?;
             resp.count += 1;
             if want(resp.count) {
@@ -113,7 +116,10 @@ pub(super) fn range(
         let all = versions_at(latest, history, &req.range, at, req.keys_only)?;
         resp.count = all.len() as i64;
         if !req.count_only {
-            resp.kvs = all.into_values().take(if limit == 0 { usize::MAX } else { limit }).collect();
+            resp.kvs = all
+                .into_values()
+                .take(if limit == 0 { usize::MAX } else { limit })
+                .collect();
         }
     }
     resp.more = limit > 0 && resp.count as usize > limit && !req.count_only;
@@ -147,7 +153,10 @@ fn versions_at(
     // Keys whose live version is newer than `at`, or that are deleted now: the version at
     // `at` is the newest history entry not after it.
     let mut candidate: Option<(Vec<u8>, Record)> = None;
-    for entry in history.range::<(&[u8], u64)>(history_bounds(range)).map_err(db_err)? {
+    for entry in history
+        .range::<(&[u8], u64)>(history_bounds(range))
+        .map_err(db_err)?
+    {
         let (key, value) = entry.map_err(db_err)?;
         let (key, revision) = key.value();
         if revision as i64 > at || found.contains_key(key) {
@@ -196,12 +205,19 @@ fn version_written_at(
 }
 
 /// The live version of `key` just before `revision`, if any.
-fn version_before(history: &impl History, key: &[u8], revision: Revision) -> Result<Option<KeyValue>> {
+fn version_before(
+    history: &impl History,
+    key: &[u8],
+    revision: Revision,
+) -> Result<Option<KeyValue>> {
     let bounds = (
         Bound::Included((key, 0u64)),
         Bound::Excluded((key, revision as u64)),
     );
-    let last = history.range::<(&[u8], u64)>(bounds).map_err(db_err)?.next_back();
+    let last = history
+        .range::<(&[u8], u64)>(bounds)
+        .map_err(db_err)?
+        .next_back();
     let Some(entry) = last else { return Ok(None) };
     let (_, value) = entry.map_err(db_err)?;
     let record = Record::decode(value.value()).ok_or_else(|| corrupt_record(key))?;

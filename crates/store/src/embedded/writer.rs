@@ -112,7 +112,11 @@ impl Writer {
     fn over_quota(&mut self) -> Option<StoreError> {
         let used = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         if used * 10 >= self.quota_bytes * 8 && !self.quota_warned {
-            tracing::warn!(used, quota = self.quota_bytes, "store uses over 80% of its quota: compact or delete data, or raise the quota");
+            tracing::warn!(
+                used,
+                quota = self.quota_bytes,
+                "store uses over 80% of its quota: compact or delete data, or raise the quota"
+            );
             self.quota_warned = true;
         }
         (used >= self.quota_bytes).then_some(StoreError::QuotaExceeded {
@@ -159,7 +163,9 @@ impl Writer {
                 self.reload_leases();
                 let message = err.to_string();
                 for request in batch {
-                    let _ = request.reply.send(Err(StoreError::Backend(message.clone())));
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Backend(message.clone())));
                 }
             }
         }
@@ -187,8 +193,8 @@ pub(super) fn load_leases(db: &Database) -> Result<Leases> {
     let latest = txn.open_table(LATEST).map_err(db_err)?;
     for entry in latest.iter().map_err(db_err)? {
         let (key, value) = entry.map_err(db_err)?;
-        let record =
-            Record::decode_header(value.value()).ok_or_else(|| read::corrupt_record(key.value()))?;
+        let record = Record::decode_header(value.value())
+            .ok_or_else(|| read::corrupt_record(key.value()))?;
         if record.lease != 0 {
             leases.attach(record.lease, key.value());
         }
@@ -229,7 +235,10 @@ impl<'a, 't> Apply<'a, 't> {
 
     fn finish(mut self) -> Result<()> {
         self.meta
-            .insert(META_REVISION, encode_revision(self.writer.revision).as_slice())
+            .insert(
+                META_REVISION,
+                encode_revision(self.writer.revision).as_slice(),
+            )
             .map_err(db_err)?;
         self.meta
             .insert(
@@ -280,7 +289,11 @@ impl<'a, 't> Apply<'a, 't> {
                         break;
                     }
                 }
-                let ops = if succeeded { &txn.success } else { &txn.failure };
+                let ops = if succeeded {
+                    &txn.success
+                } else {
+                    &txn.failure
+                };
                 let writes = ops.iter().any(|op| !matches!(op, TxnOp::Range(_)));
                 if ops.iter().any(|op| matches!(op, TxnOp::Put(_))) {
                     over_quota()?;
@@ -335,7 +348,9 @@ impl<'a, 't> Apply<'a, 't> {
             Command::LeaseGrant { ttl_secs } => {
                 validate_ttl(*ttl_secs)?;
                 let id = self.writer.lock_leases().new_id();
-                self.lease_table.insert(id as u64, *ttl_secs).map_err(db_err)?;
+                self.lease_table
+                    .insert(id as u64, *ttl_secs)
+                    .map_err(db_err)?;
                 self.writer.lock_leases().grant(id, *ttl_secs);
                 Ok(Outcome::LeaseGrant(LeaseGrant {
                     id,
@@ -551,12 +566,13 @@ impl<'a, 't> Apply<'a, 't> {
         let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut group: Vec<(u64, bool)> = Vec::new();
         let mut group_key: Option<Vec<u8>> = None;
-        let flush = |key: &[u8], group: &mut Vec<(u64, bool)>, doomed: &mut Vec<(Vec<u8>, u64)>, live_covers: bool| {
+        let flush = |key: &[u8],
+                     group: &mut Vec<(u64, bool)>,
+                     doomed: &mut Vec<(Vec<u8>, u64)>,
+                     live_covers: bool| {
             let newest = group.len().saturating_sub(1);
             for (i, (rev, tombstone)) in group.drain(..).enumerate() {
-                let keep = i == newest
-                    && !live_covers
-                    && (!tombstone || rev as i64 == revision);
+                let keep = i == newest && !live_covers && (!tombstone || rev as i64 == revision);
                 if !keep {
                     doomed.push((key.to_vec(), rev));
                 }
@@ -585,7 +601,9 @@ impl<'a, 't> Apply<'a, 't> {
             flush(&prev_key, &mut group, &mut doomed, live);
         }
         for (key, rev) in &doomed {
-            self.history.remove((key.as_slice(), *rev)).map_err(db_err)?;
+            self.history
+                .remove((key.as_slice(), *rev))
+                .map_err(db_err)?;
         }
         self.writer.compact_revision = revision;
         tracing::info!(

@@ -20,10 +20,6 @@ use crate::error::{check_put, Result, StoreError};
 use crate::types::*;
 use crate::{Store, Watch};
 
-/// Longest lease TTL we accept, one year. etcd's own limit is far higher; ours is the bound
-/// both backends share, so that a TTL valid on one is valid on the other.
-pub const MAX_LEASE_TTL_SECS: i64 = 365 * 24 * 3600;
-
 /// etcd's default `--quota-backend-bytes`, reported when etcd does not say (before 3.6).
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 

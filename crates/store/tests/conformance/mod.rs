@@ -55,7 +55,12 @@ pub async fn put_get_versions(store: &dyn Store) {
     let r1 = put(store, "/v/a", "1").await;
     let kv = store.get(b"/v/a").await.unwrap().unwrap();
     assert_eq!(
-        (kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version),
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
         (b"1".as_slice(), r1, r1, 1)
     );
     let r2 = store
@@ -65,7 +70,10 @@ pub async fn put_get_versions(store: &dyn Store) {
     assert_eq!(r2.revision, r1 + 1);
     assert_eq!(r2.prev_kv.unwrap().value, b"1");
     let kv = store.get(b"/v/a").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r1, r1 + 1, 2));
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r1, r1 + 1, 2)
+    );
     let del = store
         .delete(DeleteRequest::new(KeyRange::key("/v/a")).with_prev_kv())
         .await
@@ -74,7 +82,10 @@ pub async fn put_get_versions(store: &dyn Store) {
     assert_eq!(del.prev_kvs[0].value, b"2");
     assert_eq!(store.get(b"/v/a").await.unwrap(), None);
     // Deleting nothing does not advance the revision.
-    let none = store.delete(DeleteRequest::new(KeyRange::key("/v/a"))).await.unwrap();
+    let none = store
+        .delete(DeleteRequest::new(KeyRange::key("/v/a")))
+        .await
+        .unwrap();
     assert_eq!((none.deleted, none.revision), (0, r1 + 2));
     // A recreated key starts a new generation.
     let r4 = put(store, "/v/a", "3").await;
@@ -87,7 +98,10 @@ pub async fn range_prefix_limit_and_past_revisions(store: &dyn Store) {
     for k in ["/r/a", "/r/b", "/r/c", "/r/d", "/rx", "/s/a"] {
         put(store, k, k).await;
     }
-    let all = store.range(RangeRequest::new(KeyRange::prefix("/r/"))).await.unwrap();
+    let all = store
+        .range(RangeRequest::new(KeyRange::prefix("/r/")))
+        .await
+        .unwrap();
     assert_eq!(keys(&all.kvs), ["/r/a", "/r/b", "/r/c", "/r/d"]);
     assert_eq!((all.count, all.more), (4, false));
     let page = store
@@ -107,14 +121,20 @@ pub async fn range_prefix_limit_and_past_revisions(store: &dyn Store) {
         .unwrap();
     assert_eq!(keys(&names.kvs), ["/r/b", "/r/c"]);
     assert!(names.kvs.iter().all(|kv| kv.value.is_empty()));
-    let everything = store.range(RangeRequest::new(KeyRange::prefix(""))).await.unwrap();
+    let everything = store
+        .range(RangeRequest::new(KeyRange::prefix("")))
+        .await
+        .unwrap();
     assert_eq!(everything.count, 6);
 
     // A paginated list stays consistent while the data changes underneath it.
     let snapshot = page.revision;
     put(store, "/r/a", "changed").await;
     put(store, "/r/bb", "new").await;
-    store.delete(DeleteRequest::new(KeyRange::key("/r/c"))).await.unwrap();
+    store
+        .delete(DeleteRequest::new(KeyRange::key("/r/c")))
+        .await
+        .unwrap();
     let rest = store
         .range(RangeRequest::new(KeyRange::interval("/r/b\0", "/r0")).at_revision(snapshot))
         .await
@@ -125,12 +145,18 @@ pub async fn range_prefix_limit_and_past_revisions(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(old_a.kvs[0].value, b"/r/a");
-    let now = store.range(RangeRequest::new(KeyRange::prefix("/r/"))).await.unwrap();
+    let now = store
+        .range(RangeRequest::new(KeyRange::prefix("/r/")))
+        .await
+        .unwrap();
     assert_eq!(keys(&now.kvs), ["/r/a", "/r/b", "/r/bb", "/r/d"]);
     let future = store
         .range(RangeRequest::new(KeyRange::key("/r/a")).at_revision(now.revision + 100))
         .await;
-    assert!(matches!(future, Err(StoreError::FutureRevision { .. })), "{future:?}");
+    assert!(
+        matches!(future, Err(StoreError::FutureRevision { .. })),
+        "{future:?}"
+    );
 }
 
 pub async fn txn_compare_and_branches(store: &dyn Store) {
@@ -155,7 +181,10 @@ pub async fn txn_compare_and_branches(store: &dyn Store) {
         .await
         .unwrap();
     assert!(!again.succeeded);
-    assert_eq!(again.revision, rev, "a read-only transaction must not advance the revision");
+    assert_eq!(
+        again.revision, rev,
+        "a read-only transaction must not advance the revision"
+    );
     match &again.responses[..] {
         [TxnOpResponse::Range(r)] => assert_eq!(r.kvs[0].value, b"v1"),
         other => panic!("unexpected responses {other:?}"),
@@ -163,13 +192,46 @@ pub async fn txn_compare_and_branches(store: &dyn Store) {
     let checks = [
         (Compare::mod_revision("/t/k", rev), true),
         (Compare::mod_revision("/t/k", rev - 1), false),
-        (Compare::new("/t/k", CompareOp::Equal, CompareTarget::Version(1)), true),
-        (Compare::new("/t/k", CompareOp::Greater, CompareTarget::Version(1)), false),
-        (Compare::new("/t/k", CompareOp::Equal, CompareTarget::CreateRevision(rev)), true),
-        (Compare::new("/t/k", CompareOp::Less, CompareTarget::ModRevision(rev + 1)), true),
-        (Compare::new("/t/k", CompareOp::Equal, CompareTarget::Value(b"v1".to_vec())), true),
-        (Compare::new("/t/k", CompareOp::NotEqual, CompareTarget::Value(b"v1".to_vec())), false),
-        (Compare::new("/t/k", CompareOp::Greater, CompareTarget::Value(b"v0".to_vec())), true),
+        (
+            Compare::new("/t/k", CompareOp::Equal, CompareTarget::Version(1)),
+            true,
+        ),
+        (
+            Compare::new("/t/k", CompareOp::Greater, CompareTarget::Version(1)),
+            false,
+        ),
+        (
+            Compare::new("/t/k", CompareOp::Equal, CompareTarget::CreateRevision(rev)),
+            true,
+        ),
+        (
+            Compare::new("/t/k", CompareOp::Less, CompareTarget::ModRevision(rev + 1)),
+            true,
+        ),
+        (
+            Compare::new(
+                "/t/k",
+                CompareOp::Equal,
+                CompareTarget::Value(b"v1".to_vec()),
+            ),
+            true,
+        ),
+        (
+            Compare::new(
+                "/t/k",
+                CompareOp::NotEqual,
+                CompareTarget::Value(b"v1".to_vec()),
+            ),
+            false,
+        ),
+        (
+            Compare::new(
+                "/t/k",
+                CompareOp::Greater,
+                CompareTarget::Value(b"v0".to_vec()),
+            ),
+            true,
+        ),
         (Compare::present("/t/missing"), false),
     ];
     for (compare, expected) in checks {
@@ -207,8 +269,15 @@ pub async fn txn_compare_and_branches(store: &dyn Store) {
             TxnOp::Put(PutRequest::new("/t/x", "2")),
         ]))
         .await;
-    assert!(matches!(dup, Err(StoreError::DuplicateKeyInTxn { .. })), "{dup:?}");
-    assert_eq!(store.get(b"/t/x").await.unwrap(), None, "a refused txn wrote data");
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateKeyInTxn { .. })),
+        "{dup:?}"
+    );
+    assert_eq!(
+        store.get(b"/t/x").await.unwrap(),
+        None,
+        "a refused txn wrote data"
+    );
 }
 
 pub async fn concurrent_cas_increments_are_exact(store: Arc<dyn Store>) {
@@ -257,13 +326,21 @@ pub async fn concurrent_cas_increments_are_exact(store: Arc<dyn Store>) {
 async fn write_history(store: &dyn Store) -> (Revision, Vec<(EventKind, String, String)>) {
     let first = put(store, "/w/a", "a1").await;
     let mut expected = vec![(EventKind::Put, "/w/a".to_string(), "a1".to_string())];
-    for (k, v) in [("/w/b", "b1"), ("/w/a", "a2"), ("/other", "x"), ("/w/c", "c1")] {
+    for (k, v) in [
+        ("/w/b", "b1"),
+        ("/w/a", "a2"),
+        ("/other", "x"),
+        ("/w/c", "c1"),
+    ] {
         put(store, k, v).await;
         if k.starts_with("/w/") {
             expected.push((EventKind::Put, k.into(), v.into()));
         }
     }
-    store.delete(DeleteRequest::new(KeyRange::key("/w/b"))).await.unwrap();
+    store
+        .delete(DeleteRequest::new(KeyRange::key("/w/b")))
+        .await
+        .unwrap();
     expected.push((EventKind::Delete, "/w/b".into(), String::new()));
     store
         .txn(Txn::new().and_then([
@@ -300,7 +377,10 @@ pub async fn watch_replays_from_every_revision(store: &dyn Store) {
         let events = next_events(&mut watch, expected.len()).await;
         assert_eq!(summarize(&events), expected);
         let revs: Vec<Revision> = events.iter().map(|e| e.kv.mod_revision).collect();
-        assert!(revs.windows(2).all(|w| w[0] <= w[1]), "events out of order: {revs:?}");
+        assert!(
+            revs.windows(2).all(|w| w[0] <= w[1]),
+            "events out of order: {revs:?}"
+        );
         revs
     };
     // From any later start revision: exactly the suffix of the history.
@@ -335,7 +415,10 @@ pub async fn watch_replays_from_every_revision(store: &dyn Store) {
 pub async fn watch_sees_every_concurrent_write_once(store: Arc<dyn Store>) {
     let start = put(&*store, "/live/start", "0").await;
     // One watcher from now, one from the past that must catch up while writes go on.
-    let mut live = store.watch(WatchRequest::new(KeyRange::prefix("/live/"))).await.unwrap();
+    let mut live = store
+        .watch(WatchRequest::new(KeyRange::prefix("/live/")))
+        .await
+        .unwrap();
     const WRITERS: usize = 4;
     const EACH: usize = 50;
     let mut handles = Vec::new();
@@ -359,7 +442,11 @@ pub async fn watch_sees_every_concurrent_write_once(store: Arc<dyn Store>) {
     assert_eq!(summarize(&live_events), summarize(&past_events[1..]));
     let mut seen = std::collections::HashSet::new();
     for e in &live_events {
-        assert!(seen.insert(e.kv.key.clone()), "duplicate event for {:?}", e.kv.key);
+        assert!(
+            seen.insert(e.kv.key.clone()),
+            "duplicate event for {:?}",
+            e.kv.key
+        );
     }
     let revs: Vec<Revision> = live_events.iter().map(|e| e.kv.mod_revision).collect();
     assert!(revs.windows(2).all(|w| w[0] < w[1]));
@@ -390,7 +477,10 @@ pub async fn compaction_bounds_reads_and_watches(store: &dyn Store) {
     let watch = store
         .watch(WatchRequest::new(KeyRange::prefix("/c/")).from_revision(r1))
         .await;
-    assert!(matches!(watch, Err(StoreError::Compacted { .. })), "watch from compacted revision");
+    assert!(
+        matches!(watch, Err(StoreError::Compacted { .. })),
+        "watch from compacted revision"
+    );
     // The compacted revision itself and everything after it stay readable.
     let at = store
         .range(RangeRequest::new(KeyRange::prefix("/c/")).at_revision(r4))
@@ -404,14 +494,23 @@ pub async fn compaction_bounds_reads_and_watches(store: &dyn Store) {
         .unwrap();
     let events = next_events(&mut watch, 1).await;
     assert_eq!(events[0].kv.value, b"3");
-    let now = store.range(RangeRequest::new(KeyRange::prefix("/c/"))).await.unwrap();
+    let now = store
+        .range(RangeRequest::new(KeyRange::prefix("/c/")))
+        .await
+        .unwrap();
     assert_eq!(now.kvs[0].value, b"3");
     let status = store.status().await.unwrap();
     assert_eq!(status.compact_revision, r4);
     let again = store.compact(r4).await;
-    assert!(matches!(again, Err(StoreError::Compacted { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::Compacted { .. })),
+        "{again:?}"
+    );
     let future = store.compact(status.revision + 10).await;
-    assert!(matches!(future, Err(StoreError::FutureRevision { .. })), "{future:?}");
+    assert!(
+        matches!(future, Err(StoreError::FutureRevision { .. })),
+        "{future:?}"
+    );
 }
 
 pub async fn leases_expire_and_revoke_keys(store: &dyn Store) {
@@ -430,11 +529,25 @@ pub async fn leases_expire_and_revoke_keys(store: &dyn Store) {
     assert_eq!(info.keys, vec![b"/l/short".to_vec()]);
     assert!(info.remaining_secs > 0 && info.remaining_secs <= lease.ttl_secs);
     let events = next_events(&mut watch, 1).await;
-    assert_eq!(events[0].kind, EventKind::Delete, "lease expiry deletes its keys");
+    assert_eq!(
+        events[0].kind,
+        EventKind::Delete,
+        "lease expiry deletes its keys"
+    );
     assert_eq!(store.get(b"/l/short").await.unwrap(), None);
-    assert_eq!(store.lease_time_to_live(lease.id).await.unwrap().remaining_secs, -1);
+    assert_eq!(
+        store
+            .lease_time_to_live(lease.id)
+            .await
+            .unwrap()
+            .remaining_secs,
+        -1
+    );
     let gone = store.lease_keep_alive(lease.id).await;
-    assert!(matches!(gone, Err(StoreError::LeaseNotFound(_))), "{gone:?}");
+    assert!(
+        matches!(gone, Err(StoreError::LeaseNotFound(_))),
+        "{gone:?}"
+    );
 
     // Keep-alive holds a lease beyond its TTL; revoke deletes at once.
     let held = store.lease_grant(2).await.unwrap();
@@ -446,25 +559,40 @@ pub async fn leases_expire_and_revoke_keys(store: &dyn Store) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         store.lease_keep_alive(held.id).await.unwrap();
     }
-    assert!(store.get(b"/l/held").await.unwrap().is_some(), "kept-alive key expired");
+    assert!(
+        store.get(b"/l/held").await.unwrap().is_some(),
+        "kept-alive key expired"
+    );
     store.lease_revoke(held.id).await.unwrap();
     assert_eq!(store.get(b"/l/held").await.unwrap(), None);
     let missing = store
         .put(PutRequest::new("/l/none", "z").with_lease(held.id))
         .await;
-    assert!(matches!(missing, Err(StoreError::LeaseNotFound(_))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(StoreError::LeaseNotFound(_))),
+        "{missing:?}"
+    );
     let bad = store.lease_grant(0).await;
-    assert!(matches!(bad, Err(StoreError::InvalidLeaseTtl { .. })), "{bad:?}");
+    assert!(
+        matches!(bad, Err(StoreError::InvalidLeaseTtl { .. })),
+        "{bad:?}"
+    );
 }
 
 pub async fn size_limits(store: &dyn Store) {
     let big = vec![7u8; MAX_VALUE_BYTES];
-    store.put(PutRequest::new("/big/ok", big.clone())).await.unwrap();
+    store
+        .put(PutRequest::new("/big/ok", big.clone()))
+        .await
+        .unwrap();
     assert_eq!(store.get(b"/big/ok").await.unwrap().unwrap().value, big);
     let too_big = store
         .put(PutRequest::new("/big/no", vec![0u8; MAX_VALUE_BYTES + 1]))
         .await;
-    assert!(matches!(too_big, Err(StoreError::ValueTooLarge { .. })), "oversize value accepted");
+    assert!(
+        matches!(too_big, Err(StoreError::ValueTooLarge { .. })),
+        "oversize value accepted"
+    );
     let long_key = store
         .put(PutRequest::new(vec![b'k'; MAX_KEY_BYTES + 1], "v"))
         .await;
@@ -485,7 +613,10 @@ pub async fn progress_notifications(store: &dyn Store) {
     unrelated += 1;
     watch.request_progress();
     let resp = next_response(&mut watch).await;
-    assert!(resp.is_progress(), "expected a progress notification, got {resp:?}");
+    assert!(
+        resp.is_progress(),
+        "expected a progress notification, got {resp:?}"
+    );
     assert!(resp.revision >= rev + unrelated);
 }
 
