@@ -499,8 +499,7 @@ async fn catch_up(
                 &history,
                 &events,
                 &range,
-                next,
-                revision,
+                next..=revision,
                 req.prev_kv,
                 REPLAY_CHUNK,
             )

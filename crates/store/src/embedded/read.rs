@@ -43,7 +43,9 @@ fn is_empty_range(range: &KeyRange) -> bool {
     matches!(&range.end, Some(end) if !end.is_empty() && end.as_slice() <= range.start.as_slice())
 }
 
-fn history_bounds(range: &KeyRange) -> (Bound<(&[u8], u64)>, Bound<(&[u8], u64)>) {
+type HistoryBounds<'a> = (Bound<(&'a [u8], u64)>, Bound<(&'a [u8], u64)>);
+
+fn history_bounds(range: &KeyRange) -> HistoryBounds<'_> {
     let start = Bound::Included((range.start.as_slice(), 0));
     match &range.end {
         None => (start, Bound::Included((range.start.as_slice(), u64::MAX))),
@@ -224,7 +226,7 @@ fn version_before(
     Ok((!record.tombstone).then(|| record.into_kv(key.to_vec())))
 }
 
-/// Replays the change log from `from` to `to` (inclusive) for keys in `range`, at most
+/// Replays the change log over `revisions` for keys in `range`, at most
 /// `max_events` events (whole revisions are never split). Returns the events and the last
 /// revision covered.
 pub(super) fn replay(
@@ -232,11 +234,11 @@ pub(super) fn replay(
     history: &impl History,
     events: &impl Events,
     range: &KeyRange,
-    from: Revision,
-    to: Revision,
+    revisions: std::ops::RangeInclusive<Revision>,
     with_prev: bool,
     max_events: usize,
 ) -> Result<(Vec<Event>, Revision)> {
+    let (from, to) = (*revisions.start(), *revisions.end());
     let mut out = Vec::new();
     let mut covered = from - 1;
     let bounds = (

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what Korvet needs on Debian 12, idempotently. Safe to run again and again.
+set -euo pipefail
+
+# Debian packages: the real parts Korvet builds and tests against.
+PACKAGES=(
+  etcd-server          # the distributed store, and the reference in `korvet bench store`
+  protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
+  build-essential pkg-config
+  ca-certificates
+)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  as_root apt-get update -qq
+  # Debian starts etcd as a service on install; Korvet runs its own members instead.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  for dir in "$HOME/.cargo/bin" /root/.cargo/bin; do
+    [ -x "$dir/cargo" ] && export PATH="$dir:$PATH" && break
+  done
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: no Rust toolchain found: install Rust 1.90 or newer (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
