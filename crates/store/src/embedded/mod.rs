@@ -8,6 +8,7 @@ mod hub;
 mod leases;
 mod read;
 mod schema;
+mod wal;
 mod writer;
 
 use std::fs::File;
@@ -24,7 +25,8 @@ use self::hub::{EmbeddedWatchControl, WatchHub, WatcherState, WATCHER_BUFFER};
 use self::leases::Leases;
 use self::read::db_err;
 use self::schema::*;
-use self::writer::{validate_range, Command, Outcome, Request, Writer};
+use self::wal::{Change, LoggedBatch, Wal, WAL_FILE};
+use self::writer::{validate_range, Command, Outcome, Request, Resume, Writer};
 use crate::error::{Result, StoreError};
 use crate::types::*;
 use crate::watch::Watch;
@@ -89,10 +91,11 @@ impl EmbeddedStore {
         let opened = tokio::task::spawn_blocking(move || open_file(&dir))
             .await
             .map_err(|e| StoreError::Backend(format!("opening the store panicked: {e}")))??;
-        let (db, path, lock, revisions) = opened;
+        let (db, path, lock, resume) = opened;
+        let revision = resume.revision;
         let db = Arc::new(db);
         let leases = Arc::new(Mutex::new(writer::load_leases(&db)?));
-        let hub = Arc::new(WatchHub::new(revisions.0));
+        let hub = Arc::new(WatchHub::new(revision));
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer::new(
             db.clone(),
@@ -100,7 +103,7 @@ impl EmbeddedStore {
             rx,
             hub.clone(),
             leases.clone(),
-            revisions,
+            resume,
             options.quota_bytes,
         );
         let writer = std::thread::Builder::new()
@@ -124,7 +127,7 @@ impl EmbeddedStore {
         if let Some(auto) = store.options.auto_compaction.clone() {
             store.background.push(store.spawn_auto_compaction(auto));
         }
-        tracing::info!(path = %store.path.display(), revision = revisions.0, "opened embedded store");
+        tracing::info!(path = %store.path.display(), revision, "opened embedded store");
         Ok(store)
     }
 
@@ -203,7 +206,7 @@ impl Drop for EmbeddedStore {
     }
 }
 
-type Opened = (Database, PathBuf, File, (Revision, Revision));
+type Opened = (Database, PathBuf, File, Resume);
 
 fn open_file(dir: &Path) -> Result<Opened> {
     let io = |path: &Path| {
@@ -267,10 +270,74 @@ fn open_file(dir: &Path) -> Result<Opened> {
             other => other,
         })?;
     } else {
+        // A log left from an earlier store in this directory must not replay into this one.
+        let wal = dir.join(WAL_FILE);
+        if wal.exists() {
+            std::fs::remove_file(&wal).map_err(io(&wal))?;
+        }
         initialise(&db)?;
     }
-    let revisions = snapshot_revisions(&db)?;
-    Ok((db, path, lock, revisions))
+    let checkpoint_seq = read_wal_seq(&db)?;
+    let (wal, batches) = Wal::open(dir, checkpoint_seq)?;
+    let wal_seq = match batches.last() {
+        None => checkpoint_seq,
+        Some(last) => {
+            let seq = last.seq;
+            replay_log(&db, &batches).map_err(|e| match e {
+                StoreError::Backend(detail) => corrupted(detail),
+                other => other,
+            })?;
+            tracing::info!(batches = batches.len(), "replayed the write-ahead log");
+            seq
+        }
+    };
+    let (revision, compact_revision) = snapshot_revisions(&db)?;
+    let resume = Resume {
+        revision,
+        compact_revision,
+        wal,
+        wal_seq,
+    };
+    Ok((db, path, lock, resume))
+}
+
+fn read_wal_seq(db: &Database) -> Result<u64> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let meta = txn.open_table(META).map_err(db_err)?;
+    let value = meta.get(META_WAL_SEQ).map_err(db_err)?;
+    Ok(value
+        .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0))
+}
+
+/// Applies the logged batches after the last checkpoint again, durably.
+fn replay_log(db: &Database, batches: &[LoggedBatch]) -> Result<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut latest = txn.open_table(LATEST).map_err(db_err)?;
+        let mut history = txn.open_table(HISTORY).map_err(db_err)?;
+        let mut events = txn.open_table(EVENTS).map_err(db_err)?;
+        let mut leases = txn.open_table(LEASES).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        for batch in batches {
+            let changes = Change::decode_all(&batch.changes).ok_or_else(|| {
+                StoreError::Backend(format!("write-ahead log batch {} is damaged", batch.seq))
+            })?;
+            for change in changes {
+                match change {
+                    Change::LatestPut(k, v) => latest.insert(k, v).map(drop),
+                    Change::LatestDelete(k) => latest.remove(k).map(drop),
+                    Change::HistoryPut(k, rev, v) => history.insert((k, rev), v).map(drop),
+                    Change::EventPut(rev, sub, k) => events.insert((rev, sub), k).map(drop),
+                    Change::LeasePut(id, ttl) => leases.insert(id, ttl).map(drop),
+                    Change::LeaseDelete(id) => leases.remove(id).map(drop),
+                    Change::MetaPut(name, v) => meta.insert(name, v).map(drop),
+                }
+                .map_err(db_err)?;
+            }
+        }
+    }
+    txn.commit().map_err(db_err)
 }
 
 fn initialise(db: &Database) -> Result<()> {

@@ -5,7 +5,7 @@
 //!   (a tombstone), for reads at past revisions and for watch replay;
 //! - `events`: (revision, sub-revision) → key, the change log watches replay from;
 //! - `leases`: lease id → granted TTL;
-//! - `meta`: format marker, current and compacted revision.
+//! - `meta`: format marker, current and compacted revision, last batch sequence number.
 
 use redb::TableDefinition;
 
@@ -20,6 +20,8 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 pub(super) const META_FORMAT: &str = "format";
 pub(super) const META_REVISION: &str = "revision";
 pub(super) const META_COMPACT_REVISION: &str = "compact_revision";
+/// Sequence number of the last batch committed (see `wal`).
+pub(super) const META_WAL_SEQ: &str = "wal_seq";
 /// Written once when the file is created; a redb file without it is not ours.
 pub(super) const FORMAT_MARKER: &[u8] = b"korvet-store/1";
 

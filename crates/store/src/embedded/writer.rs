@@ -1,9 +1,10 @@
 //! The single writer of the embedded store.
 //!
 //! One thread owns every write. It takes all requests waiting at once, applies them in
-//! order inside one redb transaction (each request its own revision), commits with an
-//! fsync, then publishes the events and answers. Concurrent writers thus share one fsync
-//! (group commit) while every acknowledged write is durable.
+//! order inside one redb transaction (each request its own revision), makes the batch
+//! durable with one fsync of the write-ahead log ([`super::wal`]), commits, then publishes
+//! the events and answers. Concurrent writers thus share one fsync (group commit) while
+//! every acknowledged write is durable.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -18,11 +19,14 @@ use super::hub::WatchHub;
 use super::leases::Leases;
 use super::read::{self, db_err};
 use super::schema::*;
+use super::wal::{Change, Wal};
 use crate::error::{check_key, check_put, printable, Result, StoreError};
 use crate::types::*;
 
 /// Most requests folded into one commit.
 const MAX_BATCH: usize = 512;
+/// Longest time between durable redb commits, which let the write-ahead log start over.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
 pub(super) enum Command {
     Put(PutRequest),
@@ -56,6 +60,18 @@ pub(super) struct Writer {
     pub compact_revision: Revision,
     pub quota_bytes: u64,
     quota_warned: bool,
+    wal: Wal,
+    /// Sequence number of the last committed batch (see [`super::wal`]).
+    wal_seq: u64,
+    last_checkpoint: Instant,
+}
+
+/// Where a reopened writer continues.
+pub(super) struct Resume {
+    pub revision: Revision,
+    pub compact_revision: Revision,
+    pub wal: Wal,
+    pub wal_seq: u64,
 }
 
 impl Writer {
@@ -65,7 +81,7 @@ impl Writer {
         requests: Receiver<Request>,
         hub: Arc<WatchHub>,
         leases: Arc<Mutex<Leases>>,
-        (revision, compact_revision): (Revision, Revision),
+        resume: Resume,
         quota_bytes: u64,
     ) -> Self {
         Self {
@@ -74,10 +90,13 @@ impl Writer {
             requests,
             hub,
             leases,
-            revision,
-            compact_revision,
+            revision: resume.revision,
+            compact_revision: resume.compact_revision,
             quota_bytes,
             quota_warned: false,
+            wal: resume.wal,
+            wal_seq: resume.wal_seq,
+            last_checkpoint: Instant::now(),
         }
     }
 
@@ -102,7 +121,19 @@ impl Writer {
             }
             self.run_batch(batch);
         }
+        // A clean shutdown leaves nothing to replay.
+        if let Err(err) = self.checkpoint() {
+            tracing::warn!(error = %err, "final checkpoint failed; the log will be replayed on open");
+        }
         self.hub.close_all("the store was closed");
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        self.wal.restart();
+        self.last_checkpoint = Instant::now();
+        Ok(())
     }
 
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, Leases> {
@@ -135,9 +166,10 @@ impl Writer {
         let start_compact = self.compact_revision;
         let mut results = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
+        let seq = self.wal_seq + 1;
         let committed = (|| -> Result<()> {
-            let txn = self.db.begin_write().map_err(db_err)?;
-            {
+            let mut txn = self.db.begin_write().map_err(db_err)?;
+            let (changes, unlogged) = {
                 let mut apply = Apply::open(&txn, self, &mut events)?;
                 for request in &batch {
                     results.push(apply.command(&request.command, quota.as_ref()));
@@ -145,9 +177,32 @@ impl Writer {
                 for id in expired {
                     apply.revoke_lease(id)?;
                 }
-                apply.finish()?;
+                apply.finish(seq)?
+            };
+            let mut checkpoint = unlogged || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+            if !checkpoint && !self.wal.append(seq, &changes)? {
+                checkpoint = true;
             }
-            txn.commit().map_err(db_err)
+            let durability = if checkpoint {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            };
+            txn.set_durability(durability).map_err(|e| {
+                StoreError::Backend(format!("embedded store: setting durability: {e}"))
+            })?;
+            if let Err(err) = txn.commit() {
+                if !checkpoint {
+                    self.wal.retract();
+                }
+                return Err(db_err(err));
+            }
+            self.wal_seq = seq;
+            if checkpoint {
+                self.wal.restart();
+                self.last_checkpoint = Instant::now();
+            }
+            Ok(())
         })();
         match committed {
             Ok(()) => {
@@ -213,6 +268,11 @@ struct Apply<'a, 't> {
     events: &'a mut Vec<Event>,
     /// Sub-revision of the next change at `writer.revision`.
     sub: u32,
+    /// Every table change, encoded for the write-ahead log.
+    changes: Vec<u8>,
+    /// Set when the batch changed tables in ways not logged (compaction): it must then
+    /// be committed durably.
+    unlogged: bool,
 }
 
 impl<'a, 't> Apply<'a, 't> {
@@ -230,22 +290,38 @@ impl<'a, 't> Apply<'a, 't> {
             writer,
             events,
             sub: 0,
+            changes: Vec::new(),
+            unlogged: false,
         })
     }
 
-    fn finish(mut self) -> Result<()> {
-        self.meta
-            .insert(
-                META_REVISION,
-                encode_revision(self.writer.revision).as_slice(),
-            )
+    /// Records the batch's revisions and sequence number; returns its logged changes.
+    fn finish(mut self, seq: u64) -> Result<(Vec<u8>, bool)> {
+        let revision = encode_revision(self.writer.revision);
+        let compact = encode_revision(self.writer.compact_revision);
+        let seq = seq.to_le_bytes();
+        for (name, value) in [
+            (META_REVISION, revision.as_slice()),
+            (META_COMPACT_REVISION, compact.as_slice()),
+            (META_WAL_SEQ, seq.as_slice()),
+        ] {
+            self.meta.insert(name, value).map_err(db_err)?;
+            Change::MetaPut(name, value).encode(&mut self.changes);
+        }
+        Ok((self.changes, self.unlogged))
+    }
+
+    fn set_latest(&mut self, key: &[u8], record: &[u8]) -> Result<()> {
+        self.latest.insert(key, record).map_err(db_err)?;
+        Change::LatestPut(key, record).encode(&mut self.changes);
+        Ok(())
+    }
+
+    fn add_history(&mut self, key: &[u8], revision: Revision, record: &[u8]) -> Result<()> {
+        self.history
+            .insert((key, revision as u64), record)
             .map_err(db_err)?;
-        self.meta
-            .insert(
-                META_COMPACT_REVISION,
-                encode_revision(self.writer.compact_revision).as_slice(),
-            )
-            .map_err(db_err)?;
+        Change::HistoryPut(key, revision as u64, record).encode(&mut self.changes);
         Ok(())
     }
 
@@ -351,6 +427,7 @@ impl<'a, 't> Apply<'a, 't> {
                 self.lease_table
                     .insert(id as u64, *ttl_secs)
                     .map_err(db_err)?;
+                Change::LeasePut(id as u64, *ttl_secs).encode(&mut self.changes);
                 self.writer.lock_leases().grant(id, *ttl_secs);
                 Ok(Outcome::LeaseGrant(LeaseGrant {
                     id,
@@ -418,9 +495,9 @@ impl<'a, 't> Apply<'a, 't> {
     }
 
     fn log_event(&mut self, key: &[u8]) -> Result<()> {
-        self.events_log
-            .insert((self.writer.revision as u64, self.sub), key)
-            .map_err(db_err)?;
+        let id = (self.writer.revision as u64, self.sub);
+        self.events_log.insert(id, key).map_err(db_err)?;
+        Change::EventPut(id.0, id.1, key).encode(&mut self.changes);
         self.sub += 1;
         Ok(())
     }
@@ -444,12 +521,7 @@ impl<'a, 't> Apply<'a, 't> {
         let revision = self.writer.revision;
         let prev = read::current(&self.latest, &req.key)?;
         if let Some(prev) = &prev {
-            self.history
-                .insert(
-                    (req.key.as_slice(), prev.mod_revision as u64),
-                    Record::live(prev).encode().as_slice(),
-                )
-                .map_err(db_err)?;
+            self.add_history(&req.key, prev.mod_revision, &Record::live(prev).encode())?;
         }
         let kv = KeyValue {
             key: req.key.clone(),
@@ -459,9 +531,7 @@ impl<'a, 't> Apply<'a, 't> {
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease: req.lease,
         };
-        self.latest
-            .insert(req.key.as_slice(), Record::live(&kv).encode().as_slice())
-            .map_err(db_err)?;
+        self.set_latest(&req.key, &Record::live(&kv).encode())?;
         self.log_event(&req.key)?;
         {
             let mut leases = self.writer.lock_leases();
@@ -497,19 +567,10 @@ impl<'a, 't> Apply<'a, 't> {
             let Some(prev) = read::current(&self.latest, &key)? else {
                 continue;
             };
-            self.history
-                .insert(
-                    (key.as_slice(), prev.mod_revision as u64),
-                    Record::live(&prev).encode().as_slice(),
-                )
-                .map_err(db_err)?;
-            self.history
-                .insert(
-                    (key.as_slice(), revision as u64),
-                    Record::tombstone(revision).encode().as_slice(),
-                )
-                .map_err(db_err)?;
+            self.add_history(&key, prev.mod_revision, &Record::live(&prev).encode())?;
+            self.add_history(&key, revision, &Record::tombstone(revision).encode())?;
             self.latest.remove(key.as_slice()).map_err(db_err)?;
+            Change::LatestDelete(&key).encode(&mut self.changes);
             self.log_event(&key)?;
             if prev.lease != 0 {
                 self.writer.lock_leases().detach(prev.lease, &key);
@@ -534,6 +595,7 @@ impl<'a, 't> Apply<'a, 't> {
     fn revoke_lease(&mut self, id: LeaseId) -> Result<()> {
         let keys = self.writer.lock_leases().remove(id).unwrap_or_default();
         self.lease_table.remove(id as u64).map_err(db_err)?;
+        Change::LeaseDelete(id as u64).encode(&mut self.changes);
         if !keys.is_empty() {
             self.begin_revision();
             self.delete_keys(keys, false)?;
@@ -556,6 +618,7 @@ impl<'a, 't> Apply<'a, 't> {
             });
         }
         let started = Instant::now();
+        self.unlogged = true;
         self.events_log
             .retain_in(..(revision as u64, 0u32), |_, _| false)
             .map_err(db_err)?;
