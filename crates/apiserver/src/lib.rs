@@ -1,0 +1,2 @@
+//! A Kubernetes-compatible API server over a [`korvet_store::Store`]: one generic set of
+//! handlers for every resource, with per-resource strategies as data.
