@@ -4,5 +4,6 @@
 pub mod error;
 pub mod registry;
 pub mod request;
+pub mod selectors;
 pub mod strategy;
 pub mod table;
