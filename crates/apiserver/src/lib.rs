@@ -9,6 +9,7 @@ pub mod error;
 mod handlers;
 mod namespaces;
 mod patching;
+pub mod rbac;
 pub mod pki;
 pub mod query;
 pub mod registry;

@@ -1,0 +1,211 @@
+//! Request bodies in (JSON or YAML, bounded) and replies out (JSON, or a stream of watch
+//! events).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+
+/// Largest request body accepted (upstream's limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A reply, before it becomes an HTTP response.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    Json(Value),
+    Stream(BoxStream<'static, Bytes>),
+    Raw(&'static str, Bytes),
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, value: Value) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Json(value),
+        }
+    }
+
+    pub fn stream(stream: BoxStream<'static, Bytes>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: ReplyBody::Stream(stream),
+        }
+    }
+
+    pub fn text(status: StatusCode, text: &'static str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Raw("text/plain; charset=utf-8", Bytes::from_static(text.as_bytes())),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Warnings reach kubectl through `Warning: 299 - "..."` headers.
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        for w in warnings {
+            let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+            self.headers
+                .push(("Warning".into(), format!("299 - \"{escaped}\"")));
+        }
+        self
+    }
+
+    pub fn into_response(self, content_type_json: &str) -> http::Response<Body> {
+        let (content_type, body): (&str, Body) = match self.body {
+            ReplyBody::Json(value) => {
+                let bytes = serde_json::to_vec(&value).unwrap_or_default();
+                (content_type_json, Full::new(Bytes::from(bytes)).boxed())
+            }
+            ReplyBody::Stream(stream) => {
+                let frames = stream.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+                ("application/json", StreamBody::new(frames).boxed())
+            }
+            ReplyBody::Raw(content_type, bytes) => (content_type, Full::new(bytes).boxed()),
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(static_type(content_type)));
+        for (name, value) in self.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name.as_str()),
+                HeaderValue::try_from(value.as_str()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        response
+    }
+}
+
+fn static_type(content_type: &str) -> &'static str {
+    match content_type {
+        crate::server::AGGREGATED_DISCOVERY_TYPE => crate::server::AGGREGATED_DISCOVERY_TYPE,
+        "text/plain; charset=utf-8" => "text/plain; charset=utf-8",
+        _ => "application/json",
+    }
+}
+
+pub fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim())
+        .unwrap_or("application/json")
+}
+
+pub fn accepts_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| {
+            accept.split(',').any(|part| {
+                let part = part.replace(' ', "");
+                part.starts_with("application/json")
+                    && part.contains("as=Table")
+                    && part.contains("g=meta.k8s.io")
+            })
+        })
+}
+
+/// Decodes an object from JSON or YAML, as a JSON object.
+pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let value = decode_value(content_type(headers), body)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a single object",
+        ));
+    }
+    Ok(value)
+}
+
+pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    match content_type {
+        "application/yaml" | "application/apply-patch+yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("the YAML body is not valid UTF-8"))?;
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        }
+        "application/json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/json-patch+json"
+        | "" => {
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?;
+            if let Some(dup) = crate::validation::duplicate_field(body) {
+                return Err(ApiError::bad_request(format!(
+                    "json: duplicate field \"{dup}\" in the request body"
+                )));
+            }
+            Ok(value)
+        }
+        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media_type(content_type)),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+/// Reads a request body, refusing more than [`MAX_BODY_BYTES`].
+pub async fn read_limited(body: hyper::body::Incoming) -> ApiResult<Bytes> {
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_BODY_BYTES)),
+        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_accept_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"),
+        );
+        assert!(accepts_table(&headers));
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!accepts_table(&headers));
+    }
+
+    #[test]
+    fn decodes_json_and_yaml_and_refuses_others() {
+        assert_eq!(decode_value("application/json", b"{\"a\":1}").unwrap()["a"], 1);
+        assert_eq!(decode_value("application/yaml", b"a: 1\nb: [x]\n").unwrap()["b"][0], "x");
+        assert_eq!(decode_value("application/json", b"{").unwrap_err().code, 400);
+        assert_eq!(decode_value("text/html", b"{}").unwrap_err().code, 415);
+        assert_eq!(
+            decode_value("application/json", br#"{"a":1,"a":2}"#).unwrap_err().code,
+            400
+        );
+    }
+}
