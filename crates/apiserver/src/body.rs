@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 /// A reply, before it becomes an HTTP response.
 pub struct Reply {
@@ -75,13 +75,13 @@ impl Reply {
         let (content_type, body): (&str, Body) = match self.body {
             ReplyBody::Json(value) => {
                 let bytes = serde_json::to_vec(&value).unwrap_or_default();
-                (content_type_json, Full::new(Bytes::from(bytes)).boxed())
+                (content_type_json, Full::new(Bytes::from(bytes)).boxed_unsync())
             }
             ReplyBody::Stream(stream) => {
                 let frames = stream.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
-                ("application/json", StreamBody::new(frames).boxed())
+                ("application/json", StreamBody::new(frames).boxed_unsync())
             }
-            ReplyBody::Raw(content_type, bytes) => (content_type, Full::new(bytes).boxed()),
+            ReplyBody::Raw(content_type, bytes) => (content_type, Full::new(bytes).boxed_unsync()),
         };
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;

@@ -25,6 +25,12 @@ impl Cause {
         Self::new("FieldValueRequired", field, "Required value")
     }
 
+    /// A required value with upstream's `Required value: DETAIL` message.
+    pub fn with_message(mut self, detail: &str) -> Self {
+        self.message = format!("{}: {detail}", self.message);
+        self
+    }
+
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
         let shown = match value {
             Value::String(s) => format!("{s:?}"),

@@ -12,7 +12,7 @@ use korvet_store::{EventKind, Revision};
 use serde_json::{json, Value};
 
 use crate::auth::UserInfo;
-use crate::body::{self, Body, Reply};
+use crate::body::{self, Reply};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::query::{self, Query};
 use crate::registry::ResourceType;
@@ -137,11 +137,6 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
             "{}/{sub} does not support {}",
             call.resource.plural,
             call.request.verb.as_str()
-        ))),
-        (verb, None) => Err(ApiError::method_not_allowed(format!(
-            "{} does not support {}",
-            call.resource.plural,
-            verb.as_str()
         ))),
     }
 }
@@ -867,4 +862,3 @@ pub fn error_reply(err: &ApiError) -> Reply {
     reply
 }
 
-pub type ResponseBody = Body;

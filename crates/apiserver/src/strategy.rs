@@ -16,6 +16,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| now.to_string())
 }
 
+/// The time `secs` seconds from now, as an RFC 3339 timestamp.
+pub fn rfc3339_in(secs: i64) -> String {
+    let now = jiff::Timestamp::now().as_second();
+    jiff::Timestamp::from_second(now + secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| now_rfc3339())
+}
+
 pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
 }

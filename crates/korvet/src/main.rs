@@ -1,6 +1,8 @@
 //! The `korvet` binary: maps subcommands to library calls and owns process set-up.
 
 mod bench;
+mod control_plane;
+mod signals;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +20,13 @@ enum Command {
         #[command(subcommand)]
         which: bench::Bench,
     },
+    /// Serve one cluster's Kubernetes API (HTTPS, client certificates, RBAC).
+    ControlPlane(control_plane::ControlPlaneArgs),
 }
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KORVET_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("KORVET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Bench { which } => bench::run(which).await,
+            Command::ControlPlane(args) => control_plane::run(args).await,
         }
     });
     match result {

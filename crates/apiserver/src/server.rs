@@ -1,0 +1,288 @@
+//! The API server: HTTPS with client certificates, the request pipeline
+//! (authenticate → route → authorize → handle), and the non-resource endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{self, Attributes, Decision, UserInfo};
+use crate::body::{self, Body, Reply};
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{self, Call};
+use crate::query::Query;
+use crate::registry::Registry;
+use crate::request::{self, Route};
+use crate::storage::Objects;
+
+pub const AGGREGATED_DISCOVERY_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+/// The Kubernetes version whose API this server speaks.
+pub const KUBERNETES_VERSION: &str = "v1.33.0";
+
+pub struct ApiServer {
+    pub registry: Arc<Registry>,
+    pub objects: Objects,
+    /// `host:port` clients use, for discovery's `serverAddressByClientCIDRs`.
+    pub advertise_address: String,
+    pub started: Instant,
+    /// Bearer tokens from a static token file.
+    pub static_tokens: Vec<crate::tokens::StaticToken>,
+}
+
+impl ApiServer {
+    pub fn new(
+        objects: Objects,
+        advertise_address: String,
+        static_tokens: Vec<crate::tokens::StaticToken>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            registry: Arc::new(Registry::with_builtins()),
+            objects,
+            advertise_address,
+            started: Instant::now(),
+            static_tokens,
+        })
+    }
+
+    /// Creates what every cluster starts with: the system namespaces and the default
+    /// RBAC policy. Existing objects are left as they are.
+    pub async fn bootstrap(&self) -> ApiResult<()> {
+        let namespaces = self.registry.get("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces resource"))?;
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let mut ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            crate::strategy::namespace_defaults(&mut ns);
+            crate::strategy::prepare_create(&namespaces, &mut ns);
+            ns["status"] = json!({"phase": "Active"});
+            self.objects.create(&namespaces.key(None, name), &ns).await?;
+        }
+        for (plural, mut object) in crate::rbac::bootstrap_policy() {
+            let Some(resource) = self.registry.get("rbac.authorization.k8s.io", "v1", &plural) else {
+                continue;
+            };
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            crate::strategy::prepare_create(&resource, &mut object);
+            self.objects.create(&resource.key(None, &name), &object).await?;
+        }
+        Ok(())
+    }
+
+    /// Serves one request from an authenticated (or anonymous) user.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, user: Option<UserInfo>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let reply = match self.dispatch(req, user.as_ref()).await {
+            Ok(reply) => reply,
+            Err(err) => handlers::error_reply(&err),
+        };
+        let status = reply.status.as_u16();
+        tracing::debug!(%method, %path, status, user = user.as_ref().map(|u| u.name.as_str()), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        let content_type = match &reply.body {
+            body::ReplyBody::Json(v) if v["kind"] == "APIGroupDiscoveryList" => AGGREGATED_DISCOVERY_TYPE,
+            _ => "application/json",
+        };
+        reply.into_response(content_type)
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, user: Option<&UserInfo>) -> ApiResult<Reply> {
+        let (parts, incoming) = req.into_parts();
+        let query = Query::parse(parts.uri.query())?;
+        let path = parts.uri.path().to_string();
+        let route = request::route(parts.method.as_str(), &path, query.watch)?;
+        // Health and version are public, as upstream's system:public-info-viewer makes them.
+        if let Route::NonResource(p) = &route {
+            if let Some(reply) = self.public_endpoint(p).await {
+                return Ok(reply);
+            }
+        }
+        let user = user.ok_or_else(ApiError::unauthorized)?;
+        match route {
+            Route::NonResource(p) => {
+                self.check(user, non_resource_attributes(&parts.method, &p)).await?;
+                self.non_resource(&p, &parts.headers).await
+            }
+            Route::Discovery { group, version, legacy } => {
+                self.check(user, non_resource_attributes(&parts.method, &path)).await?;
+                self.discovery(group, version, legacy, &parts.headers)
+            }
+            Route::Resource(rr) => {
+                let resource = self
+                    .registry
+                    .get(&rr.group, &rr.version, &rr.resource)
+                    .ok_or_else(|| ApiError::no_route(&path))?;
+                let attrs = Attributes {
+                    verb: rr.verb.as_str().to_string(),
+                    api_group: rr.group.clone(),
+                    resource: rr.resource.clone(),
+                    subresource: rr.subresource.clone().unwrap_or_default(),
+                    namespace: rr.namespace.clone().unwrap_or_default(),
+                    name: rr.name.clone().unwrap_or_default(),
+                    path: None,
+                };
+                self.check(user, attrs).await?;
+                let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+                    body::read_limited(incoming).await?
+                } else {
+                    bytes::Bytes::new()
+                };
+                let call = Call {
+                    server: self,
+                    user,
+                    resource,
+                    request: rr,
+                    query,
+                    headers: &parts.headers,
+                    body,
+                };
+                handlers::serve(call).await
+            }
+        }
+    }
+
+    pub async fn check(&self, user: &UserInfo, attrs: Attributes) -> ApiResult<()> {
+        match auth::authorize(&self.objects, user, &attrs).await? {
+            Decision::Allow => Ok(()),
+            Decision::Deny => Err(ApiError::new(403, "Forbidden", crate::rbac::forbidden_message(user, &attrs))),
+        }
+    }
+
+    async fn public_endpoint(&self, path: &str) -> Option<Reply> {
+        match path {
+            "/version" | "/version/" => Some(Reply::json(
+                StatusCode::OK,
+                json!({
+                    "major": "1", "minor": "33", "gitVersion": KUBERNETES_VERSION,
+                    "gitCommit": "korvet", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "n/a (korvet, Rust)", "compiler": "rustc", "platform": "linux/amd64",
+                }),
+            )),
+            "/healthz" | "/livez" | "/readyz" => Some(match self.objects.current_revision().await {
+                Ok(_) => Reply::text(StatusCode::OK, "ok"),
+                Err(_) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+            }),
+            _ => None,
+        }
+    }
+
+    async fn non_resource(&self, path: &str, _headers: &http::HeaderMap) -> ApiResult<Reply> {
+        if path == "/openapi/v3" || path == "/openapi/v3/" {
+            return Ok(Reply::json(StatusCode::OK, crate::openapi::v3_root(&self.registry)));
+        }
+        if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+            let (group, version) = match gv.split('/').collect::<Vec<_>>().as_slice() {
+                ["api", v] => (String::new(), v.to_string()),
+                ["apis", g, v] => (g.to_string(), v.to_string()),
+                _ => return Err(ApiError::no_route(path)),
+            };
+            return crate::openapi::v3_group_version(&self.registry, &group, &version)
+                .map(|doc| Reply::json(StatusCode::OK, doc))
+                .ok_or_else(|| ApiError::no_route(path));
+        }
+        Err(ApiError::no_route(path))
+    }
+
+    fn discovery(&self, group: Option<String>, version: Option<String>, legacy: bool, headers: &http::HeaderMap) -> ApiResult<Reply> {
+        let aggregated = headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|a| a.contains("as=APIGroupDiscoveryList") && a.contains("v=v2;") || a.contains("v=v2;as=APIGroupDiscoveryList"));
+        let registry = &self.registry;
+        let value: Option<Value> = match (group, version) {
+            (None, None) if aggregated => Some(crate::discovery::aggregated(registry, legacy)),
+            (None, None) if legacy => Some(crate::discovery::api_versions(&self.advertise_address)),
+            (None, None) => Some(crate::discovery::api_group_list(registry)),
+            (Some(g), Some(v)) => crate::discovery::api_resource_list(registry, &g, &v),
+            (Some(g), None) => crate::discovery::api_group_list(registry)["groups"]
+                .as_array()
+                .and_then(|groups| groups.iter().find(|x| x["name"] == json!(g)).cloned())
+                .map(|mut x| {
+                    x["kind"] = json!("APIGroup");
+                    x["apiVersion"] = json!("v1");
+                    x
+                }),
+            (None, Some(_)) => None,
+        };
+        value
+            .map(|v| Reply::json(StatusCode::OK, v))
+            .ok_or_else(|| ApiError::no_route("discovery"))
+    }
+}
+
+fn non_resource_attributes(method: &Method, path: &str) -> Attributes {
+    let verb = match *method {
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "post",
+        Method::PUT => "put",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "get",
+    };
+    Attributes {
+        verb: verb.to_string(),
+        api_group: String::new(),
+        resource: String::new(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        path: Some(path.to_string()),
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves HTTP/1.1 and HTTP/2 on them until
+/// the task is dropped.
+pub async fn serve(server: Arc<ApiServer>, listener: TcpListener, tls: rustls::ServerConfig) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(server, acceptor, tcp, peer).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    server: Arc<ApiServer>,
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let tls = acceptor.accept(tcp).await?;
+    let user = crate::pki::identity_from_peer(tls.get_ref().1.peer_certificates())
+        .map(|(name, groups)| UserInfo::authenticated(name, groups));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let server = server.clone();
+        let user = user.clone();
+        async move {
+            let user = match user {
+                Some(u) => Some(u),
+                None => crate::tokens::authenticate(&server, req.headers()).await,
+            };
+            Ok::<_, std::convert::Infallible>(server.handle(req, user).await)
+        }
+    });
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await?;
+    let _ = peer;
+    Ok(())
+}

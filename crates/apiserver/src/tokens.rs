@@ -1,0 +1,85 @@
+//! Bearer-token authentication: a static token file for bootstrap (upstream's
+//! `--token-auth-file` format: `token,user,uid[,"group1,group2"]`).
+
+use std::path::Path;
+
+use http::HeaderMap;
+
+use crate::auth::UserInfo;
+use crate::server::ApiServer;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticToken {
+    pub token: String,
+    pub user: UserInfo,
+}
+
+/// Reads a token file; a line that is not `token,user,uid[,groups]` is an error naming it.
+pub fn load_token_file(path: &Path) -> Result<Vec<StaticToken>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    parse_token_file(&text).map_err(|e| format!("token file {}: {e}", path.display()))
+}
+
+pub fn parse_token_file(text: &str) -> Result<Vec<StaticToken>, String> {
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, groups) = match line.split_once(",\"") {
+            Some((head, rest)) => (head, rest.trim_end_matches('"')),
+            None => (line, ""),
+        };
+        let fields: Vec<&str> = head.split(',').map(str::trim).collect();
+        let (token, user) = match fields.as_slice() {
+            [token, user, ..] if !token.is_empty() && !user.is_empty() => (*token, *user),
+            _ => return Err(format!("line {}: expected token,user,uid[,\"groups\"]", i + 1)),
+        };
+        let mut groups: Vec<String> = groups
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect();
+        if fields.len() > 3 {
+            groups.extend(fields[3..].iter().filter(|g| !g.is_empty()).map(|g| g.to_string()));
+        }
+        tokens.push(StaticToken {
+            token: token.to_string(),
+            user: UserInfo::authenticated(user, groups),
+        });
+    }
+    Ok(tokens)
+}
+
+/// The user of a `Authorization: Bearer` header, if the token is known.
+pub async fn authenticate(server: &ApiServer, headers: &HeaderMap) -> Option<UserInfo> {
+    let header = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = header.strip_prefix("Bearer ")?.trim();
+    server
+        .static_tokens
+        .iter()
+        .find(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
+        .map(|t| t.user.clone())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upstream_token_files() {
+        let tokens = parse_token_file("# comment\nabc,alice,1,\"dev,ops\"\nxyz,bob,2\n").unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].user.name, "alice");
+        assert!(tokens[0].user.in_group("dev") && tokens[0].user.in_group("ops"));
+        assert!(tokens[1].user.in_group("system:authenticated"));
+        assert!(parse_token_file("justtoken\n").is_err());
+    }
+}

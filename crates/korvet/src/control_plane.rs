@@ -1,0 +1,51 @@
+//! `korvet control-plane`: serves one cluster's API until interrupted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use korvet_apiserver::launch::{self, ApiServerConfig};
+use korvet_store::StoreLocation;
+
+#[derive(Args)]
+pub struct ControlPlaneArgs {
+    /// Directory for the cluster's certificates, store and admin kubeconfig.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to serve HTTPS on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// `embedded` (a file in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// More host names or addresses for the serving certificate (repeatable).
+    #[arg(long = "advertise-host")]
+    advertise_hosts: Vec<String>,
+    /// Static bearer tokens: lines of `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Cluster name written into the admin kubeconfig.
+    #[arg(long, default_value = "korvet")]
+    cluster_name: String,
+}
+
+pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let store: StoreLocation = args.store.parse().context("--store")?;
+    let running = launch::start(ApiServerConfig {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        store,
+        extra_hosts: args.advertise_hosts,
+        token_auth_file: args.token_auth_file,
+        cluster_name: args.cluster_name,
+    })
+    .await?;
+    println!("serving the Kubernetes API on {}", running.url());
+    println!("admin kubeconfig: {}", running.kubeconfig.display());
+    println!("try: kubectl --kubeconfig {} get namespaces", running.kubeconfig.display());
+    crate::signals::wait_for_shutdown().await;
+    eprintln!("shutting down");
+    drop(running);
+    Ok(())
+}
