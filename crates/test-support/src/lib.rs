@@ -1,0 +1,202 @@
+//! The shared harness for integration tests: a control plane on a fresh store (embedded,
+//! or a real etcd cluster), and kubectl pointed at it. Everything a harness starts is
+//! stopped and removed when it is dropped, also when a test panics.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
+use korvet_store::etcd::LocalEtcd;
+use korvet_store::StoreLocation;
+
+/// Which store a test control plane runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Etcd1,
+    Etcd3,
+}
+
+/// A control plane serving on a free loopback port, with its admin kubeconfig.
+pub struct TestControlPlane {
+    pub server: RunningApiServer,
+    // Dropped after the server: members stop, then the directory goes.
+    etcd: Option<LocalEtcd>,
+    dir: tempfile::TempDir,
+}
+
+impl TestControlPlane {
+    pub async fn start(kind: StoreKind) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, etcd) = match kind {
+            StoreKind::Embedded => (StoreLocation::Embedded, None),
+            StoreKind::Etcd1 | StoreKind::Etcd3 => {
+                let members = if kind == StoreKind::Etcd1 { 1 } else { 3 };
+                let etcd = LocalEtcd::start(&dir.path().join("etcd"), members)
+                    .await
+                    .unwrap_or_else(|e| panic!("start etcd: {e}"));
+                let hosts: Vec<String> = etcd
+                    .endpoints()
+                    .iter()
+                    .map(|e| e.trim_start_matches("http://").to_string())
+                    .collect();
+                let location = format!("etcd://{}", hosts.join(","))
+                    .parse()
+                    .unwrap_or_else(|e| panic!("etcd location: {e}"));
+                (location, Some(etcd))
+            }
+        };
+        let server = launch::start(ApiServerConfig {
+            data_dir: dir.path().join("control-plane"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            store,
+            extra_hosts: Vec::new(),
+            token_auth_file: None,
+            cluster_name: "test".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start control plane: {e}"));
+        Self { server, etcd, dir }
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.server.kubeconfig
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("control-plane").join("pki")
+    }
+
+    pub fn etcd(&mut self) -> Option<&mut LocalEtcd> {
+        self.etcd.as_mut()
+    }
+
+    /// A kubectl command using this control plane's admin kubeconfig and its own
+    /// discovery cache (so tests never share cached API lists).
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl {
+            kubeconfig: self.kubeconfig().to_path_buf(),
+            cache: self.dir.path().join("kube-cache"),
+        }
+    }
+
+    /// kubectl for another kubeconfig (another user) of this control plane.
+    pub fn kubectl_as(&self, kubeconfig: &Path) -> Kubectl {
+        Kubectl {
+            kubeconfig: kubeconfig.to_path_buf(),
+            cache: self.dir.path().join("kube-cache"),
+        }
+    }
+}
+
+pub struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+/// What a kubectl run printed.
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs kubectl with `stdin` as input; never panics on a failing command.
+    pub fn run_with_input(&self, args: &[&str], stdin: &str) -> Run {
+        let mut child = self
+            .command(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("kubectl could not start ({e}): is kubectl on PATH?"));
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        let output: Output = child.wait_with_output().expect("kubectl output");
+        Run {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_input(args, "")
+    }
+
+    /// Runs kubectl and returns stdout; panics with kubectl's stderr if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert!(run.ok, "kubectl {} failed:\n{}{}", args.join(" "), run.stderr, run.stdout);
+        run.stdout
+    }
+
+    pub fn ok_with_input(&self, args: &[&str], stdin: &str) -> String {
+        let run = self.run_with_input(args, stdin);
+        assert!(run.ok, "kubectl {} failed:\n{}{}", args.join(" "), run.stderr, run.stdout);
+        run.stdout
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert!(!run.ok, "kubectl {} should have failed but printed:\n{}", args.join(" "), run.stdout);
+        run.stderr
+    }
+
+    /// Runs kubectl in the background (for `get -w`); the caller reads and kills it.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kubectl could not start ({e})"))
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl printed invalid JSON ({e}):\n{out}"))
+    }
+}
+
+/// Declares one test per store kind for an async test body `fn(StoreKind)`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::StoreKind::Embedded).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::StoreKind::Etcd1).await;
+                }
+            )*
+        }
+    };
+}
