@@ -21,8 +21,7 @@ use crate::registry::Registry;
 use crate::request::{self, Route};
 use crate::storage::Objects;
 
-pub const AGGREGATED_DISCOVERY_TYPE: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_DISCOVERY_TYPE: &str = crate::discovery::AGGREGATED_CONTENT_TYPE;
 /// The Kubernetes version whose API this server speaks.
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
 
@@ -188,30 +187,29 @@ impl ApiServer {
         Err(ApiError::no_route(path))
     }
 
-    fn discovery(&self, group: Option<String>, version: Option<String>, legacy: bool, headers: &http::HeaderMap) -> ApiResult<Reply> {
+    fn discovery(
+        &self,
+        group: Option<String>,
+        version: Option<String>,
+        legacy: bool,
+        headers: &http::HeaderMap,
+    ) -> ApiResult<Reply> {
         let aggregated = headers
             .get_all(http::header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|a| a.contains("as=APIGroupDiscoveryList") && a.contains("v=v2;") || a.contains("v=v2;as=APIGroupDiscoveryList"));
+            .any(crate::discovery::accepts_aggregated);
         let registry = &self.registry;
         let value: Option<Value> = match (group, version) {
             (None, None) if aggregated => Some(crate::discovery::aggregated(registry, legacy)),
             (None, None) if legacy => Some(crate::discovery::api_versions(&self.advertise_address)),
             (None, None) => Some(crate::discovery::api_group_list(registry)),
             (Some(g), Some(v)) => crate::discovery::api_resource_list(registry, &g, &v),
-            (Some(g), None) => crate::discovery::api_group_list(registry)["groups"]
-                .as_array()
-                .and_then(|groups| groups.iter().find(|x| x["name"] == json!(g)).cloned())
-                .map(|mut x| {
-                    x["kind"] = json!("APIGroup");
-                    x["apiVersion"] = json!("v1");
-                    x
-                }),
+            (Some(g), None) => crate::discovery::api_group(registry, &g),
             (None, Some(_)) => None,
         };
         value
-            .map(|v| Reply::json(StatusCode::OK, v))
+            .map(|v| Reply::json(StatusCode::OK, v).with_header("Vary", "Accept"))
             .ok_or_else(|| ApiError::no_route("discovery"))
     }
 }
