@@ -1,0 +1,209 @@
+//! kubectl (the one on PATH) against a real control plane, on the embedded store and on
+//! etcd: the commands users run every day, with no flags to soften the server's answers.
+
+use korvet_test_support::{on_every_store, StoreKind, TestControlPlane};
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: registry.local/demo-web:1
+        ports:
+        - containerPort: 8080
+        env:
+        - {name: A, value: "1"}
+"#;
+
+async fn discovery_and_basic_reads(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    let namespaces = k.ok(&["get", "namespaces"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(namespaces.contains(ns), "{namespaces}");
+    }
+    assert!(namespaces.starts_with("NAME"), "server-side table expected:\n{namespaces}");
+    let resources = k.ok(&["api-resources"]);
+    for line in ["deployments", "configmaps", "clusterroles", "customresourcedefinitions"] {
+        assert!(resources.contains(line), "{line} missing from api-resources:\n{resources}");
+    }
+    let versions = k.ok(&["api-versions"]);
+    assert!(versions.contains("apps/v1") && versions.contains("rbac.authorization.k8s.io/v1"));
+    let version = k.ok(&["get", "--raw", "/version"]);
+    assert!(version.contains("\"gitVersion\""), "{version}");
+    let explain = k.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(explain.contains("<integer>"), "{explain}");
+    let whoami = k.ok(&["get", "--raw", "/healthz"]);
+    assert_eq!(whoami.trim(), "ok");
+}
+
+async fn apply_get_in_every_format_and_delete(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    let out = k.ok_with_input(&["apply", "-f", "-"], DEPLOYMENT);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let table = k.ok(&["get", "deployments"]);
+    assert!(table.contains("READY") && table.contains("web"), "{table}");
+    let wide = k.ok(&["get", "deployment", "web", "-o", "wide"]);
+    assert!(wide.contains("registry.local/demo-web:1"), "{wide}");
+    let object = k.json(&["get", "deployment", "web"]);
+    assert_eq!(object["spec"]["replicas"], 2);
+    assert_eq!(object["spec"]["strategy"]["type"], "RollingUpdate", "defaults applied");
+    assert_eq!(object["metadata"]["generation"], 1);
+    let yaml = k.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    assert!(yaml.contains("kind: Deployment"), "{yaml}");
+    let name = k.ok(&["get", "deploy", "-o", "name"]);
+    assert_eq!(name.trim(), "deployment.apps/web");
+    let path = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].name}"]);
+    assert_eq!(path, "web");
+    let cols = k.ok(&["get", "deploy", "-o", "custom-columns=N:.metadata.name,R:.spec.replicas"]);
+    assert!(cols.contains("web") && cols.contains('2'), "{cols}");
+    // Applying the same file again changes nothing; a changed one is patched.
+    let again = k.ok_with_input(&["apply", "-f", "-"], DEPLOYMENT);
+    assert!(again.contains("unchanged"), "{again}");
+    let changed = DEPLOYMENT.replace("replicas: 2", "replicas: 3").replace("value: \"1\"", "value: \"2\"");
+    let out = k.ok_with_input(&["apply", "-f", "-"], &changed);
+    assert!(out.contains("configured"), "{out}");
+    let object = k.json(&["get", "deployment", "web"]);
+    assert_eq!(object["spec"]["replicas"], 3);
+    assert_eq!(object["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"], "2");
+    assert_eq!(object["metadata"]["generation"], 2);
+    let out = k.ok(&["delete", "deployment", "web"]);
+    assert!(out.contains("deleted"), "{out}");
+    let gone = k.fails(&["get", "deployment", "web"]);
+    assert!(gone.contains("NotFound") && gone.contains("\"web\" not found"), "{gone}");
+}
+
+async fn label_annotate_patch_replace(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: '1'}\n",
+    );
+    k.ok(&["label", "configmap", "settings", "tier=backend"]);
+    k.ok(&["annotate", "configmap", "settings", "owner=team-a"]);
+    let selected = k.ok(&["get", "cm", "-l", "tier=backend", "-o", "name"]);
+    assert_eq!(selected.trim(), "configmap/settings");
+    let none = k.ok(&["get", "cm", "-l", "tier=frontend", "-o", "name"]);
+    assert!(none.trim().is_empty(), "{none}");
+    k.ok(&["patch", "configmap", "settings", "--type=merge", "-p", r#"{"data":{"b":"2"}}"#]);
+    k.ok(&["patch", "configmap", "settings", "--type=json", "-p", r#"[{"op":"replace","path":"/data/a","value":"10"}]"#]);
+    k.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"c":"3"}}"#]);
+    let object = k.json(&["get", "cm", "settings"]);
+    assert_eq!(object["data"], serde_json::json!({"a": "10", "b": "2", "c": "3"}));
+    assert_eq!(object["metadata"]["labels"]["tier"], "backend");
+    assert_eq!(object["metadata"]["annotations"]["owner"], "team-a");
+    let mut replaced = object.clone();
+    replaced["data"] = serde_json::json!({"only": "this"});
+    k.ok_with_input(&["replace", "-f", "-"], &replaced.to_string());
+    let object = k.json(&["get", "cm", "settings"]);
+    assert_eq!(object["data"], serde_json::json!({"only": "this"}));
+    // A stale resourceVersion is a conflict.
+    let stale = replaced.to_string();
+    let run = k.run_with_input(&["replace", "-f", "-"], &stale);
+    assert!(!run.ok && run.stderr.contains("the object has been modified"), "{}", run.stderr);
+    let by_field = k.ok(&["get", "cm", "--field-selector", "metadata.name=settings", "-o", "name"]);
+    assert_eq!(by_field.trim(), "configmap/settings");
+    let bad_field = k.fails(&["get", "cm", "--field-selector", "spec.nope=x"]);
+    assert!(bad_field.contains("field label not supported"), "{bad_field}");
+}
+
+async fn dry_run_and_server_side_apply(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    let out = k.ok_with_input(&["apply", "--dry-run=server", "-f", "-"], DEPLOYMENT);
+    assert!(out.contains("(server dry run)"), "{out}");
+    k.fails(&["get", "deployment", "web"]);
+    let out = k.ok_with_input(&["apply", "--server-side", "-f", "-"], DEPLOYMENT);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let object = k.json(&["get", "deployment", "web"]);
+    assert_eq!(object["spec"]["replicas"], 2);
+    let managers: Vec<String> = object["metadata"]["managedFields"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|f| f["manager"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert!(managers.contains(&"kubectl".to_string()), "{managers:?}");
+    let diff = k.run_with_input(&["diff", "-f", "-"], &DEPLOYMENT.replace("replicas: 2", "replicas: 5"));
+    assert!(diff.stdout.contains("replicas: 5"), "diff: {}{}", diff.stdout, diff.stderr);
+}
+
+async fn bad_input_gets_precise_errors(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    let unknown = k.run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndataa: {a: b}\n",
+    );
+    assert!(!unknown.ok && unknown.stderr.contains("unknown field \"dataa\""), "{}", unknown.stderr);
+    let invalid = k.run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Not_Valid}\n",
+    );
+    assert!(!invalid.ok && invalid.stderr.contains("metadata.name: Invalid value"), "{}", invalid.stderr);
+    let exists = k.run_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n");
+    assert!(exists.ok, "{}", exists.stderr);
+    let again = k.run_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n");
+    assert!(!again.ok && again.stderr.contains("AlreadyExists"), "{}", again.stderr);
+    let no_ns = k.run_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: nowhere}\n",
+    );
+    assert!(!no_ns.ok && no_ns.stderr.contains("namespaces \"nowhere\" not found"), "{}", no_ns.stderr);
+    let pod = k.run_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n",
+    );
+    assert!(!pod.ok && pod.stderr.contains("spec.containers[0].image: Required value"), "{}", pod.stderr);
+}
+
+async fn watch_sees_changes(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    let mut watcher = k.spawn(&["get", "configmaps", "-w", "-o", "name", "--request-timeout=20s"]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    k.ok(&["create", "configmap", "w1", "--from-literal=a=b", "--validate=false"])
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = watcher.kill();
+    let output = watcher.wait_with_output().expect("watch output");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("configmap/w1"), "watch printed:\n{printed}");
+}
+
+async fn namespaces_and_rbac(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok_with_input(&["apply", "-f", "-"], "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n");
+    k.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: team-a}\n",
+    );
+    let out = k.ok(&["delete", "namespace", "team-a", "--timeout=30s"]);
+    assert!(out.contains("deleted"), "{out}");
+    let gone = k.fails(&["get", "namespace", "team-a"]);
+    assert!(gone.contains("not found"), "{gone}");
+    let can = k.ok(&["auth", "can-i", "create", "pods"]);
+    assert_eq!(can.trim(), "yes");
+}
+
+on_every_store!(
+    discovery_and_basic_reads,
+    apply_get_in_every_format_and_delete,
+    label_annotate_patch_replace,
+    dry_run_and_server_side_apply,
+    bad_input_gets_precise_errors,
+    watch_sees_changes,
+    namespaces_and_rbac,
+);
