@@ -66,7 +66,7 @@ pub async fn server_side_apply(call: &Call<'_>, part: Part) -> ApiResult<crate::
     }
     let schema_kind = (call.resource.group.clone(), call.resource.version.clone(), call.resource.kind.clone());
     write_with_retry(call, part, None, |current| {
-        let schema = patch::schema::PatchSchema::global().kind(&schema_kind.0, &schema_kind.1, &schema_kind.2);
+        let schema = patch::schema::PatchSchema::builtin().for_kind(&schema_kind.0, &schema_kind.1, &schema_kind.2);
         let mut merged = patch::strategic::apply(current, &applied, schema)
             .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
         record_manager(&mut merged, managed_entry(call, &manager));

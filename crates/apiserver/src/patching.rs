@@ -8,7 +8,11 @@ use crate::patch;
 use crate::registry::ResourceType;
 
 fn patch_error(err: patch::PatchError) -> ApiError {
-    ApiError::new(422, "Invalid", err.to_string())
+    match err.http_status() {
+        400 => ApiError::bad_request(err.to_string()),
+        413 => ApiError::new(413, "RequestEntityTooLarge", err.to_string()),
+        _ => ApiError::new(422, "Invalid", err.to_string()),
+    }
 }
 
 /// Applies `patch` (of `content_type`) to `current`, using the kind's schema for
@@ -19,7 +23,7 @@ pub fn apply_patch(
     current: &Value,
     patch_body: &[u8],
 ) -> ApiResult<Value> {
-    let schema = patch::schema::PatchSchema::global().kind(&resource.group, &resource.version, &resource.kind);
+    let schema = patch::schema::PatchSchema::builtin().for_kind(&resource.group, &resource.version, &resource.kind);
     apply_with(content_type, current, patch_body, schema)
 }
 

@@ -128,7 +128,7 @@ async fn dry_run_and_server_side_apply(store: StoreKind) {
     k.fails(&["get", "deployment", "web"]);
     let out = k.ok_with_input(&["apply", "--server-side", "-f", "-"], DEPLOYMENT);
     assert!(out.contains("serverside-applied"), "{out}");
-    let object = k.json(&["get", "deployment", "web"]);
+    let object = k.json(&["get", "deployment", "web", "--show-managed-fields"]);
     assert_eq!(object["spec"]["replicas"], 2);
     let managers: Vec<String> = object["metadata"]["managedFields"]
         .as_array()
@@ -173,8 +173,7 @@ async fn watch_sees_changes(store: StoreKind) {
     let k = cp.kubectl();
     let mut watcher = k.spawn(&["get", "configmaps", "-w", "-o", "name", "--request-timeout=20s"]);
     std::thread::sleep(std::time::Duration::from_millis(700));
-    k.ok(&["create", "configmap", "w1", "--from-literal=a=b", "--validate=false"])
-        .to_string();
+    k.ok_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w1}\n");
     std::thread::sleep(std::time::Duration::from_millis(700));
     let _ = watcher.kill();
     let output = watcher.wait_with_output().expect("watch output");
