@@ -116,14 +116,14 @@ fn invalid(call: &Call<'_>, object: &Value, cause: Cause) -> ApiError {
 
 /// Assigns a ClusterIP and node ports to a new Service.
 pub async fn before_create(call: &Call<'_>, object: &mut Value) -> ApiResult<()> {
-    if call.resource.kind != "Service" || call.resource.group != "" {
+    if call.resource.kind != "Service" || !call.resource.group.is_empty() {
         return Ok(());
     }
     allocate(call, None, object).await
 }
 
 pub fn before_update(call: &Call<'_>, old: &Value, object: &mut Value) -> ApiResult<()> {
-    if call.resource.kind != "Service" || call.resource.group != "" {
+    if call.resource.kind != "Service" || !call.resource.group.is_empty() {
         return Ok(());
     }
     let old_ip = old["spec"]["clusterIP"].as_str().unwrap_or_default();

@@ -126,11 +126,11 @@ pub fn validate_metadata(resource: &ResourceType, object: &Value) -> Vec<Cause> 
     }
     if let Some(labels) = meta["labels"].as_object() {
         for (k, v) in labels {
-            let field = format!("metadata.labels");
-            causes.extend(validate_label_key(&field, k));
+            let field = "metadata.labels";
+            causes.extend(validate_label_key(field, k));
             match v.as_str() {
-                Some(v) => causes.extend(validate_label_value(&field, v)),
-                None => causes.push(Cause::invalid(&field, v, "label values must be strings")),
+                Some(v) => causes.extend(validate_label_value(field, v)),
+                None => causes.push(Cause::invalid(field, v, "label values must be strings")),
             }
         }
     }

@@ -21,6 +21,7 @@ pub enum StoreKind {
 /// A control plane serving on a free loopback port, with its admin kubeconfig.
 pub struct TestControlPlane {
     pub server: RunningApiServer,
+    store: StoreLocation,
     // Dropped after the server: members stop, then the directory goes.
     etcd: Option<LocalEtcd>,
     dir: tempfile::TempDir,
@@ -47,17 +48,26 @@ impl TestControlPlane {
                 (location, Some(etcd))
             }
         };
-        let server = launch::start(ApiServerConfig {
-            data_dir: dir.path().join("control-plane"),
-            listen: "127.0.0.1:0".parse().expect("address"),
+        let server = start_server(dir.path().join("control-plane"), store.clone()).await;
+        Self {
+            server,
             store,
-            extra_hosts: Vec::new(),
-            token_auth_file: None,
-            cluster_name: "test".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start control plane: {e}"));
-        Self { server, etcd, dir }
+            etcd,
+            dir,
+        }
+    }
+
+    /// Another API server replica on the same store, with the same certificates (as the
+    /// platform runs masters). Only meaningful on etcd.
+    pub async fn start_replica(&self, index: usize) -> RunningApiServer {
+        let data_dir = self.dir.path().join(format!("replica-{index}"));
+        let pki = data_dir.join("pki");
+        std::fs::create_dir_all(&pki).expect("replica dir");
+        for entry in std::fs::read_dir(self.pki_dir()).expect("read pki") {
+            let entry = entry.expect("pki entry");
+            std::fs::copy(entry.path(), pki.join(entry.file_name())).expect("copy pki");
+        }
+        start_server(data_dir, self.store.clone()).await
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -85,6 +95,25 @@ impl TestControlPlane {
         }
     }
 
+    /// Writes a kubeconfig for `user` in `groups`, with a client certificate from this
+    /// control plane's CA.
+    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let pki = korvet_apiserver::pki::ClusterPki::load_or_create(&self.pki_dir(), &[])
+            .unwrap_or_else(|e| panic!("load PKI: {e}"));
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let (cert, key) = pki
+            .issue_client_cert(user, &groups, std::time::Duration::from_secs(3600))
+            .unwrap_or_else(|e| panic!("issue client certificate: {e}"));
+        let mut spec = pki.admin_kubeconfig("test", &self.server.url());
+        spec.user = user.to_string();
+        spec.client_cert_pem = cert;
+        spec.client_key_pem = key;
+        let path = self.dir.path().join(format!("{user}.kubeconfig"));
+        korvet_apiserver::pki::write_kubeconfig(&path, &spec)
+            .unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
+        path
+    }
+
     /// kubectl for another kubeconfig (another user) of this control plane.
     pub fn kubectl_as(&self, kubeconfig: &Path) -> Kubectl {
         Kubectl {
@@ -92,6 +121,19 @@ impl TestControlPlane {
             cache: self.dir.path().join("kube-cache"),
         }
     }
+}
+
+async fn start_server(data_dir: PathBuf, store: StoreLocation) -> RunningApiServer {
+    launch::start(ApiServerConfig {
+        data_dir,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        store,
+        extra_hosts: Vec::new(),
+        token_auth_file: None,
+        cluster_name: "test".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start control plane: {e}"))
 }
 
 pub struct Kubectl {
