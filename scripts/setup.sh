@@ -8,6 +8,7 @@ PACKAGES=(
   protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
   build-essential pkg-config
   ca-certificates
+  python3 python3-venv # the official Python client runs in a virtualenv in the tests
 )
 
 as_root() {
