@@ -69,10 +69,17 @@ async fn holder_alive(call: &Call<'_>, holder: &str) -> ApiResult<bool> {
     let Some(services) = call.server.registry.get("", "v1", "services") else {
         return Ok(false);
     };
-    Ok(match call.server.objects.get(&services.key(Some(ns), name)).await? {
-        Some((svc, _)) => svc["metadata"]["uid"].as_str() == Some(uid),
-        None => false,
-    })
+    Ok(
+        match call
+            .server
+            .objects
+            .get(&services.key(Some(ns), name))
+            .await?
+        {
+            Some((svc, _)) => svc["metadata"]["uid"].as_str() == Some(uid),
+            None => false,
+        },
+    )
 }
 
 async fn allocate_ip(call: &Call<'_>, owner: &str) -> ApiResult<Ipv4Addr> {
@@ -109,7 +116,9 @@ async fn allocate_port(call: &Call<'_>, owner: &str) -> ApiResult<u16> {
 
 fn invalid(call: &Call<'_>, object: &Value, cause: Cause) -> ApiError {
     ApiError::invalid(
-        &call.resource.target(object["metadata"]["name"].as_str().unwrap_or_default()),
+        &call
+            .resource
+            .target(object["metadata"]["name"].as_str().unwrap_or_default()),
         vec![cause],
     )
 }
@@ -162,7 +171,10 @@ pub fn before_update(call: &Call<'_>, old: &Value, object: &mut Value) -> ApiRes
 
 async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> ApiResult<()> {
     let owner = owner(object);
-    let kind = object["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let kind = object["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
     if kind == "ExternalName" {
         return Ok(());
     }
@@ -172,7 +184,15 @@ async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> 
         }
         Some(ip) if !ip.is_empty() => {
             let parsed: Ipv4Addr = ip.parse().map_err(|_| {
-                invalid(call, object, Cause::invalid("spec.clusterIPs[0]", &json!(ip), "must be a valid IP address"))
+                invalid(
+                    call,
+                    object,
+                    Cause::invalid(
+                        "spec.clusterIPs[0]",
+                        &json!(ip),
+                        "must be a valid IP address",
+                    ),
+                )
             })?;
             if !cidr_contains(parsed) {
                 return Err(invalid(
@@ -185,7 +205,11 @@ async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> 
                 return Err(invalid(
                     call,
                     object,
-                    Cause::invalid("spec.clusterIPs", &json!([ip]), &format!("failed to allocate IP {ip}: provided IP is already allocated")),
+                    Cause::invalid(
+                        "spec.clusterIPs",
+                        &json!([ip]),
+                        &format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                    ),
                 ));
             }
             object["spec"]["clusterIPs"] = json!([ip]);
@@ -202,7 +226,8 @@ async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> 
             let requested = object["spec"]["ports"][i]["nodePort"].as_i64();
             let port = match requested {
                 Some(p) => {
-                    let in_range = (i64::from(NODE_PORT_RANGE.0)..=i64::from(NODE_PORT_RANGE.1)).contains(&p);
+                    let in_range =
+                        (i64::from(NODE_PORT_RANGE.0)..=i64::from(NODE_PORT_RANGE.1)).contains(&p);
                     if !in_range {
                         return Err(invalid(
                             call,
@@ -214,7 +239,11 @@ async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> 
                         return Err(invalid(
                             call,
                             object,
-                            Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(p), "provided port is already allocated"),
+                            Cause::invalid(
+                                format!("spec.ports[{i}].nodePort"),
+                                &json!(p),
+                                "provided port is already allocated",
+                            ),
                         ));
                     }
                     p as u16

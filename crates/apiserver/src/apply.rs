@@ -45,7 +45,9 @@ pub async fn server_side_apply(call: &Call<'_>, part: Part) -> ApiResult<crate::
         .filter(|m| !m.is_empty())
         .ok_or_else(|| {
             ApiError::invalid(
-                &call.resource.target(call.request.name.as_deref().unwrap_or_default()),
+                &call
+                    .resource
+                    .target(call.request.name.as_deref().unwrap_or_default()),
                 vec![Cause::required("fieldManager").with_message("is required for apply patch")],
             )
         })?;
@@ -64,9 +66,17 @@ pub async fn server_side_apply(call: &Call<'_>, part: Part) -> ApiResult<crate::
         record_manager(&mut object, managed_entry(call, &manager));
         return create_object(call, object).await;
     }
-    let schema_kind = (call.resource.group.clone(), call.resource.version.clone(), call.resource.kind.clone());
+    let schema_kind = (
+        call.resource.group.clone(),
+        call.resource.version.clone(),
+        call.resource.kind.clone(),
+    );
     write_with_retry(call, part, None, |current| {
-        let schema = patch::schema::PatchSchema::builtin().for_kind(&schema_kind.0, &schema_kind.1, &schema_kind.2);
+        let schema = patch::schema::PatchSchema::builtin().for_kind(
+            &schema_kind.0,
+            &schema_kind.1,
+            &schema_kind.2,
+        );
         let mut merged = patch::strategic::apply(current, &applied, schema)
             .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
         record_manager(&mut merged, managed_entry(call, &manager));

@@ -55,7 +55,11 @@ pub enum Decision {
 }
 
 /// RBAC with upstream semantics; members of `system:masters` may do everything.
-pub async fn authorize(objects: &Objects, user: &UserInfo, attrs: &Attributes) -> ApiResult<Decision> {
+pub async fn authorize(
+    objects: &Objects,
+    user: &UserInfo,
+    attrs: &Attributes,
+) -> ApiResult<Decision> {
     if user.in_group(MASTERS_GROUP) {
         return Ok(Decision::Allow);
     }

@@ -52,7 +52,10 @@ impl Reply {
         Self {
             status,
             headers: Vec::new(),
-            body: ReplyBody::Raw("text/plain; charset=utf-8", Bytes::from_static(text.as_bytes())),
+            body: ReplyBody::Raw(
+                "text/plain; charset=utf-8",
+                Bytes::from_static(text.as_bytes()),
+            ),
         }
     }
 
@@ -75,7 +78,10 @@ impl Reply {
         let (content_type, body): (&str, Body) = match self.body {
             ReplyBody::Json(value) => {
                 let bytes = serde_json::to_vec(&value).unwrap_or_default();
-                (content_type_json, Full::new(Bytes::from(bytes)).boxed_unsync())
+                (
+                    content_type_json,
+                    Full::new(Bytes::from(bytes)).boxed_unsync(),
+                )
             }
             ReplyBody::Stream(stream) => {
                 let frames = stream.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
@@ -86,7 +92,10 @@ impl Reply {
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(static_type(content_type)));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(static_type(content_type)),
+        );
         for (name, value) in self.headers {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::try_from(name.as_str()),
@@ -166,7 +175,9 @@ pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
             }
             Ok(value)
         }
-        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media_type(content_type)),
+        "application/vnd.kubernetes.protobuf" => {
+            Err(ApiError::unsupported_media_type(content_type))
+        }
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
@@ -176,8 +187,12 @@ pub async fn read_limited(body: hyper::body::Incoming) -> ApiResult<Bytes> {
     let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_BODY_BYTES)),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(MAX_BODY_BYTES))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -193,18 +208,32 @@ mod tests {
             HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"),
         );
         assert!(accepts_table(&headers));
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
         assert!(!accepts_table(&headers));
     }
 
     #[test]
     fn decodes_json_and_yaml_and_refuses_others() {
-        assert_eq!(decode_value("application/json", b"{\"a\":1}").unwrap()["a"], 1);
-        assert_eq!(decode_value("application/yaml", b"a: 1\nb: [x]\n").unwrap()["b"][0], "x");
-        assert_eq!(decode_value("application/json", b"{").unwrap_err().code, 400);
+        assert_eq!(
+            decode_value("application/json", b"{\"a\":1}").unwrap()["a"],
+            1
+        );
+        assert_eq!(
+            decode_value("application/yaml", b"a: 1\nb: [x]\n").unwrap()["b"][0],
+            "x"
+        );
+        assert_eq!(
+            decode_value("application/json", b"{").unwrap_err().code,
+            400
+        );
         assert_eq!(decode_value("text/html", b"{}").unwrap_err().code, 415);
         assert_eq!(
-            decode_value("application/json", br#"{"a":1,"a":2}"#).unwrap_err().code,
+            decode_value("application/json", br#"{"a":1,"a":2}"#)
+                .unwrap_err()
+                .code,
             400
         );
     }

@@ -72,7 +72,10 @@ impl Call<'_> {
                 .unwrap_or_default()
                 .to_string();
             let include = self.query.include_object.as_deref().unwrap_or("Metadata");
-            return Reply::json(status, table::build(&columns, &[object], &rv, None, include));
+            return Reply::json(
+                status,
+                table::build(&columns, &[object], &rv, None, include),
+            );
         }
         Reply::json(status, object)
     }
@@ -163,13 +166,24 @@ struct Filter {
 
 impl Filter {
     fn from_query(resource: &Arc<ResourceType>, query: &Query) -> ApiResult<Self> {
-        let labels = match query.label_selector.as_deref().filter(|s| !s.trim().is_empty()) {
-            Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?),
+        let labels = match query
+            .label_selector
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(s) => {
+                Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
             None => None,
         };
-        let fields = match query.field_selector.as_deref().filter(|s| !s.trim().is_empty()) {
+        let fields = match query
+            .field_selector
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
             Some(s) => {
-                let selector = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let selector =
+                    FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
                 let mut supported = vec!["metadata.name", "metadata.namespace"];
                 supported.extend(resource.selectable_fields.iter().copied());
                 selector
@@ -207,9 +221,17 @@ impl Filter {
         if let Some(fields) = &self.fields {
             let lookup = |field: &str| -> Option<String> {
                 match field {
-                    "metadata.name" => Some(object["metadata"]["name"].as_str().unwrap_or_default().to_string()),
+                    "metadata.name" => Some(
+                        object["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
                     "metadata.namespace" => Some(
-                        object["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+                        object["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
                     ),
                     other => self.resource.field_value.and_then(|f| f(object, other)),
                 }
@@ -224,7 +246,9 @@ impl Filter {
 
 fn parse_revision(value: &str) -> ApiResult<Revision> {
     value.parse::<Revision>().map_err(|_| {
-        ApiError::bad_request(format!("invalid resource version {value:?}: expected an integer"))
+        ApiError::bad_request(format!(
+            "invalid resource version {value:?}: expected an integer"
+        ))
     })
 }
 
@@ -240,7 +264,10 @@ async fn list(call: &Call<'_>) -> ApiResult<Reply> {
         }
         None => {
             let rv = match (
-                call.query.resource_version.as_deref().filter(|v| !v.is_empty() && *v != "0"),
+                call.query
+                    .resource_version
+                    .as_deref()
+                    .filter(|v| !v.is_empty() && *v != "0"),
                 call.query.resource_version_match.as_deref(),
             ) {
                 (Some(v), Some("Exact")) => parse_revision(v)?,
@@ -283,7 +310,13 @@ async fn list(call: &Call<'_>) -> ApiResult<Reply> {
         let include = call.query.include_object.as_deref().unwrap_or("Metadata");
         return Ok(Reply::json(
             StatusCode::OK,
-            table::build(&call.columns(), &page.items, &rv, continue_token.as_deref(), include),
+            table::build(
+                &call.columns(),
+                &page.items,
+                &rv,
+                continue_token.as_deref(),
+                include,
+            ),
         ));
     }
     let mut metadata = json!({"resourceVersion": rv});
@@ -320,7 +353,9 @@ async fn watch(call: &Call<'_>) -> ApiResult<Reply> {
     let (initial, from) = match rv {
         Some(v) => (Vec::new(), parse_revision(v)? + 1),
         None => {
-            let page = objects.list(&prefix, 0, None, 0, &|o| filter.matches(o)).await?;
+            let page = objects
+                .list(&prefix, 0, None, 0, &|o| filter.matches(o))
+                .await?;
             (page.items, page.revision + 1)
         }
     };
@@ -357,7 +392,9 @@ async fn watch(call: &Call<'_>) -> ApiResult<Reply> {
             let response = match response {
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {
-                    let _ = tx.send(watch_event("ERROR", ApiError::from(e).to_status())).await;
+                    let _ = tx
+                        .send(watch_event("ERROR", ApiError::from(e).to_status()))
+                        .await;
                     return;
                 }
                 None => return,
@@ -401,7 +438,10 @@ fn translate(event: &korvet_store::Event, filter: &Filter) -> Option<(&'static s
         EventKind::Put => {
             let object = storage::decode(&event.kv).ok()?;
             let now_matches = filter.matches(&object);
-            match (prev.is_some() && (prev_matches || filter.is_empty()), now_matches) {
+            match (
+                prev.is_some() && (prev_matches || filter.is_empty()),
+                now_matches,
+            ) {
                 (true, true) => Some(("MODIFIED", object)),
                 (false, true) => Some(("ADDED", object)),
                 (true, false) => Some(("DELETED", object)),
@@ -456,9 +496,8 @@ fn admit(call: &Call<'_>, object: &mut Value, old: Option<&Value>) -> ApiResult<
     }
     let mut warnings = Vec::new();
     if let Some(normalize) = resource.normalize {
-        let normalized = normalize(object.clone()).map_err(|e| {
-            ApiError::bad_request(format!("{} in body: {e}", resource.kind))
-        })?;
+        let normalized = normalize(object.clone())
+            .map_err(|e| ApiError::bad_request(format!("{} in body: {e}", resource.kind)))?;
         let unknown = crate::validation::unknown_fields(object, &normalized);
         if !unknown.is_empty() {
             let messages: Vec<String> = unknown
@@ -478,8 +517,34 @@ fn admit(call: &Call<'_>, object: &mut Value, old: Option<&Value>) -> ApiResult<
         }
         *object = normalized;
     }
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut schema_causes = Vec::new();
+    if let Some(schema) = &resource.custom_schema {
+        let sent = object.clone();
+        schema_causes = crate::custom_schema::apply(schema, object);
+        let unknown = crate::validation::unknown_fields(&sent, object);
+        if !unknown.is_empty() {
+            let messages: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            match call.query.field_validation.as_deref() {
+                Some("Strict") => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        messages.join(", ")
+                    )))
+                }
+                Some("Ignore") => {}
+                _ => warnings.extend(messages),
+            }
+        }
+    }
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut causes = strategy::validate_metadata(resource, object);
+    causes.extend(schema_causes);
     if let Some(validate) = resource.validate {
         causes.extend(validate(object, old));
     }
@@ -548,7 +613,9 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
     } else if let Some(map) = object["metadata"].as_object_mut() {
         map.remove("namespace");
     }
-    let has_name = object["metadata"]["name"].as_str().is_some_and(|n| !n.is_empty());
+    let has_name = object["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
     if !has_name {
         match object["metadata"]["generateName"].as_str() {
             Some(base) if !base.is_empty() => {
@@ -557,7 +624,8 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
             _ => {
                 return Err(ApiError::invalid(
                     &call.resource.target(""),
-                    vec![Cause::required("metadata.name").with_message("name or generateName is required")],
+                    vec![Cause::required("metadata.name")
+                        .with_message("name or generateName is required")],
                 ))
             }
         }
@@ -568,15 +636,20 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
     let warnings = admit(call, &mut object, None)?;
     strategy::prepare_create(&call.resource, &mut object);
     crate::allocation::before_create(call, &mut object).await?;
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if call.query.dry_run {
-        return Ok(call.reply_object(StatusCode::CREATED, object).with_warnings(warnings));
+        return Ok(call
+            .reply_object(StatusCode::CREATED, object)
+            .with_warnings(warnings));
     }
     let key = call.resource.key(call.namespace(), &name);
     match call.server.objects.create(&key, &object).await? {
-        Written::Ok(created) => {
-            Ok(call.reply_object(StatusCode::CREATED, created).with_warnings(warnings))
-        }
+        Written::Ok(created) => Ok(call
+            .reply_object(StatusCode::CREATED, created)
+            .with_warnings(warnings)),
         _ => Err(ApiError::already_exists(&call.resource.target(&name))),
     }
 }
@@ -651,13 +724,20 @@ pub async fn write_with_retry(
         if part == Part::Main {
             strategy::prepare_update(&call.resource, &current, &mut next);
         } else {
-            for field in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+            ] {
                 next["metadata"][field] = current["metadata"][field].clone();
             }
         }
         crate::allocation::before_update(call, &current, &mut next)?;
         if call.query.dry_run {
-            return Ok(call.reply_object(StatusCode::OK, next).with_warnings(warnings));
+            return Ok(call
+                .reply_object(StatusCode::OK, next)
+                .with_warnings(warnings));
         }
         // An object being deleted goes once its last finalizer is removed.
         if next["metadata"]["deletionTimestamp"].is_string() && finalizers(&next).is_empty() {
@@ -668,7 +748,9 @@ pub async fn write_with_retry(
             };
         }
         if strip_rv(&next) == strip_rv(&current) {
-            return Ok(call.reply_object(StatusCode::OK, current).with_warnings(warnings));
+            return Ok(call
+                .reply_object(StatusCode::OK, current)
+                .with_warnings(warnings));
         }
         match call.server.objects.update(&key, &next, revision).await? {
             Written::Ok(updated) => {
@@ -701,7 +783,11 @@ fn strip_rv(object: &Value) -> Value {
 fn finalizers(object: &Value) -> Vec<String> {
     object["metadata"]["finalizers"]
         .as_array()
-        .map(|f| f.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -721,7 +807,10 @@ async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
             if current["metadata"]["uid"].as_str() != Some(uid) {
                 return Err(ApiError::conflict(
                     &call.resource.target(call.name()),
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current["metadata"]["uid"].as_str().unwrap_or_default()),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
                 ));
             }
         }
@@ -783,7 +872,10 @@ async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
         match call.server.objects.update(&key, &marked, revision).await? {
             Written::Ok(updated) => {
                 if is_namespace {
-                    crate::namespaces::finalize_in_background(call.server.clone(), call.name().to_string());
+                    crate::namespaces::finalize_in_background(
+                        call.server.clone(),
+                        call.name().to_string(),
+                    );
                 }
                 return Ok(call.reply_object(StatusCode::OK, updated));
             }
@@ -800,7 +892,11 @@ async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
 /// Pods bound to a node get a grace period for the node agent to stop them; everything
 /// else goes at once (as upstream).
 fn graceful_deletion_seconds(call: &Call<'_>, object: &Value, options: &Value) -> Option<i64> {
-    if call.resource.kind != "Pod" || object["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+    if call.resource.kind != "Pod"
+        || object["spec"]["nodeName"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
         return None;
     }
     let phase = object["status"]["phase"].as_str().unwrap_or_default();
@@ -826,7 +922,10 @@ async fn delete_collection(call: &Call<'_>) -> ApiResult<Reply> {
         .await?;
     let mut deleted = Vec::new();
     for object in page.items {
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
         let key = call.resource.key(namespace.as_deref(), &name);
         let revision = object["metadata"]["resourceVersion"]
@@ -861,4 +960,3 @@ pub fn error_reply(err: &ApiError) -> Reply {
     }
     reply
 }
-

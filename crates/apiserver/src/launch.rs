@@ -86,18 +86,24 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         Some(path) => crate::tokens::load_token_file(path).map_err(LaunchError::Tokens)?,
         None => Vec::new(),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| LaunchError::Listen {
+                address: config.listen,
+                source,
+            })?;
+    let address = listener
+        .local_addr()
         .map_err(|source| LaunchError::Listen {
             address: config.listen,
             source,
         })?;
-    let address = listener.local_addr().map_err(|source| LaunchError::Listen {
-        address: config.listen,
-        source,
-    })?;
     let server = ApiServer::new(Objects::new(store), address.to_string(), tokens);
     server.bootstrap().await.map_err(LaunchError::Bootstrap)?;
+    crate::crd::sync(server.clone())
+        .await
+        .map_err(LaunchError::Bootstrap)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     let spec = pki.admin_kubeconfig(&config.cluster_name, &format!("https://{address}"));
     pki::write_kubeconfig(&kubeconfig, &spec).map_err(pki_err(&pki_dir))?;

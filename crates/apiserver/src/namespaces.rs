@@ -14,11 +14,19 @@ pub fn finalize_in_background(server: Arc<ApiServer>, namespace: String) {
             match finalize(&server, &namespace).await {
                 Ok(true) => return,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(namespace, error = %e, "namespace cleanup failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(namespace, error = %e, "namespace cleanup failed; retrying")
+                }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt + 1))).await;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                100 * u64::from(attempt + 1),
+            ))
+            .await;
         }
-        tracing::error!(namespace, "gave up deleting the contents of a terminating namespace");
+        tracing::error!(
+            namespace,
+            "gave up deleting the contents of a terminating namespace"
+        );
     });
 }
 
@@ -33,7 +41,10 @@ async fn finalize(server: &ApiServer, namespace: &str) -> crate::error::ApiResul
         let prefix = resource.list_prefix(Some(namespace));
         let page = server.objects.list(&prefix, 0, None, 0, &|_| true).await?;
         for object in page.items {
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let revision = object["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|v| v.parse().ok())
@@ -74,5 +85,8 @@ async fn finalize(server: &ApiServer, namespace: &str) -> crate::error::ApiResul
     if !others.is_empty() {
         return Ok(false);
     }
-    Ok(!matches!(server.objects.delete(&key, revision).await?, Written::Conflict))
+    Ok(!matches!(
+        server.objects.delete(&key, revision).await?,
+        Written::Conflict
+    ))
 }

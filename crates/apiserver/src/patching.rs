@@ -23,12 +23,20 @@ pub fn apply_patch(
     current: &Value,
     patch_body: &[u8],
 ) -> ApiResult<Value> {
-    let schema = patch::schema::PatchSchema::builtin().for_kind(&resource.group, &resource.version, &resource.kind);
+    let schema = patch::schema::PatchSchema::builtin().for_kind(
+        &resource.group,
+        &resource.version,
+        &resource.kind,
+    );
     apply_with(content_type, current, patch_body, schema)
 }
 
 /// The same without a schema (strategic merge patch then merges like a merge patch).
-pub fn apply_patch_untyped(content_type: &str, current: &Value, patch_body: &[u8]) -> ApiResult<Value> {
+pub fn apply_patch_untyped(
+    content_type: &str,
+    current: &Value,
+    patch_body: &[u8],
+) -> ApiResult<Value> {
     apply_with(content_type, current, patch_body, None)
 }
 
@@ -40,7 +48,9 @@ fn apply_with(
 ) -> ApiResult<Value> {
     let patch_value = body::decode_value(content_type, patch_body)?;
     match content_type {
-        "application/json-patch+json" => patch::json::apply(current, &patch_value).map_err(patch_error),
+        "application/json-patch+json" => {
+            patch::json::apply(current, &patch_value).map_err(patch_error)
+        }
         "application/merge-patch+json" => Ok(patch::merge::apply(current, &patch_value)),
         "application/strategic-merge-patch+json" => {
             patch::strategic::apply(current, &patch_value, schema).map_err(patch_error)

@@ -37,7 +37,9 @@ impl Query {
             let value = value.into_owned();
             let int = |name: &str| -> ApiResult<i64> {
                 value.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid value {value:?} for query parameter {name}: expected an integer"))
+                    ApiError::bad_request(format!(
+                        "invalid value {value:?} for query parameter {name}: expected an integer"
+                    ))
                 })
             };
             match key.as_ref() {
@@ -103,7 +105,10 @@ pub fn decode_continue(token: &str) -> ApiResult<(i64, Vec<u8>)> {
     if value["v"] != "meta.k8s.io/v1" {
         return Err(invalid());
     }
-    let rv = value["rv"].as_i64().filter(|rv| *rv > 0).ok_or_else(invalid)?;
+    let rv = value["rv"]
+        .as_i64()
+        .filter(|rv| *rv > 0)
+        .ok_or_else(invalid)?;
     let start = value["start"].as_str().ok_or_else(invalid)?;
     if start.contains("..") || start.starts_with('/') {
         return Err(invalid());
@@ -132,7 +137,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let token = encode_continue(42, b"default/web\0");
-        assert_eq!(decode_continue(&token).unwrap(), (42, b"default/web\0".to_vec()));
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            (42, b"default/web\0".to_vec())
+        );
         assert!(decode_continue("not-base64!").is_err());
         let sneaky = base64::engine::general_purpose::URL_SAFE
             .encode(r#"{"v":"meta.k8s.io/v1","rv":1,"start":"../secrets/x"}"#);

@@ -57,6 +57,8 @@ pub struct ResourceType {
     pub virtual_create: bool,
     /// JSON schema root of this kind in the OpenAPI definitions, if known.
     pub schema_name: Option<String>,
+    /// The structural schema of a custom resource (its CRD's `openAPIV3Schema`).
+    pub custom_schema: Option<Arc<Value>>,
 }
 
 impl ResourceType {
@@ -171,6 +173,7 @@ where
         field_value: None,
         virtual_create: false,
         schema_name: None,
+        custom_schema: None,
     }
 }
 
@@ -405,7 +408,8 @@ fn builtins() -> Vec<ResourceType> {
         builtin::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], &["status"]).all_category(),
         builtin::<events::v1::Event>(&["ev"], &[]),
         builtin::<node::v1::RuntimeClass>(&[], &[]),
-        builtin::<apiext::CustomResourceDefinition>(&["crd", "crds"], &["status"]),
+        builtin::<apiext::CustomResourceDefinition>(&["crd", "crds"], &["status"])
+            .with_validation(crate::crd::validate_crd),
         computed::<authorization::v1::SelfSubjectAccessReview>(),
         computed::<authorization::v1::SubjectAccessReview>(),
         computed::<authentication::v1::TokenReview>(),

@@ -62,7 +62,11 @@ pub async fn create(call: &Call<'_>) -> ApiResult<Reply> {
             let spec = &review["spec"];
             let groups = spec["groups"]
                 .as_array()
-                .map(|g| g.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|g| {
+                    g.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let user = UserInfo {
                 name: spec["user"].as_str().unwrap_or_default().to_string(),
@@ -90,11 +94,15 @@ pub async fn create(call: &Call<'_>) -> ApiResult<Reply> {
             answer["apiVersion"] = json!(call.resource.api_version());
             answer["kind"] = json!("TokenReview");
             answer["status"] = match user {
-                Some(u) => json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}}),
+                Some(u) => {
+                    json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}})
+                }
                 None => json!({"authenticated": false}),
             };
             Ok(Reply::json(StatusCode::CREATED, answer))
         }
-        other => Err(ApiError::method_not_allowed(format!("{other} cannot be created"))),
+        other => Err(ApiError::method_not_allowed(format!(
+            "{other} cannot be created"
+        ))),
     }
 }

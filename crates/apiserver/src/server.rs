@@ -53,27 +53,45 @@ impl ApiServer {
     /// Creates what every cluster starts with: the system namespaces and the default
     /// RBAC policy. Existing objects are left as they are.
     pub async fn bootstrap(&self) -> ApiResult<()> {
-        let namespaces = self.registry.get("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces resource"))?;
+        let namespaces = self
+            .registry
+            .get("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("no namespaces resource"))?;
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let mut ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            let mut ns =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             crate::strategy::namespace_defaults(&mut ns);
             crate::strategy::prepare_create(&namespaces, &mut ns);
             ns["status"] = json!({"phase": "Active"});
-            self.objects.create(&namespaces.key(None, name), &ns).await?;
+            self.objects
+                .create(&namespaces.key(None, name), &ns)
+                .await?;
         }
         for (plural, mut object) in crate::rbac::bootstrap_policy() {
-            let Some(resource) = self.registry.get("rbac.authorization.k8s.io", "v1", &plural) else {
+            let Some(resource) = self
+                .registry
+                .get("rbac.authorization.k8s.io", "v1", &plural)
+            else {
                 continue;
             };
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             crate::strategy::prepare_create(&resource, &mut object);
-            self.objects.create(&resource.key(None, &name), &object).await?;
+            self.objects
+                .create(&resource.key(None, &name), &object)
+                .await?;
         }
         Ok(())
     }
 
     /// Serves one request from an authenticated (or anonymous) user.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, user: Option<UserInfo>) -> Response<Body> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        user: Option<UserInfo>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -84,13 +102,19 @@ impl ApiServer {
         let status = reply.status.as_u16();
         tracing::debug!(%method, %path, status, user = user.as_ref().map(|u| u.name.as_str()), elapsed_us = started.elapsed().as_micros() as u64, "request");
         let content_type = match &reply.body {
-            body::ReplyBody::Json(v) if v["kind"] == "APIGroupDiscoveryList" => AGGREGATED_DISCOVERY_TYPE,
+            body::ReplyBody::Json(v) if v["kind"] == "APIGroupDiscoveryList" => {
+                AGGREGATED_DISCOVERY_TYPE
+            }
             _ => "application/json",
         };
         reply.into_response(content_type)
     }
 
-    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, user: Option<&UserInfo>) -> ApiResult<Reply> {
+    async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        user: Option<&UserInfo>,
+    ) -> ApiResult<Reply> {
         let (parts, incoming) = req.into_parts();
         let query = Query::parse(parts.uri.query())?;
         let path = parts.uri.path().to_string();
@@ -104,11 +128,17 @@ impl ApiServer {
         let user = user.ok_or_else(ApiError::unauthorized)?;
         match route {
             Route::NonResource(p) => {
-                self.check(user, non_resource_attributes(&parts.method, &p)).await?;
+                self.check(user, non_resource_attributes(&parts.method, &p))
+                    .await?;
                 self.non_resource(&p, &parts.headers).await
             }
-            Route::Discovery { group, version, legacy } => {
-                self.check(user, non_resource_attributes(&parts.method, &path)).await?;
+            Route::Discovery {
+                group,
+                version,
+                legacy,
+            } => {
+                self.check(user, non_resource_attributes(&parts.method, &path))
+                    .await?;
                 self.discovery(group, version, legacy, &parts.headers)
             }
             Route::Resource(rr) => {
@@ -126,7 +156,10 @@ impl ApiServer {
                     path: None,
                 };
                 self.check(user, attrs).await?;
-                let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+                let body = if matches!(
+                    parts.method,
+                    Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+                ) {
                     body::read_limited(incoming).await?
                 } else {
                     bytes::Bytes::new()
@@ -148,7 +181,11 @@ impl ApiServer {
     pub async fn check(&self, user: &UserInfo, attrs: Attributes) -> ApiResult<()> {
         match auth::authorize(&self.objects, user, &attrs).await? {
             Decision::Allow => Ok(()),
-            Decision::Deny => Err(ApiError::new(403, "Forbidden", crate::rbac::forbidden_message(user, &attrs))),
+            Decision::Deny => Err(ApiError::new(
+                403,
+                "Forbidden",
+                crate::rbac::forbidden_message(user, &attrs),
+            )),
         }
     }
 
@@ -162,17 +199,22 @@ impl ApiServer {
                     "goVersion": "n/a (korvet, Rust)", "compiler": "rustc", "platform": "linux/amd64",
                 }),
             )),
-            "/healthz" | "/livez" | "/readyz" => Some(match self.objects.current_revision().await {
-                Ok(_) => Reply::text(StatusCode::OK, "ok"),
-                Err(_) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
-            }),
+            "/healthz" | "/livez" | "/readyz" => {
+                Some(match self.objects.current_revision().await {
+                    Ok(_) => Reply::text(StatusCode::OK, "ok"),
+                    Err(_) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+                })
+            }
             _ => None,
         }
     }
 
     async fn non_resource(&self, path: &str, _headers: &http::HeaderMap) -> ApiResult<Reply> {
         if path == "/openapi/v3" || path == "/openapi/v3/" {
-            return Ok(Reply::json(StatusCode::OK, crate::openapi::v3_root(&self.registry)));
+            return Ok(Reply::json(
+                StatusCode::OK,
+                crate::openapi::v3_root_with(&self.registry, &custom_schema),
+            ));
         }
         if let Some(gv) = path.strip_prefix("/openapi/v3/") {
             let (group, version) = match gv.split('/').collect::<Vec<_>>().as_slice() {
@@ -180,9 +222,14 @@ impl ApiServer {
                 ["apis", g, v] => (g.to_string(), v.to_string()),
                 _ => return Err(ApiError::no_route(path)),
             };
-            return crate::openapi::v3_group_version(&self.registry, &group, &version)
-                .map(|doc| Reply::json(StatusCode::OK, doc))
-                .ok_or_else(|| ApiError::no_route(path));
+            return crate::openapi::v3_group_version_with(
+                &self.registry,
+                &group,
+                &version,
+                &custom_schema,
+            )
+            .map(|doc| Reply::json(StatusCode::OK, doc))
+            .ok_or_else(|| ApiError::no_route(path));
         }
         Err(ApiError::no_route(path))
     }
@@ -212,6 +259,10 @@ impl ApiServer {
             .map(|v| Reply::json(StatusCode::OK, v).with_header("Vary", "Accept"))
             .ok_or_else(|| ApiError::no_route("discovery"))
     }
+}
+
+fn custom_schema(resource: &crate::registry::ResourceType) -> Option<Value> {
+    resource.custom_schema.as_deref().cloned()
 }
 
 fn non_resource_attributes(method: &Method, path: &str) -> Attributes {

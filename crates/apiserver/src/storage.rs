@@ -95,14 +95,21 @@ impl Objects {
     }
 
     /// Replaces the object if it is still at `revision`.
-    pub async fn update(&self, key: &str, object: &Value, revision: Revision) -> ApiResult<Written> {
+    pub async fn update(
+        &self,
+        key: &str,
+        object: &Value,
+        revision: Revision,
+    ) -> ApiResult<Written> {
         let resp = self
             .store
             .txn(
                 Txn::new()
                     .when([Compare::mod_revision(key, revision)])
                     .and_then([TxnOp::Put(PutRequest::new(key, encode(object)?))])
-                    .or_else([TxnOp::Range(RangeRequest::new(KeyRange::key(key)).keys_only())]),
+                    .or_else([TxnOp::Range(
+                        RangeRequest::new(KeyRange::key(key)).keys_only(),
+                    )]),
             )
             .await?;
         if resp.succeeded {
@@ -123,7 +130,9 @@ impl Objects {
             .txn(
                 Txn::new()
                     .when([Compare::mod_revision(key, revision)])
-                    .and_then([TxnOp::Delete(DeleteRequest::new(KeyRange::key(key)).with_prev_kv())]),
+                    .and_then([TxnOp::Delete(
+                        DeleteRequest::new(KeyRange::key(key)).with_prev_kv(),
+                    )]),
             )
             .await?;
         if !resp.succeeded {
@@ -164,7 +173,11 @@ impl Objects {
             next_start: None,
         };
         // Selectors may reject most keys: read in chunks until the page is full.
-        let chunk = if limit == 0 { 0 } else { (limit * 2).max(100) as i64 };
+        let chunk = if limit == 0 {
+            0
+        } else {
+            (limit * 2).max(100) as i64
+        };
         loop {
             let resp = self
                 .store

@@ -55,13 +55,19 @@ pub async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
         } else {
             crate::patching::apply_patch_untyped(&content_type, &scale, &request)?
         };
-        let replicas = wanted["spec"]["replicas"].as_i64().ok_or_else(|| {
-            ApiError::bad_request("the Scale must have spec.replicas")
-        })?;
+        let replicas = wanted["spec"]["replicas"]
+            .as_i64()
+            .ok_or_else(|| ApiError::bad_request("the Scale must have spec.replicas"))?;
         if replicas < 0 {
             return Err(ApiError::invalid(
-                &call.resource.target(call.request.name.as_deref().unwrap_or_default()),
-                vec![crate::error::Cause::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")],
+                &call
+                    .resource
+                    .target(call.request.name.as_deref().unwrap_or_default()),
+                vec![crate::error::Cause::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
             ));
         }
         let mut next = current.clone();
@@ -87,10 +93,16 @@ pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
         .to_string();
     let name = call.request.name.clone().unwrap_or_default();
     write_with_retry(call, Part::Main, None, |current| {
-        if current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+        if current["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
             return Err(ApiError::conflict(
                 &call.resource.target(&name),
-                &format!("pod {name} is already assigned to node {:?}", current["spec"]["nodeName"].as_str().unwrap_or_default()),
+                &format!(
+                    "pod {name} is already assigned to node {:?}",
+                    current["spec"]["nodeName"].as_str().unwrap_or_default()
+                ),
             ));
         }
         let mut next = current.clone();
@@ -108,7 +120,10 @@ pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
 /// logic of the controllers issue; until then every eviction is allowed.
 pub async fn evict_pod(call: &Call<'_>) -> ApiResult<Reply> {
     let (_, revision) = load(call).await?;
-    let key = call.resource.key(call.request.namespace.as_deref(), call.request.name.as_deref().unwrap_or_default());
+    let key = call.resource.key(
+        call.request.namespace.as_deref(),
+        call.request.name.as_deref().unwrap_or_default(),
+    );
     if !call.query.dry_run {
         let _ = call.server.objects.delete(&key, revision).await?;
     }

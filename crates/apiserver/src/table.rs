@@ -1,60 +1,141 @@
 //! Server-side printing: the `Table` kubectl asks for, with upstream's columns for the
 //! common kinds and `Name`/`Age` for the rest.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 #[derive(Clone)]
 pub struct Column {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub format: &'static str,
-    pub description: &'static str,
+    pub name: Cow<'static, str>,
+    pub kind: Cow<'static, str>,
+    pub format: Cow<'static, str>,
+    pub description: Cow<'static, str>,
     /// 0: always shown; 1: only with `-o wide`.
     pub priority: u8,
     pub cell: fn(&Value) -> Value,
+    /// A JSONPath (custom resources' printer columns) used instead of `cell`.
+    pub json_path: Option<String>,
 }
 
 const fn column(name: &'static str, kind: &'static str, cell: fn(&Value) -> Value) -> Column {
     Column {
-        name,
-        kind,
-        format: "",
-        description: "",
+        name: Cow::Borrowed(name),
+        kind: Cow::Borrowed(kind),
+        format: Cow::Borrowed(""),
+        description: Cow::Borrowed(""),
         priority: 0,
         cell,
+        json_path: None,
     }
 }
 
 const fn wide(name: &'static str, cell: fn(&Value) -> Value) -> Column {
     Column {
-        name,
-        kind: "string",
-        format: "",
-        description: "",
+        name: Cow::Borrowed(name),
+        kind: Cow::Borrowed("string"),
+        format: Cow::Borrowed(""),
+        description: Cow::Borrowed(""),
         priority: 1,
         cell,
+        json_path: None,
     }
 }
 
-fn name_column() -> Column {
+pub fn name_column() -> Column {
     Column {
-        name: "Name",
-        kind: "string",
-        format: "name",
-        description: "Name must be unique within a namespace.",
-        priority: 0,
-        cell: |o| o["metadata"]["name"].clone(),
+        format: Cow::Borrowed("name"),
+        description: Cow::Borrowed("Name must be unique within a namespace."),
+        ..column("Name", "string", |o| o["metadata"]["name"].clone())
     }
 }
 
-fn age_column() -> Column {
+pub fn age_column() -> Column {
     Column {
-        name: "Age",
-        kind: "string",
-        format: "",
-        description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
-        priority: 0,
-        cell: |o| json!(age(o["metadata"]["creationTimestamp"].as_str())),
+        description: Cow::Borrowed("CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ..column("Age", "string", |o| json!(age(o["metadata"]["creationTimestamp"].as_str())))
+    }
+}
+
+/// A printer column of a custom resource.
+pub fn json_path_column(
+    name: &str,
+    kind: &str,
+    format: &str,
+    description: &str,
+    priority: u8,
+    path: &str,
+) -> Column {
+    Column {
+        name: Cow::Owned(name.to_string()),
+        kind: Cow::Owned(kind.to_string()),
+        format: Cow::Owned(format.to_string()),
+        description: Cow::Owned(description.to_string()),
+        priority,
+        cell: |_| Value::Null,
+        json_path: Some(path.to_string()),
+    }
+}
+
+/// Evaluates the JSONPath subset printer columns use: `.a.b`, `[N]`, and filters
+/// `[?(@.key=="value")]`. Several matches are joined with commas, as kubectl does.
+pub fn eval_json_path(object: &Value, path: &str) -> Value {
+    let path = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
+    let mut current: Vec<&Value> = vec![object];
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            let key = &after[..end];
+            current = current.iter().filter_map(|v| v.get(key)).collect();
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let Some(close) = after.find(']') else {
+                return Value::Null;
+            };
+            let inner = &after[..close];
+            rest = &after[close + 1..];
+            if let Some(filter) = inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+                let Some((key, want)) = filter.split_once("==") else {
+                    return Value::Null;
+                };
+                let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
+                current = current
+                    .iter()
+                    .filter_map(|v| v.as_array())
+                    .flatten()
+                    .filter(|item| item.get(key.trim()).and_then(Value::as_str) == Some(want))
+                    .collect();
+            } else if inner == "*" {
+                current = current
+                    .iter()
+                    .filter_map(|v| v.as_array())
+                    .flatten()
+                    .collect();
+            } else if let Ok(i) = inner.parse::<usize>() {
+                current = current.iter().filter_map(|v| v.get(i)).collect();
+            } else {
+                return Value::Null;
+            }
+        } else {
+            return Value::Null;
+        }
+    }
+    match current.as_slice() {
+        [] => Value::Null,
+        [one] => (*one).clone(),
+        many => json!(many
+            .iter()
+            .map(|v| v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string()))
+            .collect::<Vec<_>>()
+            .join(",")),
     }
 }
 
@@ -459,7 +540,13 @@ pub fn build(
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(o)).collect();
+            let cells: Vec<Value> = columns
+                .iter()
+                .map(|c| match &c.json_path {
+                    Some(path) => eval_json_path(o, path),
+                    None => (c.cell)(o),
+                })
+                .collect();
             let object = match include_object {
                 "None" => Value::Null,
                 "Object" => o.clone(),
@@ -500,6 +587,20 @@ mod tests {
         assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
         assert_eq!(human_duration(400 * 86400), "400d");
         assert_eq!(human_duration(-5), "<invalid>");
+    }
+
+    #[test]
+    fn json_paths_for_printer_columns() {
+        let o = json!({"spec": {"replicas": 3, "list": [{"n": 1}, {"n": 2}]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "X", "status": "False"}]}});
+        assert_eq!(eval_json_path(&o, ".spec.replicas"), json!(3));
+        assert_eq!(eval_json_path(&o, ".spec.list[1].n"), json!(2));
+        assert_eq!(
+            eval_json_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            json!("True")
+        );
+        assert_eq!(eval_json_path(&o, ".spec.missing"), Value::Null);
+        assert_eq!(eval_json_path(&o, ".spec.list[*].n"), json!("1,2"));
     }
 
     #[test]

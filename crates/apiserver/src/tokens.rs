@@ -35,7 +35,12 @@ pub fn parse_token_file(text: &str) -> Result<Vec<StaticToken>, String> {
         let fields: Vec<&str> = head.split(',').map(str::trim).collect();
         let (token, user) = match fields.as_slice() {
             [token, user, ..] if !token.is_empty() && !user.is_empty() => (*token, *user),
-            _ => return Err(format!("line {}: expected token,user,uid[,\"groups\"]", i + 1)),
+            _ => {
+                return Err(format!(
+                    "line {}: expected token,user,uid[,\"groups\"]",
+                    i + 1
+                ))
+            }
         };
         let mut groups: Vec<String> = groups
             .split(',')
@@ -44,7 +49,12 @@ pub fn parse_token_file(text: &str) -> Result<Vec<StaticToken>, String> {
             .map(str::to_string)
             .collect();
         if fields.len() > 3 {
-            groups.extend(fields[3..].iter().filter(|g| !g.is_empty()).map(|g| g.to_string()));
+            groups.extend(
+                fields[3..]
+                    .iter()
+                    .filter(|g| !g.is_empty())
+                    .map(|g| g.to_string()),
+            );
         }
         tokens.push(StaticToken {
             token: token.to_string(),

@@ -108,9 +108,15 @@ mod tests {
     #[test]
     fn finds_duplicate_keys_only_within_one_object() {
         assert_eq!(duplicate_field(br#"{"a":1,"b":{"a":2}}"#), None);
-        assert_eq!(duplicate_field(br#"{"a":1,"b":2,"a":3}"#).as_deref(), Some("a"));
+        assert_eq!(
+            duplicate_field(br#"{"a":1,"b":2,"a":3}"#).as_deref(),
+            Some("a")
+        );
         assert_eq!(duplicate_field(br#"{"l":[{"x":1},{"x":2}]}"#), None);
-        assert_eq!(duplicate_field(br#"{"s":"a\"b","s":1}"#).as_deref(), Some("s"));
+        assert_eq!(
+            duplicate_field(br#"{"s":"a\"b","s":1}"#).as_deref(),
+            Some("s")
+        );
         assert_eq!(duplicate_field(br#"{"v":"{\"k\":1,\"k\":2}"}"#), None);
     }
 }

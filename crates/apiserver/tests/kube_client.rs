@@ -3,11 +3,11 @@
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use korvet_test_support::{on_every_store, StoreKind, TestControlPlane};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Client, Config};
-use korvet_test_support::{on_every_store, StoreKind, TestControlPlane};
 use serde_json::json;
 
 async fn client(cp: &TestControlPlane) -> Client {
@@ -43,11 +43,21 @@ async fn typed_crud_and_lists(store: StoreKind) {
         other => panic!("unexpected error {other:?}"),
     }
     let mut fetched = api.get("one").await.expect("get");
-    fetched.data.get_or_insert_default().insert("key".into(), "2".into());
-    let replaced = api.replace("one", &PostParams::default(), &fetched).await.expect("replace");
+    fetched
+        .data
+        .get_or_insert_default()
+        .insert("key".into(), "2".into());
+    let replaced = api
+        .replace("one", &PostParams::default(), &fetched)
+        .await
+        .expect("replace");
     assert_eq!(replaced.data.unwrap_or_default()["key"], "2");
     let patched = api
-        .patch("one", &PatchParams::default(), &Patch::Merge(json!({"data": {"extra": "x"}})))
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"extra": "x"}})),
+        )
         .await
         .expect("merge patch");
     assert_eq!(patched.data.unwrap_or_default()["extra"], "x");
@@ -61,11 +71,17 @@ async fn typed_crud_and_lists(store: StoreKind) {
         .expect("server-side apply");
     assert_eq!(applied.metadata.name.as_deref(), Some("two"));
     for i in 0..5 {
-        api.create(&PostParams::default(), &config_map(&format!("page-{i}"), "p"))
-            .await
-            .expect("create page");
+        api.create(
+            &PostParams::default(),
+            &config_map(&format!("page-{i}"), "p"),
+        )
+        .await
+        .expect("create page");
     }
-    let labelled = api.list(&ListParams::default().labels("app=kube-test")).await.expect("list");
+    let labelled = api
+        .list(&ListParams::default().labels("app=kube-test"))
+        .await
+        .expect("list");
     assert_eq!(labelled.items.len(), 7);
     // Pagination: limit + continue returns every object once.
     let mut seen = Vec::new();
@@ -81,7 +97,9 @@ async fn typed_crud_and_lists(store: StoreKind) {
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 7, "{seen:?}");
-    api.delete("one", &DeleteParams::default()).await.expect("delete");
+    api.delete("one", &DeleteParams::default())
+        .await
+        .expect("delete");
     assert!(api.get_opt("one").await.expect("get_opt").is_none());
 }
 
@@ -89,7 +107,9 @@ async fn runtime_watcher_follows_changes(store: StoreKind) {
     let cp = TestControlPlane::start(store).await;
     let client = client(&cp).await;
     let api: Api<ConfigMap> = Api::namespaced(client, "default");
-    api.create(&PostParams::default(), &config_map("before", "0")).await.expect("create");
+    api.create(&PostParams::default(), &config_map("before", "0"))
+        .await
+        .expect("create");
     let stream = watcher(api.clone(), watcher::Config::default()).boxed();
     let events = tokio::spawn(async move {
         let mut names = Vec::new();
@@ -111,8 +131,12 @@ async fn runtime_watcher_follows_changes(store: StoreKind) {
         names
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    api.create(&PostParams::default(), &config_map("after", "1")).await.expect("create");
-    api.delete("after", &DeleteParams::default()).await.expect("delete");
+    api.create(&PostParams::default(), &config_map("after", "1"))
+        .await
+        .expect("create");
+    api.delete("after", &DeleteParams::default())
+        .await
+        .expect("delete");
     let names = tokio::time::timeout(std::time::Duration::from_secs(20), events)
         .await
         .expect("watcher saw the changes in time")

@@ -33,10 +33,21 @@ async fn discovery_and_basic_reads(store: StoreKind) {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(namespaces.contains(ns), "{namespaces}");
     }
-    assert!(namespaces.starts_with("NAME"), "server-side table expected:\n{namespaces}");
+    assert!(
+        namespaces.starts_with("NAME"),
+        "server-side table expected:\n{namespaces}"
+    );
     let resources = k.ok(&["api-resources"]);
-    for line in ["deployments", "configmaps", "clusterroles", "customresourcedefinitions"] {
-        assert!(resources.contains(line), "{line} missing from api-resources:\n{resources}");
+    for line in [
+        "deployments",
+        "configmaps",
+        "clusterroles",
+        "customresourcedefinitions",
+    ] {
+        assert!(
+            resources.contains(line),
+            "{line} missing from api-resources:\n{resources}"
+        );
     }
     let versions = k.ok(&["api-versions"]);
     assert!(versions.contains("apps/v1") && versions.contains("rbac.authorization.k8s.io/v1"));
@@ -59,30 +70,52 @@ async fn apply_get_in_every_format_and_delete(store: StoreKind) {
     assert!(wide.contains("registry.local/demo-web:1"), "{wide}");
     let object = k.json(&["get", "deployment", "web"]);
     assert_eq!(object["spec"]["replicas"], 2);
-    assert_eq!(object["spec"]["strategy"]["type"], "RollingUpdate", "defaults applied");
+    assert_eq!(
+        object["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaults applied"
+    );
     assert_eq!(object["metadata"]["generation"], 1);
     let yaml = k.ok(&["get", "deploy", "web", "-o", "yaml"]);
     assert!(yaml.contains("kind: Deployment"), "{yaml}");
     let name = k.ok(&["get", "deploy", "-o", "name"]);
     assert_eq!(name.trim(), "deployment.apps/web");
-    let path = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].name}"]);
+    let path = k.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].name}",
+    ]);
     assert_eq!(path, "web");
-    let cols = k.ok(&["get", "deploy", "-o", "custom-columns=N:.metadata.name,R:.spec.replicas"]);
+    let cols = k.ok(&[
+        "get",
+        "deploy",
+        "-o",
+        "custom-columns=N:.metadata.name,R:.spec.replicas",
+    ]);
     assert!(cols.contains("web") && cols.contains('2'), "{cols}");
     // Applying the same file again changes nothing; a changed one is patched.
     let again = k.ok_with_input(&["apply", "-f", "-"], DEPLOYMENT);
     assert!(again.contains("unchanged"), "{again}");
-    let changed = DEPLOYMENT.replace("replicas: 2", "replicas: 3").replace("value: \"1\"", "value: \"2\"");
+    let changed = DEPLOYMENT
+        .replace("replicas: 2", "replicas: 3")
+        .replace("value: \"1\"", "value: \"2\"");
     let out = k.ok_with_input(&["apply", "-f", "-"], &changed);
     assert!(out.contains("configured"), "{out}");
     let object = k.json(&["get", "deployment", "web"]);
     assert_eq!(object["spec"]["replicas"], 3);
-    assert_eq!(object["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"], "2");
+    assert_eq!(
+        object["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "2"
+    );
     assert_eq!(object["metadata"]["generation"], 2);
     let out = k.ok(&["delete", "deployment", "web"]);
     assert!(out.contains("deleted"), "{out}");
     let gone = k.fails(&["get", "deployment", "web"]);
-    assert!(gone.contains("NotFound") && gone.contains("\"web\" not found"), "{gone}");
+    assert!(
+        gone.contains("NotFound") && gone.contains("\"web\" not found"),
+        "{gone}"
+    );
 }
 
 async fn label_annotate_patch_replace(store: StoreKind) {
@@ -98,11 +131,34 @@ async fn label_annotate_patch_replace(store: StoreKind) {
     assert_eq!(selected.trim(), "configmap/settings");
     let none = k.ok(&["get", "cm", "-l", "tier=frontend", "-o", "name"]);
     assert!(none.trim().is_empty(), "{none}");
-    k.ok(&["patch", "configmap", "settings", "--type=merge", "-p", r#"{"data":{"b":"2"}}"#]);
-    k.ok(&["patch", "configmap", "settings", "--type=json", "-p", r#"[{"op":"replace","path":"/data/a","value":"10"}]"#]);
-    k.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"c":"3"}}"#]);
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"b":"2"}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/a","value":"10"}]"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"c":"3"}}"#,
+    ]);
     let object = k.json(&["get", "cm", "settings"]);
-    assert_eq!(object["data"], serde_json::json!({"a": "10", "b": "2", "c": "3"}));
+    assert_eq!(
+        object["data"],
+        serde_json::json!({"a": "10", "b": "2", "c": "3"})
+    );
     assert_eq!(object["metadata"]["labels"]["tier"], "backend");
     assert_eq!(object["metadata"]["annotations"]["owner"], "team-a");
     let mut replaced = object.clone();
@@ -113,11 +169,25 @@ async fn label_annotate_patch_replace(store: StoreKind) {
     // A stale resourceVersion is a conflict.
     let stale = replaced.to_string();
     let run = k.run_with_input(&["replace", "-f", "-"], &stale);
-    assert!(!run.ok && run.stderr.contains("the object has been modified"), "{}", run.stderr);
-    let by_field = k.ok(&["get", "cm", "--field-selector", "metadata.name=settings", "-o", "name"]);
+    assert!(
+        !run.ok && run.stderr.contains("the object has been modified"),
+        "{}",
+        run.stderr
+    );
+    let by_field = k.ok(&[
+        "get",
+        "cm",
+        "--field-selector",
+        "metadata.name=settings",
+        "-o",
+        "name",
+    ]);
     assert_eq!(by_field.trim(), "configmap/settings");
     let bad_field = k.fails(&["get", "cm", "--field-selector", "spec.nope=x"]);
-    assert!(bad_field.contains("field label not supported"), "{bad_field}");
+    assert!(
+        bad_field.contains("field label not supported"),
+        "{bad_field}"
+    );
 }
 
 async fn dry_run_and_server_side_apply(store: StoreKind) {
@@ -132,11 +202,23 @@ async fn dry_run_and_server_side_apply(store: StoreKind) {
     assert_eq!(object["spec"]["replicas"], 2);
     let managers: Vec<String> = object["metadata"]["managedFields"]
         .as_array()
-        .map(|m| m.iter().filter_map(|f| f["manager"].as_str().map(str::to_string)).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|f| f["manager"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(managers.contains(&"kubectl".to_string()), "{managers:?}");
-    let diff = k.run_with_input(&["diff", "-f", "-"], &DEPLOYMENT.replace("replicas: 2", "replicas: 5"));
-    assert!(diff.stdout.contains("replicas: 5"), "diff: {}{}", diff.stdout, diff.stderr);
+    let diff = k.run_with_input(
+        &["diff", "-f", "-"],
+        &DEPLOYMENT.replace("replicas: 2", "replicas: 5"),
+    );
+    assert!(
+        diff.stdout.contains("replicas: 5"),
+        "diff: {}{}",
+        diff.stdout,
+        diff.stderr
+    );
 }
 
 async fn bad_input_gets_precise_errors(store: StoreKind) {
@@ -146,45 +228,90 @@ async fn bad_input_gets_precise_errors(store: StoreKind) {
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndataa: {a: b}\n",
     );
-    assert!(!unknown.ok && unknown.stderr.contains("unknown field \"dataa\""), "{}", unknown.stderr);
+    assert!(
+        !unknown.ok && unknown.stderr.contains("unknown field \"dataa\""),
+        "{}",
+        unknown.stderr
+    );
     let invalid = k.run_with_input(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Not_Valid}\n",
     );
-    assert!(!invalid.ok && invalid.stderr.contains("metadata.name: Invalid value"), "{}", invalid.stderr);
-    let exists = k.run_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n");
+    assert!(
+        !invalid.ok && invalid.stderr.contains("metadata.name: Invalid value"),
+        "{}",
+        invalid.stderr
+    );
+    let exists = k.run_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n",
+    );
     assert!(exists.ok, "{}", exists.stderr);
-    let again = k.run_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n");
-    assert!(!again.ok && again.stderr.contains("AlreadyExists"), "{}", again.stderr);
+    let again = k.run_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n",
+    );
+    assert!(
+        !again.ok && again.stderr.contains("AlreadyExists"),
+        "{}",
+        again.stderr
+    );
     let no_ns = k.run_with_input(
         &["create", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: nowhere}\n",
     );
-    assert!(!no_ns.ok && no_ns.stderr.contains("namespaces \"nowhere\" not found"), "{}", no_ns.stderr);
+    assert!(
+        !no_ns.ok && no_ns.stderr.contains("namespaces \"nowhere\" not found"),
+        "{}",
+        no_ns.stderr
+    );
     let pod = k.run_with_input(
         &["create", "-f", "-"],
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n",
     );
-    assert!(!pod.ok && pod.stderr.contains("spec.containers[0].image: Required value"), "{}", pod.stderr);
+    assert!(
+        !pod.ok
+            && pod
+                .stderr
+                .contains("spec.containers[0].image: Required value"),
+        "{}",
+        pod.stderr
+    );
 }
 
 async fn watch_sees_changes(store: StoreKind) {
     let cp = TestControlPlane::start(store).await;
     let k = cp.kubectl();
-    let mut watcher = k.spawn(&["get", "configmaps", "-w", "-o", "name", "--request-timeout=20s"]);
+    let mut watcher = k.spawn(&[
+        "get",
+        "configmaps",
+        "-w",
+        "-o",
+        "name",
+        "--request-timeout=20s",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(700));
-    k.ok_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w1}\n");
+    k.ok_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w1}\n",
+    );
     std::thread::sleep(std::time::Duration::from_millis(700));
     let _ = watcher.kill();
     let output = watcher.wait_with_output().expect("watch output");
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(printed.contains("configmap/w1"), "watch printed:\n{printed}");
+    assert!(
+        printed.contains("configmap/w1"),
+        "watch printed:\n{printed}"
+    );
 }
 
 async fn namespaces_and_rbac(store: StoreKind) {
     let cp = TestControlPlane::start(store).await;
     let k = cp.kubectl();
-    k.ok_with_input(&["apply", "-f", "-"], "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n");
+    k.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n",
+    );
     k.ok_with_input(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: team-a}\n",
@@ -233,22 +360,34 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}]
 "#,
     );
     let alice = cp.kubectl_as(&cp.kubeconfig_for("alice", &[]));
-    assert!(alice.ok(&["get", "cm", "-n", "a", "-o", "name"]).contains("configmap/in-a"));
+    assert!(alice
+        .ok(&["get", "cm", "-n", "a", "-o", "name"])
+        .contains("configmap/in-a"));
     let other = alice.fails(&["get", "cm", "-n", "b"]);
     assert!(
-        other.contains("User \"alice\" cannot list resource \"configmaps\"") && other.contains("namespace \"b\""),
+        other.contains("User \"alice\" cannot list resource \"configmaps\"")
+            && other.contains("namespace \"b\""),
         "{other}"
     );
     let write = alice.run_with_input(
         &["create", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mine, namespace: a}\n",
     );
-    assert!(!write.ok && write.stderr.contains("Forbidden"), "{}", write.stderr);
+    assert!(
+        !write.ok && write.stderr.contains("Forbidden"),
+        "{}",
+        write.stderr
+    );
     let secrets = alice.fails(&["get", "secrets", "-n", "a"]);
-    assert!(secrets.contains("Forbidden"), "view must not read secrets: {secrets}");
+    assert!(
+        secrets.contains("Forbidden"),
+        "view must not read secrets: {secrets}"
+    );
     // A group-wide view binding: reads everywhere, still no writes.
     let carol = cp.kubectl_as(&cp.kubeconfig_for("carol", &["viewers"]));
-    assert!(carol.ok(&["get", "cm", "-A", "-o", "name"]).contains("configmap/in-b"));
+    assert!(carol
+        .ok(&["get", "cm", "-A", "-o", "name"])
+        .contains("configmap/in-b"));
     let delete = carol.fails(&["delete", "cm", "in-b", "-n", "b"]);
     assert!(delete.contains("Forbidden"), "{delete}");
     let nobody = cp.kubectl_as(&cp.kubeconfig_for("mallory", &[]));
@@ -262,22 +401,130 @@ async fn two_replicas_on_three_member_etcd_agree() {
     let second = cp.start_replica(1).await;
     let first = cp.kubectl();
     let other = cp.kubectl_as(&second.kubeconfig);
-    let mut watcher = other.spawn(&["get", "configmaps", "-w", "-o", "name", "--request-timeout=30s"]);
+    let mut watcher = other.spawn(&[
+        "get",
+        "configmaps",
+        "-w",
+        "-o",
+        "name",
+        "--request-timeout=30s",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    first.ok_with_input(&["create", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {k: v}\n");
+    first.ok_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {k: v}\n",
+    );
     let read = other.json(&["get", "cm", "shared"]);
     assert_eq!(read["data"]["k"], "v");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let _ = watcher.kill();
     let output = watcher.wait_with_output().expect("watch output");
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(printed.contains("configmap/shared"), "the other replica's watch printed:\n{printed}");
+    assert!(
+        printed.contains("configmap/shared"),
+        "the other replica's watch printed:\n{printed}"
+    );
     // Writes through the second replica conflict correctly with the first's view.
     other.ok(&["label", "cm", "shared", "via=second"]);
-    assert_eq!(first.json(&["get", "cm", "shared"])["metadata"]["labels"]["via"], "second");
+    assert_eq!(
+        first.json(&["get", "cm", "shared"])["metadata"]["labels"]["via"],
+        "second"
+    );
+}
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wg]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1, description: How big the widget is.}
+              color: {type: string, default: blue}
+          status:
+            type: object
+            properties:
+              ready: {type: boolean}
+"#;
+
+async fn custom_resources(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok_with_input(&["apply", "-f", "-"], CRD);
+    k.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ]);
+    let out = k.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
+    );
+    assert!(out.contains("widget.example.com/w1 created"), "{out}");
+    let table = k.ok(&["get", "widgets"]);
+    assert!(table.contains("SIZE") && table.contains('3'), "{table}");
+    let short = k.ok(&["get", "wg", "w1", "-o", "jsonpath={.spec.color}"]);
+    assert_eq!(short, "blue", "schema default applied");
+    let explain = k.ok(&["explain", "widget.spec.size"]);
+    assert!(explain.contains("How big the widget is"), "{explain}");
+    let bad = k.run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0, shape: round}\n",
+    );
+    assert!(
+        !bad.ok && bad.stderr.contains("unknown field \"spec.shape\""),
+        "{}",
+        bad.stderr
+    );
+    let bad = k.run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n",
+    );
+    assert!(
+        !bad.ok && bad.stderr.contains("spec.size"),
+        "{}",
+        bad.stderr
+    );
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"size":5}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"]),
+        "5"
+    );
+    k.ok(&["delete", "crd", "widgets.example.com"]);
+    let gone = k.fails(&["get", "widgets"]);
+    assert!(
+        gone.contains("the server doesn't have a resource type")
+            || gone.contains("could not find the requested resource"),
+        "{gone}"
+    );
 }
 
 on_every_store!(
+    custom_resources,
     rbac_limits_users_to_what_they_were_granted,
     discovery_and_basic_reads,
     apply_get_in_every_format_and_delete,

@@ -26,7 +26,14 @@ fn python() -> PathBuf {
             .expect("python3 -m venv (install python3-venv)");
         assert!(status.success(), "creating the virtualenv failed");
         let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "kubernetes>=31,<34"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "kubernetes>=31,<34",
+            ])
             .status()
             .expect("pip install kubernetes");
         assert!(status.success(), "pip install kubernetes failed");
@@ -94,7 +101,10 @@ async fn python_client_crud_list_watch(store: StoreKind) {
     .expect("python task");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("python client ok"), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("python client ok"),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
 }
 
 on_every_store!(python_client_crud_list_watch);

@@ -43,7 +43,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     .await?;
     println!("serving the Kubernetes API on {}", running.url());
     println!("admin kubeconfig: {}", running.kubeconfig.display());
-    println!("try: kubectl --kubeconfig {} get namespaces", running.kubeconfig.display());
+    println!(
+        "try: kubectl --kubeconfig {} get namespaces",
+        running.kubeconfig.display()
+    );
     crate::signals::wait_for_shutdown().await;
     eprintln!("shutting down");
     drop(running);

@@ -187,20 +187,37 @@ impl Kubectl {
     /// Runs kubectl and returns stdout; panics with kubectl's stderr if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let run = self.run(args);
-        assert!(run.ok, "kubectl {} failed:\n{}{}", args.join(" "), run.stderr, run.stdout);
+        assert!(
+            run.ok,
+            "kubectl {} failed:\n{}{}",
+            args.join(" "),
+            run.stderr,
+            run.stdout
+        );
         run.stdout
     }
 
     pub fn ok_with_input(&self, args: &[&str], stdin: &str) -> String {
         let run = self.run_with_input(args, stdin);
-        assert!(run.ok, "kubectl {} failed:\n{}{}", args.join(" "), run.stderr, run.stdout);
+        assert!(
+            run.ok,
+            "kubectl {} failed:\n{}{}",
+            args.join(" "),
+            run.stderr,
+            run.stdout
+        );
         run.stdout
     }
 
     /// Runs kubectl expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let run = self.run(args);
-        assert!(!run.ok, "kubectl {} should have failed but printed:\n{}", args.join(" "), run.stdout);
+        assert!(
+            !run.ok,
+            "kubectl {} should have failed but printed:\n{}",
+            args.join(" "),
+            run.stdout
+        );
         run.stderr
     }
 
@@ -216,7 +233,8 @@ impl Kubectl {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-o", "json"]);
         let out = self.ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl printed invalid JSON ({e}):\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("kubectl printed invalid JSON ({e}):\n{out}"))
     }
 }
 
