@@ -1202,6 +1202,7 @@ mod tests {
             field_value: None,
             virtual_create: false,
             schema_name: None,
+            custom_schema: None,
         });
         let untyped = v3_group_version(&registry, "stable.example.com", "v1").unwrap();
         let patch = patch_op(
