@@ -528,14 +528,28 @@ async fn describe_scale_edit_wait(store: StoreKind) {
     let k = cp.kubectl();
     k.ok_with_input(&["apply", "-f", "-"], DEPLOYMENT);
     let described = k.ok(&["describe", "deployment", "web"]);
-    assert!(described.contains("Replicas:") && described.contains("registry.local/demo-web:1"), "{described}");
+    assert!(
+        described.contains("Replicas:") && described.contains("registry.local/demo-web:1"),
+        "{described}"
+    );
     let out = k.ok(&["scale", "deployment", "web", "--replicas=4"]);
     assert!(out.contains("scaled"), "{out}");
-    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "4");
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
     // kubectl edit runs $KUBE_EDITOR on a temporary file.
     let editor = cp.dir().join("editor.sh");
-    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/replicas: 4/replicas: 6/' \"$1\"\n").expect("editor");
-    std::process::Command::new("chmod").arg("+x").arg(&editor).status().expect("chmod");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/replicas: 4/replicas: 6/' \"$1\"\n",
+    )
+    .expect("editor");
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&editor)
+        .status()
+        .expect("chmod");
     let edited = std::process::Command::new("kubectl")
         .args(["--kubeconfig"])
         .arg(cp.kubeconfig())
@@ -543,9 +557,21 @@ async fn describe_scale_edit_wait(store: StoreKind) {
         .env("KUBE_EDITOR", &editor)
         .output()
         .expect("kubectl edit");
-    assert!(edited.status.success(), "{}", String::from_utf8_lossy(&edited.stderr));
-    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "6");
-    let waited = k.ok(&["wait", "--for=jsonpath={.spec.replicas}=6", "deployment/web", "--timeout=10s"]);
+    assert!(
+        edited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "6"
+    );
+    let waited = k.ok(&[
+        "wait",
+        "--for=jsonpath={.spec.replicas}=6",
+        "deployment/web",
+        "--timeout=10s",
+    ]);
     assert!(waited.contains("condition met"), "{waited}");
     k.ok(&["delete", "deployment", "web", "--wait=false"]);
     let gone = k.ok(&["wait", "--for=delete", "deployment/web", "--timeout=10s"]);
