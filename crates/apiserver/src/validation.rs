@@ -101,7 +101,7 @@ mod tests {
         let kept = json!({"spec": {"containers": [{"name": "a"}]}, "metadata": {"name": "p"}});
         assert_eq!(
             unknown_fields(&sent, &kept),
-            ["spec.containers[0].imagee", "spec.bogus"]
+            ["spec.bogus", "spec.containers[0].imagee"]
         );
     }
 
