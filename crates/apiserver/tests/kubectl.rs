@@ -578,7 +578,84 @@ async fn describe_scale_edit_wait(store: StoreKind) {
     assert!(gone.contains("condition met") || gone.is_empty(), "{gone}");
 }
 
+async fn services_get_cluster_ips_and_node_ports(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok_with_input(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 80}]
+"#,
+    );
+    let web = k.json(&["get", "service", "web"]);
+    let ip = web["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let parsed: std::net::Ipv4Addr = ip.parse().expect("cluster IP");
+    assert!(
+        parsed.octets()[0] == 10 && (96..112).contains(&parsed.octets()[1]),
+        "{ip} outside 10.96.0.0/12"
+    );
+    let node_port = web["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("node port");
+    assert!((30000..=32767).contains(&node_port));
+    assert_eq!(web["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(
+        k.json(&["get", "service", "headless"])["spec"]["clusterIP"],
+        "None"
+    );
+    // Re-applying keeps the allocations.
+    k.ok_with_input(&["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 9090}]\n");
+    let again = k.json(&["get", "service", "web"]);
+    assert_eq!(again["spec"]["clusterIP"].as_str(), Some(ip.as_str()));
+    assert_eq!(
+        again["spec"]["ports"][0]["nodePort"].as_i64(),
+        Some(node_port)
+    );
+    let taken = k.run_with_input(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec:\n  type: NodePort\n  ports: [{{port: 81, nodePort: {node_port}}}]\n"),
+    );
+    assert!(
+        !taken.ok && taken.stderr.contains("provided port is already allocated"),
+        "{}",
+        taken.stderr
+    );
+    let out_of_range = k.run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec:\n  type: NodePort\n  ports: [{port: 81, nodePort: 80}]\n",
+    );
+    assert!(
+        !out_of_range.ok && out_of_range.stderr.contains("not in the valid range"),
+        "{}",
+        out_of_range.stderr
+    );
+    // A deleted Service's port can be taken by the next one.
+    k.ok(&["delete", "service", "web"]);
+    k.ok_with_input(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec:\n  type: NodePort\n  ports: [{{port: 81, nodePort: {node_port}}}]\n"),
+    );
+}
+
 on_every_store!(
+    services_get_cluster_ips_and_node_ports,
     describe_scale_edit_wait,
     custom_resources,
     rbac_limits_users_to_what_they_were_granted,

@@ -1,0 +1,156 @@
+//! Bad input and bad credentials: each answered with upstream's status code and a precise
+//! message, and the server keeps serving.
+
+use korvet_test_support::{on_every_store, StoreKind, TestControlPlane};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::Value;
+
+async fn config(cp: &TestControlPlane) -> Config {
+    let kubeconfig = Kubeconfig::read_from(cp.kubeconfig()).expect("read kubeconfig");
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kube config")
+}
+
+/// Sends a raw request; returns the status code and the decoded Status body.
+async fn send(
+    client: &Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Content-Type", content_type)
+        .body(body)
+        .expect("request");
+    match client.request_text(request).await {
+        Ok(text) => (200, serde_json::from_str(&text).unwrap_or(Value::Null)),
+        Err(kube::Error::Api(status)) => (
+            status.code,
+            serde_json::json!({"message": status.message, "reason": status.reason}),
+        ),
+        Err(other) => panic!("transport error: {other}"),
+    }
+}
+
+async fn bad_requests_get_upstream_codes(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let client = Client::try_from(config(&cp).await).expect("client");
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, status) = send(
+        &client,
+        "POST",
+        cms,
+        "application/json",
+        b"{\"apiVersion\":".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("error decoding JSON"),
+        "{status}"
+    );
+    let (code, status) = send(
+        &client,
+        "POST",
+        cms,
+        "application/yaml",
+        b"a: [unclosed".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    let wrong_kind = br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#.to_vec();
+    let (code, status) = send(&client, "POST", cms, "application/json", wrong_kind).await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not match the expected API version"),
+        "{status}"
+    );
+    let huge = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"huge"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(4 * 1024 * 1024)
+    );
+    let (code, status) = send(&client, "POST", cms, "application/json", huge.into_bytes()).await;
+    assert_eq!(code, 413, "{status}");
+    let (code, _) = send(&client, "POST", cms, "text/html", b"<html/>".to_vec()).await;
+    assert_eq!(code, 415);
+    let (code, status) = send(
+        &client,
+        "GET",
+        "/apis/nope.example.com/v1/things",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 404, "{status}");
+    let (code, status) = send(
+        &client,
+        "GET",
+        &format!("{cms}?labelSelector=a%20in%20(b"),
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    let (code, status) = send(
+        &client,
+        "GET",
+        &format!("{cms}?continue=garbage"),
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    // The server is unaffected.
+    let (code, _) = send(&client, "GET", cms, "application/json", Vec::new()).await;
+    assert_eq!(code, 200);
+}
+
+async fn requests_without_credentials_are_refused(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let mut anonymous = config(&cp).await;
+    anonymous.auth_info.client_certificate_data = None;
+    anonymous.auth_info.client_key_data = None;
+    let client = Client::try_from(anonymous).expect("client");
+    let (code, status) = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 401, "{status}");
+    // Health and version stay public, as upstream's system:public-info-viewer makes them.
+    let (code, _) = send(&client, "GET", "/version", "application/json", Vec::new()).await;
+    assert_eq!(code, 200);
+    let mut wrong_token = config(&cp).await;
+    wrong_token.auth_info.client_certificate_data = None;
+    wrong_token.auth_info.client_key_data = None;
+    wrong_token.auth_info.token = Some("not-a-real-token".to_string().into());
+    let client = Client::try_from(wrong_token).expect("client");
+    let (code, _) = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 401);
+}
+
+on_every_store!(
+    bad_requests_get_upstream_codes,
+    requests_without_credentials_are_refused
+);
