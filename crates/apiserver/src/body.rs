@@ -112,6 +112,7 @@ fn static_type(content_type: &str) -> &'static str {
     match content_type {
         crate::server::AGGREGATED_DISCOVERY_TYPE => crate::server::AGGREGATED_DISCOVERY_TYPE,
         "text/plain; charset=utf-8" => "text/plain; charset=utf-8",
+        "text/plain; version=0.0.4" => "text/plain; version=0.0.4",
         _ => "application/json",
     }
 }

@@ -368,7 +368,10 @@ async fn watch(call: &Call<'_>) -> ApiResult<Reply> {
     let resource = call.resource.clone();
     let watch = objects.watch(&prefix, from).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let server = call.server.clone();
     tokio::spawn(async move {
+        server.metrics.watches.inc();
+        let _serving = WatchGauge(server.clone());
         for object in initial {
             if tx.send(watch_event("ADDED", object)).await.is_err() {
                 return;
@@ -424,6 +427,15 @@ async fn watch(call: &Call<'_>) -> ApiResult<Reply> {
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     Ok(Reply::stream(stream.boxed()))
+}
+
+/// Counts a watch as served until its task ends, however it ends.
+struct WatchGauge(Arc<ApiServer>);
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        self.0.metrics.watches.dec();
+    }
 }
 
 /// Turns a store event into a watch event, honouring selectors as upstream does: an

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 mod handlers;
 pub mod launch;
+pub mod metrics;
 mod namespaces;
 pub mod openapi;
 pub mod patch;

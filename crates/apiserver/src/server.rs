@@ -33,6 +33,7 @@ pub struct ApiServer {
     pub started: Instant,
     /// Bearer tokens from a static token file.
     pub static_tokens: Vec<crate::tokens::StaticToken>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ApiServer {
@@ -47,6 +48,7 @@ impl ApiServer {
             advertise_address,
             started: Instant::now(),
             static_tokens,
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 
@@ -95,11 +97,40 @@ impl ApiServer {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let watch = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+        let route = request::route(method.as_str(), &path, watch).ok();
         let reply = match self.dispatch(req, user.as_ref()).await {
             Ok(reply) => reply,
             Err(err) => handlers::error_reply(&err),
         };
         let status = reply.status.as_u16();
+        let (verb, group, resource) = match &route {
+            Some(Route::Resource(r)) => (
+                r.verb.as_str().to_string(),
+                r.group.clone(),
+                r.resource.clone(),
+            ),
+            _ => (method.as_str().to_lowercase(), String::new(), String::new()),
+        };
+        self.metrics
+            .latency
+            .get_or_create(&crate::metrics::LatencyLabels {
+                verb: verb.clone(),
+                resource: resource.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                verb,
+                group,
+                resource,
+                code: status.to_string(),
+            })
+            .inc();
         tracing::debug!(%method, %path, status, user = user.as_ref().map(|u| u.name.as_str()), elapsed_us = started.elapsed().as_micros() as u64, "request");
         let content_type = match &reply.body {
             body::ReplyBody::Json(v) if v["kind"] == "APIGroupDiscoveryList" => {
@@ -210,6 +241,16 @@ impl ApiServer {
     }
 
     async fn non_resource(&self, path: &str, _headers: &http::HeaderMap) -> ApiResult<Reply> {
+        if path == "/metrics" {
+            return Ok(Reply {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: body::ReplyBody::Raw(
+                    "text/plain; version=0.0.4",
+                    bytes::Bytes::from(self.metrics.render()),
+                ),
+            });
+        }
         if path == "/openapi/v3" || path == "/openapi/v3/" {
             return Ok(Reply::json(
                 StatusCode::OK,

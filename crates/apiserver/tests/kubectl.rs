@@ -55,8 +55,13 @@ async fn discovery_and_basic_reads(store: StoreKind) {
     assert!(version.contains("\"gitVersion\""), "{version}");
     let explain = k.ok(&["explain", "deployment.spec.replicas"]);
     assert!(explain.contains("<integer>"), "{explain}");
-    let whoami = k.ok(&["get", "--raw", "/healthz"]);
-    assert_eq!(whoami.trim(), "ok");
+    let health = k.ok(&["get", "--raw", "/healthz"]);
+    assert_eq!(health.trim(), "ok");
+    let metrics = k.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains("apiserver_request_total{") && metrics.contains("resource=\"namespaces\""),
+        "{metrics}"
+    );
 }
 
 async fn apply_get_in_every_format_and_delete(store: StoreKind) {
