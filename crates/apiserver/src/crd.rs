@@ -175,13 +175,14 @@ pub fn validate_crd(crd: &Value, _old: Option<&Value>) -> Vec<Cause> {
     causes
 }
 
-/// Registers every CRD in the store and keeps the registry following them.
-pub async fn sync(server: Arc<ApiServer>) -> ApiResult<()> {
+/// Registers every CRD in the store and keeps the registry following them until the
+/// returned task is aborted.
+pub async fn sync(server: Arc<ApiServer>) -> ApiResult<tokio::task::JoinHandle<()>> {
     let Some(crds) = server
         .registry
         .get(CRD_GROUP, "v1", "customresourcedefinitions")
     else {
-        return Ok(());
+        return Ok(tokio::spawn(async {}));
     };
     let prefix = crds.list_prefix(None);
     let page = server.objects.list(&prefix, 0, None, 0, &|_| true).await?;
@@ -190,7 +191,7 @@ pub async fn sync(server: Arc<ApiServer>) -> ApiResult<()> {
         register(&server, crd, &mut served).await;
     }
     let mut watch = server.objects.watch(&prefix, page.revision + 1).await?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         while let Some(response) = watch.next().await {
             let Ok(response) = response else {
                 tracing::error!("the CRD watch ended; custom resources stop following CRD changes");
@@ -218,8 +219,7 @@ pub async fn sync(server: Arc<ApiServer>) -> ApiResult<()> {
                 }
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 fn unregister(

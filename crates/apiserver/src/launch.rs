@@ -31,6 +31,7 @@ pub struct RunningApiServer {
     pub kubeconfig: PathBuf,
     pub server: Arc<ApiServer>,
     task: tokio::task::JoinHandle<()>,
+    crd_sync: tokio::task::JoinHandle<()>,
 }
 
 impl RunningApiServer {
@@ -42,6 +43,7 @@ impl RunningApiServer {
 impl Drop for RunningApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.crd_sync.abort();
     }
 }
 
@@ -101,7 +103,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         })?;
     let server = ApiServer::new(Objects::new(store), address.to_string(), tokens);
     server.bootstrap().await.map_err(LaunchError::Bootstrap)?;
-    crate::crd::sync(server.clone())
+    let crd_sync = crate::crd::sync(server.clone())
         .await
         .map_err(LaunchError::Bootstrap)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
@@ -114,5 +116,6 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         kubeconfig,
         server,
         task,
+        crd_sync,
     })
 }

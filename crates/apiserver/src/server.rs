@@ -327,10 +327,13 @@ fn non_resource_attributes(method: &Method, path: &str) -> Attributes {
 }
 
 /// Accepts TLS connections on `listener` and serves HTTP/1.1 and HTTP/2 on them until
-/// the task is dropped.
+/// the task is dropped, which also ends every open connection (and its watches).
 pub async fn serve(server: Arc<ApiServer>, listener: TcpListener, tls: rustls::ServerConfig) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -342,7 +345,7 @@ pub async fn serve(server: Arc<ApiServer>, listener: TcpListener, tls: rustls::S
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let server = server.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = serve_connection(server, acceptor, tcp, peer).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
