@@ -15,6 +15,7 @@ pub mod patch;
 mod patching;
 pub mod rbac;
 pub mod pki;
+pub mod protobuf;
 pub mod query;
 pub mod registry;
 pub mod request;
