@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod patch;
 mod patching;
 pub mod pki;
+pub mod protobuf;
 pub mod query;
 pub mod rbac;
 pub mod registry;
