@@ -176,9 +176,9 @@ pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
             }
             Ok(value)
         }
-        "application/vnd.kubernetes.protobuf" => {
-            Err(ApiError::unsupported_media_type(content_type))
-        }
+        // kubectl's typed clients send protobuf; the envelope names the kind.
+        crate::protobuf::CONTENT_TYPE => crate::protobuf::decode(body, "", "", "")
+            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}"))),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
