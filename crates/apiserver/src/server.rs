@@ -33,6 +33,8 @@ pub struct ApiServer {
     pub started: Instant,
     /// Bearer tokens from a static token file.
     pub static_tokens: Vec<crate::tokens::StaticToken>,
+    /// Issues (TokenRequest) and verifies ServiceAccount tokens; `None` disables both.
+    pub sa_token_signer: Option<Arc<crate::sa_tokens::TokenSigner>>,
 }
 
 impl ApiServer {
@@ -40,6 +42,7 @@ impl ApiServer {
         objects: Objects,
         advertise_address: String,
         static_tokens: Vec<crate::tokens::StaticToken>,
+        sa_token_signer: Option<Arc<crate::sa_tokens::TokenSigner>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry: Arc::new(Registry::with_builtins()),
@@ -47,6 +50,7 @@ impl ApiServer {
             advertise_address,
             started: Instant::now(),
             static_tokens,
+            sa_token_signer,
         })
     }
 
