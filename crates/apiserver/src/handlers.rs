@@ -136,6 +136,9 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
         (Verb::Create, Some("eviction")) if call.resource.kind == "Pod" => {
             crate::subresources::evict_pod(&call).await
         }
+        (Verb::Create, Some("token")) if call.resource.kind == "ServiceAccount" => {
+            crate::subresources::create_token(&call).await
+        }
         (_, Some(sub)) => Err(ApiError::no_route(&format!(
             "{}/{sub} does not support {}",
             call.resource.plural,

@@ -101,7 +101,20 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
             address: config.listen,
             source,
         })?;
-    let server = ApiServer::new(Objects::new(store), address.to_string(), tokens);
+    let signer =
+        crate::sa_tokens::TokenSigner::from_pki(&pki).map_err(|reason| LaunchError::Pki {
+            dir: pki_dir.display().to_string(),
+            source: pki::PkiError::Invalid {
+                path: pki_dir.join(pki::SA_KEY_FILE),
+                reason,
+            },
+        })?;
+    let server = ApiServer::new(
+        Objects::new(store),
+        address.to_string(),
+        tokens,
+        Some(Arc::new(signer)),
+    );
     server.bootstrap().await.map_err(LaunchError::Bootstrap)?;
     let crd_sync = crate::crd::sync(server.clone())
         .await

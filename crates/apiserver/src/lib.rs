@@ -27,6 +27,7 @@ pub mod rbac;
 pub mod registry;
 pub mod request;
 mod reviews;
+pub mod sa_tokens;
 pub mod selectors;
 pub mod server;
 pub mod storage;

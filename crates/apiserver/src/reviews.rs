@@ -84,20 +84,26 @@ pub async fn create(call: &Call<'_>) -> ApiResult<Reply> {
             }),
         )),
         "TokenReview" => {
-            let token = review["spec"]["token"].as_str().unwrap_or_default();
-            let mut headers = http::HeaderMap::new();
-            if let Ok(value) = http::HeaderValue::try_from(format!("Bearer {token}")) {
-                headers.insert(http::header::AUTHORIZATION, value);
-            }
-            let user = crate::tokens::authenticate(call.server, &headers).await;
+            let token = review["spec"]["token"].as_str().unwrap_or_default().trim();
+            let audiences: Vec<String> = review["spec"]["audiences"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let found = crate::tokens::authenticate_token(call.server, token, &audiences).await;
             let mut answer = review.clone();
             answer["apiVersion"] = json!(call.resource.api_version());
             answer["kind"] = json!("TokenReview");
-            answer["status"] = match user {
-                Some(u) => {
-                    json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}})
-                }
-                None => json!({"authenticated": false}),
+            answer["status"] = match found {
+                Some((u, audiences)) => json!({
+                    "authenticated": true,
+                    "user": {"username": u.name, "groups": u.groups},
+                    "audiences": audiences,
+                }),
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
             };
             Ok(Reply::json(StatusCode::CREATED, answer))
         }

@@ -34,6 +34,8 @@ pub struct ApiServer {
     /// Bearer tokens from a static token file.
     pub static_tokens: Vec<crate::tokens::StaticToken>,
     pub metrics: crate::metrics::Metrics,
+    /// Issues (TokenRequest) and verifies ServiceAccount tokens; `None` disables both.
+    pub sa_token_signer: Option<Arc<crate::sa_tokens::TokenSigner>>,
 }
 
 impl ApiServer {
@@ -41,6 +43,7 @@ impl ApiServer {
         objects: Objects,
         advertise_address: String,
         static_tokens: Vec<crate::tokens::StaticToken>,
+        sa_token_signer: Option<Arc<crate::sa_tokens::TokenSigner>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry: Arc::new(Registry::with_builtins()),
@@ -49,6 +52,7 @@ impl ApiServer {
             started: Instant::now(),
             static_tokens,
             metrics: crate::metrics::Metrics::new(),
+            sa_token_signer,
         })
     }
 

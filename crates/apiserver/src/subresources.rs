@@ -1,4 +1,5 @@
-//! Subresources with their own shape: `scale`, `pods/binding`, `pods/eviction`.
+//! Subresources with their own shape: `scale`, `pods/binding`, `pods/eviction`,
+//! `serviceaccounts/token`.
 
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -130,5 +131,243 @@ pub async fn evict_pod(call: &Call<'_>) -> ApiResult<Reply> {
     Ok(Reply::json(
         StatusCode::CREATED,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// Upstream's validation bounds of `TokenRequest.spec.expirationSeconds`.
+pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+const MAX_VALID_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
+pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+/// Longer requests are shortened to this, with a warning (upstream's
+/// `--service-account-max-token-expiration`).
+pub const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 48 * 3600;
+
+const TOKEN_REQUEST_TARGET: crate::error::Target<'static> = crate::error::Target {
+    group: "authentication.k8s.io",
+    plural: "tokenrequests",
+    kind: "TokenRequest",
+    name: "",
+};
+
+/// `serviceaccounts/token`: issues a bound ServiceAccount token (upstream's TokenRequest).
+pub async fn create_token(call: &Call<'_>) -> ApiResult<Reply> {
+    let signer = call
+        .server
+        .sa_token_signer
+        .clone()
+        .ok_or_else(|| ApiError::no_route("serviceaccounts/token"))?;
+    let name = call.request.name.clone().unwrap_or_default();
+    let namespace = call.request.namespace.clone().unwrap_or_default();
+    let (sa, _) = load(call).await?;
+    let mut request = body::decode_object(call.headers, &call.body)?;
+    let target = crate::error::Target {
+        name: &name,
+        ..TOKEN_REQUEST_TARGET
+    };
+    if let Some(kind) = request["kind"]
+        .as_str()
+        .filter(|k| !k.is_empty() && *k != "TokenRequest")
+    {
+        return Err(ApiError::bad_request(format!(
+            "expected a TokenRequest, got {kind}"
+        )));
+    }
+    let mut causes = Vec::new();
+    for (field, expected) in [("name", &name), ("namespace", &namespace)] {
+        let given = &request["metadata"][field];
+        if given
+            .as_str()
+            .is_some_and(|g| !g.is_empty() && g != expected)
+        {
+            causes.push(crate::error::Cause::invalid(
+                format!("metadata.{field}"),
+                given,
+                &format!("must match the service account {field} if specified"),
+            ));
+        }
+    }
+    let spec = &request["spec"];
+    let audiences: Vec<String> = match &spec["audiences"] {
+        Value::Null => Vec::new(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "spec.audiences must be a list of strings, got {other}"
+            )))
+        }
+    };
+    let requested = match &spec["expirationSeconds"] {
+        Value::Null => DEFAULT_TOKEN_EXPIRATION_SECONDS,
+        value => value.as_i64().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "spec.expirationSeconds must be an integer, got {value}"
+            ))
+        })?,
+    };
+    if requested < MIN_TOKEN_EXPIRATION_SECONDS {
+        causes.push(crate::error::Cause::invalid(
+            "spec.expirationSeconds",
+            &json!(requested),
+            "may not specify a duration less than 10 minutes",
+        ));
+    }
+    if requested > MAX_VALID_TOKEN_EXPIRATION_SECONDS {
+        causes.push(crate::error::Cause::invalid(
+            "spec.expirationSeconds",
+            &json!(requested),
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&target, causes));
+    }
+    let mut warnings = Vec::new();
+    let expiration = if requested > MAX_TOKEN_EXPIRATION_SECONDS {
+        warnings.push(format!(
+            "requested expiration of {requested} seconds shortened to {MAX_TOKEN_EXPIRATION_SECONDS} seconds"
+        ));
+        MAX_TOKEN_EXPIRATION_SECONDS
+    } else {
+        requested
+    };
+    let (bound, pod_node) = match spec["boundObjectRef"].as_object() {
+        Some(_) => bound_object(call, &name, &namespace, &spec["boundObjectRef"]).await?,
+        None => (None, None),
+    };
+    let token_spec = crate::sa_tokens::TokenSpec {
+        namespace: namespace.clone(),
+        service_account: name.clone(),
+        service_account_uid: sa["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        audiences: audiences.clone(),
+        expiration_seconds: expiration,
+        bound,
+        pod_node,
+    };
+    let now = crate::sa_tokens::unix_now();
+    let token = signer
+        .issue(&token_spec, now)
+        .map_err(|e| ApiError::internal(format!("failed to generate token: {e}")))?;
+    let audiences = if audiences.is_empty() {
+        signer.api_audiences().to_vec()
+    } else {
+        audiences
+    };
+    request["apiVersion"] = json!("authentication.k8s.io/v1");
+    request["kind"] = json!("TokenRequest");
+    if !request["metadata"].is_object() {
+        request["metadata"] = json!({});
+    }
+    request["metadata"]["name"] = json!(name);
+    request["metadata"]["namespace"] = json!(namespace);
+    if request["metadata"].get("creationTimestamp").is_none() {
+        request["metadata"]["creationTimestamp"] = Value::Null;
+    }
+    request["spec"]["audiences"] = json!(audiences);
+    request["spec"]["expirationSeconds"] = json!(expiration);
+    request["status"] = json!({
+        "token": token,
+        "expirationTimestamp": jiff::Timestamp::from_second(now.saturating_add(expiration))
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    });
+    Ok(Reply::json(StatusCode::CREATED, request).with_warnings(warnings))
+}
+
+type BoundAndNode = (
+    Option<crate::sa_tokens::BoundObject>,
+    Option<(String, String)>,
+);
+
+/// Resolves `spec.boundObjectRef` as upstream: a Pod (running as this ServiceAccount),
+/// Secret or Node in the core group, whose uid matches the reference if it gives one.
+async fn bound_object(
+    call: &Call<'_>,
+    sa_name: &str,
+    namespace: &str,
+    reference: &Value,
+) -> ApiResult<BoundAndNode> {
+    use crate::sa_tokens::{BoundKind, BoundObject};
+    let api_version = reference["apiVersion"].as_str().unwrap_or_default();
+    let kind_name = reference["kind"].as_str().unwrap_or_default();
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let kind = BoundKind::from_kind(kind_name)
+        .filter(|_| group.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "cannot bind token to object of type {}",
+                if group.is_empty() {
+                    kind_name.to_string()
+                } else {
+                    format!("{kind_name}.{group}")
+                }
+            ))
+        })?;
+    let object_name = reference["name"].as_str().unwrap_or_default().to_string();
+    let plural = kind.plural();
+    let resource = call
+        .server
+        .registry
+        .get("", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("no {plural} resource")))?;
+    let object_namespace = kind.namespaced().then_some(namespace);
+    let (object, _) = call
+        .server
+        .objects
+        .get(&resource.key(object_namespace, &object_name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(&resource.target(&object_name)))?;
+    let uid = object["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if let Some(wanted) = reference["uid"].as_str().filter(|u| !u.is_empty()) {
+        if wanted != uid {
+            return Err(ApiError::conflict(
+                &crate::error::Target { group: "", plural: kind_name, kind: kind_name, name: &object_name },
+                &format!("the UID in the bound object reference ({wanted}) does not match the UID in record. The object might have been deleted and then recreated"),
+            ));
+        }
+    }
+    let mut pod_node = None;
+    if kind == BoundKind::Pod {
+        let account = object["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or_default();
+        if account != sa_name {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {sa_name:?} to pod running with different serviceaccount name."
+            )));
+        }
+        // The pod's node is informational; a missing node is no error.
+        if let Some(node_name) = object["spec"]["nodeName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+        {
+            let node_uid = match call.server.registry.get("", "v1", "nodes") {
+                Some(nodes) => call
+                    .server
+                    .objects
+                    .get(&nodes.key(None, node_name))
+                    .await?
+                    .and_then(|(node, _)| node["metadata"]["uid"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            pod_node = Some((node_name.to_string(), node_uid));
+        }
+    }
+    Ok((
+        Some(BoundObject {
+            kind,
+            name: object_name,
+            uid,
+        }),
+        pod_node,
     ))
 }

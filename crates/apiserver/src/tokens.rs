@@ -64,15 +64,60 @@ pub fn parse_token_file(text: &str) -> Result<Vec<StaticToken>, String> {
     Ok(tokens)
 }
 
-/// The user of a `Authorization: Bearer` header, if the token is known.
+/// The user of a `Authorization: Bearer` header, if the token is known: a static token,
+/// else a ServiceAccount JWT that verifies.
 pub async fn authenticate(server: &ApiServer, headers: &HeaderMap) -> Option<UserInfo> {
     let header = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let token = header.strip_prefix("Bearer ")?.trim();
-    server
+    authenticate_token(server, token, &[])
+        .await
+        .map(|(user, _)| user)
+}
+
+/// A bearer token's user and the audiences (of `audiences`, or of the API server's when
+/// empty) it is valid for, as upstream's TokenReview answers them.
+pub async fn authenticate_token(
+    server: &ApiServer,
+    token: &str,
+    audiences: &[String],
+) -> Option<(UserInfo, Vec<String>)> {
+    if token.is_empty() {
+        return None;
+    }
+    let api_audiences = || {
+        server.sa_token_signer.as_deref().map_or_else(
+            || vec![crate::sa_tokens::ISSUER.to_string()],
+            |s| s.api_audiences().to_vec(),
+        )
+    };
+    if let Some(t) = server
         .static_tokens
         .iter()
         .find(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
-        .map(|t| t.user.clone())
+    {
+        // Static tokens are audience-agnostic: valid for the API server's audiences only.
+        let api = api_audiences();
+        let meant_for: Vec<String> = if audiences.is_empty() {
+            api
+        } else {
+            audiences
+                .iter()
+                .filter(|a| api.contains(a))
+                .cloned()
+                .collect()
+        };
+        return (!meant_for.is_empty()).then(|| (t.user.clone(), meant_for));
+    }
+    if server.sa_token_signer.is_none() || !crate::sa_tokens::looks_like_jwt(token) {
+        return None;
+    }
+    match crate::sa_tokens::authenticate_for(server, token, audiences).await {
+        Ok(found) => Some(found),
+        Err(e) => {
+            tracing::debug!(error = %e, "service-account token rejected");
+            None
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
