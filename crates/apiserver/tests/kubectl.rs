@@ -659,7 +659,80 @@ spec:
     );
 }
 
+async fn imperative_create_commands(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok(&["create", "namespace", "apps"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "apps",
+        "--from-literal=mode=fast",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        "apps",
+        "--from-literal=password=s3cret",
+    ]);
+    k.ok(&["create", "serviceaccount", "robot", "-n", "apps"]);
+    k.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "apps",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "-n",
+        "apps",
+        "--role=reader",
+        "--serviceaccount=apps:robot",
+    ]);
+    k.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "apps",
+        "--image=registry.local/demo-web:1",
+        "--replicas=2",
+    ]);
+    let secret = k.json(&["get", "secret", "creds", "-n", "apps"]);
+    assert_eq!(
+        secret["data"]["password"], "czNjcmV0",
+        "base64 of the literal"
+    );
+    assert_eq!(secret["type"], "Opaque");
+    let role = k.json(&["get", "role", "reader", "-n", "apps"]);
+    assert_eq!(
+        role["rules"][0]["verbs"],
+        serde_json::json!(["get", "list"])
+    );
+    assert_eq!(
+        k.json(&["get", "deploy", "web", "-n", "apps"])["spec"]["replicas"],
+        2
+    );
+    let token = k.ok(&["create", "token", "robot", "-n", "apps"]);
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+    let whoami = k.ok(&["auth", "whoami", "-o", "json"]);
+    assert!(whoami.contains("\"admin\""), "{whoami}");
+    let no = k.run(&["auth", "can-i", "delete", "nodes"]);
+    assert_eq!(no.stdout.trim(), "yes", "admin may do everything");
+}
+
 on_every_store!(
+    imperative_create_commands,
     services_get_cluster_ips_and_node_ports,
     describe_scale_edit_wait,
     custom_resources,
