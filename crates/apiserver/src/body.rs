@@ -183,18 +183,28 @@ pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
     }
 }
 
-/// Reads a request body, refusing more than [`MAX_BODY_BYTES`].
-pub async fn read_limited(body: hyper::body::Incoming) -> ApiResult<Bytes> {
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(MAX_BODY_BYTES))
+/// Reads a request body, refusing more than [`MAX_BODY_BYTES`]. An oversize body is
+/// still read to its end (up to a bound) so that the client receives the 413 instead of a
+/// connection reset in the middle of sending.
+pub async fn read_limited(mut body: hyper::body::Incoming) -> ApiResult<Bytes> {
+    const DRAIN_LIMIT: usize = 8 * MAX_BODY_BYTES;
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY_BYTES {
+                collected.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
         }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "reading the request body: {e}"
-        ))),
     }
+    if seen > MAX_BODY_BYTES {
+        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    }
+    Ok(collected.freeze())
 }
 
 #[cfg(test)]
