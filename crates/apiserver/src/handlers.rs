@@ -502,6 +502,33 @@ fn check_type(resource: &ResourceType, object: &Value) -> ApiResult<()> {
 
 /// Defaults, typed normalisation (unknown fields per `fieldValidation`) and validation.
 /// Returns warnings for the `Warning` header.
+/// Unknown fields per `fieldValidation`: refused (Strict), warned about (Warn, the
+/// default), or dropped silently (Ignore).
+fn field_validation(
+    call: &Call<'_>,
+    unknown: &[String],
+    warnings: &mut Vec<String>,
+) -> ApiResult<()> {
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    match call.query.field_validation.as_deref() {
+        Some("Strict") => Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            messages.join(", ")
+        ))),
+        Some("Ignore") => Ok(()),
+        _ => {
+            warnings.extend(messages);
+            Ok(())
+        }
+    }
+}
+
 fn admit(call: &Call<'_>, object: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
     let resource = &call.resource;
     object["apiVersion"] = json!(resource.api_version());
@@ -514,22 +541,7 @@ fn admit(call: &Call<'_>, object: &mut Value, old: Option<&Value>) -> ApiResult<
         let normalized = normalize(object.clone())
             .map_err(|e| ApiError::bad_request(format!("{} in body: {e}", resource.kind)))?;
         let unknown = crate::validation::unknown_fields(object, &normalized);
-        if !unknown.is_empty() {
-            let messages: Vec<String> = unknown
-                .iter()
-                .map(|f| format!("unknown field \"{f}\""))
-                .collect();
-            match call.query.field_validation.as_deref() {
-                Some("Strict") => {
-                    return Err(ApiError::bad_request(format!(
-                        "strict decoding error: {}",
-                        messages.join(", ")
-                    )))
-                }
-                Some("Ignore") => {}
-                _ => warnings.extend(messages),
-            }
-        }
+        field_validation(call, &unknown, &mut warnings)?;
         *object = normalized;
     }
     let mut schema_causes = Vec::new();
@@ -537,22 +549,7 @@ fn admit(call: &Call<'_>, object: &mut Value, old: Option<&Value>) -> ApiResult<
         let sent = object.clone();
         schema_causes = crate::custom_schema::apply(schema, object);
         let unknown = crate::validation::unknown_fields(&sent, object);
-        if !unknown.is_empty() {
-            let messages: Vec<String> = unknown
-                .iter()
-                .map(|f| format!("unknown field \"{f}\""))
-                .collect();
-            match call.query.field_validation.as_deref() {
-                Some("Strict") => {
-                    return Err(ApiError::bad_request(format!(
-                        "strict decoding error: {}",
-                        messages.join(", ")
-                    )))
-                }
-                Some("Ignore") => {}
-                _ => warnings.extend(messages),
-            }
-        }
+        field_validation(call, &unknown, &mut warnings)?;
     }
     let name = object["metadata"]["name"]
         .as_str()

@@ -80,3 +80,12 @@ pub(crate) fn check_put(key: &[u8], value: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Both backends accept the same lease TTLs, so a TTL valid on one is valid on the other.
+pub(crate) fn check_lease_ttl(ttl_secs: i64) -> Result<()> {
+    let max = crate::types::MAX_LEASE_TTL_SECS;
+    if !(1..=max).contains(&ttl_secs) {
+        return Err(StoreError::InvalidLeaseTtl { got: ttl_secs, max });
+    }
+    Ok(())
+}

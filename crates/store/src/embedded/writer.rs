@@ -422,7 +422,7 @@ impl<'a, 't> Apply<'a, 't> {
                 }))
             }
             Command::LeaseGrant { ttl_secs } => {
-                validate_ttl(*ttl_secs)?;
+                crate::error::check_lease_ttl(*ttl_secs)?;
                 let id = self.writer.lock_leases().new_id();
                 self.lease_table
                     .insert(id as u64, *ttl_secs)
@@ -690,16 +690,6 @@ fn live_at_or_before(
 pub(super) fn validate_range(range: &KeyRange) -> Result<()> {
     if range.end.is_none() || !range.start.is_empty() {
         check_key(&range.start)?;
-    }
-    Ok(())
-}
-
-fn validate_ttl(ttl_secs: i64) -> Result<()> {
-    if !(1..=MAX_LEASE_TTL_SECS).contains(&ttl_secs) {
-        return Err(StoreError::InvalidLeaseTtl {
-            got: ttl_secs,
-            max: MAX_LEASE_TTL_SECS,
-        });
     }
     Ok(())
 }

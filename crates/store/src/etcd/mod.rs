@@ -281,16 +281,6 @@ impl EtcdStore {
                 ))
             })
     }
-
-    fn validate_ttl(ttl_secs: i64) -> Result<()> {
-        if !(1..=MAX_LEASE_TTL_SECS).contains(&ttl_secs) {
-            return Err(StoreError::InvalidLeaseTtl {
-                got: ttl_secs,
-                max: MAX_LEASE_TTL_SECS,
-            });
-        }
-        Ok(())
-    }
 }
 
 fn range_response(mut resp: etcd_client::GetResponse, revision: Revision) -> RangeResponse {
@@ -467,7 +457,7 @@ impl Store for EtcdStore {
     }
 
     async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrant> {
-        Self::validate_ttl(ttl_secs)?;
+        crate::error::check_lease_ttl(ttl_secs)?;
         let result = self
             .retry(Retry::IfNotApplied, || {
                 let mut lease = self.lease.clone();
