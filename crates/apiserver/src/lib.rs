@@ -4,6 +4,7 @@
 mod allocation;
 mod apply;
 pub mod auth;
+pub mod bench;
 mod body;
 pub mod error;
 mod handlers;
