@@ -43,7 +43,7 @@ pub const STORES: [&str; 2] = ["embedded", "etcd-1"];
 pub const OPERATIONS: [&str; 5] = ["create", "get", "update", "list", "watch"];
 
 pub const DEFAULT_CONCURRENCY: [usize; 3] = [1, 16, 64];
-pub const DEFAULT_OPS: usize = 500;
+pub const DEFAULT_OPS: usize = 2000;
 pub const DEFAULT_LISTS: usize = 200;
 pub const DEFAULT_LIST_OBJECTS: usize = 1000;
 pub const DEFAULT_MEMORY_OBJECTS: usize = 10_000;
