@@ -8,6 +8,7 @@
 mod allocation;
 mod apply;
 pub mod auth;
+pub mod bench;
 mod body;
 mod crd;
 mod custom_schema;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use korvet_apiserver::bench::{self as api_bench, ApiBenchConfig, StoreFigures};
 use korvet_store::bench::{BackendFigures, StoreBenchConfig};
 
 #[derive(Subcommand)]
@@ -21,6 +22,32 @@ pub enum Bench {
         #[arg(long = "backend")]
         backends: Vec<String>,
         /// Directory for the stores' files (default: a temporary directory, removed after).
+        #[arg(long)]
+        work_dir: Option<std::path::PathBuf>,
+    },
+    /// The Kubernetes API over HTTPS with client certificates: create, get, update, list,
+    /// watch at several concurrencies, and the control plane's memory, per store.
+    Api {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Creates, gets, updates and watched creates per concurrency.
+        #[arg(long, default_value_t = api_bench::DEFAULT_OPS)]
+        ops: usize,
+        /// Lists of the namespace of 1,000 configmaps per concurrency.
+        #[arg(long, default_value_t = api_bench::DEFAULT_LISTS)]
+        lists: usize,
+        /// Requests in flight (repeatable, or comma-separated; default 1, 16, 64).
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// Configmaps the control plane holds for the second memory reading.
+        #[arg(long, default_value_t = api_bench::DEFAULT_MEMORY_OBJECTS)]
+        memory_objects: usize,
+        /// Measure only these stores (repeatable): embedded, etcd-1.
+        #[arg(long = "store")]
+        stores: Vec<String>,
+        /// Directory for the control planes' files (default: a temporary directory,
+        /// removed after).
         #[arg(long)]
         work_dir: Option<std::path::PathBuf>,
     },
@@ -57,6 +84,122 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 print_store_table(&results, &config);
             }
             Ok(())
+        }
+        Bench::Api {
+            json,
+            ops,
+            lists,
+            concurrency,
+            memory_objects,
+            stores,
+            work_dir,
+        } => {
+            let binary = std::env::current_exe().context("finding the korvet binary")?;
+            let mut config = ApiBenchConfig::new(binary);
+            config.ops = ops;
+            config.lists = lists;
+            config.memory_objects = memory_objects;
+            if !concurrency.is_empty() {
+                config.concurrency = concurrency;
+            }
+            if !stores.is_empty() {
+                config.stores = stores;
+            }
+            let temp = tempfile::tempdir().context("creating a temporary directory")?;
+            let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
+            let results = api_bench::run(&dir, &config, |step| eprintln!("{step}"))
+                .await
+                .context("API benchmark failed")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&api_json(&results, &config))?
+                );
+            } else {
+                print_api_table(&results, &config);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn api_json(results: &[(String, StoreFigures)], config: &ApiBenchConfig) -> serde_json::Value {
+    let stores: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(name, figures)| {
+            let value = serde_json::to_value(figures).unwrap_or(serde_json::Value::Null);
+            (name.clone(), value)
+        })
+        .collect();
+    serde_json::json!({
+        "stores": stores,
+        "goals": api_bench::goals(results),
+        "config": {
+            "ops": config.ops,
+            "lists": config.lists,
+            "list_objects": config.list_objects,
+            "memory_objects": config.memory_objects,
+            "concurrency": config.concurrency,
+        },
+    })
+}
+
+fn print_api_table(results: &[(String, StoreFigures)], config: &ApiBenchConfig) {
+    println!(
+        "API benchmark: HTTPS with client certificates, one HTTP/2 connection; {} creates, gets, \
+         updates and watched creates and {} lists of {} configmaps per concurrency",
+        config.ops, config.lists, config.list_objects
+    );
+    print!("{:<26}", "");
+    for (name, _) in results {
+        print!("  {name:>26}");
+    }
+    println!();
+    print!("{:<18}{:>8}", "operation", "conc.");
+    for _ in results {
+        print!("  {:>10}{:>8}{:>8}", "req/s", "p50 ms", "p99 ms");
+    }
+    println!();
+    for operation in api_bench::OPERATIONS {
+        for &c in &config.concurrency {
+            print!("{operation:<18}{c:>8}");
+            for (_, figures) in results {
+                match figures.get(operation, c) {
+                    Some(f) => print!("  {:>10.0}{:>8.2}{:>8.2}", f.rps, f.p50_ms, f.p99_ms),
+                    None => print!("  {:>26}", "-"),
+                }
+            }
+            println!();
+        }
+    }
+    type Memory = fn(&StoreFigures) -> f64;
+    let memory_label = format!("RSS MB, {} configmaps", config.memory_objects);
+    let rows: [(&str, Memory); 3] = [
+        ("RSS MB, idle", |f| f.idle_rss_mb),
+        (&memory_label, |f| f.rss_10k_configmaps_mb),
+        ("RSS MB, peak of run", |f| f.peak_rss_mb),
+    ];
+    for (label, get) in rows {
+        print!("{label:<26}");
+        for (_, figures) in results {
+            print!("  {:>26.1}", get(figures));
+        }
+        println!();
+    }
+    println!("(RSS is the control-plane process alone; etcd's own memory is not included)");
+    let goals = api_bench::goals(results);
+    if !goals.is_empty() {
+        println!("goals:");
+        for goal in goals {
+            println!(
+                "  {:<46} {:>8.2} {} (goal < {} {}): {}",
+                goal.what,
+                goal.value,
+                goal.unit,
+                goal.limit,
+                goal.unit,
+                if goal.met { "met" } else { "MISSED" }
+            );
         }
     }
 }
