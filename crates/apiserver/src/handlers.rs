@@ -326,15 +326,13 @@ async fn list(call: &Call<'_>) -> ApiResult<Reply> {
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
     }
-    Ok(Reply::json(
-        StatusCode::OK,
-        json!({
-            "kind": call.resource.list_kind,
-            "apiVersion": call.resource.api_version(),
-            "metadata": metadata,
-            "items": page.items,
-        }),
-    ))
+    // Built by hand so that the items move into the reply instead of being copied.
+    let mut list = serde_json::Map::new();
+    list.insert("kind".into(), json!(call.resource.list_kind));
+    list.insert("apiVersion".into(), json!(call.resource.api_version()));
+    list.insert("metadata".into(), metadata);
+    list.insert("items".into(), Value::Array(page.items));
+    Ok(Reply::json(StatusCode::OK, Value::Object(list)))
 }
 
 fn watch_event(kind: &str, object: Value) -> Bytes {
