@@ -166,16 +166,8 @@ pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
         | "application/merge-patch+json"
         | "application/strategic-merge-patch+json"
         | "application/json-patch+json"
-        | "" => {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?;
-            if let Some(dup) = crate::validation::duplicate_field(body) {
-                return Err(ApiError::bad_request(format!(
-                    "json: duplicate field \"{dup}\" in the request body"
-                )));
-            }
-            Ok(value)
-        }
+        | "" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}"))),
         // kubectl's typed clients send protobuf; the envelope names the kind.
         crate::protobuf::CONTENT_TYPE => crate::protobuf::decode(body, "", "", "")
             .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}"))),
@@ -242,11 +234,5 @@ mod tests {
             400
         );
         assert_eq!(decode_value("text/html", b"{}").unwrap_err().code, 415);
-        assert_eq!(
-            decode_value("application/json", br#"{"a":1,"a":2}"#)
-                .unwrap_err()
-                .code,
-            400
-        );
     }
 }

@@ -601,9 +601,27 @@ async fn check_namespace(call: &Call<'_>, namespace: &str) -> ApiResult<()> {
     }
 }
 
+/// Duplicate JSON fields per `fieldValidation` (serde keeps the last one, as Go does).
+fn duplicate_fields(call: &Call<'_>) -> ApiResult<Vec<String>> {
+    if body::content_type(call.headers) != "application/json" {
+        return Ok(Vec::new());
+    }
+    let Some(dup) = crate::validation::duplicate_field(&call.body) else {
+        return Ok(Vec::new());
+    };
+    match call.query.field_validation.as_deref() {
+        Some("Strict") => Err(ApiError::bad_request(format!(
+            "strict decoding error: json: duplicate field \"{dup}\""
+        ))),
+        Some("Ignore") => Ok(Vec::new()),
+        _ => Ok(vec![format!("duplicate field \"{dup}\"")]),
+    }
+}
+
 pub async fn create(call: &Call<'_>) -> ApiResult<Reply> {
+    let duplicates = duplicate_fields(call)?;
     let object = body::decode_object(call.headers, &call.body)?;
-    create_object(call, object).await
+    Ok(create_object(call, object).await?.with_warnings(duplicates))
 }
 
 pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Reply> {
@@ -679,7 +697,9 @@ async fn update(call: &Call<'_>, part: Part) -> ApiResult<Reply> {
         .filter(|v| !v.is_empty())
         .map(parse_revision)
         .transpose()?;
-    write_with_retry(call, part, precondition, |_current| Ok(object.clone())).await
+    let duplicates = duplicate_fields(call)?;
+    let reply = write_with_retry(call, part, precondition, |_current| Ok(object.clone())).await?;
+    Ok(reply.with_warnings(duplicates))
 }
 
 async fn patch(call: &Call<'_>, part: Part) -> ApiResult<Reply> {

@@ -76,6 +76,37 @@ async fn bad_requests_get_upstream_codes(store: StoreKind) {
             .contains("does not match the expected API version"),
         "{status}"
     );
+    let duplicate = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup"},"data":{"a":"1"},"data":{"b":"2"}}"#.to_vec();
+    let (code, status) = send(
+        &client,
+        "POST",
+        &format!("{cms}?fieldValidation=Strict"),
+        "application/json",
+        duplicate.clone(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("duplicate field \"data\""),
+        "{status}"
+    );
+    let (code, created) = send(
+        &client,
+        "POST",
+        &format!("{cms}?fieldValidation=Ignore"),
+        "application/json",
+        duplicate,
+    )
+    .await;
+    assert_eq!(code, 200, "{created}");
+    assert_eq!(
+        created["data"],
+        serde_json::json!({"b": "2"}),
+        "the last duplicate wins, as in Go"
+    );
     let huge = format!(
         r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"huge"}},"data":{{"a":"{}"}}}}"#,
         "x".repeat(4 * 1024 * 1024)
