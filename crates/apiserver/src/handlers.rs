@@ -764,6 +764,11 @@ pub async fn write_with_retry(
             }
         }
         crate::allocation::before_update(call, &current, &mut next)?;
+        if !call.body.is_empty()
+            && body::content_type(call.headers) != "application/apply-patch+yaml"
+        {
+            record_update_ownership(call, &current, &mut next);
+        }
         if call.query.dry_run {
             return Ok(call
                 .reply_object(StatusCode::OK, next)
@@ -800,6 +805,36 @@ pub async fn write_with_retry(
         &call.resource.target(call.name()),
         "the object is being changed too often; try again",
     ))
+}
+
+/// Records the fields a non-apply write changed as owned by its field manager (the
+/// `fieldManager` parameter, else the client's name from its User-Agent, as upstream).
+fn record_update_ownership(call: &Call<'_>, current: &Value, next: &mut Value) {
+    let manager = call.query.field_manager.clone().unwrap_or_else(|| {
+        call.headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|name| !name.is_empty())
+            .unwrap_or("unknown")
+            .to_string()
+    });
+    let resource = &call.resource;
+    let schema = crate::patch::schema::PatchSchema::builtin().for_kind(
+        &resource.group,
+        &resource.version,
+        &resource.kind,
+    );
+    if let Some(mut managed) = crate::apply::fields::record_update(current, next, &manager, schema)
+    {
+        for entry in managed.as_array_mut().into_iter().flatten() {
+            if entry["manager"] == manager.as_str() && entry["operation"] == "Update" {
+                entry["apiVersion"] = json!(resource.api_version());
+                entry["time"] = json!(strategy::now_rfc3339());
+            }
+        }
+        next["metadata"]["managedFields"] = managed;
+    }
 }
 
 fn strip_rv(object: &Value) -> Value {

@@ -6,7 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod allocation;
-mod apply;
+pub mod apply;
 pub mod auth;
 pub mod bench;
 mod body;

@@ -214,6 +214,30 @@ async fn dry_run_and_server_side_apply(store: StoreKind) {
         })
         .unwrap_or_default();
     assert!(managers.contains(&"kubectl".to_string()), "{managers:?}");
+    // Ownership: a field another manager set differently is a conflict until forced;
+    // a label the applier stops applying is removed.
+    k.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    let conflict = k.run_with_input(&["apply", "--server-side", "-f", "-"], DEPLOYMENT);
+    assert!(
+        !conflict.ok
+            && conflict.stderr.contains("conflict")
+            && conflict.stderr.contains(".spec.replicas"),
+        "{}",
+        conflict.stderr
+    );
+    let forced = k.run_with_input(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        DEPLOYMENT,
+    );
+    assert!(forced.ok, "{}", forced.stderr);
+    assert_eq!(k.json(&["get", "deployment", "web"])["spec"]["replicas"], 2);
+    let without_label = DEPLOYMENT.replacen("  labels: {app: web}\n", "", 1);
+    k.ok_with_input(&["apply", "--server-side", "-f", "-"], &without_label);
+    let labels = k.json(&["get", "deployment", "web"])["metadata"]["labels"].clone();
+    assert!(
+        labels.get("app").is_none(),
+        "dropped label still there: {labels}"
+    );
     let diff = k.run_with_input(
         &["diff", "-f", "-"],
         &DEPLOYMENT.replace("replicas: 2", "replicas: 5"),

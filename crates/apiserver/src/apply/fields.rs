@@ -493,6 +493,53 @@ pub fn apply_ownership(
     Ok((object, Value::Array(fields)))
 }
 
+/// Field ownership after a non-apply write (update or patch) by `manager`: the fields it
+/// changed become its own (`operation: Update`), taken from whoever owned them, as
+/// upstream records updates. Returns the new `managedFields`, or `None` when nothing
+/// changed ownership. `apiVersion` and `time` are left for the caller.
+pub fn record_update(
+    live: &Value,
+    next: &Value,
+    manager: &str,
+    schema: Option<SchemaNode<'_>>,
+) -> Option<Value> {
+    let changed: BTreeSet<FieldPath> = leaf_set(&field_set(next, schema))
+        .into_iter()
+        .filter(|p| differs(p, value_at(live, p), value_at(next, p)))
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let is_update_entry = |e: &Value| {
+        e["manager"].as_str() == Some(manager) && e["operation"].as_str() == Some("Update")
+    };
+    let mut fields = Vec::new();
+    let mut own = changed.clone();
+    for mut entry in live["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let set = leaf_set(&entry["fieldsV1"]);
+        if is_update_entry(&entry) {
+            own.extend(set);
+            continue;
+        }
+        let kept: BTreeSet<FieldPath> = set.difference(&changed).cloned().collect();
+        entry["fieldsV1"] = from_leaves(&kept);
+        if !kept.is_empty() {
+            fields.push(entry);
+        }
+    }
+    fields.push(json!({
+        "manager": manager,
+        "operation": "Update",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": from_leaves(&own),
+    }));
+    Some(Value::Array(fields))
+}
+
 /// The message of a conflict error, as upstream words it.
 pub fn conflict_message(conflicts: &[(String, String)], api_version: &str) -> String {
     if let [(manager, path)] = conflicts {

@@ -1,9 +1,11 @@
 //! Server-side apply (`application/apply-patch+yaml`).
 //!
-//! The applied configuration is created when the object does not exist, and otherwise
-//! merged into the live object with strategic-merge semantics, recording the field
-//! manager in `managedFields`. Ownership tracking (removing fields a manager stopped
-//! applying, conflicts between managers) is not implemented yet.
+//! The applied configuration is created when the object does not exist. Otherwise the
+//! manager's field ownership is worked out first (`fields`): fields it stopped applying
+//! and nobody else owns are removed, fields another manager owns with a different value
+//! are a conflict (409) unless `force` moves them; then the configuration is merged into
+//! the live object with strategic-merge semantics and `managedFields` records who owns
+//! what. Non-apply writes do not record ownership yet.
 
 use serde_json::{json, Value};
 
@@ -12,32 +14,16 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::handlers::{create_object, write_with_retry, Call, Part};
 use crate::patch;
 
-// Not wired into the apply handler yet.
-#[allow(dead_code)]
 pub mod fields;
 
-fn managed_entry(call: &Call<'_>, manager: &str) -> Value {
-    json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": call.resource.api_version(),
-        "time": crate::strategy::now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": {},
-    })
-}
-
-fn record_manager(object: &mut Value, entry: Value) {
-    let manager = entry["manager"].clone();
-    let mut fields: Vec<Value> = object["metadata"]["managedFields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|f| !(f["manager"] == manager && f["operation"] == "Apply"))
-        .collect();
-    fields.push(entry);
-    object["metadata"]["managedFields"] = json!(fields);
+/// Completes the manager's `Apply` entry with the API version and the time.
+fn stamp(call: &Call<'_>, managed: &mut Value, manager: &str) {
+    for entry in managed.as_array_mut().into_iter().flatten() {
+        if entry["manager"] == manager && entry["operation"] == "Apply" {
+            entry["apiVersion"] = json!(call.resource.api_version());
+            entry["time"] = json!(crate::strategy::now_rfc3339());
+        }
+    }
 }
 
 pub async fn server_side_apply(call: &Call<'_>, part: Part) -> ApiResult<crate::body::Reply> {
@@ -64,27 +50,53 @@ pub async fn server_side_apply(call: &Call<'_>, part: Part) -> ApiResult<crate::
         }
     }
     let key = call.resource.key(call.request.namespace.as_deref(), &name);
+    let resource = &call.resource;
+    let schema = patch::schema::PatchSchema::builtin().for_kind(
+        &resource.group,
+        &resource.version,
+        &resource.kind,
+    );
     if call.server.objects.get(&key).await?.is_none() && part == Part::Main {
         let mut object = applied.clone();
         object["metadata"]["name"] = json!(name);
-        record_manager(&mut object, managed_entry(call, &manager));
+        let (_, mut managed) =
+            fields::apply_ownership(&json!({}), &applied, &manager, true, schema)
+                .map_err(|conflicts| conflict(call, &conflicts))?;
+        stamp(call, &mut managed, &manager);
+        object["metadata"]["managedFields"] = managed;
         return create_object(call, object).await;
     }
-    let schema_kind = (
-        call.resource.group.clone(),
-        call.resource.version.clone(),
-        call.resource.kind.clone(),
-    );
     write_with_retry(call, part, None, |current| {
-        let schema = patch::schema::PatchSchema::builtin().for_kind(
-            &schema_kind.0,
-            &schema_kind.1,
-            &schema_kind.2,
-        );
-        let mut merged = patch::strategic::apply(current, &applied, schema)
+        let (pruned, mut managed) =
+            fields::apply_ownership(current, &applied, &manager, call.query.force, schema)
+                .map_err(|conflicts| conflict(call, &conflicts))?;
+        let mut merged = patch::strategic::apply(&pruned, &applied, schema)
             .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
-        record_manager(&mut merged, managed_entry(call, &manager));
+        stamp(call, &mut managed, &manager);
+        merged["metadata"]["managedFields"] = managed;
         Ok(merged)
     })
     .await
+}
+
+fn conflict(call: &Call<'_>, conflicts: &[(String, String)]) -> ApiError {
+    let causes = conflicts
+        .iter()
+        .map(|(manager, path)| {
+            Cause::new(
+                "FieldManagerConflict",
+                path.clone(),
+                format!("conflict with \"{manager}\""),
+            )
+        })
+        .collect();
+    let mut err = ApiError::new(
+        409,
+        "Conflict",
+        fields::conflict_message(conflicts, &call.resource.api_version()),
+    )
+    .with_causes(causes);
+    err.kind = Some(call.resource.plural.clone());
+    err.name = call.request.name.clone();
+    err
 }
