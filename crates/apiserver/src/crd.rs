@@ -97,6 +97,7 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
                 virtual_create: false,
                 schema_name: None,
                 custom_schema: schema.is_object().then(|| Arc::new(schema)),
+                conversion: None,
             }
         })
         .collect()

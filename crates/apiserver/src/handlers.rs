@@ -148,11 +148,13 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
 }
 
 pub async fn load(call: &Call<'_>) -> ApiResult<(Value, Revision)> {
-    call.server
+    let (stored, revision) = call
+        .server
         .objects
         .get(&call.key())
         .await?
-        .ok_or_else(|| call.not_found())
+        .ok_or_else(|| call.not_found())?;
+    Ok((call.resource.present(stored), revision))
 }
 
 async fn get(call: &Call<'_>) -> ApiResult<Reply> {
@@ -304,6 +306,12 @@ async fn list(call: &Call<'_>) -> ApiResult<Reply> {
                 e
             }
         })?;
+    let mut page = page;
+    page.items = page
+        .items
+        .into_iter()
+        .map(|o| call.resource.present(o))
+        .collect();
     let continue_token = page
         .next_start
         .as_ref()
@@ -374,7 +382,11 @@ async fn watch(call: &Call<'_>) -> ApiResult<Reply> {
         server.metrics.watches.inc();
         let _serving = WatchGauge(server.clone());
         for object in initial {
-            if tx.send(watch_event("ADDED", object)).await.is_err() {
+            if tx
+                .send(watch_event("ADDED", resource.present(object)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -420,7 +432,11 @@ async fn watch(call: &Call<'_>) -> ApiResult<Reply> {
                 let Some((kind, object)) = translate(&event, &filter) else {
                     continue;
                 };
-                if tx.send(watch_event(kind, object)).await.is_err() {
+                if tx
+                    .send(watch_event(kind, resource.present(object)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -674,9 +690,14 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
             .with_warnings(warnings));
     }
     let key = call.resource.key(call.namespace(), &name);
-    match call.server.objects.create(&key, &object).await? {
+    match call
+        .server
+        .objects
+        .create(&key, &call.resource.stored(&object))
+        .await?
+    {
         Written::Ok(created) => Ok(call
-            .reply_object(StatusCode::CREATED, created)
+            .reply_object(StatusCode::CREATED, call.resource.present(created))
             .with_warnings(warnings)),
         _ => Err(ApiError::already_exists(&call.resource.target(&name))),
     }
@@ -777,7 +798,9 @@ pub async fn write_with_retry(
         // An object being deleted goes once its last finalizer is removed.
         if next["metadata"]["deletionTimestamp"].is_string() && finalizers(&next).is_empty() {
             return match call.server.objects.delete(&key, revision).await? {
-                Written::Ok(deleted) => Ok(call.reply_object(StatusCode::OK, deleted)),
+                Written::Ok(deleted) => {
+                    Ok(call.reply_object(StatusCode::OK, call.resource.present(deleted)))
+                }
                 Written::NotFound => Err(call.not_found()),
                 Written::Conflict => continue,
             };
@@ -787,8 +810,9 @@ pub async fn write_with_retry(
                 .reply_object(StatusCode::OK, current)
                 .with_warnings(warnings));
         }
-        match call.server.objects.update(&key, &next, revision).await? {
+        match call.server.objects.update(&key, &call.resource.stored(&next), revision).await? {
             Written::Ok(updated) => {
+                let updated = call.resource.present(updated);
                 return Ok(call.reply_object(StatusCode::OK, updated).with_warnings(warnings))
             }
             Written::NotFound => return Err(call.not_found()),
@@ -914,7 +938,9 @@ async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
                 return Ok(call.reply_object(StatusCode::OK, current));
             }
             return match call.server.objects.delete(&key, revision).await? {
-                Written::Ok(deleted) => Ok(call.reply_object(StatusCode::OK, deleted)),
+                Written::Ok(deleted) => {
+                    Ok(call.reply_object(StatusCode::OK, call.resource.present(deleted)))
+                }
                 Written::NotFound => Err(call.not_found()),
                 Written::Conflict => continue,
             };
@@ -934,8 +960,14 @@ async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
         if call.query.dry_run {
             return Ok(call.reply_object(StatusCode::OK, marked));
         }
-        match call.server.objects.update(&key, &marked, revision).await? {
+        match call
+            .server
+            .objects
+            .update(&key, &call.resource.stored(&marked), revision)
+            .await?
+        {
             Written::Ok(updated) => {
+                let updated = call.resource.present(updated);
                 if is_namespace {
                     crate::namespaces::finalize_in_background(
                         call.server.clone(),
@@ -998,11 +1030,11 @@ async fn delete_collection(call: &Call<'_>) -> ApiResult<Reply> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if call.query.dry_run {
-            deleted.push(object);
+            deleted.push(call.resource.present(object));
             continue;
         }
         if let Written::Ok(gone) = call.server.objects.delete(&key, revision).await? {
-            deleted.push(gone);
+            deleted.push(call.resource.present(gone));
         }
     }
     Ok(Reply::json(

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod auth;
 pub mod bench;
 mod body;
+mod conversion;
 mod crd;
 mod custom_schema;
 pub mod discovery;

@@ -1203,6 +1203,7 @@ mod tests {
             virtual_create: false,
             schema_name: None,
             custom_schema: None,
+            conversion: None,
         });
         let untyped = v3_group_version(&registry, "stable.example.com", "v1").unwrap();
         let patch = patch_op(

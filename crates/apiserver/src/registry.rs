@@ -59,6 +59,15 @@ pub struct ResourceType {
     pub schema_name: Option<String>,
     /// The structural schema of a custom resource (its CRD's `openAPIV3Schema`).
     pub custom_schema: Option<Arc<Value>>,
+    /// For a version served from another version's storage (autoscaling/v1 over v2).
+    pub conversion: Option<Conversion>,
+}
+
+/// Converts between the served version and the stored one.
+#[derive(Clone, Copy)]
+pub struct Conversion {
+    pub to_storage: fn(Value) -> Value,
+    pub from_storage: fn(Value) -> Value,
 }
 
 impl ResourceType {
@@ -100,6 +109,22 @@ impl ResourceType {
         match namespace {
             Some(ns) if self.namespaced => format!("{}{ns}/", self.key_prefix()),
             _ => self.key_prefix(),
+        }
+    }
+
+    /// An object as this version serves it, from its stored form.
+    pub fn present(&self, stored: Value) -> Value {
+        match &self.conversion {
+            Some(c) => (c.from_storage)(stored),
+            None => stored,
+        }
+    }
+
+    /// An object in its stored form, from this version's.
+    pub fn stored(&self, served: &Value) -> Value {
+        match &self.conversion {
+            Some(c) => (c.to_storage)(served.clone()),
+            None => served.clone(),
         }
     }
 
@@ -174,6 +199,7 @@ where
         virtual_create: false,
         schema_name: None,
         custom_schema: None,
+        conversion: None,
     }
 }
 
@@ -200,6 +226,11 @@ impl ResourceType {
 
     fn with_columns(mut self, columns: Vec<Column>) -> Self {
         self.columns = columns;
+        self
+    }
+
+    fn converted(mut self, conversion: Conversion) -> Self {
+        self.conversion = Some(conversion);
         self
     }
 
@@ -406,6 +437,12 @@ fn builtins() -> Vec<ResourceType> {
         builtin::<storage::v1::VolumeAttachment>(&[], &["status"]),
         builtin::<storage::v1::CSIDriver>(&[], &[]),
         builtin::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], &["status"]).all_category(),
+        builtin::<autoscaling::v1::HorizontalPodAutoscaler>(&["hpa"], &["status"])
+            .all_category()
+            .converted(Conversion {
+                to_storage: crate::conversion::hpa_v1_to_v2,
+                from_storage: crate::conversion::hpa_v2_to_v1,
+            }),
         builtin::<events::v1::Event>(&["ev"], &[]),
         builtin::<node::v1::RuntimeClass>(&[], &[]),
         builtin::<apiext::CustomResourceDefinition>(&["crd", "crds"], &["status"])

@@ -755,7 +755,58 @@ async fn imperative_create_commands(store: StoreKind) {
     assert_eq!(no.stdout.trim(), "yes", "admin may do everything");
 }
 
+async fn autoscaling_v1_and_v2_share_one_object(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok_with_input(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: autoscaling/v1
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 4
+  targetCPUUtilizationPercentage: 60
+"#,
+    );
+    let v2 = k.json(&["get", "horizontalpodautoscalers.v2.autoscaling", "web"]);
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        60
+    );
+    k.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v2.autoscaling",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":30}}}}"#,
+    ]);
+    let v1 = k.json(&["get", "horizontalpodautoscalers.v1.autoscaling", "web"]);
+    assert_eq!(v1["apiVersion"], "autoscaling/v1");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 60);
+    // A v1 read-modify-write keeps what only v2 can say.
+    k.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"maxReplicas":6}}"#,
+    ]);
+    let v2 = k.json(&["get", "horizontalpodautoscalers.v2.autoscaling", "web"]);
+    assert_eq!(v2["spec"]["maxReplicas"], 6);
+    assert_eq!(
+        v2["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        30
+    );
+}
+
 on_every_store!(
+    autoscaling_v1_and_v2_share_one_object,
     imperative_create_commands,
     services_get_cluster_ips_and_node_ports,
     describe_scale_edit_wait,
