@@ -133,6 +133,45 @@ pub fn hpa_v1_to_v2(served: Value) -> Value {
     v2
 }
 
+/// `events.k8s.io/v1` names for `core/v1` Event fields (the rest are the same).
+const EVENT_FIELDS: [(&str, &str); 8] = [
+    ("note", "message"),
+    ("regarding", "involvedObject"),
+    ("reportingController", "reportingComponent"),
+    ("reportingInstance", "reportingInstance"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+/// Events are stored as `core/v1` Events, upstream's storage version.
+pub fn event_to_core(served: Value) -> Value {
+    rename_fields(served, "v1", |(new, old)| (new, old))
+}
+
+pub fn event_from_core(stored: Value) -> Value {
+    rename_fields(stored, "events.k8s.io/v1", |(new, old)| (old, new))
+}
+
+fn rename_fields(
+    object: Value,
+    api_version: &str,
+    direction: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
+) -> Value {
+    let Value::Object(mut map) = object else {
+        return object;
+    };
+    for pair in EVENT_FIELDS {
+        let (from, to) = direction(pair);
+        if let Some(value) = map.remove(from) {
+            map.insert(to.to_string(), value);
+        }
+    }
+    map.insert("apiVersion".into(), json!(api_version));
+    Value::Object(map)
+}
+
 fn strip_nulls(value: Value) -> Value {
     match value {
         Value::Object(map) => {
@@ -174,6 +213,22 @@ mod tests {
             .contains("memory"));
         let back = hpa_v1_to_v2(v1);
         assert_eq!(back, v2(), "a v1 round trip loses nothing");
+    }
+
+    #[test]
+    fn events_round_trip_through_core() {
+        let event = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "default"},
+            "regarding": {"kind": "Pod", "name": "web"}, "note": "pulled", "reason": "Pulled",
+            "type": "Normal", "reportingController": "kubelet", "eventTime": "2026-01-01T00:00:00.000000Z"
+        });
+        let core = event_to_core(event.clone());
+        assert_eq!(core["apiVersion"], "v1");
+        assert_eq!(core["involvedObject"]["name"], "web");
+        assert_eq!(core["message"], "pulled");
+        assert_eq!(core["reportingComponent"], "kubelet");
+        assert_eq!(event_from_core(core), event);
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
                 schema_name: None,
                 custom_schema: schema.is_object().then(|| Arc::new(schema)),
                 conversion: None,
+                storage_prefix: None,
             }
         })
         .collect()

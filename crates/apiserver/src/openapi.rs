@@ -1204,6 +1204,7 @@ mod tests {
             schema_name: None,
             custom_schema: None,
             conversion: None,
+            storage_prefix: None,
         });
         let untyped = v3_group_version(&registry, "stable.example.com", "v1").unwrap();
         let patch = patch_op(

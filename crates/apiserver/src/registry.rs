@@ -61,6 +61,9 @@ pub struct ResourceType {
     pub custom_schema: Option<Arc<Value>>,
     /// For a version served from another version's storage (autoscaling/v1 over v2).
     pub conversion: Option<Conversion>,
+    /// Where objects live when another group owns the storage (`events.k8s.io` Events
+    /// are core Events): `/registry/GROUP/PLURAL/`.
+    pub storage_prefix: Option<String>,
 }
 
 /// Converts between the served version and the stored one.
@@ -90,6 +93,9 @@ impl ResourceType {
 
     /// Storage key prefix: `/registry/GROUP/PLURAL/` (core group as `core`).
     pub fn key_prefix(&self) -> String {
+        if let Some(prefix) = &self.storage_prefix {
+            return prefix.clone();
+        }
         let group = if self.group.is_empty() {
             "core"
         } else {
@@ -200,6 +206,7 @@ where
         schema_name: None,
         custom_schema: None,
         conversion: None,
+        storage_prefix: None,
     }
 }
 
@@ -226,6 +233,11 @@ impl ResourceType {
 
     fn with_columns(mut self, columns: Vec<Column>) -> Self {
         self.columns = columns;
+        self
+    }
+
+    fn stored_as(mut self, prefix: &str) -> Self {
+        self.storage_prefix = Some(prefix.to_string());
         self
     }
 
@@ -443,7 +455,12 @@ fn builtins() -> Vec<ResourceType> {
                 to_storage: crate::conversion::hpa_v1_to_v2,
                 from_storage: crate::conversion::hpa_v2_to_v1,
             }),
-        builtin::<events::v1::Event>(&["ev"], &[]),
+        builtin::<events::v1::Event>(&["ev"], &[])
+            .stored_as("/registry/core/events/")
+            .converted(Conversion {
+                to_storage: crate::conversion::event_to_core,
+                from_storage: crate::conversion::event_from_core,
+            }),
         builtin::<node::v1::RuntimeClass>(&[], &[]),
         builtin::<apiext::CustomResourceDefinition>(&["crd", "crds"], &["status"])
             .with_validation(crate::crd::validate_crd),

@@ -805,7 +805,44 @@ spec:
     );
 }
 
+async fn events_in_both_groups_are_one(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let k = cp.kubectl();
+    k.ok_with_input(
+        &["create", "-f", "-"],
+        r#"
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: web.1}
+eventTime: "2026-01-01T00:00:00.000000Z"
+regarding: {kind: Pod, name: web, namespace: default}
+reason: Pulled
+note: Successfully pulled image
+type: Normal
+action: Pull
+reportingController: korvet.io/node
+reportingInstance: node-1
+"#,
+    );
+    let core = k.json(&["get", "events.v1.", "web.1"]);
+    assert_eq!(core["apiVersion"], "v1");
+    assert_eq!(core["message"], "Successfully pulled image");
+    assert_eq!(core["involvedObject"]["name"], "web");
+    let selected = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+        "-o",
+        "name",
+    ]);
+    assert!(selected.contains("web.1"), "{selected}");
+    let listed = k.ok(&["events"]);
+    assert!(listed.contains("Successfully pulled image"), "{listed}");
+}
+
 on_every_store!(
+    events_in_both_groups_are_one,
     autoscaling_v1_and_v2_share_one_object,
     imperative_create_commands,
     services_get_cluster_ips_and_node_ports,
