@@ -99,6 +99,21 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
                 custom_schema: schema.is_object().then(|| Arc::new(schema)),
                 conversion: None,
                 storage_prefix: None,
+                scale_paths: v["subresources"]["scale"].as_object().map(|scale| {
+                    let path = |key: &str, default: &str| {
+                        crate::registry::simple_path(
+                            scale.get(key).and_then(Value::as_str).unwrap_or(default),
+                        )
+                    };
+                    crate::registry::ScalePaths {
+                        spec_replicas: path("specReplicasPath", ".spec.replicas"),
+                        status_replicas: path("statusReplicasPath", ".status.replicas"),
+                        label_selector: scale
+                            .get("labelSelectorPath")
+                            .and_then(Value::as_str)
+                            .map(crate::registry::simple_path),
+                    }
+                }),
             }
         })
         .collect()

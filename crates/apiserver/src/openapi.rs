@@ -1205,6 +1205,7 @@ mod tests {
             custom_schema: None,
             conversion: None,
             storage_prefix: None,
+            scale_paths: None,
         });
         let untyped = v3_group_version(&registry, "stable.example.com", "v1").unwrap();
         let patch = patch_op(

@@ -61,9 +61,29 @@ pub struct ResourceType {
     pub custom_schema: Option<Arc<Value>>,
     /// For a version served from another version's storage (autoscaling/v1 over v2).
     pub conversion: Option<Conversion>,
+    /// Where the scale subresource reads and writes replicas (custom resources name their
+    /// own paths; built-in kinds use `spec.replicas`, `status.replicas`, `spec.selector`).
+    pub scale_paths: Option<ScalePaths>,
     /// Where objects live when another group owns the storage (`events.k8s.io` Events
     /// are core Events): `/registry/GROUP/PLURAL/`.
     pub storage_prefix: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScalePaths {
+    pub spec_replicas: Vec<String>,
+    pub status_replicas: Vec<String>,
+    /// A path to a serialized label selector string, if the kind has one.
+    pub label_selector: Option<Vec<String>>,
+}
+
+/// Parses a simple JSONPath like `.spec.replicas` into its fields.
+pub fn simple_path(path: &str) -> Vec<String> {
+    path.trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Converts between the served version and the stored one.
@@ -207,6 +227,7 @@ where
         custom_schema: None,
         conversion: None,
         storage_prefix: None,
+        scale_paths: None,
     }
 }
 

@@ -22,7 +22,36 @@ fn selector_string(object: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn scale_of(object: &Value) -> Value {
+fn at<'v>(object: &'v Value, path: &[String]) -> &'v Value {
+    path.iter().fold(object, |v, key| &v[key.as_str()])
+}
+
+fn set_at(object: &mut Value, path: &[String], value: Value) {
+    let mut at = object;
+    for key in path {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = &mut at[key.as_str()];
+    }
+    *at = value;
+}
+
+fn scale_of(call: &Call<'_>, object: &Value) -> Value {
+    let Some(paths) = &call.resource.scale_paths else {
+        return builtin_scale(object);
+    };
+    let mut scale = builtin_scale(object);
+    scale["spec"]["replicas"] = json!(at(object, &paths.spec_replicas).as_i64().unwrap_or(0));
+    scale["status"]["replicas"] = json!(at(object, &paths.status_replicas).as_i64().unwrap_or(0));
+    scale["status"]["selector"] = match &paths.label_selector {
+        Some(path) => json!(at(object, path).as_str().unwrap_or_default()),
+        None => json!(""),
+    };
+    scale
+}
+
+fn builtin_scale(object: &Value) -> Value {
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -43,22 +72,25 @@ fn scale_of(object: &Value) -> Value {
 
 pub async fn get_scale(call: &Call<'_>) -> ApiResult<Reply> {
     let (object, _) = load(call).await?;
-    Ok(Reply::json(StatusCode::OK, scale_of(&object)))
+    Ok(Reply::json(StatusCode::OK, scale_of(call, &object)))
 }
 
 pub async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
     let content_type = body::content_type(call.headers).to_string();
     let request = call.body.clone();
     let reply = write_with_retry(call, Part::Main, None, |current| {
-        let scale = scale_of(current);
+        let scale = scale_of(call, current);
         let wanted = if content_type == "application/json" || content_type == "application/yaml" {
             body::decode_object(call.headers, &request)?
         } else {
             crate::patching::apply_patch_untyped(&content_type, &scale, &request)?
         };
-        let replicas = wanted["spec"]["replicas"]
-            .as_i64()
-            .ok_or_else(|| ApiError::bad_request("the Scale must have spec.replicas"))?;
+        // Go clients omit `replicas: 0` (omitempty): a spec without it means zero.
+        let replicas = match &wanted["spec"] {
+            Value::Object(spec) => spec.get("replicas").map_or(Some(0), Value::as_i64),
+            _ => None,
+        }
+        .ok_or_else(|| ApiError::bad_request("the Scale must have spec.replicas"))?;
         if replicas < 0 {
             return Err(ApiError::invalid(
                 &call
@@ -72,7 +104,10 @@ pub async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
             ));
         }
         let mut next = current.clone();
-        next["spec"]["replicas"] = json!(replicas);
+        match &call.resource.scale_paths {
+            Some(paths) => set_at(&mut next, &paths.spec_replicas, json!(replicas)),
+            None => next["spec"]["replicas"] = json!(replicas),
+        }
         Ok(next)
     })
     .await?;
@@ -80,7 +115,7 @@ pub async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
     Ok(Reply {
         status: reply.status,
         headers: reply.headers,
-        body: body::ReplyBody::Json(scale_of(&object)),
+        body: body::ReplyBody::Json(scale_of(call, &object)),
     })
 }
 

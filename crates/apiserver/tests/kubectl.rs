@@ -473,7 +473,9 @@ spec:
   - name: v1
     served: true
     storage: true
-    subresources: {status: {}}
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.count, statusReplicasPath: .status.count}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
     schema:
@@ -486,10 +488,12 @@ spec:
             properties:
               size: {type: integer, minimum: 1, description: How big the widget is.}
               color: {type: string, default: blue}
+              count: {type: integer}
           status:
             type: object
             properties:
               ready: {type: boolean}
+              count: {type: integer}
 "#;
 
 async fn custom_resources(store: StoreKind) {
