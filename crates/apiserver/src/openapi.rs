@@ -1242,3 +1242,198 @@ mod tests {
         );
     }
 }
+
+/// The OpenAPI v2 (Swagger 2.0) document of everything served, for clients that still
+/// read `/openapi/v2` as JSON: the v3 group-version documents, merged and rewritten into
+/// v2's shape (definitions, body parameters, response schemas).
+pub fn v2_document(registry: &Registry, extra: ExtraSchema) -> Value {
+    let mut paths = Map::new();
+    let mut definitions = Map::new();
+    for (group, versions) in registry.groups() {
+        for version in versions {
+            let Some(doc) = v3_group_version_with(registry, &group, &version, extra) else {
+                continue;
+            };
+            if let Some(schemas) = doc["components"]["schemas"].as_object() {
+                for (name, schema) in schemas {
+                    definitions.insert(name.clone(), v2_refs(schema.clone()));
+                }
+            }
+            if let Some(doc_paths) = doc["paths"].as_object() {
+                for (path, item) in doc_paths {
+                    paths.insert(path.clone(), v2_path_item(item));
+                }
+            }
+        }
+    }
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": crate::server::KUBERNETES_VERSION},
+        "paths": paths,
+        "definitions": definitions,
+    })
+}
+
+fn v2_refs(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => {
+                            Value::String(r.replace("#/components/schemas/", "#/definitions/"))
+                        }
+                        (_, other) => v2_refs(other),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(v2_refs).collect()),
+        other => other,
+    }
+}
+
+fn v2_parameter(param: &Value) -> Value {
+    let mut p = param.clone();
+    if let Some(map) = p.as_object_mut() {
+        if let Some(Value::Object(schema)) = map.remove("schema") {
+            for (k, v) in schema {
+                map.entry(k).or_insert(v);
+            }
+        }
+    }
+    p
+}
+
+fn v2_operation(op: &Value) -> Value {
+    let mut out = op.clone();
+    let Some(map) = out.as_object_mut() else {
+        return out;
+    };
+    let mut parameters: Vec<Value> = map
+        .remove("parameters")
+        .and_then(|p| p.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(v2_parameter)
+        .collect();
+    if let Some(body) = map.remove("requestBody") {
+        let content = body["content"].as_object().cloned().unwrap_or_default();
+        let schema = content
+            .values()
+            .next()
+            .map(|c| c["schema"].clone())
+            .unwrap_or(json!({}));
+        parameters.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+        map.insert("consumes".into(), json!(content.keys().collect::<Vec<_>>()));
+    }
+    map.insert("parameters".into(), Value::Array(parameters));
+    if let Some(Value::Object(responses)) = map.remove("responses") {
+        let mut produces = Vec::new();
+        let converted: Map<String, Value> = responses
+            .into_iter()
+            .map(|(code, response)| {
+                let mut r = json!({"description": response["description"].as_str().unwrap_or(code.as_str())});
+                if let Some(content) = response["content"].as_object() {
+                    for k in content.keys() {
+                        if !produces.contains(k) {
+                            produces.push(k.clone());
+                        }
+                    }
+                    if let Some(first) = content.values().next() {
+                        r["schema"] = first["schema"].clone();
+                    }
+                }
+                (code, r)
+            })
+            .collect();
+        map.insert("responses".into(), Value::Object(converted));
+        map.insert("produces".into(), json!(produces));
+    }
+    v2_refs(out)
+}
+
+fn v2_path_item(item: &Value) -> Value {
+    let Some(map) = item.as_object() else {
+        return item.clone();
+    };
+    let converted: Map<String, Value> = map
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "parameters" => (
+                k.clone(),
+                Value::Array(
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(v2_parameter)
+                        .collect(),
+                ),
+            ),
+            "get" | "put" | "post" | "patch" | "delete" | "head" | "options" => {
+                (k.clone(), v2_operation(v))
+            }
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    v2_refs(Value::Object(converted))
+}
+
+#[cfg(test)]
+mod v2_tests {
+    use super::*;
+
+    #[test]
+    fn v2_has_definitions_body_parameters_and_no_dangling_refs() {
+        let registry = Registry::with_builtins();
+        let doc = v2_document(&registry, &no_extra_schema);
+        assert_eq!(doc["swagger"], "2.0");
+        let definitions = doc["definitions"].as_object().unwrap();
+        let deployment = &definitions["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let create = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments"]["post"];
+        let body = create["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["in"] == "body")
+            .unwrap();
+        assert!(body["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .starts_with("#/definitions/"));
+        let text = doc.to_string();
+        assert!(!text.contains("#/components/schemas/"));
+        fn refs(value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        match (k.as_str(), v) {
+                            ("$ref", Value::String(r)) => out.push(r.clone()),
+                            _ => refs(v, out),
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(
+            found.len() > 100,
+            "expected many references, found {}",
+            found.len()
+        );
+        for r in found {
+            let name = r
+                .strip_prefix("#/definitions/")
+                .unwrap_or_else(|| panic!("not a v2 reference: {r}"));
+            assert!(definitions.contains_key(name), "dangling {r}");
+        }
+    }
+}

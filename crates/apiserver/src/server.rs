@@ -255,6 +255,12 @@ impl ApiServer {
                 ),
             });
         }
+        if path == "/openapi/v2" {
+            return Ok(Reply::json(
+                StatusCode::OK,
+                crate::openapi::v2_document(&self.registry, &custom_schema),
+            ));
+        }
         if path == "/openapi/v3" || path == "/openapi/v3/" {
             return Ok(Reply::json(
                 StatusCode::OK,

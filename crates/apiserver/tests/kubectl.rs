@@ -55,6 +55,8 @@ async fn discovery_and_basic_reads(store: StoreKind) {
     assert!(version.contains("\"gitVersion\""), "{version}");
     let explain = k.ok(&["explain", "deployment.spec.replicas"]);
     assert!(explain.contains("<integer>"), "{explain}");
+    let v2 = k.ok(&["get", "--raw", "/openapi/v2"]);
+    assert!(v2.contains("\"swagger\":\"2.0\"") && v2.contains("io.k8s.api.apps.v1.Deployment"));
     let health = k.ok(&["get", "--raw", "/healthz"]);
     assert_eq!(health.trim(), "ok");
     let metrics = k.ok(&["get", "--raw", "/metrics"]);
