@@ -181,7 +181,47 @@ async fn requests_without_credentials_are_refused(store: StoreKind) {
     assert_eq!(code, 401);
 }
 
+async fn static_tokens_authenticate_users(store: StoreKind) {
+    let tokens = "s3cr3t-token,ops-bot,42,\"system:masters\"\nweak-token,nobody,43\n";
+    let cp = TestControlPlane::start_with_tokens(store, Some(tokens)).await;
+    let mut with_token = config(&cp).await;
+    with_token.auth_info.client_certificate_data = None;
+    with_token.auth_info.client_key_data = None;
+    with_token.auth_info.token = Some("s3cr3t-token".to_string().into());
+    let client = Client::try_from(with_token.clone()).expect("client");
+    let (code, _) = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let review =
+        br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#.to_vec();
+    let path = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
+    let (code, me) = send(&client, "POST", path, "application/json", review).await;
+    assert_eq!(code, 200, "{me}");
+    assert_eq!(me["status"]["userInfo"]["username"], "ops-bot");
+    with_token.auth_info.token = Some("weak-token".to_string().into());
+    let weak = Client::try_from(with_token).expect("client");
+    let (code, status) = send(
+        &weak,
+        "GET",
+        "/api/v1/namespaces",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        code, 403,
+        "an authenticated user without grants is forbidden: {status}"
+    );
+}
+
 on_every_store!(
     bad_requests_get_upstream_codes,
-    requests_without_credentials_are_refused
+    requests_without_credentials_are_refused,
+    static_tokens_authenticate_users
 );

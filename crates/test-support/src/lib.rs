@@ -29,7 +29,18 @@ pub struct TestControlPlane {
 
 impl TestControlPlane {
     pub async fn start(kind: StoreKind) -> Self {
+        Self::start_with_tokens(kind, None).await
+    }
+
+    /// A control plane that also accepts the bearer tokens of `token_file` (upstream's
+    /// `--token-auth-file` format).
+    pub async fn start_with_tokens(kind: StoreKind, token_file: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let token_path = token_file.map(|contents| {
+            let path = dir.path().join("tokens.csv");
+            std::fs::write(&path, contents).expect("write token file");
+            path
+        });
         let (store, etcd) = match kind {
             StoreKind::Embedded => (StoreLocation::Embedded, None),
             StoreKind::Etcd1 | StoreKind::Etcd3 => {
@@ -48,7 +59,12 @@ impl TestControlPlane {
                 (location, Some(etcd))
             }
         };
-        let server = start_server(dir.path().join("control-plane"), store.clone()).await;
+        let server = start_server(
+            dir.path().join("control-plane"),
+            store.clone(),
+            token_path.clone(),
+        )
+        .await;
         Self {
             server,
             store,
@@ -67,7 +83,7 @@ impl TestControlPlane {
             let entry = entry.expect("pki entry");
             std::fs::copy(entry.path(), pki.join(entry.file_name())).expect("copy pki");
         }
-        start_server(data_dir, self.store.clone()).await
+        start_server(data_dir, self.store.clone(), None).await
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -123,13 +139,17 @@ impl TestControlPlane {
     }
 }
 
-async fn start_server(data_dir: PathBuf, store: StoreLocation) -> RunningApiServer {
+async fn start_server(
+    data_dir: PathBuf,
+    store: StoreLocation,
+    token_auth_file: Option<PathBuf>,
+) -> RunningApiServer {
     launch::start(ApiServerConfig {
         data_dir,
         listen: "127.0.0.1:0".parse().expect("address"),
         store,
         extra_hosts: Vec::new(),
-        token_auth_file: None,
+        token_auth_file,
         cluster_name: "test".into(),
     })
     .await
