@@ -294,18 +294,18 @@ async fn list(call: &Call<'_>) -> ApiResult<Reply> {
             (rv, None)
         }
     };
-    // The common plain list skips building every object's tree (see `list_encoded`).
-    if !call.wants_table() && filter.fields.is_none() && call.resource.conversion.is_none() {
-        return list_encoded(call, &filter, &prefix, revision, start).await;
-    }
     let page = call
         .server
         .objects
-        .list(&prefix, revision, start, call.query.limit, &|o| {
-            filter.matches(o)
-        })
+        .list(&prefix, revision, start, call.query.limit, &|o| filter.matches(o))
         .await
-        .map_err(|e| continue_expired(call, e))?;
+        .map_err(|e| {
+            if e.code == 410 && call.query.continue_token.is_some() {
+                ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            } else {
+                e
+            }
+        })?;
     let mut page = page;
     page.items = page
         .items
@@ -341,58 +341,6 @@ async fn list(call: &Call<'_>) -> ApiResult<Reply> {
     list.insert("metadata".into(), metadata);
     list.insert("items".into(), Value::Array(page.items));
     Ok(Reply::json(StatusCode::OK, Value::Object(list)))
-}
-
-async fn list_encoded(
-    call: &Call<'_>,
-    filter: &Filter,
-    prefix: &str,
-    revision: Revision,
-    start: Option<Vec<u8>>,
-) -> ApiResult<Reply> {
-    let page = call
-        .server
-        .objects
-        .list_encoded(prefix, revision, start, call.query.limit, &|o| {
-            filter.matches(o)
-        })
-        .await
-        .map_err(|e| continue_expired(call, e))?;
-    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
-    if let Some(next) = &page.next_start {
-        metadata["continue"] = json!(query::encode_continue(page.revision, &next[prefix.len()..]));
-    }
-    let head = json!({
-        "kind": call.resource.list_kind,
-        "apiVersion": call.resource.api_version(),
-        "metadata": metadata,
-    })
-    .to_string();
-    let size = page.items.iter().map(Vec::len).sum::<usize>() + page.items.len() + head.len() + 16;
-    let mut body = Vec::with_capacity(size);
-    // `head` is a JSON object: reopen it to append the items.
-    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
-    body.extend_from_slice(b",\"items\":[");
-    for (i, item) in page.items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(item);
-    }
-    body.extend_from_slice(b"]}");
-    Ok(Reply {
-        status: StatusCode::OK,
-        headers: Vec::new(),
-        body: body::ReplyBody::Raw("application/json", Bytes::from(body)),
-    })
-}
-
-fn continue_expired(call: &Call<'_>, e: ApiError) -> ApiError {
-    if e.code == 410 && call.query.continue_token.is_some() {
-        ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
-    } else {
-        e
-    }
 }
 
 fn watch_event(kind: &str, object: Value) -> Bytes {

@@ -20,8 +20,8 @@ pub enum Written {
     NotFound,
 }
 
-pub struct ListPage<T = Value> {
-    pub items: Vec<T>,
+pub struct ListPage {
+    pub items: Vec<Value>,
     /// The revision the whole list was read at.
     pub revision: Revision,
     /// Where the next page starts, when more remain.
@@ -51,35 +51,6 @@ pub fn set_resource_version(object: &mut Value, revision: Revision) {
             Value::String(revision.to_string()),
         );
     }
-}
-
-/// A stored object as listed bytes with its `resourceVersion`, if `keep` accepts its
-/// metadata.
-fn encode_listed(
-    kv: &KeyValue,
-    keep: &(dyn Fn(&Value) -> bool + Sync),
-) -> ApiResult<Option<Vec<u8>>> {
-    use serde_json::value::RawValue;
-    let invalid = |e: serde_json::Error| {
-        ApiError::internal(format!(
-            "stored object {} is not valid JSON: {e}",
-            String::from_utf8_lossy(&kv.key)
-        ))
-    };
-    let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
-        serde_json::from_slice(&kv.value).map_err(invalid)?;
-    let metadata: Value = match top.get("metadata") {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(invalid)?,
-        None => Value::Object(Default::default()),
-    };
-    let mut probe = serde_json::json!({ "metadata": metadata });
-    if !keep(&probe) {
-        return Ok(None);
-    }
-    set_resource_version(&mut probe, kv.mod_revision);
-    let metadata = RawValue::from_string(probe["metadata"].to_string()).map_err(invalid)?;
-    top.insert("metadata".into(), metadata);
-    serde_json::to_vec(&top).map(Some).map_err(invalid)
 }
 
 fn encode(object: &Value) -> ApiResult<Vec<u8>> {
@@ -194,36 +165,6 @@ impl Objects {
         limit: usize,
         keep: &(dyn Fn(&Value) -> bool + Sync),
     ) -> ApiResult<ListPage> {
-        self.list_with(prefix, revision, start, limit, |kv| {
-            let object = decode(kv)?;
-            Ok(keep(&object).then_some(object))
-        })
-        .await
-    }
-
-    /// Like [`Objects::list`], but yields each object as JSON bytes without building its
-    /// tree: only the top level and `metadata` are parsed (to set `resourceVersion`).
-    /// `keep` sees an object holding just the metadata, which suits label selectors.
-    pub async fn list_encoded(
-        &self,
-        prefix: &str,
-        revision: Revision,
-        start: Option<Vec<u8>>,
-        limit: usize,
-        keep: &(dyn Fn(&Value) -> bool + Sync),
-    ) -> ApiResult<ListPage<Vec<u8>>> {
-        self.list_with(prefix, revision, start, limit, |kv| encode_listed(kv, keep))
-            .await
-    }
-
-    async fn list_with<T>(
-        &self,
-        prefix: &str,
-        revision: Revision,
-        start: Option<Vec<u8>>,
-        limit: usize,
-        mut item: impl FnMut(&KeyValue) -> ApiResult<Option<T>>,
-    ) -> ApiResult<ListPage<T>> {
         let end = korvet_store::prefix_end(prefix.as_bytes());
         let mut start = start.unwrap_or_else(|| prefix.as_bytes().to_vec());
         let mut page = ListPage {
@@ -252,8 +193,9 @@ impl Objects {
             let mut last_key = None;
             for kv in &resp.kvs {
                 last_key = Some(kv.key.clone());
-                if let Some(kept) = item(kv)? {
-                    page.items.push(kept);
+                let object = decode(kv)?;
+                if keep(&object) {
+                    page.items.push(object);
                     if limit > 0 && page.items.len() == limit {
                         let is_last = resp.kvs.last().is_some_and(|last| last.key == kv.key);
                         if !is_last || resp.more {
