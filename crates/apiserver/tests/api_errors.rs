@@ -37,6 +37,19 @@ async fn send(
     }
 }
 
+async fn get(client: &Client, path: &str) -> (u16, Value) {
+    send(client, "GET", path, "application/json", Vec::new()).await
+}
+
+/// A client that authenticates with `token` only (or with nothing, for `None`).
+async fn token_client(cp: &TestControlPlane, token: Option<&str>) -> Client {
+    let mut config = config(cp).await;
+    config.auth_info.client_certificate_data = None;
+    config.auth_info.client_key_data = None;
+    config.auth_info.token = token.map(|t| t.to_string().into());
+    Client::try_from(config).expect("client")
+}
+
 async fn bad_requests_get_upstream_codes(store: StoreKind) {
     let cp = TestControlPlane::start(store).await;
     let client = Client::try_from(config(&cp).await).expect("client");
@@ -115,88 +128,35 @@ async fn bad_requests_get_upstream_codes(store: StoreKind) {
     assert_eq!(code, 413, "{status}");
     let (code, _) = send(&client, "POST", cms, "text/html", b"<html/>".to_vec()).await;
     assert_eq!(code, 415);
-    let (code, status) = send(
-        &client,
-        "GET",
-        "/apis/nope.example.com/v1/things",
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let (code, status) = get(&client, "/apis/nope.example.com/v1/things").await;
     assert_eq!(code, 404, "{status}");
-    let (code, status) = send(
-        &client,
-        "GET",
-        &format!("{cms}?labelSelector=a%20in%20(b"),
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let (code, status) = get(&client, &format!("{cms}?labelSelector=a%20in%20(b")).await;
     assert_eq!(code, 400, "{status}");
-    let (code, status) = send(
-        &client,
-        "GET",
-        &format!("{cms}?continue=garbage"),
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let (code, status) = get(&client, &format!("{cms}?continue=garbage")).await;
     assert_eq!(code, 400, "{status}");
     // The server is unaffected.
-    let (code, _) = send(&client, "GET", cms, "application/json", Vec::new()).await;
+    let (code, _) = get(&client, cms).await;
     assert_eq!(code, 200);
 }
 
 async fn requests_without_credentials_are_refused(store: StoreKind) {
     let cp = TestControlPlane::start(store).await;
-    let mut anonymous = config(&cp).await;
-    anonymous.auth_info.client_certificate_data = None;
-    anonymous.auth_info.client_key_data = None;
-    let client = Client::try_from(anonymous).expect("client");
-    let (code, status) = send(
-        &client,
-        "GET",
-        "/api/v1/namespaces",
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let client = token_client(&cp, None).await;
+    let (code, status) = get(&client, "/api/v1/namespaces").await;
     assert_eq!(code, 401, "{status}");
     // Health and version stay public, as upstream's system:public-info-viewer makes them.
-    let (code, _) = send(&client, "GET", "/version", "application/json", Vec::new()).await;
+    let (code, _) = get(&client, "/version").await;
     assert_eq!(code, 200);
-    let mut wrong_token = config(&cp).await;
-    wrong_token.auth_info.client_certificate_data = None;
-    wrong_token.auth_info.client_key_data = None;
-    wrong_token.auth_info.token = Some("not-a-real-token".to_string().into());
-    let client = Client::try_from(wrong_token).expect("client");
-    let (code, _) = send(
-        &client,
-        "GET",
-        "/api/v1/namespaces",
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let client = token_client(&cp, Some("not-a-real-token")).await;
+    let (code, _) = get(&client, "/api/v1/namespaces").await;
     assert_eq!(code, 401);
 }
 
 async fn static_tokens_authenticate_users(store: StoreKind) {
     let tokens = "s3cr3t-token,ops-bot,42,\"system:masters\"\nweak-token,nobody,43\n";
     let cp = TestControlPlane::start_with_tokens(store, Some(tokens)).await;
-    let mut with_token = config(&cp).await;
-    with_token.auth_info.client_certificate_data = None;
-    with_token.auth_info.client_key_data = None;
-    with_token.auth_info.token = Some("s3cr3t-token".to_string().into());
-    let client = Client::try_from(with_token.clone()).expect("client");
-    let (code, _) = send(
-        &client,
-        "GET",
-        "/api/v1/namespaces",
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let client = token_client(&cp, Some("s3cr3t-token")).await;
+    let (code, _) = get(&client, "/api/v1/namespaces").await;
     assert_eq!(code, 200);
     let review =
         br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#.to_vec();
@@ -204,16 +164,8 @@ async fn static_tokens_authenticate_users(store: StoreKind) {
     let (code, me) = send(&client, "POST", path, "application/json", review).await;
     assert_eq!(code, 200, "{me}");
     assert_eq!(me["status"]["userInfo"]["username"], "ops-bot");
-    with_token.auth_info.token = Some("weak-token".to_string().into());
-    let weak = Client::try_from(with_token).expect("client");
-    let (code, status) = send(
-        &weak,
-        "GET",
-        "/api/v1/namespaces",
-        "application/json",
-        Vec::new(),
-    )
-    .await;
+    let weak = token_client(&cp, Some("weak-token")).await;
+    let (code, status) = get(&weak, "/api/v1/namespaces").await;
     assert_eq!(
         code, 403,
         "an authenticated user without grants is forbidden: {status}"
