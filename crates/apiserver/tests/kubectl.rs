@@ -313,27 +313,25 @@ async fn bad_input_gets_precise_errors(store: StoreKind) {
 async fn watch_sees_changes(store: StoreKind) {
     let cp = TestControlPlane::start(store).await;
     let k = cp.kubectl();
-    let mut watcher = k.spawn(&[
+    k.ok_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w0}\n",
+    );
+    let watcher = k.watch(&[
         "get",
         "configmaps",
         "-w",
         "-o",
         "name",
-        "--request-timeout=20s",
+        "--request-timeout=60s",
     ]);
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Once the existing object is printed, the initial list is done and the watch runs.
+    watcher.wait_for("configmap/w0", 30);
     k.ok_with_input(
         &["create", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w1}\n",
     );
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    let _ = watcher.kill();
-    let output = watcher.wait_with_output().expect("watch output");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        printed.contains("configmap/w1"),
-        "watch printed:\n{printed}"
-    );
+    watcher.wait_for("configmap/w1", 30);
 }
 
 async fn namespaces_and_rbac(store: StoreKind) {
@@ -432,29 +430,27 @@ async fn two_replicas_on_three_member_etcd_agree() {
     let second = cp.start_replica(1).await;
     let first = cp.kubectl();
     let other = cp.kubectl_as(&second.kubeconfig);
-    let mut watcher = other.spawn(&[
+    first.ok_with_input(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: before}\n",
+    );
+    let watcher = other.watch(&[
         "get",
         "configmaps",
         "-w",
         "-o",
         "name",
-        "--request-timeout=30s",
+        "--request-timeout=60s",
     ]);
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    watcher.wait_for("configmap/before", 30);
     first.ok_with_input(
         &["create", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {k: v}\n",
     );
     let read = other.json(&["get", "cm", "shared"]);
     assert_eq!(read["data"]["k"], "v");
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let _ = watcher.kill();
-    let output = watcher.wait_with_output().expect("watch output");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        printed.contains("configmap/shared"),
-        "the other replica's watch printed:\n{printed}"
-    );
+    // Delivered by the other replica's watch, not by its initial list.
+    watcher.wait_for("configmap/shared", 30);
     // Writes through the second replica conflict correctly with the first's view.
     other.ok(&["label", "cm", "shared", "via=second"]);
     assert_eq!(

@@ -161,6 +161,41 @@ pub struct Kubectl {
     cache: PathBuf,
 }
 
+/// A kubectl running in the background, with what it printed so far.
+pub struct Watching {
+    child: std::process::Child,
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watching {
+    /// Waits until the output contains `needle`; panics with the output after `seconds`.
+    pub fn wait_for(&self, needle: &str, seconds: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let text = self
+                .printed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl did not print {needle:?} within {seconds} s; it printed:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What a kubectl run printed.
 pub struct Run {
     pub ok: bool,
@@ -241,12 +276,29 @@ impl Kubectl {
         run.stderr
     }
 
-    /// Runs kubectl in the background (for `get -w`); the caller reads and kills it.
-    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        self.command(args)
+    /// Runs a long-lived kubectl (`get -w`) whose output can be waited for; it is killed
+    /// (by PID) when dropped.
+    pub fn watch(&self, args: &[&str]) -> Watching {
+        let mut child = self
+            .command(args)
             .stdin(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("kubectl could not start ({e})"))
+            .unwrap_or_else(|e| panic!("kubectl could not start ({e})"));
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = printed.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Watching { child, printed }
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
