@@ -111,7 +111,9 @@ async fn runtime_watcher_follows_changes(store: StoreKind) {
         .await
         .expect("create");
     let stream = watcher(api.clone(), watcher::Config::default()).boxed();
+    let (initialized, ready) = tokio::sync::oneshot::channel();
     let events = tokio::spawn(async move {
+        let mut initialized = Some(initialized);
         let mut names = Vec::new();
         let mut stream = stream;
         while let Ok(Some(event)) = stream.try_next().await {
@@ -122,7 +124,12 @@ async fn runtime_watcher_follows_changes(store: StoreKind) {
                 watcher::Event::Delete(cm) => {
                     names.push(format!("delete:{}", cm.metadata.name.unwrap_or_default()))
                 }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+                watcher::Event::InitDone => {
+                    if let Some(tx) = initialized.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                watcher::Event::Init => {}
             }
             if names.iter().any(|n| n == "delete:after") {
                 break;
@@ -130,7 +137,11 @@ async fn runtime_watcher_follows_changes(store: StoreKind) {
         }
         names
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Changes made after the initial list must arrive through the watch.
+    tokio::time::timeout(std::time::Duration::from_secs(20), ready)
+        .await
+        .expect("watcher listed in time")
+        .expect("watcher task");
     api.create(&PostParams::default(), &config_map("after", "1"))
         .await
         .expect("create");
