@@ -320,37 +320,32 @@ fn op_name(c: usize, i: usize) -> String {
 
 /// Creates `count` configmaps `{prefix}-{i}` in `namespace`, unmeasured.
 async fn fill(client: &Client, namespace: &str, prefix: &str, count: usize) -> Result<()> {
-    let path = collection(namespace);
-    let namespace = namespace.to_string();
     let prefix = prefix.to_string();
-    let client = client.clone();
-    concurrent(FILL_CONCURRENCY, count, move |i| {
-        let client = client.clone();
-        let body = configmap(
-            &namespace,
-            &format!("{prefix}-{i}"),
-            None,
-            &format!("value-{i}"),
-        );
-        let path = path.clone();
-        async move {
-            let started = Instant::now();
-            client
-                .call(Method::POST, &path, Some(body), StatusCode::CREATED)
-                .await?;
-            Ok(started.elapsed())
-        }
+    create_configmaps(client, namespace, FILL_CONCURRENCY, count, move |i| {
+        format!("{prefix}-{i}")
     })
     .await
     .map(|_| ())
 }
 
 async fn creates(client: &Client, c: usize, ops: usize) -> Result<OpFigures> {
+    create_configmaps(client, NS_OPS, c, ops, move |i| op_name(c, i)).await
+}
+
+/// Creates `count` configmaps named by `name` in `namespace` from `c` clients.
+async fn create_configmaps(
+    client: &Client,
+    namespace: &str,
+    c: usize,
+    count: usize,
+    name: impl Fn(usize) -> String + Clone + Send + Sync + 'static,
+) -> Result<OpFigures> {
+    let path = collection(namespace);
+    let namespace = namespace.to_string();
     let client = client.clone();
-    let path = collection(NS_OPS);
-    concurrent(c, ops, move |i| {
+    concurrent(c, count, move |i| {
         let client = client.clone();
-        let body = configmap(NS_OPS, &op_name(c, i), None, &format!("value-{i}"));
+        let body = configmap(&namespace, &name(i), None, &format!("value-{i}"));
         let path = path.clone();
         async move {
             let started = Instant::now();

@@ -110,21 +110,11 @@ async fn measure(
     let mut figures = BackendFigures::default();
 
     progress("  puts, concurrent");
-    figures.put_ops_per_sec = concurrent(config.concurrency, config.ops, {
-        let store = store.clone();
-        let value = value.clone();
-        move |i| {
-            let store = store.clone();
-            let value = value.clone();
-            async move {
-                store
-                    .put(PutRequest::new(format!("/bench/put/{i}"), value))
-                    .await
-                    .map(|_| ())
-            }
-        }
-    })
-    .await?;
+    figures.put_ops_per_sec =
+        concurrent_puts(&store, config.concurrency, config.ops, &value, |i| {
+            format!("/bench/put/{i}")
+        })
+        .await?;
 
     progress("  puts, one client");
     let seq_ops = (config.ops / 4).max(1);
@@ -166,19 +156,8 @@ async fn measure(
     .await?;
 
     progress("  ranges of 1,000 keys");
-    concurrent(config.concurrency, 1000, {
-        let store = store.clone();
-        let value = value.clone();
-        move |i| {
-            let store = store.clone();
-            let value = value.clone();
-            async move {
-                store
-                    .put(PutRequest::new(format!("/bench/range/{i:04}"), value))
-                    .await
-                    .map(|_| ())
-            }
-        }
+    concurrent_puts(&store, config.concurrency, 1000, &value, |i| {
+        format!("/bench/range/{i:04}")
     })
     .await?;
     figures.range1000_ops_per_sec = concurrent(config.concurrency, config.ranges, {
@@ -208,6 +187,25 @@ async fn measure(
     figures.watch_p99_ms = p99;
     figures.watch_after_ack_p99_ms = after_ack_p99;
     Ok(figures)
+}
+
+/// Puts `count` keys named by `key` from `clients` concurrent clients; returns puts per
+/// second.
+async fn concurrent_puts(
+    store: &Arc<dyn Store>,
+    clients: usize,
+    count: usize,
+    value: &[u8],
+    key: fn(usize) -> String,
+) -> Result<f64> {
+    let store = store.clone();
+    let value = value.to_vec();
+    concurrent(clients, count, move |i| {
+        let store = store.clone();
+        let request = PutRequest::new(key(i), value.clone());
+        async move { store.put(request).await.map(|_| ()) }
+    })
+    .await
 }
 
 /// Runs `total` operations from `clients` concurrent clients; returns operations per second.
