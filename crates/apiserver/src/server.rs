@@ -99,26 +99,32 @@ impl ApiServer {
         user: Option<UserInfo>,
     ) -> Response<Body> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let watch = req
-            .uri()
-            .query()
-            .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
-        let route = request::route(method.as_str(), &path, watch).ok();
-        let reply = match self.dispatch(req, user.as_ref()).await {
-            Ok(reply) => reply,
-            Err(err) => handlers::error_reply(&err),
-        };
-        let status = reply.status.as_u16();
-        let (verb, group, resource) = match &route {
-            Some(Route::Resource(r)) => (
+        let (parts, incoming) = req.into_parts();
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_string();
+        // Query and route are read once, for the handlers and for the metrics labels.
+        let parsed = Query::parse(parts.uri.query())
+            .and_then(|query| Ok((request::route(method.as_str(), &path, query.watch)?, query)));
+        let (verb, group, resource) = match &parsed {
+            Ok((Route::Resource(r), _)) => (
                 r.verb.as_str().to_string(),
                 r.group.clone(),
                 r.resource.clone(),
             ),
             _ => (method.as_str().to_lowercase(), String::new(), String::new()),
         };
+        let outcome = match parsed {
+            Ok((route, query)) => {
+                self.dispatch(parts, incoming, route, query, user.as_ref())
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(err) => handlers::error_reply(&err),
+        };
+        let status = reply.status.as_u16();
         self.metrics
             .latency
             .get_or_create(&crate::metrics::LatencyLabels {
@@ -147,13 +153,13 @@ impl ApiServer {
 
     async fn dispatch(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        incoming: Incoming,
+        route: Route,
+        query: Query,
         user: Option<&UserInfo>,
     ) -> ApiResult<Reply> {
-        let (parts, incoming) = req.into_parts();
-        let query = Query::parse(parts.uri.query())?;
         let path = parts.uri.path().to_string();
-        let route = request::route(parts.method.as_str(), &path, query.watch)?;
         // Health and version are public, as upstream's system:public-info-viewer makes them.
         if let Route::NonResource(p) = &route {
             if let Some(reply) = self.public_endpoint(p).await {
