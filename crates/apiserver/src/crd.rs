@@ -329,10 +329,7 @@ async fn delete_instances(server: &ApiServer, crd: &Value) {
                     Some(ns) => format!("{prefix}{ns}/{name}"),
                     None => format!("{prefix}{name}"),
                 };
-                let revision = object["metadata"]["resourceVersion"]
-                    .as_str()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(0);
+                let revision = storage::listed_revision(&object);
                 let _ = server.objects.delete(&key, revision).await;
             }
         }

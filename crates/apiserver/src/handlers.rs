@@ -1025,10 +1025,7 @@ async fn delete_collection(call: &Call<'_>) -> ApiResult<Reply> {
             .to_string();
         let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
         let key = call.resource.key(namespace.as_deref(), &name);
-        let revision = object["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let revision = storage::listed_revision(&object);
         if call.query.dry_run {
             deleted.push(call.resource.present(object));
             continue;

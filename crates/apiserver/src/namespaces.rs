@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::server::ApiServer;
-use crate::storage::Written;
+use crate::storage::{self, Written};
 
 pub fn finalize_in_background(server: Arc<ApiServer>, namespace: String) {
     tokio::spawn(async move {
@@ -45,10 +45,7 @@ async fn finalize(server: &ApiServer, namespace: &str) -> crate::error::ApiResul
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let revision = object["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = storage::listed_revision(&object);
             let key = resource.key(Some(namespace), &name);
             let has_finalizers = object["metadata"]["finalizers"]
                 .as_array()

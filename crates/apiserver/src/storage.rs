@@ -44,6 +44,15 @@ pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
     Ok(object)
 }
 
+/// The revision a listed object was read at (its `resourceVersion`), for a conditional
+/// write or delete of exactly that version; 0 (never matching) if it has none.
+pub fn listed_revision(object: &Value) -> Revision {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn set_resource_version(object: &mut Value, revision: Revision) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
