@@ -261,40 +261,61 @@ pub fn v3_root(registry: &Registry) -> Value {
 
 /// [`v3_root`] with schemas for kinds that have no vendored definition.
 pub fn v3_root_with(registry: &Registry, extra: ExtraSchema) -> Value {
-    static HASHES: LazyLock<Mutex<HashMap<u64, String>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
     let mut paths = Map::new();
     for (group, versions) in registry.groups() {
         for version in versions {
-            let resources = resources_of(registry, &group, &version);
-            if resources.is_empty() {
+            let Some(doc) = cached_document(registry, &group, &version, extra) else {
                 continue;
-            }
-            let key = fingerprint(&group, &version, &resources, extra);
-            let cached = HASHES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
-                .cloned();
-            let hash = match cached {
-                Some(hash) => hash,
-                None => {
-                    let doc = build_document(&group, &version, &resources, extra);
-                    let hash = doc_hash(&doc);
-                    let mut hashes = HASHES.lock().unwrap_or_else(|e| e.into_inner());
-                    if hashes.len() > 4096 {
-                        hashes.clear();
-                    }
-                    hashes.insert(key, hash.clone());
-                    hash
-                }
             };
             let path = group_version_path(&group, &version);
-            let url = format!("/openapi/v3/{path}?hash={hash}");
+            let url = format!("/openapi/v3/{path}?hash={}", doc.hash);
             paths.insert(path, json!({ "serverRelativeURL": url }));
         }
     }
     json!({ "paths": paths })
+}
+
+/// A group-version document, serialized, with its hash.
+pub struct CachedDocument {
+    pub hash: String,
+    pub json: bytes::Bytes,
+}
+
+/// The document of a group-version, built once per distinct set of served resources:
+/// kubectl fetches it for every create, apply and edit, and the root needs its hash.
+/// Kept serialized, since that is all a request needs and it is a fraction of the tree.
+pub fn cached_document(
+    registry: &Registry,
+    group: &str,
+    version: &str,
+    extra: ExtraSchema,
+) -> Option<std::sync::Arc<CachedDocument>> {
+    static DOCUMENTS: LazyLock<Mutex<HashMap<u64, std::sync::Arc<CachedDocument>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let resources = resources_of(registry, group, version);
+    if resources.is_empty() {
+        return None;
+    }
+    let key = fingerprint(group, version, &resources, extra);
+    if let Some(doc) = DOCUMENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return Some(doc.clone());
+    }
+    let doc = build_document(group, version, &resources, extra);
+    let cached = std::sync::Arc::new(CachedDocument {
+        hash: doc_hash(&doc),
+        json: bytes::Bytes::from(doc.to_string()),
+    });
+    let mut documents = DOCUMENTS.lock().unwrap_or_else(|e| e.into_inner());
+    // CRD changes make new fingerprints; old documents are dropped wholesale.
+    if documents.len() > 256 {
+        documents.clear();
+    }
+    documents.insert(key, cached.clone());
+    Some(cached)
 }
 
 /// Everything the document of a group-version depends on (the code aside).

@@ -279,13 +279,17 @@ impl ApiServer {
                 ["apis", g, v] => (g.to_string(), v.to_string()),
                 _ => return Err(ApiError::no_route(path)),
             };
-            return crate::openapi::v3_group_version_with(
+            return crate::openapi::cached_document(
                 &self.registry,
                 &group,
                 &version,
                 &custom_schema,
             )
-            .map(|doc| Reply::json(StatusCode::OK, doc))
+            .map(|doc| Reply {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: body::ReplyBody::Raw("application/json", doc.json.clone()),
+            })
             .ok_or_else(|| ApiError::no_route(path));
         }
         Err(ApiError::no_route(path))
