@@ -74,12 +74,12 @@ impl Reply {
         self
     }
 
-    pub fn into_response(self, content_type_json: &str) -> http::Response<Body> {
-        let (content_type, body): (&str, Body) = match self.body {
+    pub fn into_response(self) -> http::Response<Body> {
+        let (content_type, body): (&'static str, Body) = match self.body {
             ReplyBody::Json(value) => {
                 let bytes = serde_json::to_vec(&value).unwrap_or_default();
                 (
-                    content_type_json,
+                    "application/json",
                     Full::new(Bytes::from(bytes)).boxed_unsync(),
                 )
             }
@@ -94,7 +94,7 @@ impl Reply {
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static(static_type(content_type)),
+            HeaderValue::from_static(content_type),
         );
         for (name, value) in self.headers {
             if let (Ok(name), Ok(value)) = (
@@ -105,15 +105,6 @@ impl Reply {
             }
         }
         response
-    }
-}
-
-fn static_type(content_type: &str) -> &'static str {
-    match content_type {
-        crate::server::AGGREGATED_DISCOVERY_TYPE => crate::server::AGGREGATED_DISCOVERY_TYPE,
-        "text/plain; charset=utf-8" => "text/plain; charset=utf-8",
-        "text/plain; version=0.0.4" => "text/plain; version=0.0.4",
-        _ => "application/json",
     }
 }
 

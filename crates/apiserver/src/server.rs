@@ -142,13 +142,7 @@ impl ApiServer {
             })
             .inc();
         tracing::debug!(%method, %path, status, user = user.as_ref().map(|u| u.name.as_str()), elapsed_us = started.elapsed().as_micros() as u64, "request");
-        let content_type = match &reply.body {
-            body::ReplyBody::Json(v) if v["kind"] == "APIGroupDiscoveryList" => {
-                AGGREGATED_DISCOVERY_TYPE
-            }
-            _ => "application/json",
-        };
-        reply.into_response(content_type)
+        reply.into_response()
     }
 
     async fn dispatch(
@@ -316,9 +310,20 @@ impl ApiServer {
             (Some(g), None) => crate::discovery::api_group(registry, &g),
             (None, Some(_)) => None,
         };
-        value
-            .map(|v| Reply::json(StatusCode::OK, v).with_header("Vary", "Accept"))
-            .ok_or_else(|| ApiError::no_route("discovery"))
+        let value = value.ok_or_else(|| ApiError::no_route("discovery"))?;
+        let reply = if aggregated && value["kind"] == "APIGroupDiscoveryList" {
+            Reply {
+                status: StatusCode::OK,
+                headers: Vec::new(),
+                body: body::ReplyBody::Raw(
+                    AGGREGATED_DISCOVERY_TYPE,
+                    bytes::Bytes::from(value.to_string()),
+                ),
+            }
+        } else {
+            Reply::json(StatusCode::OK, value)
+        };
+        Ok(reply.with_header("Vary", "Accept"))
     }
 }
 
