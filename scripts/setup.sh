@@ -9,6 +9,9 @@ PACKAGES=(
   build-essential pkg-config
   ca-certificates
   python3 python3-venv # the official Python client runs in a virtualenv in the tests
+  iproute2             # network namespaces, bridges and veths of the local provider
+  containerd runc      # each machine's own container runtime
+  nftables
 )
 
 as_root() {
