@@ -580,6 +580,34 @@ fn admit(call: &Call<'_>, object: &mut Value, old: Option<&Value>) -> ApiResult<
     Ok(warnings)
 }
 
+/// The server's admission plugins, for a create (`part` None) or an update.
+async fn admit_plugins(
+    call: &Call<'_>,
+    part: Option<Part>,
+    object: &Value,
+    old: Option<&Value>,
+) -> ApiResult<()> {
+    let subresource = match part {
+        Some(Part::Status) => Some("status"),
+        _ => call.request.subresource.as_deref(),
+    };
+    let request = crate::admission::AdmissionRequest {
+        operation: if part.is_some() {
+            crate::admission::Operation::Update
+        } else {
+            crate::admission::Operation::Create
+        },
+        resource: &call.resource,
+        subresource,
+        namespace: call.namespace(),
+        name: object["metadata"]["name"].as_str().unwrap_or_default(),
+        object,
+        old,
+        user: call.user,
+    };
+    crate::admission::run(call.server, &request).await
+}
+
 const GENERATE_NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn generate_name(base: &str) -> String {
@@ -678,6 +706,7 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
         check_namespace(call, ns).await?;
     }
     let warnings = admit(call, &mut object, None)?;
+    admit_plugins(call, None, &object, None).await?;
     strategy::prepare_create(&call.resource, &mut object);
     crate::allocation::before_create(call, &mut object).await?;
     let name = object["metadata"]["name"]
@@ -772,6 +801,7 @@ pub async fn write_with_retry(
             }
         };
         let warnings = admit(call, &mut next, Some(&current))?;
+        admit_plugins(call, Some(part), &next, Some(&current)).await?;
         if part == Part::Main {
             strategy::prepare_update(&call.resource, &current, &mut next);
         } else {

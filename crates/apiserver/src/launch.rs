@@ -12,7 +12,7 @@ use crate::pki::{self, ClusterPki};
 use crate::server::{self, ApiServer};
 use crate::storage::Objects;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiServerConfig {
     pub data_dir: PathBuf,
     /// Port 0 picks a free port; the kubeconfig names the one chosen.
@@ -23,6 +23,24 @@ pub struct ApiServerConfig {
     pub token_auth_file: Option<PathBuf>,
     /// Name of the cluster in the kubeconfig.
     pub cluster_name: String,
+    /// Directory of the PKI when it is shared by several replicas (default `DATA_DIR/pki`).
+    pub pki_dir: Option<PathBuf>,
+    /// Validating admission plugins beyond the built-in checks.
+    pub admission: crate::admission::Plugins,
+    /// CustomResourceDefinitions that must exist before the server serves (created when
+    /// missing, replaced when different).
+    pub crds: Vec<serde_json::Value>,
+}
+
+impl std::fmt::Debug for ApiServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("store", &self.store)
+            .field("cluster_name", &self.cluster_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running API server; dropping it stops serving (the store closes with it).
@@ -77,7 +95,10 @@ fn pki_err(dir: &Path) -> impl FnOnce(pki::PkiError) -> LaunchError + '_ {
 }
 
 pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchError> {
-    let pki_dir = config.data_dir.join("pki");
+    let pki_dir = config
+        .pki_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("pki"));
     let mut hosts = config.extra_hosts.clone();
     hosts.push(config.listen.ip().to_string());
     let pki = ClusterPki::load_or_create(&pki_dir, &hosts).map_err(pki_err(&pki_dir))?;
@@ -116,6 +137,10 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         Some(Arc::new(signer)),
     );
     server.bootstrap().await.map_err(LaunchError::Bootstrap)?;
+    crate::crd::install(&server, &config.crds)
+        .await
+        .map_err(LaunchError::Bootstrap)?;
+    server.set_admission(config.admission.clone());
     let crd_sync = crate::crd::sync(server.clone())
         .await
         .map_err(LaunchError::Bootstrap)?;

@@ -5,6 +5,7 @@
 // request; boxing it would only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 mod allocation;
 pub mod apply;
 pub mod auth;

@@ -36,6 +36,8 @@ pub struct ApiServer {
     pub metrics: crate::metrics::Metrics,
     /// Issues (TokenRequest) and verifies ServiceAccount tokens; `None` disables both.
     pub sa_token_signer: Option<Arc<crate::sa_tokens::TokenSigner>>,
+    /// Validating admission plugins, installed once after start-up.
+    pub admission: std::sync::OnceLock<crate::admission::Plugins>,
 }
 
 impl ApiServer {
@@ -53,6 +55,7 @@ impl ApiServer {
             static_tokens,
             metrics: crate::metrics::Metrics::new(),
             sa_token_signer,
+            admission: std::sync::OnceLock::new(),
         })
     }
 

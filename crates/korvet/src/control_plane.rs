@@ -39,6 +39,9 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         extra_hosts: args.advertise_hosts,
         token_auth_file: args.token_auth_file,
         cluster_name: args.cluster_name,
+        pki_dir: None,
+        admission: Vec::new(),
+        crds: Vec::new(),
     })
     .await?;
     println!("serving the Kubernetes API on {}", running.url());

@@ -151,6 +151,9 @@ async fn start_server(
         extra_hosts: Vec::new(),
         token_auth_file,
         cluster_name: "test".into(),
+        pki_dir: None,
+        admission: Vec::new(),
+        crds: Vec::new(),
     })
     .await
     .unwrap_or_else(|e| panic!("start control plane: {e}"))
