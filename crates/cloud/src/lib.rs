@@ -1,0 +1,164 @@
+//! The infrastructure provider: networks and machines for Korvet clusters, behind the
+//! [`Provider`] trait, and [`local::LocalProvider`], which turns one Linux host into a
+//! small cloud (a machine is a network namespace + cgroup + directory + its own
+//! containerd + a boot agent).
+//!
+//! [`process`] supervises detached processes (control planes, containerd, agents) so
+//! that they survive a crash of `korvet server` and are adopted by the next one.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub mod cgroup;
+pub mod local;
+pub mod process;
+
+pub use cgroup::{CgroupPath, Limits};
+pub use local::LocalProvider;
+pub use process::{
+    read_json, spawn_detached, write_json_atomic, ProcessError, ProcessRecord, ProcessSpec,
+};
+
+/// A cloud to run clusters' machines on.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Availability zones, in order.
+    fn zones(&self) -> Vec<String>;
+    /// The private network of a cluster (idempotent).
+    async fn ensure_network(&self, cluster: &str) -> Result<Network, CloudError>;
+    /// Removes the cluster's network (idempotent); [`CloudError::InUse`] while
+    /// machines of that cluster exist.
+    async fn delete_network(&self, cluster: &str) -> Result<(), CloudError>;
+    /// Creates the machine and leaves it running (idempotent by `spec.name`).
+    async fn create_machine(&self, spec: &MachineSpec) -> Result<MachineInfo, CloudError>;
+    /// Boots a stopped machine (idempotent).
+    async fn start_machine(&self, name: &str) -> Result<MachineInfo, CloudError>;
+    /// Ends its processes; its disk and address are kept (idempotent).
+    async fn stop_machine(&self, name: &str) -> Result<(), CloudError>;
+    /// Removes everything of the machine (idempotent).
+    async fn delete_machine(&self, name: &str) -> Result<(), CloudError>;
+    async fn get_machine(&self, name: &str) -> Result<Option<MachineInfo>, CloudError>;
+    async fn list_machines(&self, cluster: Option<&str>) -> Result<Vec<MachineInfo>, CloudError>;
+}
+
+/// A cluster's private network: a control-plane segment holding the API endpoint and
+/// one segment per zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub cluster: String,
+    pub index: u32,
+    /// Where the platform binds the cluster's API endpoint (on the host side).
+    pub api_endpoint: Ipv4Addr,
+    /// The control-plane segment first (zone `""`), then one per zone.
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Empty for the control-plane segment.
+    pub zone: String,
+    pub cidr: Ipv4Net,
+    /// The host's address on the segment; machines' default route.
+    pub gateway: Ipv4Addr,
+    /// Host-side bridge of the segment.
+    pub bridge: String,
+}
+
+impl Network {
+    /// The segment of `zone` (`""` for the control-plane one).
+    pub fn segment(&self, zone: &str) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.zone == zone)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSpec {
+    pub name: String,
+    pub cluster: String,
+    pub zone: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub boot: BootSpec,
+}
+
+/// What the machine runs once up (like cloud-init user data): files written into the
+/// machine directory, then the agent started inside the sandbox. `{dir}` and
+/// `{address}` in `args` and env values are replaced by the machine directory and its
+/// IP at every start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSpec {
+    /// (path relative to the machine directory, content, mode)
+    pub files: Vec<(String, Vec<u8>, u32)>,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub name: String,
+    pub cluster: String,
+    pub zone: String,
+    /// `korvet-local:///<name>`
+    pub provider_id: String,
+    pub address: Ipv4Addr,
+    pub state: MachineState,
+    /// The machine's disk.
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MachineState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("run as root: the local provider creates network namespaces and cgroups")]
+    NotRoot,
+    #[error("{program} not found: install {package}: run scripts/setup.sh")]
+    MissingTool { program: String, package: String },
+    #[error("unknown zone {zone:?}: the zones are {zones:?}")]
+    UnknownZone { zone: String, zones: Vec<String> },
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("{what} is in use: {detail}")]
+    InUse { what: String, detail: String },
+    #[error("{what} already exists with a different spec: {detail}")]
+    Conflict { what: String, detail: String },
+    #[error("machine {0} does not exist")]
+    NotFound(String),
+    #[error("address pool {pool} is exhausted: delete clusters or configure a larger pool")]
+    PoolExhausted { pool: Ipv4Net },
+    #[error("invalid address pool {pool}: {reason}")]
+    InvalidPool { pool: Ipv4Net, reason: String },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("{what} did not come up in {waited:?}: see {log}")]
+    Timeout {
+        what: String,
+        waited: std::time::Duration,
+        log: PathBuf,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
+impl CloudError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CloudError {
+        let context = context.into();
+        move |source| CloudError::Io { context, source }
+    }
+}

@@ -1,0 +1,4 @@
+//! The local provider (being written).
+
+/// The local provider.
+pub struct LocalProvider;
