@@ -2,6 +2,7 @@
 
 mod bench;
 mod control_plane;
+mod lb;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     },
     /// Serve one cluster's Kubernetes API (HTTPS, client certificates, RBAC).
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// TCP load balancer in front of health-checked backends.
+    Lb(lb::LbArgs),
 }
 
 fn init_logging() {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Bench { which } => bench::run(which).await,
             Command::ControlPlane(args) => control_plane::run(args).await,
+            Command::Lb(args) => lb::run(args).await,
         }
     });
     match result {

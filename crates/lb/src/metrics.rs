@@ -1,0 +1,152 @@
+//! Prometheus metrics of one balancer, per backend where it makes sense.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+/// The handles of one backend's series; clones share the same values.
+#[derive(Clone, Debug, Default)]
+pub struct BackendMetrics {
+    pub connections: Counter,
+    pub active: Gauge<i64, AtomicI64>,
+    pub up: Gauge<i64, AtomicI64>,
+    /// Bytes from clients to the backend.
+    pub bytes_in: Counter,
+    /// Bytes from the backend to clients.
+    pub bytes_out: Counter,
+    pub connect_failures: Counter,
+}
+
+pub struct LbMetrics {
+    registry: Mutex<Registry>,
+    connections: Family<BackendLabels, Counter>,
+    active: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    up: Family<BackendLabels, Gauge<i64, AtomicI64>>,
+    bytes_in: Family<BackendLabels, Counter>,
+    bytes_out: Family<BackendLabels, Counter>,
+    connect_failures: Family<BackendLabels, Counter>,
+    /// Every connection accepted from a client.
+    pub accepted: Counter,
+    /// Accepted connections closed because no backend could take them.
+    pub unserved: Counter,
+}
+
+impl LbMetrics {
+    pub fn new() -> Self {
+        let connections = Family::<BackendLabels, Counter>::default();
+        let active = Family::<BackendLabels, Gauge<i64, AtomicI64>>::default();
+        let up = Family::<BackendLabels, Gauge<i64, AtomicI64>>::default();
+        let bytes_in = Family::<BackendLabels, Counter>::default();
+        let bytes_out = Family::<BackendLabels, Counter>::default();
+        let connect_failures = Family::<BackendLabels, Counter>::default();
+        let accepted = Counter::default();
+        let unserved = Counter::default();
+        let mut registry = Registry::with_prefix("korvet_lb");
+        registry.register(
+            "backend_connections",
+            "Client connections proxied to the backend",
+            connections.clone(),
+        );
+        registry.register(
+            "backend_active_connections",
+            "Connections open to the backend now",
+            active.clone(),
+        );
+        registry.register(
+            "backend_up",
+            "1 if the backend passes its health checks, else 0",
+            up.clone(),
+        );
+        registry.register(
+            "backend_bytes_in",
+            "Bytes sent from clients to the backend",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "backend_bytes_out",
+            "Bytes sent from the backend to clients",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "backend_connect_failures",
+            "Attempts to connect to the backend for a client that failed",
+            connect_failures.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            accepted.clone(),
+        );
+        registry.register(
+            "unserved_connections",
+            "Client connections closed because no backend could take them",
+            unserved.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            connections,
+            active,
+            up,
+            bytes_in,
+            bytes_out,
+            connect_failures,
+            accepted,
+            unserved,
+        }
+    }
+
+    /// The series of `backend`, created when first asked for.
+    pub fn backend(&self, backend: &str) -> BackendMetrics {
+        let labels = BackendLabels {
+            backend: backend.to_owned(),
+        };
+        BackendMetrics {
+            connections: self.connections.get_or_create_owned(&labels),
+            active: self.active.get_or_create_owned(&labels),
+            up: self.up.get_or_create_owned(&labels),
+            bytes_in: self.bytes_in.get_or_create_owned(&labels),
+            bytes_out: self.bytes_out.get_or_create_owned(&labels),
+            connect_failures: self.connect_failures.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Stops exporting a backend that left the pool.
+    pub fn remove_backend(&self, backend: &str) {
+        let labels = BackendLabels {
+            backend: backend.to_owned(),
+        };
+        self.connections.remove(&labels);
+        self.active.remove(&labels);
+        self.up.remove(&labels);
+        self.bytes_in.remove(&labels);
+        self.bytes_out.remove(&labels);
+        self.connect_failures.remove(&labels);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for LbMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
