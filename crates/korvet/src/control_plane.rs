@@ -28,6 +28,9 @@ pub struct ControlPlaneArgs {
     /// Cluster name written into the admin kubeconfig.
     #[arg(long, default_value = "korvet")]
     cluster_name: String,
+    /// Directory of the cluster's PKI when replicas share it (default DATA_DIR/pki).
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
@@ -39,7 +42,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         extra_hosts: args.advertise_hosts,
         token_auth_file: args.token_auth_file,
         cluster_name: args.cluster_name,
-        pki_dir: None,
+        pki_dir: args.pki_dir,
         admission: Vec::new(),
         crds: Vec::new(),
     })

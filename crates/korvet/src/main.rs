@@ -1,8 +1,11 @@
 //! The `korvet` binary: maps subcommands to library calls and owns process set-up.
 
 mod bench;
+mod cli;
 mod control_plane;
 mod lb;
+mod server;
+mod up;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +28,31 @@ enum Command {
     ControlPlane(control_plane::ControlPlaneArgs),
     /// TCP load balancer in front of health-checked backends.
     Lb(lb::LbArgs),
+    /// The management plane: management API, platform controllers, local provider.
+    Server(server::ServerArgs),
+    /// Quick start: the platform on this machine with a demo cluster (Ctrl-C stops it).
+    Up(up::UpArgs),
+    /// Create, list, scale, stop, start and delete clusters.
+    Cluster {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        command: cli::ClusterCommand,
+    },
+    /// Add, list, scale and delete node pools.
+    Nodepool {
+        #[command(flatten)]
+        global: cli::Global,
+        #[command(subcommand)]
+        command: cli::NodePoolCommand,
+    },
+    /// Print a cluster's admin kubeconfig.
+    Kubeconfig {
+        #[command(flatten)]
+        global: cli::Global,
+        /// The cluster.
+        name: String,
+    },
 }
 
 fn init_logging() {
@@ -54,6 +82,11 @@ fn main() -> std::process::ExitCode {
             Command::Bench { which } => bench::run(which).await,
             Command::ControlPlane(args) => control_plane::run(args).await,
             Command::Lb(args) => lb::run(args).await,
+            Command::Server(args) => server::run(args).await,
+            Command::Up(args) => up::run(args).await,
+            Command::Cluster { global, command } => cli::run_cluster(global, command).await,
+            Command::Nodepool { global, command } => cli::run_nodepool(global, command).await,
+            Command::Kubeconfig { global, name } => cli::kubeconfig(global, name).await,
         }
     });
     match result {

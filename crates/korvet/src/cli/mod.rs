@@ -1,0 +1,113 @@
+//! The user CLI: a client of the management API (`cluster`, `nodepool`, `kubeconfig`).
+
+mod cluster;
+mod nodepool;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+pub use cluster::{kubeconfig as cluster_kubeconfig, wait_running};
+pub use output::Format;
+
+/// Options every CLI command takes.
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+    /// Namespace (project) of the clusters.
+    #[arg(short = 'n', long, default_value = "default", global = true)]
+    pub namespace: String,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster.
+    Create(cluster::CreateArgs),
+    /// List clusters.
+    List,
+    /// Show one cluster.
+    Get { name: String },
+    /// Set the number of nodes of one of a cluster's pools.
+    Scale(cluster::ScaleArgs),
+    /// Stop every machine and the control plane; data is kept.
+    Stop(cluster::NameWait),
+    /// Start a stopped cluster again.
+    Start(cluster::NameWait),
+    /// Delete a cluster and everything Korvet made for it.
+    Delete(cluster::NameWait),
+}
+
+#[derive(Subcommand)]
+pub enum NodePoolCommand {
+    /// Add a node pool to a cluster.
+    Add(nodepool::AddArgs),
+    /// List node pools.
+    List {
+        /// Only the pools of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Set the number of nodes of a pool.
+    Scale {
+        name: String,
+        #[arg(long)]
+        replicas: i32,
+    },
+    /// Delete a node pool and its machines.
+    Delete { name: String },
+}
+
+/// The management API's kubeconfig: `$KORVET_KUBECONFIG`, else `~/.korvet/admin.kubeconfig`.
+pub fn kubeconfig_path() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KORVET_KUBECONFIG") {
+        return Ok(PathBuf::from(path));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; set KORVET_KUBECONFIG")?;
+    Ok(PathBuf::from(home).join(".korvet").join("admin.kubeconfig"))
+}
+
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let path = kubeconfig_path()?;
+    let yaml = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the management API's kubeconfig {}: {e}\n  start the platform with `korvet up` (writes ~/.korvet/admin.kubeconfig) or set KORVET_KUBECONFIG to the admin.kubeconfig of `korvet server`",
+            path.display()
+        )
+    })?;
+    korvet_platform::kube_client(&yaml)
+        .await
+        .with_context(|| format!("using {}", path.display()))
+}
+
+/// A management-API error as a CLI message that says what to do.
+pub fn explain(error: kube::Error) -> anyhow::Error {
+    match error {
+        kube::Error::Api(status) => anyhow::anyhow!("{}", status.message),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow::anyhow!(
+            "cannot reach the management API ({error}): is `korvet server` or `korvet up` running?"
+        ),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+pub async fn run_cluster(global: Global, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = client().await?;
+    cluster::run(client, &global, command).await
+}
+
+pub async fn run_nodepool(global: Global, command: NodePoolCommand) -> anyhow::Result<()> {
+    let client = client().await?;
+    nodepool::run(client, &global, command).await
+}
+
+/// `korvet kubeconfig NAME`: the cluster's admin kubeconfig on stdout.
+pub async fn kubeconfig(global: Global, name: String) -> anyhow::Result<()> {
+    let client = client().await?;
+    let text = cluster::kubeconfig(&client, &global.namespace, &name).await?;
+    print!("{text}");
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `korvet server`: the management plane — the management API (korvet.io resources with
+//! admission), the platform controllers and the local infrastructure provider.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
+use korvet_cloud::{LocalProvider, Provider};
+use korvet_platform::admission::KorvetAdmission;
+use korvet_platform::{Binaries, PlatformConfig};
+use korvet_store::StoreLocation;
+
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Directory for the management API's store and PKI, hosted control planes and machines.
+    #[arg(long, default_value = "/var/lib/korvet")]
+    pub data_dir: PathBuf,
+    /// Address of the management API (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// `embedded` (a file in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// The address pool of machines and cluster endpoints.
+    #[arg(long, default_value = "10.200.0.0/13")]
+    pub pool: String,
+}
+
+/// A running management plane; dropping it stops the API and the controllers (hosted
+/// control planes and machines keep running).
+pub struct RunningServer {
+    pub api: RunningApiServer,
+    pub provider: Arc<LocalProvider>,
+    pub data_dir: PathBuf,
+    controllers: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.controllers.abort();
+    }
+}
+
+/// What the platform needs on the host, with what to do about each missing part.
+pub fn preflight() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root: the local provider creates network namespaces, bridges and cgroups; run with sudo".to_string());
+    }
+    for (program, package) in [
+        ("ip", "iproute2"),
+        ("containerd", "containerd"),
+        ("etcd", "etcd-server"),
+    ] {
+        if which(program).is_none() {
+            missing.push(format!("{program}: install the {package} package (scripts/setup.sh does)"));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("missing prerequisites:\n  - {}", missing.join("\n  - "))
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
+    preflight()?;
+    let store: StoreLocation = args.store.parse().context("--store")?;
+    let pool: ipnet::Ipv4Net = args
+        .pool
+        .parse()
+        .with_context(|| format!("--pool {:?}: expected an IPv4 network such as 10.200.0.0/13", args.pool))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let provider = Arc::new(
+        LocalProvider::open(&args.data_dir.join("provider"), pool)
+            .await
+            .context("opening the local infrastructure provider")?,
+    );
+    let zones = provider.zones();
+    let crds = korvet_api::crds()
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .context("encoding the korvet.io CRDs")?;
+    let api = launch::start(ApiServerConfig {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        store,
+        extra_hosts: Vec::new(),
+        token_auth_file: None,
+        cluster_name: "korvet".into(),
+        pki_dir: None,
+        admission: vec![Arc::new(KorvetAdmission {
+            zones: zones.clone(),
+            pool: (pool.network(), pool.prefix_len()),
+        })],
+        crds,
+    })
+    .await?;
+    let kubeconfig = std::fs::read_to_string(&api.kubeconfig)
+        .with_context(|| format!("reading {}", api.kubeconfig.display()))?;
+    let client = korvet_platform::kube_client(&kubeconfig).await?;
+    korvet_platform::seed(&client, &zones)
+        .await
+        .context("creating the default flavors and zones")?;
+    let config = PlatformConfig {
+        data_dir: args.data_dir.clone(),
+        binaries: binaries()?,
+        provider: provider.clone(),
+    };
+    let controllers = tokio::spawn(korvet_platform::run(client, config));
+    Ok(RunningServer {
+        api,
+        provider,
+        data_dir: args.data_dir.clone(),
+        controllers,
+    })
+}
+
+fn binaries() -> anyhow::Result<Binaries> {
+    let korvet = std::env::current_exe().context("finding the korvet binary")?;
+    let etcd = which("etcd").context("etcd not found: install etcd-server (scripts/setup.sh)")?;
+    Ok(Binaries { korvet, etcd })
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let server = start(&args).await?;
+    println!("management API on {}", server.api.url());
+    println!("admin kubeconfig: {}", server.api.kubeconfig.display());
+    println!(
+        "try: KORVET_KUBECONFIG={} korvet cluster create demo --pool workers:small:zone-a:2 --wait",
+        server.api.kubeconfig.display()
+    );
+    crate::signals::wait_for_shutdown().await;
+    eprintln!("shutting down the management plane (clusters keep running)");
+    drop(server);
+    Ok(())
+}
+
+pub fn default_data_dir(home: &Path) -> PathBuf {
+    home.join(".korvet").join("data")
+}

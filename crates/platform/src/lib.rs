@@ -1,0 +1,327 @@
+//! The management plane's controllers: they turn korvet.io objects into hosted control
+//! planes, networks and machines through the infrastructure provider, and report back in
+//! status, conditions and Events.
+//!
+//! Every controller is a client of the management API (`kube` watch → reconcile), level
+//! triggered and idempotent, so that a `korvet server` killed at any point and started
+//! again converges to what the objects ask for.
+
+pub mod admission;
+mod cluster;
+pub mod control_plane;
+pub mod layout;
+mod machine;
+mod node_pool;
+mod probe;
+pub mod supervisor;
+mod tenant;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use korvet_api::{Cluster, Flavor, FlavorSpec, Machine, NodePool, Zone, ZoneSpec};
+use korvet_cloud::{CloudError, Provider};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+pub use control_plane::Binaries;
+pub use tenant::client_from_kubeconfig as kube_client;
+use supervisor::Supervisor;
+
+/// Finalizer the platform puts on what it must clean up after.
+pub const FINALIZER: &str = "korvet.io/cleanup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("management API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("infrastructure provider: {0}")]
+    Cloud(#[from] CloudError),
+    #[error("process: {0}")]
+    Process(#[from] korvet_cloud::ProcessError),
+    #[error("{0}")]
+    Io(String),
+    #[error("cluster API: {0}")]
+    Tenant(String),
+}
+
+pub struct PlatformConfig {
+    /// The server's data directory; hosted control planes live under `clusters/`.
+    pub data_dir: PathBuf,
+    pub binaries: Binaries,
+    pub provider: Arc<dyn Provider>,
+}
+
+/// What every reconciler shares.
+pub struct Context {
+    client: kube::Client,
+    provider: Arc<dyn Provider>,
+    supervisor: Supervisor,
+    binaries: Binaries,
+    data_dir: PathBuf,
+    tenants: tenant::Tenants,
+    recorder: Recorder,
+}
+
+impl Context {
+    /// Records a Kubernetes Event about `object`; failures only reach the log.
+    async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let reference: ObjectReference = object.object_ref(&());
+        tracing::info!(
+            object = %object.meta().name.as_deref().unwrap_or_default(),
+            kind = %K::kind(&()),
+            reason,
+            note,
+            "event"
+        );
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+}
+
+/// The flavors and zones every installation offers, created when missing.
+pub async fn seed(client: &kube::Client, zones: &[String]) -> Result<(), PlatformError> {
+    let flavors: Api<Flavor> = Api::all(client.clone());
+    for (name, cpu, memory, disk) in korvet_api::DEFAULT_FLAVORS {
+        let flavor = Flavor::new(
+            name,
+            FlavorSpec {
+                cpu: cpu.to_string(),
+                memory: memory.to_string(),
+                disk: disk.to_string(),
+            },
+        );
+        create_if_missing(&flavors, &flavor).await?;
+    }
+    let zone_api: Api<Zone> = Api::all(client.clone());
+    for zone in zones {
+        let object = Zone::new(
+            zone,
+            ZoneSpec {
+                description: format!("availability zone {zone} of the local provider"),
+            },
+        );
+        create_if_missing(&zone_api, &object).await?;
+    }
+    Ok(())
+}
+
+async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<(), PlatformError>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Adds [`FINALIZER`] to an object that lacks it.
+async fn ensure_finalizer<K>(api: &Api<K>, object: &K) -> Result<(), PlatformError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if object.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let mut finalizers = object.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.resource_version(),
+    }});
+    api.patch(
+        &object.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn remove_finalizer<K>(api: &Api<K>, object: &K) -> Result<(), PlatformError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers: Vec<&String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
+    match api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `status` of an object when it differs from what it has.
+async fn write_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    old: Option<&S>,
+    status: &S,
+) -> Result<(), PlatformError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if old == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"status": status});
+    match api
+        .patch_status(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn error_policy<K>(object: Arc<K>, error: &PlatformError, _ctx: Arc<Context>) -> Action
+where
+    K: Resource,
+{
+    tracing::warn!(
+        object = %object.meta().name.as_deref().unwrap_or_default(),
+        error = %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the cluster, node-pool and machine controllers until the future is dropped.
+pub async fn run(client: kube::Client, config: PlatformConfig) {
+    let reporter = Reporter {
+        controller: "korvet-platform".into(),
+        instance: None,
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        provider: config.provider,
+        supervisor: Supervisor::default(),
+        binaries: config.binaries,
+        data_dir: config.data_dir,
+        tenants: tenant::Tenants::default(),
+        recorder: Recorder::new(client.clone(), reporter),
+    });
+    let clusters: Api<Cluster> = Api::all(client.clone());
+    let pools: Api<NodePool> = Api::all(client.clone());
+    let machines: Api<Machine> = Api::all(client.clone());
+    let config = watcher::Config::default();
+
+    let cluster_controller = Controller::new(clusters.clone(), config.clone());
+    let cluster_store = cluster_controller.store();
+    let cluster_task = cluster_controller
+        .watches(machines.clone(), config.clone(), {
+            let store = cluster_store.clone();
+            move |machine: Machine| cluster::of_object(&store, &machine, &machine.spec.cluster)
+        })
+        .watches(pools.clone(), config.clone(), {
+            let store = cluster_store.clone();
+            move |pool: NodePool| cluster::of_object(&store, &pool, &pool.spec.cluster)
+        })
+        .run(cluster::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let pool_controller = Controller::new(pools.clone(), config.clone());
+    let pool_store = pool_controller.store();
+    let pool_task = pool_controller
+        .owns(machines.clone(), config.clone())
+        .watches(clusters.clone(), config.clone(), move |cluster: Cluster| {
+            node_pool::of_cluster(&pool_store, &cluster)
+        })
+        .run(node_pool::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let machine_controller = Controller::new(machines, config.clone());
+    let machine_store = machine_controller.store();
+    let machine_task = machine_controller
+        .watches(clusters, config, move |cluster: Cluster| {
+            machine::of_cluster(&machine_store, &cluster)
+        })
+        .run(machine::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    tokio::join!(cluster_task, pool_task, machine_task);
+}
+
+/// Stops every machine and hosted control plane this platform runs, keeping all data
+/// and leaving the objects as they are (`korvet up` does this on Ctrl-C; the next
+/// start brings everything back).
+pub async fn stop_everything(
+    data_dir: &std::path::Path,
+    provider: &dyn Provider,
+) -> Result<(), PlatformError> {
+    let machines = provider.list_machines(None).await?;
+    let stops = futures::future::join_all(machines.iter().map(|m| provider.stop_machine(&m.name)));
+    for result in stops.await {
+        result?;
+    }
+    let supervisor = Supervisor::default();
+    let clusters = data_dir.join("clusters");
+    let entries = match std::fs::read_dir(&clusters) {
+        Ok(entries) => entries.filter_map(Result::ok).collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(PlatformError::Io(format!("{}: {e}", clusters.display()))),
+    };
+    for entry in entries {
+        control_plane::stop_processes(&supervisor, &entry.path().join("processes")).await?;
+    }
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// A short random suffix for generated names (lower-case consonants and digits, as
+/// Kubernetes' generateName uses).
+fn random_suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
+        .collect()
+}

@@ -1,0 +1,151 @@
+//! Access to the clusters the platform hosts, with their admin identity: readiness of
+//! nodes, bootstrap tokens for joining machines, removal of nodes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, PostParams};
+
+use crate::PlatformError;
+
+/// What the platform keeps per hosted cluster once its API answers.
+#[derive(Clone)]
+pub struct Tenant {
+    pub client: kube::Client,
+    pub endpoint: String,
+    pub ca_pem: String,
+}
+
+#[derive(Default)]
+pub struct Tenants {
+    by_key: Mutex<HashMap<String, Tenant>>,
+}
+
+impl Tenants {
+    pub fn get(&self, key: &str) -> Option<Tenant> {
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// The client of a cluster, built from its admin kubeconfig on first use.
+    pub async fn connect(
+        &self,
+        key: &str,
+        kubeconfig: &str,
+        endpoint: &str,
+        ca_pem: &str,
+    ) -> Result<Tenant, PlatformError> {
+        if let Some(tenant) = self.get(key) {
+            if tenant.endpoint == endpoint {
+                return Ok(tenant);
+            }
+        }
+        let client = client_from_kubeconfig(kubeconfig).await?;
+        let tenant = Tenant {
+            client,
+            endpoint: endpoint.to_string(),
+            ca_pem: ca_pem.to_string(),
+        };
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), tenant.clone());
+        Ok(tenant)
+    }
+}
+
+pub async fn client_from_kubeconfig(yaml: &str) -> Result<kube::Client, PlatformError> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml)
+        .map_err(|e| PlatformError::Tenant(format!("kubeconfig: {e}")))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| PlatformError::Tenant(format!("kubeconfig: {e}")))?;
+    kube::Client::try_from(config).map_err(|e| PlatformError::Tenant(format!("client: {e}")))
+}
+
+/// How long a bootstrap token may be used to join.
+const BOOTSTRAP_TOKEN_TTL: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+fn random_chars(n: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; n];
+    // The secret half of a token must be unpredictable.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        bytes = uuid::Uuid::new_v4().as_bytes().repeat(n / 16 + 1);
+        bytes.truncate(n);
+    }
+    bytes
+        .iter()
+        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
+        .collect()
+}
+
+/// Creates a bootstrap token (`ID.SECRET`) in the cluster for one machine to join with.
+pub async fn create_bootstrap_token(
+    tenant: &Tenant,
+    machine: &str,
+) -> Result<String, PlatformError> {
+    let id = random_chars(6);
+    let secret = random_chars(16);
+    let expiration = jiff::Timestamp::now()
+        .checked_add(BOOTSTRAP_TOKEN_TTL)
+        .map_err(|e| PlatformError::Tenant(e.to_string()))?;
+    let data = [
+        ("token-id", id.clone()),
+        ("token-secret", secret.clone()),
+        ("expiration", expiration.to_string()),
+        ("usage-bootstrap-authentication", "true".to_string()),
+        ("description", format!("joins machine {machine}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let object = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("bootstrap-token-{id}")),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        type_: Some("bootstrap.kubernetes.io/token".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(tenant.client.clone(), "kube-system");
+    secrets.create(&PostParams::default(), &object).await?;
+    Ok(format!("{id}.{secret}"))
+}
+
+/// Whether the cluster has a Node of that name reporting Ready.
+pub async fn node_ready(tenant: &Tenant, name: &str) -> Result<bool, PlatformError> {
+    let nodes: Api<Node> = Api::all(tenant.client.clone());
+    let Some(node) = nodes.get_opt(name).await? else {
+        return Ok(false);
+    };
+    Ok(node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformError> {
+    let nodes: Api<Node> = Api::all(tenant.client.clone());
+    match nodes.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
