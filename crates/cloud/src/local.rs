@@ -114,7 +114,11 @@ struct Inner {
     pool: Ipv4Net,
     ip: PathBuf,
     networks: StdMutex<HashMap<String, Slot<NetworkRecord>>>,
+    /// Entries are never removed, so every task that looks a name up shares one lock.
     machines: StdMutex<HashMap<String, Slot<MachineRecord>>>,
+    /// The last saved record of each machine, for reads that must not wait for a slow
+    /// create or stop.
+    snapshots: StdMutex<HashMap<String, MachineRecord>>,
     /// Networks whose kernel objects were checked since open.
     verified: StdMutex<std::collections::HashSet<String>>,
     /// `ip netns add` mounts /run/netns on first use; concurrent first uses race.
@@ -130,7 +134,7 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// Opens the provider on `state_dir` (created if missing), loading its records, and
     /// installs the `unreachable` route for `pool`.
-    pub async fn open(state_dir: &Path, pool: Ipv4Net) -> Result<LocalProvider, CloudError> {
+    pub fn open(state_dir: &Path, pool: Ipv4Net) -> Result<LocalProvider, CloudError> {
         // SAFETY: plain syscall without arguments.
         if unsafe { libc::geteuid() } != 0 {
             return Err(CloudError::NotRoot);
@@ -162,13 +166,26 @@ impl LocalProvider {
                 ip,
                 networks: StdMutex::new(HashMap::new()),
                 machines: StdMutex::new(HashMap::new()),
+                snapshots: StdMutex::new(HashMap::new()),
                 verified: StdMutex::new(Default::default()),
                 netns_lock: Mutex::new(()),
             }),
         };
-        provider
-            .run_ip(&["route", "replace", "unreachable", &pool.to_string()])
-            .await?;
+        // Before anything else exists: no packet for a pool address may leave the host.
+        let out = std::process::Command::new(&provider.inner.ip)
+            .args(["route", "replace", "unreachable", &pool.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(CloudError::io(format!(
+                "run {}",
+                provider.inner.ip.display()
+            )))?;
+        if !out.status.success() {
+            return Err(CloudError::Command {
+                command: format!("ip route replace unreachable {pool}"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
         provider.load()?;
         Ok(provider)
     }
@@ -235,7 +252,9 @@ impl LocalProvider {
         }
         drop(map);
         let mut map = lock(&self.inner.machines);
+        let mut snapshots = lock(&self.inner.snapshots);
         for (name, rec) in machines {
+            snapshots.insert(name.clone(), rec.clone());
             map.insert(name, Arc::new(Mutex::new(Some(rec))));
         }
         Ok(())
@@ -294,18 +313,14 @@ impl LocalProvider {
     }
 
     /// The containerd socket of a machine.
-    pub async fn containerd_socket(&self, name: &str) -> Option<PathBuf> {
-        let slot = lock(&self.inner.machines).get(name).cloned()?;
-        let guard = slot.lock().await;
-        guard.as_ref().map(|r| r.socket())
+    pub fn containerd_socket(&self, name: &str) -> Option<PathBuf> {
+        lock(&self.inner.snapshots).get(name).map(|r| r.socket())
     }
 
     /// Network namespace name and cgroup of a machine (for tests and diagnostics).
-    pub async fn machine_sandbox(&self, name: &str) -> Option<(String, CgroupPath)> {
-        let slot = lock(&self.inner.machines).get(name).cloned()?;
-        let guard = slot.lock().await;
-        guard
-            .as_ref()
+    pub fn machine_sandbox(&self, name: &str) -> Option<(String, CgroupPath)> {
+        lock(&self.inner.snapshots)
+            .get(name)
             .map(|r| (r.netns.clone(), CgroupPath::new(&r.cgroup)))
     }
 
@@ -473,7 +488,10 @@ impl LocalProvider {
 
     fn save_machine(&self, rec: &MachineRecord) -> Result<(), CloudError> {
         let path = rec.dir.join("machine.json");
-        write_json_atomic(&path, rec).map_err(CloudError::io(format!("write {}", path.display())))
+        write_json_atomic(&path, rec)
+            .map_err(CloudError::io(format!("write {}", path.display())))?;
+        lock(&self.inner.snapshots).insert(rec.spec.name.clone(), rec.clone());
+        Ok(())
     }
 
     /// Makes whatever of the sandbox is missing (after a host reboot, everything but the
@@ -656,8 +674,6 @@ impl Provider for LocalProvider {
         let slot = self.network_slot(cluster);
         let mut guard = slot.lock().await;
         let Some(rec) = guard.as_ref() else {
-            drop(guard);
-            lock(&self.inner.networks).remove(cluster);
             return Ok(());
         };
         if !rec.slots.is_empty() {
@@ -682,8 +698,6 @@ impl Provider for LocalProvider {
         }
         release_claim(&self.inner.state_dir, cluster, rec.network.index);
         *guard = None;
-        drop(guard);
-        lock(&self.inner.networks).remove(cluster);
         tracing::info!(%cluster, "network deleted");
         Ok(())
     }
@@ -802,8 +816,6 @@ impl Provider for LocalProvider {
         let slot = self.machine_slot(name);
         let mut guard = slot.lock().await;
         let Some(rec) = guard.as_mut() else {
-            drop(guard);
-            lock(&self.inner.machines).remove(name);
             return Ok(());
         };
         self.end_processes(rec).await?;
@@ -817,32 +829,22 @@ impl Provider for LocalProvider {
         let (cluster, k) = (rec.spec.cluster.clone(), rec.slot);
         *guard = None;
         drop(guard);
-        lock(&self.inner.machines).remove(name);
+        lock(&self.inner.snapshots).remove(name);
         self.free_slot(&cluster, k, name).await?;
         tracing::info!(machine = name, "machine deleted");
         Ok(())
     }
 
     async fn get_machine(&self, name: &str) -> Result<Option<MachineInfo>, CloudError> {
-        let Some(slot) = lock(&self.inner.machines).get(name).cloned() else {
-            return Ok(None);
-        };
-        let guard = slot.lock().await;
-        Ok(guard.as_ref().map(|r| r.info()))
+        Ok(lock(&self.inner.snapshots).get(name).map(|r| r.info()))
     }
 
     async fn list_machines(&self, cluster: Option<&str>) -> Result<Vec<MachineInfo>, CloudError> {
-        let slots: Vec<Slot<MachineRecord>> =
-            lock(&self.inner.machines).values().cloned().collect();
-        let mut out = Vec::new();
-        for slot in slots {
-            let guard = slot.lock().await;
-            if let Some(rec) = guard.as_ref() {
-                if cluster.is_none_or(|c| c == rec.spec.cluster) {
-                    out.push(rec.info());
-                }
-            }
-        }
+        let mut out: Vec<MachineInfo> = lock(&self.inner.snapshots)
+            .values()
+            .filter(|r| cluster.is_none_or(|c| c == r.spec.cluster))
+            .map(|r| r.info())
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -943,12 +945,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 [plugins."io.containerd.internal.v1.opt"]
   path = {opt}
+
+# Each machine has its own CNI configuration (written by its node agent).
+[plugins."io.containerd.grpc.v1.cri".cni]
+  conf_dir = {cni}
+  bin_dir = "/usr/lib/cni"
 "#,
         root = q(c.join("root")),
         state = q(c.join("state")),
         sock = q(socket_dir.join("containerd.sock")),
         ttrpc = q(socket_dir.join("containerd.sock.ttrpc")),
         opt = q(c.join("opt")),
+        cni = q(dir.join("cni/net.d")),
     )
 }
 
@@ -1090,6 +1098,29 @@ mod tests {
         assert!(relative_path("etc/x.yaml").is_ok());
         assert!(relative_path("/etc/x").is_err());
         assert!(relative_path("a/../../x").is_err());
+    }
+
+    #[test]
+    fn claim_is_stale_only_without_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let claim = dir.path().join("net-7");
+        std::fs::write(&claim, format!("{}\nc1\n", state.display())).unwrap();
+        assert!(claim_is_stale(&claim, 7), "owner has no record");
+        let rec = NetworkRecord {
+            network: Network {
+                cluster: "c1".into(),
+                index: 7,
+                api_endpoint: Ipv4Addr::LOCALHOST,
+                segments: vec![],
+            },
+            slots: BTreeMap::new(),
+        };
+        write_json_atomic(&state.join("networks/c1.json"), &rec).unwrap();
+        assert!(!claim_is_stale(&claim, 7));
+        assert!(claim_is_stale(&claim, 8), "the record names another index");
+        std::fs::write(&claim, "").unwrap();
+        assert!(claim_is_stale(&claim, 7), "torn claim of a crashed claimer");
     }
 
     #[test]
