@@ -116,3 +116,60 @@ async fn missing_program_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Removes the test's namespace and cgroup, also on failure.
+struct Sandbox {
+    netns: String,
+    cgroup: korvet_cloud::CgroupPath,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let cgroup = self.cgroup.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(cgroup.remove())
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn joins_netns_and_cgroup_before_exec() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("korvet-ptest-{}", std::process::id());
+    let sandbox = Sandbox {
+        netns: name.clone(),
+        cgroup: korvet_cloud::CgroupPath::new(&format!("korvet/{name}")),
+    };
+    // Leftovers of a crashed run of this test are replaced.
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success());
+    sandbox.cgroup.create().unwrap();
+
+    let mut s = spec(&dir, "/bin/sleep", &["1000"]);
+    s.netns = Some(name.clone());
+    s.cgroup = Some(sandbox.cgroup.clone());
+    let rec = spawn_detached(&s).unwrap();
+    let _guard = Guard(rec.clone());
+    let ns = std::fs::metadata(format!("/run/netns/{name}")).unwrap();
+    let its = std::fs::metadata(format!("/proc/{}/ns/net", rec.pid)).unwrap();
+    assert_eq!(
+        (its.dev(), its.ino()),
+        (ns.dev(), ns.ino()),
+        "in the namespace"
+    );
+    assert_eq!(sandbox.cgroup.pids(), vec![rec.pid], "in the cgroup");
+    rec.terminate(Duration::from_secs(5)).await.unwrap();
+}
