@@ -2,7 +2,7 @@
 //! admission), the platform controllers and the local infrastructure provider.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -86,7 +86,6 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let provider = Arc::new(
         LocalProvider::open(&args.data_dir.join("provider"), pool)
-            .await
             .context("opening the local infrastructure provider")?,
     );
     let zones = provider.zones();
@@ -148,8 +147,4 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     eprintln!("shutting down the management plane (clusters keep running)");
     drop(server);
     Ok(())
-}
-
-pub fn default_data_dir(home: &Path) -> PathBuf {
-    home.join(".korvet").join("data")
 }
