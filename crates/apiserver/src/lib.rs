@@ -8,8 +8,10 @@
 mod allocation;
 pub mod apply;
 pub mod auth;
+pub mod bootstrap_tokens;
 pub mod bench;
 mod body;
+pub mod certificates;
 mod conversion;
 mod crd;
 mod custom_schema;
