@@ -27,8 +27,7 @@ pub struct BootstrapToken<'a> {
 
 fn lowercase_alnum(s: &str, len: usize) -> bool {
     s.len() == len
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 

@@ -356,7 +356,8 @@ mod tests {
         let mut old = csr();
         old["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
         let mut next = old.clone();
-        next["status"] = json!({"certificate": "abc", "conditions": [{"type": "Failed", "status": "True"}]});
+        next["status"] =
+            json!({"certificate": "abc", "conditions": [{"type": "Failed", "status": "True"}]});
         status_update(&old, &mut next);
         let types: Vec<&str> = conditions(&next)
             .filter_map(|c| c["type"].as_str())

@@ -8,9 +8,9 @@
 mod allocation;
 pub mod apply;
 pub mod auth;
-pub mod bootstrap_tokens;
 pub mod bench;
 mod body;
+pub mod bootstrap_tokens;
 pub mod certificates;
 mod conversion;
 mod crd;

@@ -469,7 +469,10 @@ pub fn csr_columns() -> Vec<Column> {
                     .filter(|c| c["status"] != json!("False"))
                     .filter_map(|c| c["type"].as_str())
                     .collect();
-                if o["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()) {
+                if o["status"]["certificate"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+                {
                     shown.push("Issued");
                 }
                 if shown.is_empty() {

@@ -113,11 +113,10 @@ fn client_usages_ok(usages: &[String]) -> Result<(), String> {
     if !usages.iter().any(|u| u == "client auth") {
         return Err("usages must include \"client auth\"".into());
     }
-    match usages
-        .iter()
-        .find(|u| !CLIENT_USAGES.contains(&u.as_str()))
-    {
-        Some(extra) => Err(format!("usage {extra:?} is not allowed for a client certificate")),
+    match usages.iter().find(|u| !CLIENT_USAGES.contains(&u.as_str())) {
+        Some(extra) => Err(format!(
+            "usage {extra:?} is not allowed for a client certificate"
+        )),
         None => Ok(()),
     }
 }
@@ -336,10 +335,12 @@ async fn reconcile(
     }
     let expiration = csr.spec.expiration_seconds.map(i64::from);
     let usages = csr.spec.usages.clone().unwrap_or_default();
-    match ctx
-        .signer
-        .sign(&csr.spec.request.0, &usages, expiration, OffsetDateTime::now_utc())
-    {
+    match ctx.signer.sign(
+        &csr.spec.request.0,
+        &usages,
+        expiration,
+        OffsetDateTime::now_utc(),
+    ) {
         Ok(pem) => {
             let encoded = base64::engine::general_purpose::STANDARD.encode(pem);
             ctx.api
@@ -434,11 +435,13 @@ mod tests {
 
     fn request(cn: &str, orgs: &[&str], san: Option<&str>) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(san.map(|s| vec![s.to_string()]).unwrap_or_default())
-            .unwrap();
+        let mut params =
+            CertificateParams::new(san.map(|s| vec![s.to_string()]).unwrap_or_default()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         for org in orgs {
-            params.distinguished_name.push(DnType::OrganizationName, *org);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *org);
         }
         params
             .serialize_request(&key)
@@ -448,7 +451,12 @@ mod tests {
             .into_bytes()
     }
 
-    fn csr(request: Vec<u8>, user: &str, groups: &[&str], usages: &[&str]) -> CertificateSigningRequest {
+    fn csr(
+        request: Vec<u8>,
+        user: &str,
+        groups: &[&str],
+        usages: &[&str],
+    ) -> CertificateSigningRequest {
         CertificateSigningRequest {
             spec: CertificateSigningRequestSpec {
                 request: ByteString(request),
@@ -467,7 +475,12 @@ mod tests {
     #[test]
     fn approves_node_client_requests_from_bootstrappers_and_the_node_itself() {
         let req = request("system:node:n1", &["system:nodes"], None);
-        let boot = csr(req.clone(), "system:bootstrap:abcdef", &["system:bootstrappers", "system:authenticated"], USAGES);
+        let boot = csr(
+            req.clone(),
+            "system:bootstrap:abcdef",
+            &["system:bootstrappers", "system:authenticated"],
+            USAGES,
+        );
         assert_eq!(kubelet_client_approval(&boot), Ok(()));
         let renew = csr(req.clone(), "system:node:n1", &["system:nodes"], USAGES);
         assert_eq!(kubelet_client_approval(&renew), Ok(()));
@@ -480,18 +493,33 @@ mod tests {
     #[test]
     fn refuses_other_subjects_usages_sans_and_signers() {
         let boot = |req: Vec<u8>, usages: &[&str]| {
-            csr(req, "system:bootstrap:abcdef", &["system:bootstrappers"], usages)
+            csr(
+                req,
+                "system:bootstrap:abcdef",
+                &["system:bootstrappers"],
+                usages,
+            )
         };
         let good = request("system:node:n1", &["system:nodes"], None);
         for bad in [
             boot(request("admin", &["system:masters"], None), USAGES),
             boot(request("system:node:n1", &["system:masters"], None), USAGES),
-            boot(request("system:node:n1", &["system:nodes", "system:masters"], None), USAGES),
-            boot(request("system:node:n1", &["system:nodes"], Some("evil.example")), USAGES),
+            boot(
+                request("system:node:n1", &["system:nodes", "system:masters"], None),
+                USAGES,
+            ),
+            boot(
+                request("system:node:n1", &["system:nodes"], Some("evil.example")),
+                USAGES,
+            ),
             boot(good.clone(), &["server auth", "digital signature"]),
             boot(good.clone(), &["client auth", "cert sign"]),
         ] {
-            assert!(kubelet_client_approval(&bad).is_err(), "{:?}", bad.spec.usages);
+            assert!(
+                kubelet_client_approval(&bad).is_err(),
+                "{:?}",
+                bad.spec.usages
+            );
         }
         let mut other_signer = boot(good, USAGES);
         other_signer.spec.signer_name = CLIENT_SIGNER.into();
@@ -501,7 +529,9 @@ mod tests {
     fn ca() -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "test-ca");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test-ca");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.not_after = OffsetDateTime::now_utc() + time::Duration::days(30);
         let cert = params.self_signed(&key).unwrap();
@@ -518,12 +548,33 @@ mod tests {
         let parse = |pem: &str| {
             let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
             let cert = p.parse_x509().unwrap();
-            let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
-            let o = cert.subject().iter_organization().next().unwrap().as_str().unwrap().to_string();
-            (cn, o, cert.validity().not_after.timestamp() - now.unix_timestamp())
+            let cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let o = cert
+                .subject()
+                .iter_organization()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            (
+                cn,
+                o,
+                cert.validity().not_after.timestamp() - now.unix_timestamp(),
+            )
         };
         let (cn, o, left) = parse(&signer.sign(&req, &usages, Some(3600), now).unwrap());
-        assert_eq!((cn.as_str(), o.as_str()), ("system:node:n1", "system:nodes"));
+        assert_eq!(
+            (cn.as_str(), o.as_str()),
+            ("system:node:n1", "system:nodes")
+        );
         assert!((3590..=3610).contains(&left), "{left}");
         // Default one year, cut at the CA's 30 days.
         let (_, _, left) = parse(&signer.sign(&req, &usages, None, now).unwrap());

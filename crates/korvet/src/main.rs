@@ -2,6 +2,7 @@
 
 mod bench;
 mod control_plane;
+mod node;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     },
     /// Serve one cluster's Kubernetes API (HTTPS, client certificates, RBAC).
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Run a node agent: join a cluster with a bootstrap token, register, heartbeat.
+    Node(node::NodeArgs),
 }
 
 fn init_logging() {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Bench { which } => bench::run(which).await,
             Command::ControlPlane(args) => control_plane::run(args).await,
+            Command::Node(args) => node::run(args).await,
         }
     });
     match result {
