@@ -91,6 +91,7 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
                 normalize: None,
                 defaults: None,
                 validate: None,
+                on_create: None,
                 columns,
                 selectable_fields: Vec::new(),
                 field_value: None,

@@ -121,6 +121,15 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
         (Verb::Patch, Some("status")) if call.resource.has_status() => {
             patch(&call, Part::Status).await
         }
+        (Verb::Get, Some("approval")) if call.resource.has_subresource("approval") => {
+            get(&call).await
+        }
+        (Verb::Update, Some("approval")) if call.resource.has_subresource("approval") => {
+            update(&call, Part::Approval).await
+        }
+        (Verb::Patch, Some("approval")) if call.resource.has_subresource("approval") => {
+            patch(&call, Part::Approval).await
+        }
         (Verb::Update, Some("finalize")) if call.resource.kind == "Namespace" => {
             update(&call, Part::Finalize).await
         }
@@ -495,6 +504,8 @@ pub enum Part {
     Status,
     /// `namespaces/NAME/finalize`: only `spec.finalizers`.
     Finalize,
+    /// `certificatesigningrequests/NAME/approval`: only `status.conditions`.
+    Approval,
 }
 
 /// Checks that a body names the kind and version of the endpoint it was sent to.
@@ -705,6 +716,9 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
     if let Some(ns) = call.namespace() {
         check_namespace(call, ns).await?;
     }
+    if let Some(hook) = call.resource.on_create {
+        hook(&mut object, call.user);
+    }
     let warnings = admit(call, &mut object, None)?;
     admit_plugins(call, None, &object, None).await?;
     strategy::prepare_create(&call.resource, &mut object);
@@ -793,7 +807,13 @@ pub async fn write_with_retry(
         }
         let mut next = match part {
             Part::Main => next,
+            Part::Status if call.resource.kind == "CertificateSigningRequest" => {
+                let mut merged = strategy::prepare_status_update(&current, &next);
+                crate::certificates::status_update(&current, &mut merged);
+                merged
+            }
             Part::Status => strategy::prepare_status_update(&current, &next),
+            Part::Approval => crate::certificates::approval_update(&current, &next),
             Part::Finalize => {
                 let mut merged = current.clone();
                 merged["spec"]["finalizers"] = next["spec"]["finalizers"].clone();

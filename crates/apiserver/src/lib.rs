@@ -11,6 +11,8 @@ pub mod apply;
 pub mod auth;
 pub mod bench;
 mod body;
+pub mod bootstrap_tokens;
+pub mod certificates;
 mod conversion;
 mod crd;
 mod custom_schema;

@@ -1218,6 +1218,7 @@ mod tests {
             normalize: None,
             defaults: None,
             validate: None,
+            on_create: None,
             columns: Vec::new(),
             selectable_fields: Vec::new(),
             field_value: None,

@@ -990,6 +990,11 @@ pub fn bootstrap_policy() -> Vec<(String, Value)> {
         // Upstream leaves this binding empty and authorizes kubelets with the Node
         // authorizer, which Korvet does not have.
         cluster_role_binding("system:node", vec![group("system:nodes")]),
+        // kubeadm's `kubeadm:kubelet-bootstrap`: bootstrap tokens may ask for a certificate.
+        cluster_role_binding(
+            "system:node-bootstrapper",
+            vec![group(crate::bootstrap_tokens::BOOTSTRAPPERS_GROUP)],
+        ),
         cluster_role_binding("system:node-proxier", vec![user("system:kube-proxy")]),
         cluster_role_binding(
             "system:kube-dns",

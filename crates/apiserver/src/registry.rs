@@ -32,6 +32,8 @@ pub type Default = fn(&mut Value);
 pub type Validate = fn(&Value, Option<&Value>) -> Vec<Cause>;
 /// Reads a field for field selectors; `None` if the resource does not support it.
 pub type FieldValue = fn(&Value, &str) -> Option<String>;
+/// Sets what only the server may set at create, from the requesting user.
+pub type OnCreate = fn(&mut Value, &crate::auth::UserInfo);
 
 pub struct ResourceType {
     pub group: String,
@@ -49,6 +51,7 @@ pub struct ResourceType {
     pub normalize: Option<Normalize>,
     pub defaults: Option<Default>,
     pub validate: Option<Validate>,
+    pub on_create: Option<OnCreate>,
     pub columns: Vec<Column>,
     /// Fields usable in field selectors beyond `metadata.name` and `metadata.namespace`.
     pub selectable_fields: Vec<&'static str>,
@@ -219,6 +222,7 @@ where
         normalize: Some(normalize_as::<T>),
         defaults: None,
         validate: None,
+        on_create: None,
         columns: Vec::new(),
         selectable_fields: Vec::new(),
         field_value: None,
@@ -249,6 +253,11 @@ impl ResourceType {
 
     fn with_validation(mut self, validate: Validate) -> Self {
         self.validate = Some(validate);
+        self
+    }
+
+    fn on_create(mut self, hook: OnCreate) -> Self {
+        self.on_create = Some(hook);
         self
     }
 
@@ -483,6 +492,10 @@ fn builtins() -> Vec<ResourceType> {
                 from_storage: crate::conversion::event_from_core,
             }),
         builtin::<node::v1::RuntimeClass>(&[], &[]),
+        builtin::<certificates::v1::CertificateSigningRequest>(&["csr"], &["status", "approval"])
+            .on_create(crate::certificates::record_requester)
+            .with_validation(crate::certificates::validate)
+            .with_columns(table::csr_columns()),
         builtin::<apiext::CustomResourceDefinition>(&["crd", "crds"], &["status"])
             .with_validation(crate::crd::validate_crd),
         computed::<authorization::v1::SelfSubjectAccessReview>(),

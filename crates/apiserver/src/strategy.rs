@@ -401,6 +401,19 @@ pub fn service_defaults(svc: &mut Value) {
 
 pub fn secret_defaults(secret: &mut Value) {
     set_default(secret, &["type"], json!("Opaque"));
+    // As upstream: `stringData` is a write-only convenience merged into `data`.
+    if let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|m| m.remove("stringData"))
+    {
+        use base64::Engine as _;
+        if !secret["data"].is_object() {
+            secret["data"] = json!({});
+        }
+        for (key, value) in plain {
+            if let Some(text) = value.as_str() {
+                secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+        }
+    }
 }
 
 fn template_defaults(workload: &mut Value) {

@@ -449,6 +449,42 @@ pub fn service_account_columns() -> Vec<Column> {
     )
 }
 
+pub fn csr_columns() -> Vec<Column> {
+    framed(
+        vec![],
+        vec![
+            column("SignerName", "string", |o| o["spec"]["signerName"].clone()),
+            column("Requestor", "string", |o| o["spec"]["username"].clone()),
+            column("RequestedDuration", "string", |o| {
+                match o["spec"]["expirationSeconds"].as_i64() {
+                    Some(s) => json!(human_duration(s)),
+                    None => json!("<none>"),
+                }
+            }),
+            column("Condition", "string", |o| {
+                let mut shown: Vec<&str> = o["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["status"] != json!("False"))
+                    .filter_map(|c| c["type"].as_str())
+                    .collect();
+                if o["status"]["certificate"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+                {
+                    shown.push("Issued");
+                }
+                if shown.is_empty() {
+                    json!("Pending")
+                } else {
+                    json!(shown.join(","))
+                }
+            }),
+        ],
+    )
+}
+
 pub fn node_columns() -> Vec<Column> {
     framed(
         vec![

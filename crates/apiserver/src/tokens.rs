@@ -108,6 +108,21 @@ pub async fn authenticate_token(
         };
         return (!meant_for.is_empty()).then(|| (t.user.clone(), meant_for));
     }
+    if crate::bootstrap_tokens::parse(token).is_some() {
+        // Like static tokens, bootstrap tokens are for the API server's audiences only.
+        let user = crate::bootstrap_tokens::authenticate(server, token).await?;
+        let api = api_audiences();
+        let meant_for: Vec<String> = if audiences.is_empty() {
+            api
+        } else {
+            audiences
+                .iter()
+                .filter(|a| api.contains(a))
+                .cloned()
+                .collect()
+        };
+        return (!meant_for.is_empty()).then_some((user, meant_for));
+    }
     if server.sa_token_signer.is_none() || !crate::sa_tokens::looks_like_jwt(token) {
         return None;
     }
@@ -120,7 +135,7 @@ pub async fn authenticate_token(
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

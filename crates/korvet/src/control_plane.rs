@@ -47,6 +47,16 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         crds: Vec::new(),
     })
     .await?;
+    // The admin identity may approve and sign CSRs; the CA signs node certificates.
+    let pki = korvet_apiserver::pki::ClusterPki::load_or_create(&args.data_dir.join("pki"), &[])
+        .context("loading the cluster's certificates for the controllers")?;
+    let controllers = korvet_controllers::spawn_all(
+        &running.kubeconfig,
+        pki.ca_cert_pem().to_string(),
+        pki.ca_key_pem(),
+    )
+    .await
+    .context("starting the controllers")?;
     println!("serving the Kubernetes API on {}", running.url());
     println!("admin kubeconfig: {}", running.kubeconfig.display());
     println!(
@@ -55,6 +65,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     );
     crate::signals::wait_for_shutdown().await;
     eprintln!("shutting down");
+    drop(controllers);
     drop(running);
     Ok(())
 }

@@ -6,6 +6,7 @@ mod control_plane;
 mod lb;
 mod server;
 mod up;
+mod node;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,8 @@ enum Command {
         /// The cluster.
         name: String,
     },
+    /// Run a node agent: join a cluster with a bootstrap token, register, heartbeat.
+    Node(node::NodeArgs),
 }
 
 fn init_logging() {
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Command::Cluster { global, command } => cli::run_cluster(global, command).await,
             Command::Nodepool { global, command } => cli::run_nodepool(global, command).await,
             Command::Kubeconfig { global, name } => cli::kubeconfig(global, name).await,
+            Command::Node(args) => node::run(args).await,
         }
     });
     match result {

@@ -20,6 +20,8 @@ pub enum StoreKind {
 
 /// A control plane serving on a free loopback port, with its admin kubeconfig.
 pub struct TestControlPlane {
+    // Declared first so the controllers stop before the server does.
+    controllers: Option<korvet_controllers::RunningControllers>,
     pub server: RunningApiServer,
     store: StoreLocation,
     // Dropped after the server: members stop, then the directory goes.
@@ -66,11 +68,29 @@ impl TestControlPlane {
         )
         .await;
         Self {
+            controllers: None,
             server,
             store,
             etcd,
             dir,
         }
+    }
+
+    /// A control plane that also runs the controllers (CSR approval and signing), as
+    /// `korvet control-plane` does.
+    pub async fn start_with_controllers(kind: StoreKind) -> Self {
+        let mut cp = Self::start(kind).await;
+        let pki = korvet_apiserver::pki::ClusterPki::load_or_create(&cp.pki_dir(), &[])
+            .unwrap_or_else(|e| panic!("load PKI: {e}"));
+        let running = korvet_controllers::spawn_all(
+            cp.kubeconfig(),
+            pki.ca_cert_pem().to_string(),
+            pki.ca_key_pem(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("start controllers: {e}"));
+        cp.controllers = Some(running);
+        cp
     }
 
     /// Another API server replica on the same store, with the same certificates (as the

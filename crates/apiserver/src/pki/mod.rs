@@ -214,6 +214,11 @@ impl ClusterPki {
         &self.ca.cert_pem
     }
 
+    /// PKCS#8 PEM of the CA key, for the signer of CertificateSigningRequests.
+    pub fn ca_key_pem(&self) -> String {
+        self.ca.issuer.key().serialize_pem()
+    }
+
     pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
         &self.ca.cert_der
     }

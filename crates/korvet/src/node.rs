@@ -1,0 +1,66 @@
+//! `korvet node`: the node agent — joins the cluster, registers its Node and heartbeats
+//! until SIGTERM/SIGINT (the Node stays registered).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use korvet_node::config::{self, NodeConfig};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Directory for the node's key and kubeconfig (kubelet.key, kubelet.kubeconfig).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Kubeconfig with a bootstrap token, used only until the node has its certificate.
+    #[arg(long)]
+    bootstrap_kubeconfig: PathBuf,
+    /// The Node's name.
+    #[arg(long)]
+    node_name: String,
+    /// The node's InternalIP.
+    #[arg(long)]
+    address: IpAddr,
+    /// Node label key=value (repeatable).
+    #[arg(long = "label", value_parser = config::parse_label)]
+    labels: Vec<(String, String)>,
+    /// Node taint key[=value]:Effect (repeatable).
+    #[arg(long = "taint", value_parser = config::parse_taint)]
+    taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Capacity, e.g. cpu=2,memory=4Gi,pods=110,ephemeral-storage=20Gi (others: this host's).
+    #[arg(long)]
+    capacity: Option<String>,
+    /// spec.providerID of the Node.
+    #[arg(long)]
+    provider_id: Option<String>,
+    /// Serve /healthz and /metrics on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Seconds to wait for the cluster to issue the node's certificate.
+    #[arg(long, default_value_t = 120)]
+    join_timeout_seconds: u64,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let mut capacity = config::default_capacity();
+    if let Some(text) = &args.capacity {
+        capacity.extend(config::parse_capacity(text).context("--capacity")?);
+    }
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        bootstrap_kubeconfig: args.bootstrap_kubeconfig,
+        node_name: args.node_name,
+        address: args.address,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        taints: args.taints,
+        capacity,
+        provider_id: args.provider_id,
+        metrics_listen: args.metrics_listen,
+        join_timeout: Duration::from_secs(args.join_timeout_seconds),
+    };
+    korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
+    Ok(())
+}

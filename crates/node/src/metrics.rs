@@ -1,0 +1,123 @@
+//! `/healthz` and `/metrics` (Prometheus text) of the node agent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub struct Metrics {
+    registry: Registry,
+    pub lease_renewals: Counter,
+    pub status_updates: Counter,
+    pub errors: Counter,
+    /// 1 once the Node is registered and reporting Ready.
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("korvet_node");
+        let lease_renewals = Counter::default();
+        let status_updates = Counter::default();
+        let errors = Counter::default();
+        let ready = Gauge::default();
+        registry.register(
+            "lease_renewals",
+            "Node lease renewals that succeeded",
+            lease_renewals.clone(),
+        );
+        registry.register(
+            "status_updates",
+            "Node status updates that succeeded",
+            status_updates.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Requests to the API server that failed (they are retried)",
+            errors.clone(),
+        );
+        registry.register("ready", "Whether the node reports Ready", ready.clone());
+        Self {
+            registry,
+            lease_renewals,
+            status_updates,
+            errors,
+            ready,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        text
+    }
+}
+
+fn reply(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/healthz" | "/readyz" | "/livez" => (StatusCode::OK, "text/plain", "ok".to_string()),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds `address` now (so a bad address is an error at start), then serves in a task.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving /healthz and /metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accepting a metrics connection");
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let response = reply(&metrics, req.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "metrics connection");
+                }
+            });
+        }
+    }))
+}
