@@ -157,7 +157,11 @@ mod tests {
             "t2",
         );
         assert_eq!(conditions[0].last_transition_time.as_deref(), Some("t1"));
-        set_condition(&mut conditions, Condition::new("Ready", true, "Up", ""), "t3");
+        set_condition(
+            &mut conditions,
+            Condition::new("Ready", true, "Up", ""),
+            "t3",
+        );
         assert_eq!(conditions[0].last_transition_time.as_deref(), Some("t3"));
         assert_eq!(conditions.len(), 1);
     }

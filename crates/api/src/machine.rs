@@ -45,7 +45,11 @@ pub struct MachineSpec {
 pub struct MachineStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
-    #[serde(default, rename = "providerID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "providerID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub provider_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,

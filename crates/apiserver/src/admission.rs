@@ -38,8 +38,7 @@ pub trait Admission: Send + Sync {
 
     /// Refuses the write with an error (usually [`crate::error::ApiError::invalid`] with
     /// field causes); may read other objects through `server`.
-    async fn validate(&self, server: &ApiServer, request: &AdmissionRequest<'_>)
-        -> ApiResult<()>;
+    async fn validate(&self, server: &ApiServer, request: &AdmissionRequest<'_>) -> ApiResult<()>;
 }
 
 pub type Plugins = Vec<Arc<dyn Admission>>;

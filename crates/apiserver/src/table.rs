@@ -579,6 +579,11 @@ pub fn build(
             let cells: Vec<Value> = columns
                 .iter()
                 .map(|c| match &c.json_path {
+                    // As upstream's CRD table convertor: dates are shown as ages.
+                    Some(path) if c.kind == "date" => match eval_json_path(o, path) {
+                        Value::String(ts) => json!(age(Some(&ts))),
+                        other => other,
+                    },
                     Some(path) => eval_json_path(o, path),
                     None => (c.cell)(o),
                 })

@@ -4,10 +4,10 @@ mod bench;
 mod cli;
 mod control_plane;
 mod lb;
-mod server;
-mod up;
 mod node;
+mod server;
 mod signals;
+mod up;
 
 use clap::{Parser, Subcommand};
 

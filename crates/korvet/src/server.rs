@@ -57,7 +57,9 @@ pub fn preflight() -> anyhow::Result<()> {
         ("etcd", "etcd-server"),
     ] {
         if which(program).is_none() {
-            missing.push(format!("{program}: install the {package} package (scripts/setup.sh does)"));
+            missing.push(format!(
+                "{program}: install the {package} package (scripts/setup.sh does)"
+            ));
         }
     }
     if missing.is_empty() {
@@ -78,10 +80,12 @@ pub fn which(program: &str) -> Option<PathBuf> {
 pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
     preflight()?;
     let store: StoreLocation = args.store.parse().context("--store")?;
-    let pool: ipnet::Ipv4Net = args
-        .pool
-        .parse()
-        .with_context(|| format!("--pool {:?}: expected an IPv4 network such as 10.200.0.0/13", args.pool))?;
+    let pool: ipnet::Ipv4Net = args.pool.parse().with_context(|| {
+        format!(
+            "--pool {:?}: expected an IPv4 network such as 10.200.0.0/13",
+            args.pool
+        )
+    })?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let provider = Arc::new(

@@ -42,7 +42,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         store: "embedded".into(),
         pool: "10.200.0.0/13".into(),
     };
-    eprintln!("korvet up: starting the management plane in {}", server_args.data_dir.display());
+    eprintln!(
+        "korvet up: starting the management plane in {}",
+        server_args.data_dir.display()
+    );
     let running = server::start(&server_args).await?;
     let admin = home.join("admin.kubeconfig");
     std::fs::copy(&running.api.kubeconfig, &admin)
@@ -69,9 +72,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .create(&PostParams::default(), &Cluster::new(&args.cluster, spec))
             .await
             .map_err(crate::cli::explain)?;
-        eprintln!("korvet up: creating cluster {} (1 master, {} nodes)", args.cluster, args.nodes);
+        eprintln!(
+            "korvet up: creating cluster {} (1 master, {} nodes)",
+            args.cluster, args.nodes
+        );
     } else {
-        eprintln!("korvet up: cluster {} exists; bringing it back", args.cluster);
+        eprintln!(
+            "korvet up: cluster {} exists; bringing it back",
+            args.cluster
+        );
     }
     let outcome = tokio::select! {
         result = crate::cli::wait_running(&clusters, &args.cluster) => Some(result),
@@ -84,10 +93,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         std::fs::write(&path, kubeconfig).with_context(|| format!("writing {}", path.display()))?;
         println!("cluster {} is running.", args.cluster);
         println!("  kubeconfig:      {}", path.display());
-        println!("  try:             kubectl --kubeconfig {} get nodes", path.display());
-        println!("  management API:  KORVET_KUBECONFIG={} korvet cluster list", admin.display());
+        println!(
+            "  try:             kubectl --kubeconfig {} get nodes",
+            path.display()
+        );
+        println!(
+            "  management API:  KORVET_KUBECONFIG={} korvet cluster list",
+            admin.display()
+        );
         println!("  more clusters:   korvet cluster create NAME --masters 3 --pool workers:medium:zone-b:3 --wait");
-        println!("press Ctrl-C to stop Korvet (clusters stop, data is kept; `korvet up` again resumes)");
+        println!(
+            "press Ctrl-C to stop Korvet (clusters stop, data is kept; `korvet up` again resumes)"
+        );
         crate::signals::wait_for_shutdown().await;
     }
     eprintln!("korvet up: stopping machines and control planes (data is kept)");

@@ -86,7 +86,11 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 }
 
 impl KorvetAdmission {
-    async fn cluster(&self, server: &ApiServer, req: &AdmissionRequest<'_>) -> ApiResult<Vec<Cause>> {
+    async fn cluster(
+        &self,
+        server: &ApiServer,
+        req: &AdmissionRequest<'_>,
+    ) -> ApiResult<Vec<Cause>> {
         let mut causes = Vec::new();
         if req.name.len() > MAX_CLUSTER_NAME || !is_dns_label(req.name) {
             causes.push(Cause::invalid(
@@ -126,7 +130,9 @@ impl KorvetAdmission {
                 causes.push(Cause::invalid(
                     format!("{path}.name"),
                     &json!(pool.name),
-                    &format!("a pool name must be a DNS label of at most {MAX_POOL_NAME} characters"),
+                    &format!(
+                        "a pool name must be a DNS label of at most {MAX_POOL_NAME} characters"
+                    ),
                 ));
             }
             if !seen.insert(pool.name.as_str()) {
@@ -150,7 +156,11 @@ impl KorvetAdmission {
         let mut parsed = Vec::new();
         for (field, text, range) in [
             ("spec.network.podCIDR", &spec.network.pod_cidr, 8..=24u8),
-            ("spec.network.serviceCIDR", &spec.network.service_cidr, 12..=24u8),
+            (
+                "spec.network.serviceCIDR",
+                &spec.network.service_cidr,
+                12..=24u8,
+            ),
         ] {
             match parse_cidr(text) {
                 None => causes.push(Cause::invalid(
@@ -281,7 +291,13 @@ impl KorvetAdmission {
         let pool: NodePool = decode(req.object)?;
         let old: Option<NodePool> = req.old.map(decode).transpose()?;
         let cluster = server
-            .read_object(GROUP, VERSION, "clusters", req.namespace, &pool.spec.cluster)
+            .read_object(
+                GROUP,
+                VERSION,
+                "clusters",
+                req.namespace,
+                &pool.spec.cluster,
+            )
             .await?
             .map(|c| decode::<Cluster>(&c))
             .transpose()?;
@@ -319,8 +335,16 @@ impl KorvetAdmission {
         if let Some(old) = &old {
             for (field, before, after) in [
                 ("spec.cluster", &old.spec.cluster, &pool.spec.cluster),
-                ("spec.flavor", &old.spec.template.flavor, &pool.spec.template.flavor),
-                ("spec.zone", &old.spec.template.zone, &pool.spec.template.zone),
+                (
+                    "spec.flavor",
+                    &old.spec.template.flavor,
+                    &pool.spec.template.flavor,
+                ),
+                (
+                    "spec.zone",
+                    &old.spec.template.zone,
+                    &pool.spec.template.zone,
+                ),
             ] {
                 if before != after {
                     causes.push(immutable(field, after));
@@ -428,8 +452,18 @@ fn flavor(object: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     for (field, text, minimum, what) in [
         ("spec.cpu", &flavor.spec.cpu, 0.1, "at least 100m"),
-        ("spec.memory", &flavor.spec.memory, 256.0 * 1024.0 * 1024.0, "at least 256Mi"),
-        ("spec.disk", &flavor.spec.disk, 1024.0 * 1024.0 * 1024.0, "at least 1Gi"),
+        (
+            "spec.memory",
+            &flavor.spec.memory,
+            256.0 * 1024.0 * 1024.0,
+            "at least 256Mi",
+        ),
+        (
+            "spec.disk",
+            &flavor.spec.disk,
+            1024.0 * 1024.0 * 1024.0,
+            "at least 1Gi",
+        ),
     ] {
         match parse_quantity(text) {
             Some(value) if value >= minimum => {}

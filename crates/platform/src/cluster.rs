@@ -50,7 +50,13 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     crate::ensure_finalizer(&api, cluster.as_ref()).await?;
     let network = ctx.provider.ensure_network(&key).await?;
     let masters = cluster.spec.control_plane.replicas.clamp(1, 3) as u8;
-    let layout = ClusterLayout::new(&ctx.data_dir, &key, network.index, network.api_endpoint, masters);
+    let layout = ClusterLayout::new(
+        &ctx.data_dir,
+        &key,
+        network.index,
+        network.api_endpoint,
+        masters,
+    );
     let pki = {
         let layout = layout.clone();
         tokio::task::spawn_blocking(move || control_plane::pki(&layout))
@@ -71,7 +77,11 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     if cluster.spec.stopped {
         let running = machines
             .iter()
-            .filter(|m| m.status.as_ref().is_none_or(|s| s.phase != machine_phase::STOPPED))
+            .filter(|m| {
+                m.status
+                    .as_ref()
+                    .is_none_or(|s| s.phase != machine_phase::STOPPED)
+            })
             .count();
         if running > 0 {
             status.phase = phase::STOPPING.into();
@@ -86,7 +96,12 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         let message = "the cluster is stopped; korvet cluster start brings it back";
         set_condition(
             &mut status.conditions,
-            Condition::new(cluster_condition::CONTROL_PLANE_READY, false, "Stopped", message),
+            Condition::new(
+                cluster_condition::CONTROL_PLANE_READY,
+                false,
+                "Stopped",
+                message,
+            ),
             &now,
         );
         set_condition(
@@ -95,14 +110,16 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             &now,
         );
     } else {
-        let health =
-            control_plane::ensure(&ctx.supervisor, &layout, &ctx.binaries, &name).await?;
+        let health = control_plane::ensure(&ctx.supervisor, &layout, &ctx.binaries, &name).await?;
         for (process, restarts) in &health.crashing {
             ctx.event(
                 cluster.as_ref(),
                 true,
                 "ControlPlaneCrashing",
-                format!("{process} keeps exiting ({restarts} restarts); see its log under {}", layout.dir.display()),
+                format!(
+                    "{process} keeps exiting ({restarts} restarts); see its log under {}",
+                    layout.dir.display()
+                ),
             )
             .await;
         }
@@ -131,7 +148,11 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
                 Condition::new(
                     cluster_condition::CONTROL_PLANE_READY,
                     false,
-                    if endpoint_ready { "Degraded" } else { "NotReady" },
+                    if endpoint_ready {
+                        "Degraded"
+                    } else {
+                        "NotReady"
+                    },
                     format!("{ready_masters} of {masters} API servers ready"),
                 )
             },
@@ -139,7 +160,8 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         );
         if endpoint_ready {
             let kubeconfig = control_plane::admin_kubeconfig(&pki, &layout, &name)?;
-            let secret_name = ensure_kubeconfig_secret(&ctx, &cluster, &namespace, &kubeconfig).await?;
+            let secret_name =
+                ensure_kubeconfig_secret(&ctx, &cluster, &namespace, &kubeconfig).await?;
             status.kubeconfig_secret = secret_name;
             ctx.tenants
                 .connect(&key, &kubeconfig, &layout.endpoint_url(), pki.ca_cert_pem())
@@ -167,7 +189,14 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
                 if ready {
                     "the cluster is what its spec asks for".to_string()
                 } else {
-                    format!("API {}; nodes {ready_nodes}/{desired_nodes} ready", if endpoint_ready { "answers" } else { "not answering yet" })
+                    format!(
+                        "API {}; nodes {ready_nodes}/{desired_nodes} ready",
+                        if endpoint_ready {
+                            "answers"
+                        } else {
+                            "not answering yet"
+                        }
+                    )
                 },
             ),
             &now,
@@ -197,8 +226,13 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             phase::FAILED => "the cluster's API stopped answering".into(),
             other => other.to_string(),
         };
-        ctx.event(cluster.as_ref(), status.phase == phase::FAILED, &status.phase, note)
-            .await;
+        ctx.event(
+            cluster.as_ref(),
+            status.phase == phase::FAILED,
+            &status.phase,
+            note,
+        )
+        .await;
     }
     crate::write_status(&api, cluster.as_ref(), old.as_ref(), &status).await?;
     Ok(Action::requeue(if converged { STEADY } else { CONVERGING }))
@@ -208,7 +242,11 @@ fn machine_ready(machine: &Machine) -> bool {
     machine.status.as_ref().is_some_and(|s| s.ready)
 }
 
-async fn machines_of(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec<Machine>, PlatformError> {
+async fn machines_of(
+    ctx: &Context,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Vec<Machine>, PlatformError> {
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), namespace);
     let list = api
         .list(&kube::api::ListParams::default().labels(&format!("{}={cluster}", labels::CLUSTER)))
@@ -218,7 +256,11 @@ async fn machines_of(ctx: &Context, namespace: &str, cluster: &str) -> Result<Ve
 
 /// Node pools of a cluster: NodePool objects naming it, and inline pools not yet made
 /// into objects.
-pub async fn pools_of(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec<NodePool>, PlatformError> {
+pub async fn pools_of(
+    ctx: &Context,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Vec<NodePool>, PlatformError> {
     let api: Api<NodePool> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(api
         .list(&Default::default())
@@ -229,7 +271,11 @@ pub async fn pools_of(ctx: &Context, namespace: &str, cluster: &str) -> Result<V
         .collect())
 }
 
-async fn desired_nodes(ctx: &Context, namespace: &str, cluster: &Cluster) -> Result<i32, PlatformError> {
+async fn desired_nodes(
+    ctx: &Context,
+    namespace: &str,
+    cluster: &Cluster,
+) -> Result<i32, PlatformError> {
     let name = cluster.name_any();
     let pools = pools_of(ctx, namespace, &name).await?;
     let mut total: i32 = pools
@@ -252,7 +298,11 @@ fn inline_pool_name(cluster: &str, pool: &str) -> String {
 
 /// Keeps a NodePool object for each inline pool, as the Cluster's spec says, and removes
 /// those whose inline pool is gone.
-async fn sync_inline_pools(ctx: &Context, cluster: &Cluster, namespace: &str) -> Result<(), PlatformError> {
+async fn sync_inline_pools(
+    ctx: &Context,
+    cluster: &Cluster,
+    namespace: &str,
+) -> Result<(), PlatformError> {
     let name = cluster.name_any();
     let api: Api<NodePool> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = pools_of(ctx, namespace, &name).await?;
@@ -281,7 +331,9 @@ async fn sync_inline_pools(ctx: &Context, cluster: &Cluster, namespace: &str) ->
         }
     }
     for pool in existing.iter().filter(|p| {
-        p.labels().get(labels::INLINE_POOL).is_some_and(|v| v == "true")
+        p.labels()
+            .get(labels::INLINE_POOL)
+            .is_some_and(|v| v == "true")
             && p.metadata.deletion_timestamp.is_none()
             && !cluster
                 .spec
@@ -313,11 +365,15 @@ async fn ensure_kubeconfig_secret(
 ) -> Result<String, PlatformError> {
     let name = format!("{}-kubeconfig", cluster.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let data = BTreeMap::from([("value".to_string(), ByteString(kubeconfig.as_bytes().to_vec()))]);
+    let data = BTreeMap::from([(
+        "value".to_string(),
+        ByteString(kubeconfig.as_bytes().to_vec()),
+    )]);
     match api.get_opt(&name).await? {
         Some(existing) if existing.data.as_ref() == Some(&data) => {}
         Some(_) => {
-            let patch = serde_json::json!({"data": {"value": ByteString(kubeconfig.as_bytes().to_vec())}});
+            let patch =
+                serde_json::json!({"data": {"value": ByteString(kubeconfig.as_bytes().to_vec())}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
         }
@@ -325,7 +381,10 @@ async fn ensure_kubeconfig_secret(
             let secret = Secret {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    labels: Some(BTreeMap::from([(labels::CLUSTER.to_string(), cluster.name_any())])),
+                    labels: Some(BTreeMap::from([(
+                        labels::CLUSTER.to_string(),
+                        cluster.name_any(),
+                    )])),
                     owner_references: owner_reference(cluster).map(|o| vec![o]),
                     ..Default::default()
                 },
@@ -353,8 +412,13 @@ async fn delete(
 ) -> Result<Action, PlatformError> {
     let name = cluster.name_any();
     if cluster.phase() != phase::DELETING {
-        ctx.event(cluster, false, phase::DELETING, "deleting machines, control plane and network".into())
-            .await;
+        ctx.event(
+            cluster,
+            false,
+            phase::DELETING,
+            "deleting machines, control plane and network".into(),
+        )
+        .await;
         let mut status: ClusterStatus = cluster.status.clone().unwrap_or_default();
         status.phase = phase::DELETING.into();
         crate::write_status(api, cluster, cluster.status.as_ref(), &status).await?;

@@ -190,8 +190,10 @@ pub async fn stop_processes(
     dir: &std::path::Path,
 ) -> Result<(), PlatformError> {
     // API servers and the balancer first, so that etcd does not see its clients fail.
-    for name in ["lb", "master-0", "master-1", "master-2"] {
-        supervisor.stop(&dir.join(format!("{name}.json"))).await?;
+    let front =
+        ["lb", "master-0", "master-1", "master-2"].map(|name| dir.join(format!("{name}.json")));
+    for result in futures::future::join_all(front.iter().map(|r| supervisor.stop(r))).await {
+        result?;
     }
     supervisor.stop_all(dir).await
 }
@@ -208,8 +210,9 @@ pub async fn readiness(pki: &ClusterPki, layout: &ClusterLayout) -> (i32, bool) 
             return (0, false);
         }
     };
-    let mut targets: Vec<std::net::SocketAddr> =
-        (0..layout.masters).map(|i| layout.master_listen(i)).collect();
+    let mut targets: Vec<std::net::SocketAddr> = (0..layout.masters)
+        .map(|i| layout.master_listen(i))
+        .collect();
     if layout.masters > 1 {
         targets.push((layout.endpoint, crate::layout::API_PORT).into());
     }

@@ -106,12 +106,30 @@ mod tests {
 
     #[test]
     fn addresses_are_distinct_per_cluster_and_member() {
-        let a = ClusterLayout::new(Path::new("/d"), "default.a", 1, Ipv4Addr::new(10, 201, 4, 10), 3);
-        let b = ClusterLayout::new(Path::new("/d"), "default.b", 258, Ipv4Addr::new(10, 201, 8, 10), 3);
+        let a = ClusterLayout::new(
+            Path::new("/d"),
+            "default.a",
+            1,
+            Ipv4Addr::new(10, 201, 4, 10),
+            3,
+        );
+        let b = ClusterLayout::new(
+            Path::new("/d"),
+            "default.b",
+            258,
+            Ipv4Addr::new(10, 201, 8, 10),
+            3,
+        );
         assert_eq!(a.etcd_client_url(0), "http://127.20.0.1:2379");
         assert_eq!(b.etcd_client_url(2), "http://127.22.1.2:2379");
         assert_eq!(a.master_listen(1).to_string(), "127.31.0.1:6443");
-        let single = ClusterLayout::new(Path::new("/d"), "default.c", 2, Ipv4Addr::new(10, 201, 8, 10), 1);
+        let single = ClusterLayout::new(
+            Path::new("/d"),
+            "default.c",
+            2,
+            Ipv4Addr::new(10, 201, 8, 10),
+            1,
+        );
         assert_eq!(single.master_listen(0).to_string(), "10.201.8.10:6443");
         assert_eq!(a.serving_hosts().len(), 4);
         assert_eq!(a.dir, Path::new("/d/clusters/default.a"));

@@ -31,8 +31,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 pub use control_plane::Binaries;
-pub use tenant::client_from_kubeconfig as kube_client;
 use supervisor::Supervisor;
+pub use tenant::client_from_kubeconfig as kube_client;
 
 /// Finalizer the platform puts on what it must clean up after.
 pub const FINALIZER: &str = "korvet.io/cleanup";

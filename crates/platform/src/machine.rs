@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use korvet_api::{labels, machine_phase, parse_quantity, Cluster, Flavor, Machine, MachineStatus, NodePool};
+use korvet_api::{
+    labels, machine_phase, parse_quantity, Cluster, Flavor, Machine, MachineStatus, NodePool,
+};
 use korvet_apiserver::pki::{token_kubeconfig_yaml, TokenKubeconfigSpec};
 use korvet_cloud::{BootSpec, MachineInfo, MachineSpec, MachineState};
 use kube::api::Api;
@@ -57,8 +59,13 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
             tenant::delete_node(&tenant, &name).await?;
         }
         ctx.provider.delete_machine(&provider_name).await?;
-        ctx.event(machine.as_ref(), false, "Deleted", format!("machine {name} and its node removed"))
-            .await;
+        ctx.event(
+            machine.as_ref(),
+            false,
+            "Deleted",
+            format!("machine {name} and its node removed"),
+        )
+        .await;
         crate::remove_finalizer(&api, machine.as_ref()).await?;
         return Ok(Action::await_change());
     }
@@ -69,10 +76,18 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
     let info = ctx.provider.get_machine(&provider_name).await?;
 
     let requeue = if cluster.spec.stopped {
-        if info.as_ref().is_some_and(|i| i.state == MachineState::Running) {
+        if info
+            .as_ref()
+            .is_some_and(|i| i.state == MachineState::Running)
+        {
             ctx.provider.stop_machine(&provider_name).await?;
-            ctx.event(machine.as_ref(), false, "Stopped", "machine stopped with its cluster; its disk is kept".into())
-                .await;
+            ctx.event(
+                machine.as_ref(),
+                false,
+                "Stopped",
+                "machine stopped with its cluster; its disk is kept".into(),
+            )
+            .await;
         }
         status.phase = machine_phase::STOPPED.into();
         status.ready = false;
@@ -88,10 +103,23 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         };
         let info = match info {
             None => {
-                let spec = machine_spec(&ctx, &machine, &namespace, &provider_name, &cluster_key, &tenant).await?;
+                let spec = machine_spec(
+                    &ctx,
+                    &machine,
+                    &namespace,
+                    &provider_name,
+                    &cluster_key,
+                    &tenant,
+                )
+                .await?;
                 let info = ctx.provider.create_machine(&spec).await?;
-                ctx.event(machine.as_ref(), false, "Created", format!("machine created at {} in {}", info.address, info.zone))
-                    .await;
+                ctx.event(
+                    machine.as_ref(),
+                    false,
+                    "Created",
+                    format!("machine created at {} in {}", info.address, info.zone),
+                )
+                .await;
                 info
             }
             Some(info) if info.state == MachineState::Stopped => {
@@ -117,8 +145,13 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         }
     };
     if status.ready && !old.as_ref().is_some_and(|s| s.ready) {
-        ctx.event(machine.as_ref(), false, "NodeReady", format!("node {name} is Ready"))
-            .await;
+        ctx.event(
+            machine.as_ref(),
+            false,
+            "NodeReady",
+            format!("node {name} is Ready"),
+        )
+        .await;
     }
     crate::write_status(&api, machine.as_ref(), old.as_ref(), &status).await?;
     Ok(Action::requeue(requeue))
@@ -178,7 +211,10 @@ async fn machine_spec(
             args.push(format!("--label={key}={value}"));
         }
         for taint in &pool.spec.template.taints {
-            args.push(format!("--taint={}={}:{}", taint.key, taint.value, taint.effect));
+            args.push(format!(
+                "--taint={}={}:{}",
+                taint.key, taint.value, taint.effect
+            ));
         }
     }
     Ok(MachineSpec {
@@ -189,7 +225,11 @@ async fn machine_spec(
         memory_bytes: memory as u64,
         disk_bytes: disk as u64,
         boot: BootSpec {
-            files: vec![(BOOTSTRAP_KUBECONFIG.to_string(), bootstrap.into_bytes(), 0o600)],
+            files: vec![(
+                BOOTSTRAP_KUBECONFIG.to_string(),
+                bootstrap.into_bytes(),
+                0o600,
+            )],
             program: ctx.binaries.korvet.clone(),
             args,
             env: vec![("KORVET_LOG".into(), "info".into())],

@@ -35,7 +35,10 @@ pub async fn reconcile(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action,
         .await?
         .items;
     if pool.metadata.deletion_timestamp.is_some() {
-        for machine in machines.iter().filter(|m| m.metadata.deletion_timestamp.is_none()) {
+        for machine in machines
+            .iter()
+            .filter(|m| m.metadata.deletion_timestamp.is_none())
+        {
             delete_machine(&machines_api, machine).await?;
         }
         if !machines.is_empty() {
@@ -131,7 +134,10 @@ async fn create_machine(
 }
 
 async fn delete_machine(api: &Api<Machine>, machine: &Machine) -> Result<(), PlatformError> {
-    match api.delete(&machine.name_any(), &DeleteParams::default()).await {
+    match api
+        .delete(&machine.name_any(), &DeleteParams::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(e.into()),

@@ -18,11 +18,7 @@ pub async fn readyz(tls: Arc<rustls::ClientConfig>, target: SocketAddr, timeout:
         == Some(200)
 }
 
-async fn get_status(
-    tls: Arc<rustls::ClientConfig>,
-    target: SocketAddr,
-    path: &str,
-) -> Option<u16> {
+async fn get_status(tls: Arc<rustls::ClientConfig>, target: SocketAddr, path: &str) -> Option<u16> {
     let mut config = (*tls).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = TlsConnector::from(Arc::new(config));

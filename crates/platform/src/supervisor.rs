@@ -36,11 +36,17 @@ struct Supervised {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessState {
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     /// Just (re)started.
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// Crashed; waiting before the next start.
-    BackingOff { restarts: u32 },
+    BackingOff {
+        restarts: u32,
+    },
 }
 
 #[derive(Default)]
@@ -204,13 +210,20 @@ fn find_by_marker(marker: &str) -> Option<ProcessRecord> {
     let needle = format!("{MARKER_ENV}={marker}");
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
             let program = std::fs::read_link(entry.path().join("exe")).unwrap_or_default();
             if let Some(record) = ProcessRecord::of_pid(pid, program) {
                 if record.is_alive() {

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod platform;
+
 use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
 use korvet_store::etcd::LocalEtcd;
 use korvet_store::StoreLocation;
@@ -227,6 +229,11 @@ pub struct Run {
 }
 
 impl Kubectl {
+    /// kubectl with `kubeconfig`, caching discovery in `cache`.
+    pub fn new(kubeconfig: PathBuf, cache: PathBuf) -> Self {
+        Kubectl { kubeconfig, cache }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig")

@@ -53,7 +53,9 @@ pub struct NameWait {
 fn parse_pool(text: &str) -> anyhow::Result<InlineNodePool> {
     let parts: Vec<&str> = text.split(':').collect();
     let [name, flavor, zone, count] = parts[..] else {
-        anyhow::bail!("--pool {text:?}: expected NAME:FLAVOR:ZONE:COUNT, e.g. workers:small:zone-a:2");
+        anyhow::bail!(
+            "--pool {text:?}: expected NAME:FLAVOR:ZONE:COUNT, e.g. workers:small:zone-a:2"
+        );
     };
     let replicas = count
         .parse()
@@ -69,7 +71,11 @@ fn parse_pool(text: &str) -> anyhow::Result<InlineNodePool> {
     })
 }
 
-pub async fn run(client: kube::Client, global: &Global, command: ClusterCommand) -> anyhow::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    global: &Global,
+    command: ClusterCommand,
+) -> anyhow::Result<()> {
     let api: Api<Cluster> = Api::namespaced(client.clone(), &global.namespace);
     match command {
         ClusterCommand::Create(args) => {
@@ -115,7 +121,8 @@ pub async fn run(client: kube::Client, global: &Global, command: ClusterCommand)
             set_stopped(&api, &args.name, true).await?;
             eprintln!("stopping cluster {}", args.name);
             if args.wait {
-                let done = wait_for(&api, &args.name, |c| c.map(|c| c.phase() == phase::STOPPED)).await?;
+                let done =
+                    wait_for(&api, &args.name, |c| c.map(|c| c.phase() == phase::STOPPED)).await?;
                 print_clusters(global, &[done], true)?;
             }
         }
@@ -144,7 +151,10 @@ pub async fn run(client: kube::Client, global: &Global, command: ClusterCommand)
 
 /// Waits (with progress) until the cluster is Running and Ready.
 pub async fn wait_running(api: &Api<Cluster>, name: &str) -> anyhow::Result<Cluster> {
-    wait_for(api, name, |c| c.map(|c| c.phase() == phase::RUNNING && ready(c))).await
+    wait_for(api, name, |c| {
+        c.map(|c| c.phase() == phase::RUNNING && ready(c))
+    })
+    .await
 }
 
 fn ready(cluster: &Cluster) -> bool {
@@ -163,9 +173,19 @@ async fn set_stopped(api: &Api<Cluster>, name: &str, stopped: bool) -> anyhow::R
     Ok(())
 }
 
-async fn scale(client: &kube::Client, api: &Api<Cluster>, global: &Global, args: ScaleArgs) -> anyhow::Result<()> {
+async fn scale(
+    client: &kube::Client,
+    api: &Api<Cluster>,
+    global: &Global,
+    args: ScaleArgs,
+) -> anyhow::Result<()> {
     let cluster = api.get(&args.name).await.map_err(explain)?;
-    if let Some(index) = cluster.spec.node_pools.iter().position(|p| p.name == args.pool) {
+    if let Some(index) = cluster
+        .spec
+        .node_pools
+        .iter()
+        .position(|p| p.name == args.pool)
+    {
         let mut pools = cluster.spec.node_pools.clone();
         pools[index].pool.replicas = args.replicas;
         let patch = serde_json::json!({
@@ -188,7 +208,12 @@ async fn scale(client: &kube::Client, api: &Api<Cluster>, global: &Global, args:
             }
         }
         let Some(pool) = found else {
-            let known: Vec<String> = cluster.spec.node_pools.iter().map(|p| p.name.clone()).collect();
+            let known: Vec<String> = cluster
+                .spec
+                .node_pools
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
             anyhow::bail!(
                 "cluster {} has no pool {:?} (its pools: {}); list them with `korvet nodepool list --cluster {}`",
                 args.name,
@@ -199,11 +224,18 @@ async fn scale(client: &kube::Client, api: &Api<Cluster>, global: &Global, args:
         };
         let patch = serde_json::json!({"spec": {"replicas": args.replicas}});
         pools
-            .patch(&pool.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &pool.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
             .map_err(explain)?;
     }
-    eprintln!("pool {} of cluster {} scaled to {}", args.pool, args.name, args.replicas);
+    eprintln!(
+        "pool {} of cluster {} scaled to {}",
+        args.pool, args.name, args.replicas
+    );
     Ok(())
 }
 
@@ -222,10 +254,18 @@ async fn wait_for(
             let status = cluster.status.clone().unwrap_or_default();
             bar.set_message(format!(
                 "{name}: {} · masters {}/{} · nodes {} · {:.0}s",
-                if status.phase.is_empty() { "Pending" } else { &status.phase },
+                if status.phase.is_empty() {
+                    "Pending"
+                } else {
+                    &status.phase
+                },
                 status.ready_control_plane_replicas.unwrap_or(0),
                 cluster.spec.control_plane.replicas,
-                if status.nodes.is_empty() { "-" } else { &status.nodes },
+                if status.nodes.is_empty() {
+                    "-"
+                } else {
+                    &status.nodes
+                },
                 started.elapsed().as_secs_f64()
             ));
             if status.phase == phase::FAILED {
@@ -271,7 +311,9 @@ fn print_clusters(global: &Global, clusters: &[Cluster], single: bool) -> anyhow
         global.output,
         clusters,
         single,
-        &["NAME", "VERSION", "MASTERS", "PHASE", "NODES", "ENDPOINT", "AGE"],
+        &[
+            "NAME", "VERSION", "MASTERS", "PHASE", "NODES", "ENDPOINT", "AGE",
+        ],
         |c| {
             let status = c.status.clone().unwrap_or_default();
             vec![
@@ -288,7 +330,11 @@ fn print_clusters(global: &Global, clusters: &[Cluster], single: bool) -> anyhow
 }
 
 /// The admin kubeconfig of a cluster, from the Secret the platform keeps.
-pub async fn kubeconfig(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+pub async fn kubeconfig(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<String> {
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
     let cluster = clusters.get(name).await.map_err(explain)?;
     let secret_name = cluster

@@ -43,7 +43,11 @@ fn parse_taint(text: &str) -> anyhow::Result<Taint> {
     })
 }
 
-pub async fn run(client: kube::Client, global: &Global, command: NodePoolCommand) -> anyhow::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    global: &Global,
+    command: NodePoolCommand,
+) -> anyhow::Result<()> {
     let api: Api<NodePool> = Api::namespaced(client, &global.namespace);
     match command {
         NodePoolCommand::Add(args) => {
@@ -56,7 +60,11 @@ pub async fn run(client: kube::Client, global: &Global, command: NodePoolCommand
                         .ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let taints = args.taints.iter().map(|t| parse_taint(t)).collect::<anyhow::Result<_>>()?;
+            let taints = args
+                .taints
+                .iter()
+                .map(|t| parse_taint(t))
+                .collect::<anyhow::Result<_>>()?;
             let autoscaling = args
                 .autoscale
                 .as_deref()
@@ -84,7 +92,10 @@ pub async fn run(client: kube::Client, global: &Global, command: NodePoolCommand
                     },
                 },
             );
-            let created = api.create(&PostParams::default(), &pool).await.map_err(explain)?;
+            let created = api
+                .create(&PostParams::default(), &pool)
+                .await
+                .map_err(explain)?;
             print_pools(global, &[created], true)?;
         }
         NodePoolCommand::List { cluster } => {
@@ -105,7 +116,9 @@ pub async fn run(client: kube::Client, global: &Global, command: NodePoolCommand
             print_pools(global, &[pool], true)?;
         }
         NodePoolCommand::Delete { name } => {
-            api.delete(&name, &DeleteParams::default()).await.map_err(explain)?;
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .map_err(explain)?;
             eprintln!("deleting node pool {name} and its machines");
         }
     }
@@ -117,7 +130,9 @@ fn print_pools(global: &Global, pools: &[NodePool], single: bool) -> anyhow::Res
         global.output,
         pools,
         single,
-        &["NAME", "CLUSTER", "FLAVOR", "ZONE", "DESIRED", "READY", "AGE"],
+        &[
+            "NAME", "CLUSTER", "FLAVOR", "ZONE", "DESIRED", "READY", "AGE",
+        ],
         |p| {
             let status = p.status.clone().unwrap_or_default();
             vec![

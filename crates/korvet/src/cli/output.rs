@@ -31,7 +31,9 @@ pub fn print<T: Serialize>(
             let text = if single && objects.len() == 1 {
                 serde_saphyr::to_string(&objects[0])?
             } else {
-                serde_saphyr::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}))?
+                serde_saphyr::to_string(
+                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}),
+                )?
             };
             print!("{text}");
         }

@@ -1,0 +1,461 @@
+//! Clusters as a service, end to end: `korvet server` as a real process, the CLI,
+//! hosted control planes (korvet control-plane, etcd, korvet lb), machines of the local
+//! provider running `korvet node`, and kubectl against the clusters. Runs as root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use korvet_test_support::platform::TestPlatform;
+use serde_json::Value;
+
+fn platform() -> TestPlatform {
+    TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")))
+}
+
+fn phase(cluster: &Value) -> &str {
+    cluster["status"]["phase"].as_str().unwrap_or_default()
+}
+
+fn ready(cluster: &Value) -> bool {
+    cluster["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn running_with(nodes: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |c| phase(c) == "Running" && ready(c) && c["status"]["nodes"] == nodes
+}
+
+/// The provider's network index of a cluster, from its endpoint (10.201.0.0 + N*1024 + 10).
+fn network_index(cluster: &Value) -> u32 {
+    let endpoint = cluster["status"]["endpoint"].as_str().expect("endpoint");
+    let host = endpoint
+        .trim_start_matches("https://")
+        .split(':')
+        .next()
+        .expect("host");
+    let ip: std::net::Ipv4Addr = host.parse().expect("endpoint address");
+    (u32::from(ip) - u32::from(std::net::Ipv4Addr::new(10, 201, 0, 0))) / 1024
+}
+
+fn ready_nodes(kubectl: &korvet_test_support::Kubectl) -> Vec<Value> {
+    let nodes = kubectl.json(&["get", "nodes"]);
+    nodes["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .collect()
+}
+
+fn names(nodes: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// PIDs of live processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie
+            && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn recorded_pid(record: &Path) -> u32 {
+    let text = std::fs::read_to_string(record).expect("process record");
+    let value: Value = serde_json::from_str(&text).expect("record JSON");
+    value["process"]["pid"].as_u64().expect("pid") as u32
+}
+
+fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Everything Korvet made for network `n` (or a cluster directory) that still exists.
+fn leftovers(n: u32, cluster_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let links = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .expect("ip link");
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let name = name.split('@').next().unwrap_or_default();
+        if name.starts_with(&format!("korvet{n}-")) || name.starts_with(&format!("korvet{n}m")) {
+            found.push(format!("link {name}"));
+        }
+    }
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    for line in String::from_utf8_lossy(&netns.stdout).lines() {
+        if line.starts_with(&format!("korvet-n{n}-")) {
+            found.push(format!("netns {line}"));
+        }
+    }
+    for hierarchy in ["memory", "cpu", "pids", "unified"] {
+        let dir = PathBuf::from("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join("korvet");
+        for entry in std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(&format!("korvet-n{n}-")) {
+                found.push(format!("cgroup {}", entry.path().display()));
+            }
+        }
+    }
+    if Path::new(&format!("/run/korvet/claims/net-{n}")).exists() {
+        found.push(format!("claim net-{n}"));
+    }
+    if cluster_dir.exists() {
+        found.push(format!("directory {}", cluster_dir.display()));
+    }
+    let processes = processes_with(&cluster_dir.display().to_string());
+    if !processes.is_empty() {
+        found.push(format!("processes {processes:?}"));
+    }
+    found
+}
+
+#[test]
+fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
+    let platform = platform();
+    platform.ok(&[
+        "cluster",
+        "create",
+        "life",
+        "--pool",
+        "workers:small:zone-a:2",
+        "--wait",
+    ]);
+    let kubectl = platform.cluster_kubectl("life");
+    let nodes = ready_nodes(&kubectl);
+    assert_eq!(nodes.len(), 2, "{nodes:#?}");
+    for node in &nodes {
+        let labels = &node["metadata"]["labels"];
+        assert_eq!(labels["topology.kubernetes.io/zone"], "zone-a");
+        assert_eq!(labels["node.kubernetes.io/instance-type"], "small");
+        assert_eq!(labels["korvet.io/nodepool"], "life-workers");
+        assert_eq!(node["status"]["capacity"]["cpu"], "1");
+        assert_eq!(node["status"]["capacity"]["memory"], "2Gi");
+        assert!(node["spec"]["providerID"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("korvet-local:///")));
+    }
+    let cluster = platform.wait_cluster("life", 5, |c| phase(c) == "Running");
+    let n = network_index(&cluster);
+    let cluster_dir = platform.data_dir().join("clusters").join("default.life");
+
+    platform.ok(&[
+        "cluster",
+        "scale",
+        "life",
+        "--pool",
+        "workers",
+        "--replicas",
+        "3",
+    ]);
+    platform.wait_cluster("life", 60, running_with("3/3"));
+    assert_eq!(ready_nodes(&kubectl).len(), 3);
+
+    platform.ok(&[
+        "cluster",
+        "scale",
+        "life",
+        "--pool",
+        "workers",
+        "--replicas",
+        "1",
+    ]);
+    platform.wait_cluster("life", 60, running_with("1/1"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kubectl.json(&["get", "nodes"])["items"]
+        .as_array()
+        .map(Vec::len)
+        != Some(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "removed machines' Nodes were not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before_stop = names(&ready_nodes(&kubectl));
+
+    platform.ok(&["cluster", "stop", "life", "--wait"]);
+    assert!(
+        processes_with(&cluster_dir.display().to_string()).is_empty(),
+        "control-plane processes still run after stop"
+    );
+    assert!(
+        processes_with("--node-name=life-workers").is_empty(),
+        "node agents still run after stop"
+    );
+    assert!(kubectl.run(&["get", "nodes", "--request-timeout=2s"]).ok == false);
+    let scale = platform.fails(&[
+        "cluster",
+        "scale",
+        "life",
+        "--pool",
+        "workers",
+        "--replicas",
+        "2",
+    ]);
+    assert!(scale.contains("stopped"), "{scale}");
+
+    platform.ok(&["cluster", "start", "life", "--wait"]);
+    platform.wait_cluster("life", 60, running_with("1/1"));
+    assert_eq!(
+        names(&ready_nodes(&kubectl)),
+        before_stop,
+        "the same nodes come back"
+    );
+
+    platform.ok(&["cluster", "delete", "life", "--wait"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = leftovers(n, &cluster_dir);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deleting the cluster left: {left:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let machines = platform.kubectl().json(&["get", "machines.korvet.io"]);
+    assert_eq!(machines["items"].as_array().map(Vec::len), Some(0));
+    assert!(!platform
+        .data_dir()
+        .join("provider/machines")
+        .read_dir()
+        .into_iter()
+        .flatten()
+        .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("default.life"))));
+}
+
+#[test]
+fn three_master_cluster_survives_losing_a_master_and_an_etcd_member() {
+    let platform = platform();
+    platform.ok(&[
+        "cluster",
+        "create",
+        "ha",
+        "--masters",
+        "3",
+        "--pool",
+        "workers:medium:zone-b:1",
+        "--wait",
+    ]);
+    let kubectl = platform.cluster_kubectl("ha");
+    assert_eq!(ready_nodes(&kubectl).len(), 1);
+    let processes = platform.data_dir().join("clusters/default.ha/processes");
+    kill9(recorded_pid(&processes.join("master-0.json")));
+    kill9(recorded_pid(&processes.join("etcd-1.json")));
+    for i in 0..10 {
+        let name = format!("after-kill-{i}");
+        kubectl.ok(&["create", "configmap", &name, "--from-literal=k=v"]);
+        kubectl.ok(&["get", "configmap", &name]);
+    }
+    assert_eq!(ready_nodes(&kubectl).len(), 1);
+    // The platform restarts both, and says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = platform.kubectl().ok(&["get", "events"]);
+        if events.contains("ControlPlaneRestarted") {
+            assert!(
+                events.contains("etcd-1") && events.contains("master-0"),
+                "{events}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart reported:\n{events}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    platform.wait_cluster("ha", 60, |c| {
+        c["status"]["readyControlPlaneReplicas"] == 3
+            && c["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "ControlPlaneReady" && c["status"] == "True")
+    });
+    assert_eq!(
+        kubectl.json(&["get", "configmaps"])["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
+    platform.ok(&["cluster", "delete", "ha", "--wait"]);
+}
+
+#[test]
+fn server_killed_mid_create_converges_without_duplicates() {
+    let mut platform = platform();
+    platform.ok(&[
+        "cluster",
+        "create",
+        "crash",
+        "--pool",
+        "workers:small:zone-c:2",
+    ]);
+    // Kill the server while it is making machines.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !platform
+        .kubectl()
+        .ok(&["get", "machines.korvet.io", "-o", "name"])
+        .contains("machine")
+    {
+        assert!(Instant::now() < deadline, "no machine was created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    platform.kill_server();
+    platform.restart_server();
+    let cluster = platform.wait_cluster("crash", 60, running_with("2/2"));
+    assert_eq!(cluster["spec"]["nodePools"][0]["replicas"], 2);
+    let machines = platform.kubectl().json(&["get", "machines.korvet.io"]);
+    assert_eq!(
+        machines["items"].as_array().map(Vec::len),
+        Some(2),
+        "{machines:#}"
+    );
+    let cluster_dir = platform.data_dir().join("clusters/default.crash");
+    let masters = processes_with(&format!("--data-dir={}/master-0", cluster_dir.display()));
+    assert_eq!(masters.len(), 1, "one API server process, not {masters:?}");
+    assert_eq!(processes_with("--node-name=crash-workers").len(), 2);
+    assert_eq!(ready_nodes(&platform.cluster_kubectl("crash")).len(), 2);
+    let n = network_index(&cluster);
+    platform.ok(&["cluster", "delete", "crash", "--wait"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leftovers(n, &cluster_dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left: {:#?}",
+            leftovers(n, &cluster_dir)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_with_clear_messages() {
+    let platform = platform();
+    let masters = platform.fails(&["cluster", "create", "two", "--masters", "2"]);
+    assert!(
+        masters.contains("spec.controlPlane.replicas") && masters.contains("1 master, or 3"),
+        "{masters}"
+    );
+    let flavor = platform.fails(&["cluster", "create", "f", "--pool", "w:huge:zone-a:1"]);
+    assert!(
+        flavor.contains("no such flavor") && flavor.contains("small"),
+        "{flavor}"
+    );
+    let zone = platform.fails(&["cluster", "create", "z", "--pool", "w:small:zone-q:1"]);
+    assert!(
+        zone.contains("zone-q") && zone.contains("zone-a, zone-b, zone-c"),
+        "{zone}"
+    );
+    let name = platform.fails(&["cluster", "create", "Bad_Name"]);
+    assert!(name.contains("metadata.name"), "{name}");
+    let version = platform.fails(&["cluster", "create", "v", "--version", "1.20"]);
+    assert!(
+        version.contains("spec.version") && version.contains("1.33"),
+        "{version}"
+    );
+    let pool = platform.fails(&["cluster", "create", "p", "--pool", "workers"]);
+    assert!(pool.contains("NAME:FLAVOR:ZONE:COUNT"), "{pool}");
+    let orphan = platform.fails(&["nodepool", "add", "nowhere", "extra"]);
+    assert!(orphan.contains("no such cluster"), "{orphan}");
+    let missing = platform.fails(&["kubeconfig", "nothing"]);
+    assert!(missing.contains("not found"), "{missing}");
+    // Bad CIDRs are refused by the management API itself (what kubectl users see).
+    let kubectl = platform.kubectl();
+    let cidr = kubectl.run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: korvet.io/v1alpha1\nkind: Cluster\nmetadata: {name: net}\nspec:\n  network: {podCIDR: 10.200.0.0/16}\n",
+    );
+    assert!(
+        !cidr.ok && cidr.stderr.contains("spec.network.podCIDR"),
+        "{}",
+        cidr.stderr
+    );
+    // Without a management API kubeconfig, the CLI says where to get one.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_korvet"))
+        .args(["cluster", "list"])
+        .env("KORVET_KUBECONFIG", "/nonexistent/admin.kubeconfig")
+        .output()
+        .expect("run korvet");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("korvet up"),
+        "{stderr}"
+    );
+    // Scaling a stopped cluster's pool is refused.
+    platform.ok(&[
+        "cluster",
+        "create",
+        "idle",
+        "--pool",
+        "w:small:zone-a:0",
+        "--wait",
+    ]);
+    platform.ok(&["cluster", "stop", "idle", "--wait"]);
+    let stopped = platform.fails(&["cluster", "scale", "idle", "--pool", "w", "--replicas", "1"]);
+    assert!(
+        stopped.contains("stopped") && stopped.contains("korvet cluster start"),
+        "{stopped}"
+    );
+    platform.ok(&["cluster", "delete", "idle", "--wait"]);
+}

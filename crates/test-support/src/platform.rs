@@ -1,0 +1,223 @@
+//! A whole platform for tests: `korvet server` as a real process on a free port with its
+//! own data directory, the CLI pointed at it, and cleanup of everything it made (hosted
+//! control planes, machines, networks) when dropped, also after a failed test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Kubectl;
+
+pub struct TestPlatform {
+    korvet: PathBuf,
+    dir: tempfile::TempDir,
+    listen: String,
+    server: Option<Child>,
+}
+
+/// What a CLI run printed.
+pub struct CliRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl TestPlatform {
+    /// Starts `korvet server` (the binary at `korvet`) and waits until it serves.
+    pub fn start(korvet: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut platform = TestPlatform {
+            korvet: korvet.to_path_buf(),
+            dir,
+            listen: format!("127.0.0.1:{}", free_port()),
+            server: None,
+        };
+        platform.start_server();
+        platform
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir().join("admin.kubeconfig")
+    }
+
+    fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("server log");
+        let child = Command::new(&self.korvet)
+            .args(["server", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--listen", &self.listen])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start korvet server");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.kubeconfig().exists() && self.cli(&["cluster", "list"]).ok {
+                return;
+            }
+            if let Some(status) = self
+                .server
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("korvet server exited ({status}):\n{}", self.server_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "korvet server did not come up:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of the server (by PID): what it started keeps running.
+    pub fn kill_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart_server(&mut self) {
+        self.kill_server();
+        self.start_server();
+    }
+
+    /// Runs `korvet ARGS` against this platform.
+    pub fn cli(&self, args: &[&str]) -> CliRun {
+        let output = Command::new(&self.korvet)
+            .args(args)
+            .env("KORVET_KUBECONFIG", self.kubeconfig())
+            .env("KORVET_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run korvet");
+        CliRun {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the CLI and panics with its output if it fails; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.cli(args);
+        assert!(
+            run.ok,
+            "korvet {} failed:\n{}{}\nserver log tail:\n{}",
+            args.join(" "),
+            run.stderr,
+            run.stdout,
+            tail(&self.server_log())
+        );
+        run.stdout
+    }
+
+    /// Runs the CLI expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let run = self.cli(args);
+        assert!(
+            !run.ok,
+            "korvet {} should have failed but printed:\n{}",
+            args.join(" "),
+            run.stdout
+        );
+        run.stderr
+    }
+
+    /// The management API through kubectl.
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl::new(self.kubeconfig(), self.dir.path().join("kubectl-cache"))
+    }
+
+    /// kubectl for a hosted cluster, with the kubeconfig `korvet kubeconfig` prints.
+    pub fn cluster_kubectl(&self, cluster: &str) -> Kubectl {
+        let path = self.dir.path().join(format!("{cluster}.kubeconfig"));
+        std::fs::write(&path, self.ok(&["kubeconfig", cluster])).expect("write kubeconfig");
+        Kubectl::new(path, self.dir.path().join("kubectl-cache"))
+    }
+
+    /// Polls `korvet cluster get NAME -o json` until `done` holds (panics after `seconds`).
+    pub fn wait_cluster(
+        &self,
+        name: &str,
+        seconds: u64,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let run = self.cli(&["cluster", "get", name, "-o", "json"]);
+            if run.ok {
+                let cluster: serde_json::Value =
+                    serde_json::from_str(&run.stdout).expect("cluster JSON");
+                if done(&cluster) {
+                    return cluster;
+                }
+                assert!(Instant::now() < deadline, "cluster {name} did not get there in {seconds} s; it is:\n{cluster:#}\nserver log tail:\n{}", tail(&self.server_log()));
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "korvet cluster get {name}: {}",
+                    run.stderr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        self.kill_server();
+        let data_dir = self.data_dir();
+        // A fresh runtime: Drop may run inside or outside of one.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok(provider) = korvet_cloud::LocalProvider::open(
+                    &data_dir.join("provider"),
+                    korvet_cloud::local::default_pool(),
+                ) {
+                    if let Err(e) = korvet_platform::stop_everything(&data_dir, &provider).await {
+                        eprintln!("cleanup: stopping control planes: {e}");
+                    }
+                    if let Err(e) = provider.destroy_all().await {
+                        eprintln!("cleanup: removing machines and networks: {e}");
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
