@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and run Korvet's demo. Until `korvet up` exists, the demo is
-# what exists: the store benchmark against real etcd, then the Kubernetes API benchmark
-# (kubectl-compatible control planes on both stores). Arguments go to `korvet bench store`.
+# The main job: set up, build, and run Korvet's quick start — `korvet up` starts the
+# platform on this machine with a demo cluster (1 master, 2 nodes), writes its kubeconfig
+# and prints what to try next. Ctrl-C stops it; running this again resumes the same
+# cluster. Arguments go to `korvet up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo build --release --locked -p korvet
-./target/release/korvet bench store "$@"
-echo
-./target/release/korvet bench api
+as_root ./target/release/korvet up "$@"

@@ -51,10 +51,29 @@ pub enum Bench {
         #[arg(long)]
         work_dir: Option<std::path::PathBuf>,
     },
+    /// Clusters as a service: time from create to API and to all nodes Ready (1 master +
+    /// 2 nodes, 3 masters + 3 nodes), many clusters at once, memory per control plane and
+    /// per machine. Runs a management plane in this process; needs root.
+    Clusters {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Clusters created at once in the concurrency run.
+        #[arg(long, default_value_t = 20)]
+        concurrent: usize,
+        /// Nodes of each of those clusters.
+        #[arg(long, default_value_t = 2)]
+        nodes_each: i32,
+    },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Clusters {
+            json,
+            concurrent,
+            nodes_each,
+        } => crate::bench_clusters::run(json, concurrent, nodes_each).await,
         Bench::Store {
             json,
             ops,

@@ -1,6 +1,7 @@
 //! The `korvet` binary: maps subcommands to library calls and owns process set-up.
 
 mod bench;
+mod bench_clusters;
 mod cli;
 mod control_plane;
 mod lb;
@@ -58,9 +59,19 @@ enum Command {
     Node(node::NodeArgs),
 }
 
-fn init_logging() {
+/// Long-running components log what they do; the CLI and benchmarks only warnings, so
+/// that their own output stays readable. `KORVET_LOG` overrides both.
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Bench { .. }
+        | Command::Cluster { .. }
+        | Command::Nodepool { .. }
+        | Command::Kubeconfig { .. }
+        | Command::Up(_) => "warn",
+        _ => "info",
+    };
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KORVET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("KORVET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -68,8 +79,8 @@ fn init_logging() {
 }
 
 fn main() -> std::process::ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
