@@ -340,6 +340,48 @@ async fn delete_instances(server: &ApiServer, crd: &Value) {
     }
 }
 
+/// Makes sure each of `crds` is stored as given: created when missing, its spec replaced
+/// when it differs (a server that ships its own resource types, such as the management
+/// API, installs them this way on every start).
+pub async fn install(server: &ApiServer, crds: &[Value]) -> ApiResult<()> {
+    let Some(resource) = server
+        .registry
+        .get(CRD_GROUP, "v1", "customresourcedefinitions")
+    else {
+        return Err(crate::error::ApiError::internal(
+            "no customresourcedefinitions resource",
+        ));
+    };
+    for crd in crds {
+        let name = text(&crd["metadata"]["name"]);
+        let causes = validate_crd(crd, None);
+        if !causes.is_empty() {
+            return Err(crate::error::ApiError::invalid(
+                &resource.target(&name),
+                causes,
+            ));
+        }
+        let key = resource.key(None, &name);
+        match server.objects.get(&key).await? {
+            None => {
+                let mut object = crd.clone();
+                object["apiVersion"] = json!("apiextensions.k8s.io/v1");
+                object["kind"] = json!("CustomResourceDefinition");
+                crate::strategy::prepare_create(&resource, &mut object);
+                server.objects.create(&key, &object).await?;
+            }
+            Some((mut current, revision)) if current["spec"] != crd["spec"] => {
+                current["spec"] = crd["spec"].clone();
+                current["metadata"]["generation"] =
+                    json!(current["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+                server.objects.update(&key, &current, revision).await?;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,46 +433,4 @@ mod tests {
                 && fields.contains(&"spec.scope".to_string())
         );
     }
-}
-
-/// Makes sure each of `crds` is stored as given: created when missing, its spec replaced
-/// when it differs (a server that ships its own resource types, such as the management
-/// API, installs them this way on every start).
-pub async fn install(server: &ApiServer, crds: &[Value]) -> ApiResult<()> {
-    let Some(resource) = server
-        .registry
-        .get(CRD_GROUP, "v1", "customresourcedefinitions")
-    else {
-        return Err(crate::error::ApiError::internal(
-            "no customresourcedefinitions resource",
-        ));
-    };
-    for crd in crds {
-        let name = text(&crd["metadata"]["name"]);
-        let causes = validate_crd(crd, None);
-        if !causes.is_empty() {
-            return Err(crate::error::ApiError::invalid(
-                &resource.target(&name),
-                causes,
-            ));
-        }
-        let key = resource.key(None, &name);
-        match server.objects.get(&key).await? {
-            None => {
-                let mut object = crd.clone();
-                object["apiVersion"] = json!("apiextensions.k8s.io/v1");
-                object["kind"] = json!("CustomResourceDefinition");
-                crate::strategy::prepare_create(&resource, &mut object);
-                server.objects.create(&key, &object).await?;
-            }
-            Some((mut current, revision)) if current["spec"] != crd["spec"] => {
-                current["spec"] = crd["spec"].clone();
-                current["metadata"]["generation"] =
-                    json!(current["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
-                server.objects.update(&key, &current, revision).await?;
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }

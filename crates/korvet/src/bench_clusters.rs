@@ -140,7 +140,10 @@ async fn delete_and_wait(client: &kube::Client, names: &[String]) -> anyhow::Res
         if left == 0 {
             return Ok(started.elapsed().as_secs_f64());
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "{left} clusters were not deleted in 5 minutes");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "{left} clusters were not deleted in 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -160,9 +163,10 @@ fn rss_mb(pid: u32) -> f64 {
 }
 
 fn recorded_rss(processes: &Path, name: &str) -> f64 {
-    let record: Option<serde_json::Value> = std::fs::read_to_string(processes.join(format!("{name}.json")))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let record: Option<serde_json::Value> =
+        std::fs::read_to_string(processes.join(format!("{name}.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
     record
         .and_then(|r| r["process"]["pid"].as_u64())
         .map(|pid| rss_mb(pid as u32))
@@ -208,10 +212,13 @@ pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Resu
     provider.destroy_all().await?;
     let figures = result?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "clusters": figures,
-            "goals": goals(&figures),
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "clusters": figures,
+                "goals": goals(&figures),
+            }))?
+        );
     } else {
         print_table(&figures);
     }
@@ -248,21 +255,33 @@ async fn measure(
     let agent = node_figures.iter().map(|f| f.1).sum::<f64>() / count;
     let memory = MemoryFigures {
         control_plane_mb: recorded_rss(&single_dir, "master-0"),
-        ha_master_mb: (0..3).map(|i| recorded_rss(&ha_dir, &format!("master-{i}"))).sum::<f64>() / 3.0,
-        ha_etcd_member_mb: (0..3).map(|i| recorded_rss(&ha_dir, &format!("etcd-{i}"))).sum::<f64>() / 3.0,
+        ha_master_mb: (0..3)
+            .map(|i| recorded_rss(&ha_dir, &format!("master-{i}")))
+            .sum::<f64>()
+            / 3.0,
+        ha_etcd_member_mb: (0..3)
+            .map(|i| recorded_rss(&ha_dir, &format!("etcd-{i}")))
+            .sum::<f64>()
+            / 3.0,
         ha_lb_mb: recorded_rss(&ha_dir, "lb"),
         node_sandbox_mb: containerd + agent,
         node_containerd_mb: containerd,
         node_agent_mb: agent,
     };
-    delete_and_wait(&client, &["bench-single".to_string(), "bench-ha".to_string()]).await?;
+    delete_and_wait(
+        &client,
+        &["bench-single".to_string(), "bench-ha".to_string()],
+    )
+    .await?;
 
     eprintln!("bench clusters: {concurrent} clusters of 1 master + {nodes_each} nodes at once");
     let names: Vec<String> = (0..concurrent).map(|i| format!("bench-many-{i}")).collect();
     let started = Instant::now();
-    let results = futures::future::join_all(names.iter().map(|name| {
-        create_and_time(&client, name, 1, nodes_each, Duration::from_secs(300))
-    }))
+    let results = futures::future::join_all(
+        names
+            .iter()
+            .map(|name| create_and_time(&client, name, 1, nodes_each, Duration::from_secs(300))),
+    )
     .await;
     let all_ready_seconds = started.elapsed().as_secs_f64();
     let figures = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
@@ -293,7 +312,10 @@ fn goals(figures: &ClusterBench) -> serde_json::Value {
 
 fn print_table(f: &ClusterBench) {
     println!("cluster creation (from the create call)");
-    println!("  {:<24} {:>10} {:>12}", "shape", "API (s)", "all Ready (s)");
+    println!(
+        "  {:<24} {:>10} {:>12}",
+        "shape", "API (s)", "all Ready (s)"
+    );
     for c in [&f.single, &f.ha] {
         println!(
             "  {:<24} {:>10.2} {:>12.2}",
@@ -312,7 +334,10 @@ fn print_table(f: &ClusterBench) {
     );
     let m = &f.memory;
     println!("resident memory (MB)");
-    println!("  hosted control plane (korvet control-plane, 1 master): {:.1}", m.control_plane_mb);
+    println!(
+        "  hosted control plane (korvet control-plane, 1 master): {:.1}",
+        m.control_plane_mb
+    );
     println!(
         "  3 masters, per master: API server {:.1}, etcd member {:.1}; API balancer {:.1}",
         m.ha_master_mb, m.ha_etcd_member_mb, m.ha_lb_mb

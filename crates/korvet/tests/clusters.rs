@@ -242,7 +242,7 @@ fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
         processes_with("--node-name=life-workers").is_empty(),
         "node agents still run after stop"
     );
-    assert!(kubectl.run(&["get", "nodes", "--request-timeout=2s"]).ok == false);
+    assert!(!kubectl.run(&["get", "nodes", "--request-timeout=2s"]).ok);
     let scale = platform.fails(&[
         "cluster",
         "scale",
@@ -458,4 +458,96 @@ fn bad_requests_are_refused_with_clear_messages() {
         "{stopped}"
     );
     platform.ok(&["cluster", "delete", "idle", "--wait"]);
+}
+
+/// Ends `korvet up` by PID and removes what it made, also when the test fails.
+struct Up {
+    child: std::process::Child,
+    home: tempfile::TempDir,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        korvet_test_support::platform::remove_everything(&self.home.path().join("data"));
+    }
+}
+
+#[test]
+fn korvet_up_brings_up_the_demo_cluster_and_ctrl_c_stops_it() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_korvet"))
+        .args(["up", "--home"])
+        .arg(home.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start korvet up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut up = Up { child, home };
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let mut kubeconfig = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        match printed.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => {
+                if let Some(path) = line.trim().strip_prefix("kubeconfig:") {
+                    kubeconfig = Some(PathBuf::from(path.trim()));
+                }
+                if line.contains("press Ctrl-C") {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => panic!("korvet up ended early"),
+        }
+    }
+    let kubeconfig = kubeconfig.expect("korvet up printed the kubeconfig path");
+    let kubectl =
+        korvet_test_support::Kubectl::new(kubeconfig, up.home.path().join("kubectl-cache"));
+    let nodes = ready_nodes(&kubectl);
+    assert_eq!(nodes.len(), 2, "{nodes:#?}");
+    assert!(nodes
+        .iter()
+        .all(
+            |n| n["metadata"]["labels"]["topology.kubernetes.io/zone"] == "zone-a"
+                && n["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "small"
+        ));
+    // Ctrl-C: the platform, the control plane and the machines stop; data stays.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &up.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while up.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "korvet up did not end on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let home = up.home.path().display().to_string();
+    assert!(
+        processes_with(&home).is_empty(),
+        "processes of the platform remain: {:?}",
+        processes_with(&home)
+    );
+    assert!(up
+        .home
+        .path()
+        .join("data/clusters/default.demo/master-0/store")
+        .exists());
 }

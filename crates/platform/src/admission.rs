@@ -2,6 +2,9 @@
 //! exists, that a control plane has 1 or 3 masters, that a stopped cluster is not
 //! scaled, that what a running cluster is built from does not change under it.
 
+// `ApiError` carries a full Status; the API server's crate allows the same.
+#![allow(clippy::result_large_err)]
+
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;

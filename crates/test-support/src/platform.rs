@@ -197,27 +197,33 @@ fn tail(text: &str) -> String {
 impl Drop for TestPlatform {
     fn drop(&mut self) {
         self.kill_server();
-        let data_dir = self.data_dir();
-        // A fresh runtime: Drop may run inside or outside of one.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok(provider) = korvet_cloud::LocalProvider::open(
-                    &data_dir.join("provider"),
-                    korvet_cloud::local::default_pool(),
-                ) {
-                    if let Err(e) = korvet_platform::stop_everything(&data_dir, &provider).await {
-                        eprintln!("cleanup: stopping control planes: {e}");
-                    }
-                    if let Err(e) = provider.destroy_all().await {
-                        eprintln!("cleanup: removing machines and networks: {e}");
-                    }
-                }
-            });
-        });
-        let _ = cleanup.join();
+        remove_everything(&self.data_dir());
     }
+}
+
+/// Stops every hosted control plane and removes every machine and network a platform
+/// with this data directory made (for tests, after its server is gone).
+pub fn remove_everything(data_dir: &Path) {
+    let data_dir = data_dir.to_path_buf();
+    // A thread with its own runtime: callers may be inside a runtime or not.
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            if let Ok(provider) = korvet_cloud::LocalProvider::open(
+                &data_dir.join("provider"),
+                korvet_cloud::local::default_pool(),
+            ) {
+                if let Err(e) = korvet_platform::stop_everything(&data_dir, &provider).await {
+                    eprintln!("cleanup: stopping control planes: {e}");
+                }
+                if let Err(e) = provider.destroy_all().await {
+                    eprintln!("cleanup: removing machines and networks: {e}");
+                }
+            }
+        });
+    });
+    let _ = cleanup.join();
 }
