@@ -96,32 +96,13 @@ pub async fn authenticate_token(
         .find(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
     {
         // Static tokens are audience-agnostic: valid for the API server's audiences only.
-        let api = api_audiences();
-        let meant_for: Vec<String> = if audiences.is_empty() {
-            api
-        } else {
-            audiences
-                .iter()
-                .filter(|a| api.contains(a))
-                .cloned()
-                .collect()
-        };
-        return (!meant_for.is_empty()).then(|| (t.user.clone(), meant_for));
+        return api_audiences_among(api_audiences(), audiences)
+            .map(|meant_for| (t.user.clone(), meant_for));
     }
     if crate::bootstrap_tokens::parse(token).is_some() {
         // Like static tokens, bootstrap tokens are for the API server's audiences only.
         let user = crate::bootstrap_tokens::authenticate(server, token).await?;
-        let api = api_audiences();
-        let meant_for: Vec<String> = if audiences.is_empty() {
-            api
-        } else {
-            audiences
-                .iter()
-                .filter(|a| api.contains(a))
-                .cloned()
-                .collect()
-        };
-        return (!meant_for.is_empty()).then_some((user, meant_for));
+        return api_audiences_among(api_audiences(), audiences).map(|meant_for| (user, meant_for));
     }
     if server.sa_token_signer.is_none() || !crate::sa_tokens::looks_like_jwt(token) {
         return None;
@@ -137,6 +118,21 @@ pub async fn authenticate_token(
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The API server's own audiences among those a client asked for (all of them when it
+/// asked for none; `api` is the server's); `None` when the token is not meant for this server.
+fn api_audiences_among(api: Vec<String>, audiences: &[String]) -> Option<Vec<String>> {
+    let meant_for: Vec<String> = if audiences.is_empty() {
+        api
+    } else {
+        audiences
+            .iter()
+            .filter(|a| api.contains(a))
+            .cloned()
+            .collect()
+    };
+    (!meant_for.is_empty()).then_some(meant_for)
 }
 
 #[cfg(test)]

@@ -168,6 +168,31 @@ fn leftovers(n: u32, cluster_dir: &Path) -> Vec<String> {
     found
 }
 
+/// Polls `check` every 100 ms until it returns `Ok`; panics with its last error after
+/// `seconds`.
+fn eventually(seconds: u64, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) => assert!(Instant::now() < deadline, "after {seconds} s: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until nothing Korvet made for network `n` and `cluster_dir` is left.
+fn assert_nothing_left(n: u32, cluster_dir: &Path) {
+    eventually(30, || {
+        let left = leftovers(n, cluster_dir);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("deleting the cluster left: {left:#?}"))
+        }
+    });
+}
+
 #[test]
 fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
     let platform = platform();
@@ -219,18 +244,15 @@ fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
         "1",
     ]);
     platform.wait_cluster("life", 60, running_with("1/1"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kubectl.json(&["get", "nodes"])["items"]
-        .as_array()
-        .map(Vec::len)
-        != Some(1)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "removed machines' Nodes were not deleted"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(30, || {
+        let nodes = kubectl.json(&["get", "nodes"]);
+        match nodes["items"].as_array().map(Vec::len) {
+            Some(1) => Ok(()),
+            _ => Err(format!(
+                "removed machines' Nodes were not deleted: {nodes:#}"
+            )),
+        }
+    });
     let before_stop = names(&ready_nodes(&kubectl));
 
     platform.ok(&["cluster", "stop", "life", "--wait"]);
@@ -263,18 +285,7 @@ fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
     );
 
     platform.ok(&["cluster", "delete", "life", "--wait"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = leftovers(n, &cluster_dir);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deleting the cluster left: {left:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_nothing_left(n, &cluster_dir);
     let machines = platform.kubectl().json(&["get", "machines.korvet.io"]);
     assert_eq!(machines["items"].as_array().map(Vec::len), Some(0));
     assert!(!platform
@@ -311,19 +322,15 @@ fn three_master_cluster_survives_losing_a_master_and_an_etcd_member() {
     }
     assert_eq!(ready_nodes(&kubectl).len(), 1);
     // The platform restarts both, and says so.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(30, || {
         let events = platform.kubectl().ok(&["get", "events"]);
-        if events.contains("ControlPlaneRestarted") {
-            assert!(
-                events.contains("etcd-1") && events.contains("master-0"),
-                "{events}"
-            );
-            break;
+        match events.contains("ControlPlaneRestarted") {
+            true if events.contains("etcd-1") && events.contains("master-0") => Ok(()),
+            _ => Err(format!(
+                "no restart of etcd-1 and master-0 reported:\n{events}"
+            )),
         }
-        assert!(Instant::now() < deadline, "no restart reported:\n{events}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     platform.wait_cluster("ha", 60, |c| {
         c["status"]["readyControlPlaneReplicas"] == 3
             && c["status"]["conditions"]
@@ -338,7 +345,33 @@ fn three_master_cluster_survives_losing_a_master_and_an_etcd_member() {
             .map(Vec::len),
         Some(10)
     );
+    // Stopped and started, the etcd cluster forms again from its members' data.
+    let cluster = platform.wait_cluster("ha", 5, |c| phase(c) == "Running");
+    let n = network_index(&cluster);
+    let cluster_dir = platform.data_dir().join("clusters/default.ha");
+    platform.ok(&["cluster", "stop", "ha", "--wait"]);
+    assert!(processes_with(&cluster_dir.display().to_string()).is_empty());
+    platform.ok(&["cluster", "start", "ha", "--wait"]);
+    platform.wait_cluster("ha", 60, running_with("1/1"));
+    assert_eq!(
+        kubectl.json(&["get", "configmaps"])["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
+    platform.ok(&[
+        "cluster",
+        "scale",
+        "ha",
+        "--pool",
+        "workers",
+        "--replicas",
+        "2",
+    ]);
+    platform.wait_cluster("ha", 60, running_with("2/2"));
+    assert_eq!(ready_nodes(&kubectl).len(), 2);
     platform.ok(&["cluster", "delete", "ha", "--wait"]);
+    assert_nothing_left(n, &cluster_dir);
 }
 
 #[test]
@@ -352,15 +385,15 @@ fn server_killed_mid_create_converges_without_duplicates() {
         "workers:small:zone-c:2",
     ]);
     // Kill the server while it is making machines.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !platform
-        .kubectl()
-        .ok(&["get", "machines.korvet.io", "-o", "name"])
-        .contains("machine")
-    {
-        assert!(Instant::now() < deadline, "no machine was created");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(30, || {
+        let machines = platform
+            .kubectl()
+            .ok(&["get", "machines.korvet.io", "-o", "name"]);
+        match machines.contains("machine") {
+            true => Ok(()),
+            false => Err("no machine was created".into()),
+        }
+    });
     platform.kill_server();
     platform.restart_server();
     let cluster = platform.wait_cluster("crash", 60, running_with("2/2"));
@@ -378,15 +411,7 @@ fn server_killed_mid_create_converges_without_duplicates() {
     assert_eq!(ready_nodes(&platform.cluster_kubectl("crash")).len(), 2);
     let n = network_index(&cluster);
     platform.ok(&["cluster", "delete", "crash", "--wait"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !leftovers(n, &cluster_dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "left: {:#?}",
-            leftovers(n, &cluster_dir)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_nothing_left(n, &cluster_dir);
 }
 
 #[test]

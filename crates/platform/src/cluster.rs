@@ -341,20 +341,9 @@ async fn sync_inline_pools(
                 .iter()
                 .any(|i| inline_pool_name(&name, &i.name) == p.name_any())
     }) {
-        delete_ignoring_missing(&api, &pool.name_any()).await?;
+        crate::delete_object(&api, &pool.name_any()).await?;
     }
     Ok(())
-}
-
-async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), PlatformError>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn ensure_kubeconfig_secret(
@@ -426,7 +415,7 @@ async fn delete(
     let pools_api: Api<NodePool> = Api::namespaced(ctx.client.clone(), namespace);
     for pool in pools_of(ctx, namespace, &name).await? {
         if pool.metadata.deletion_timestamp.is_none() {
-            delete_ignoring_missing(&pools_api, &pool.name_any()).await?;
+            crate::delete_object(&pools_api, &pool.name_any()).await?;
         }
     }
     if !machines.is_empty() {
@@ -446,7 +435,7 @@ async fn delete(
         Err(e) => return Err(PlatformError::Io(format!("{}: {e}", dir.display()))),
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    delete_ignoring_missing(&secrets, &format!("{name}-kubeconfig")).await?;
+    crate::delete_object(&secrets, &format!("{name}-kubeconfig")).await?;
     crate::remove_finalizer(api, cluster).await?;
     tracing::info!(cluster = %key, "cluster deleted");
     Ok(Action::await_change())

@@ -174,14 +174,27 @@ where
         .filter(|f| *f != FINALIZER)
         .collect();
     let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
-    match api
-        .patch(
+    not_found_is_done(
+        api.patch(
             &object.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
+        .await,
+    )
+}
+
+/// Deletes an object; one that is already gone counts as deleted.
+async fn delete_object<K>(api: &Api<K>, name: &str) -> Result<(), PlatformError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    not_found_is_done(api.delete(name, &kube::api::DeleteParams::default()).await)
+}
+
+/// A write or delete whose object is already gone has nothing left to do.
+fn not_found_is_done<T>(result: Result<T, kube::Error>) -> Result<(), PlatformError> {
+    match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -203,18 +216,14 @@ where
         return Ok(());
     }
     let patch = serde_json::json!({"status": status});
-    match api
-        .patch_status(
+    not_found_is_done(
+        api.patch_status(
             &object.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await,
+    )
 }
 
 fn error_policy<K>(object: Arc<K>, error: &PlatformError, _ctx: Arc<Context>) -> Action

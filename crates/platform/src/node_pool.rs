@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use korvet_api::{labels, Cluster, Machine, MachineSpec, NodePool, NodePoolStatus};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -39,7 +39,7 @@ pub async fn reconcile(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action,
             .iter()
             .filter(|m| m.metadata.deletion_timestamp.is_none())
         {
-            delete_machine(&machines_api, machine).await?;
+            crate::delete_object(&machines_api, &machine.name_any()).await?;
         }
         if !machines.is_empty() {
             return Ok(Action::requeue(Duration::from_millis(500)));
@@ -79,7 +79,7 @@ pub async fn reconcile(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action,
             )
         });
         for machine in victims.iter().take(live.len() - want) {
-            delete_machine(&machines_api, machine).await?;
+            crate::delete_object(&machines_api, &machine.name_any()).await?;
         }
         ctx.event(
             pool.as_ref(),
@@ -131,15 +131,4 @@ async fn create_machine(
     machine.metadata.finalizers = Some(vec![crate::FINALIZER.to_string()]);
     api.create(&PostParams::default(), &machine).await?;
     Ok(())
-}
-
-async fn delete_machine(api: &Api<Machine>, machine: &Machine) -> Result<(), PlatformError> {
-    match api
-        .delete(&machine.name_any(), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -143,9 +143,5 @@ pub async fn node_ready(tenant: &Tenant, name: &str) -> Result<bool, PlatformErr
 
 pub async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformError> {
     let nodes: Api<Node> = Api::all(tenant.client.clone());
-    match nodes.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::not_found_is_done(nodes.delete(name, &DeleteParams::default()).await)
 }
