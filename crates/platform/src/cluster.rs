@@ -12,7 +12,7 @@ use korvet_api::{
     cluster_condition, labels, machine_phase, phase, set_condition, Cluster, ClusterStatus,
     Condition, Machine, NodePool, NodePoolSpec,
 };
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
