@@ -19,8 +19,7 @@ pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 
-fn cidr_contains(ip: Ipv4Addr) -> bool {
-    let (base, bits) = SERVICE_CIDR;
+fn cidr_contains((base, bits): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - bits);
     u32::from(ip) & mask == u32::from(base) & mask
 }
@@ -83,7 +82,7 @@ async fn holder_alive(call: &Call<'_>, holder: &str) -> ApiResult<bool> {
 }
 
 async fn allocate_ip(call: &Call<'_>, owner: &str) -> ApiResult<Ipv4Addr> {
-    let (base, bits) = SERVICE_CIDR;
+    let (base, bits) = call.server.service_cidr();
     let size = 1u32 << (32 - bits);
     // Skip the network address and the first host (the `kubernetes` Service's address
     // and the 10th (cluster DNS) are handed out by request, not at random).
@@ -194,11 +193,16 @@ async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> 
                     ),
                 )
             })?;
-            if !cidr_contains(parsed) {
+            let range = call.server.service_cidr();
+            if !cidr_contains(range, parsed) {
                 return Err(invalid(
                     call,
                     object,
-                    Cause::invalid("spec.clusterIPs[0]", &json!(ip), "provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/12"),
+                    Cause::invalid(
+                        "spec.clusterIPs[0]",
+                        &json!(ip),
+                        &format!("provided IP is not in the valid range. The range of valid IPs is {}/{}", range.0, range.1),
+                    ),
                 ));
             }
             if !claim(call, &format!("{IP_PREFIX}{parsed}"), &owner).await? {
@@ -262,8 +266,14 @@ mod tests {
 
     #[test]
     fn service_range() {
-        assert!(cidr_contains(Ipv4Addr::new(10, 96, 0, 1)));
-        assert!(cidr_contains(Ipv4Addr::new(10, 111, 255, 254)));
-        assert!(!cidr_contains(Ipv4Addr::new(10, 112, 0, 1)));
+        assert!(cidr_contains(SERVICE_CIDR, Ipv4Addr::new(10, 96, 0, 1)));
+        assert!(cidr_contains(
+            SERVICE_CIDR,
+            Ipv4Addr::new(10, 111, 255, 254)
+        ));
+        assert!(!cidr_contains(SERVICE_CIDR, Ipv4Addr::new(10, 112, 0, 1)));
+        let small = (Ipv4Addr::new(10, 100, 0, 0), 16);
+        assert!(cidr_contains(small, Ipv4Addr::new(10, 100, 3, 4)));
+        assert!(!cidr_contains(small, Ipv4Addr::new(10, 96, 0, 1)));
     }
 }

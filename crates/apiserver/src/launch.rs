@@ -27,6 +27,8 @@ pub struct ApiServerConfig {
     pub pki_dir: Option<PathBuf>,
     /// Validating admission plugins beyond the built-in checks.
     pub admission: crate::admission::Plugins,
+    /// Where ClusterIPs come from (default 10.96.0.0/12).
+    pub service_cidr: Option<(std::net::Ipv4Addr, u8)>,
     /// CustomResourceDefinitions that must exist before the server serves (created when
     /// missing, replaced when different).
     pub crds: Vec<serde_json::Value>,
@@ -141,6 +143,9 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         .await
         .map_err(LaunchError::Bootstrap)?;
     server.set_admission(config.admission.clone());
+    if let Some(cidr) = config.service_cidr {
+        let _ = server.service_cidr_setting.set(cidr);
+    }
     let crd_sync = crate::crd::sync(server.clone())
         .await
         .map_err(LaunchError::Bootstrap)?;

@@ -38,6 +38,9 @@ pub struct ApiServer {
     pub sa_token_signer: Option<Arc<crate::sa_tokens::TokenSigner>>,
     /// Validating admission plugins, installed once after start-up.
     pub admission: std::sync::OnceLock<crate::admission::Plugins>,
+    /// ClusterIPs come from here (upstream's `--service-cluster-ip-range`); set once at
+    /// start-up, else [`crate::allocation::SERVICE_CIDR`].
+    pub service_cidr_setting: std::sync::OnceLock<(std::net::Ipv4Addr, u8)>,
 }
 
 impl ApiServer {
@@ -56,7 +59,15 @@ impl ApiServer {
             metrics: crate::metrics::Metrics::new(),
             sa_token_signer,
             admission: std::sync::OnceLock::new(),
+            service_cidr_setting: std::sync::OnceLock::new(),
         })
+    }
+
+    pub fn service_cidr(&self) -> (std::net::Ipv4Addr, u8) {
+        self.service_cidr_setting
+            .get()
+            .copied()
+            .unwrap_or(crate::allocation::SERVICE_CIDR)
     }
 
     /// Creates what every cluster starts with: the system namespaces and the default

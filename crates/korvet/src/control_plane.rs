@@ -31,6 +31,22 @@ pub struct ControlPlaneArgs {
     /// Directory of the cluster's PKI when replicas share it (default DATA_DIR/pki).
     #[arg(long)]
     pki_dir: Option<PathBuf>,
+    /// Where Services' ClusterIPs come from.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    service_cluster_ip_range: (std::net::Ipv4Addr, u8),
+}
+
+fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let net: ipnet::Ipv4Net = text
+        .parse()
+        .map_err(|e| format!("{e}: expected an IPv4 network such as 10.96.0.0/12"))?;
+    if net.network() != net.addr() {
+        return Err(format!(
+            "{text} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok((net.network(), net.prefix_len()))
 }
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
@@ -49,6 +65,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         pki_dir: args.pki_dir,
         admission: Vec::new(),
         crds: Vec::new(),
+        service_cidr: Some(args.service_cluster_ip_range),
     })
     .await?;
     // The admin identity may approve and sign CSRs; the CA signs node certificates.

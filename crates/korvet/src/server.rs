@@ -111,6 +111,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
             pool: (pool.network(), pool.prefix_len()),
         })],
         crds,
+        service_cidr: None,
     })
     .await?;
     let kubeconfig = std::fs::read_to_string(&api.kubeconfig)

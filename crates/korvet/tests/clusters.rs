@@ -202,9 +202,18 @@ fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
         "life",
         "--pool",
         "workers:small:zone-a:2",
+        "--service-cidr",
+        "10.100.0.0/16",
         "--wait",
     ]);
     let kubectl = platform.cluster_kubectl("life");
+    kubectl.ok(&["create", "service", "clusterip", "web", "--tcp=80"]);
+    let service = kubectl.json(&["get", "service", "web"]);
+    let ip = service["spec"]["clusterIP"].as_str().unwrap_or_default();
+    assert!(
+        ip.starts_with("10.100."),
+        "ClusterIP {ip} from the cluster's service CIDR"
+    );
     let nodes = ready_nodes(&kubectl);
     assert_eq!(nodes.len(), 2, "{nodes:#?}");
     for node in &nodes {

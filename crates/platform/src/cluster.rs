@@ -110,7 +110,14 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             &now,
         );
     } else {
-        let health = control_plane::ensure(&ctx.supervisor, &layout, &ctx.binaries, &name).await?;
+        let health = control_plane::ensure(
+            &ctx.supervisor,
+            &layout,
+            &ctx.binaries,
+            &name,
+            &cluster.spec.network.service_cidr,
+        )
+        .await?;
         for (process, restarts) in &health.crashing {
             ctx.event(
                 cluster.as_ref(),

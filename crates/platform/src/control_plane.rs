@@ -25,7 +25,12 @@ struct Member {
     spec: ProcessSpec,
 }
 
-fn members(layout: &ClusterLayout, binaries: &Binaries, cluster_name: &str) -> Vec<Member> {
+fn members(
+    layout: &ClusterLayout,
+    binaries: &Binaries,
+    cluster_name: &str,
+    service_cidr: &str,
+) -> Vec<Member> {
     let mut members = Vec::new();
     let ha = layout.masters > 1;
     if ha {
@@ -86,6 +91,7 @@ fn members(layout: &ClusterLayout, binaries: &Binaries, cluster_name: &str) -> V
             format!("--listen={}", layout.master_listen(i)),
             format!("--store={store}"),
             format!("--cluster-name={cluster_name}"),
+            format!("--service-cluster-ip-range={service_cidr}"),
         ];
         args.extend(
             layout
@@ -159,9 +165,10 @@ pub async fn ensure(
     layout: &ClusterLayout,
     binaries: &Binaries,
     cluster_name: &str,
+    service_cidr: &str,
 ) -> Result<Health, PlatformError> {
     let mut health = Health::default();
-    let members = members(layout, binaries, cluster_name);
+    let members = members(layout, binaries, cluster_name, service_cidr);
     let states = futures::future::join_all(members.iter().map(|m| {
         let record = layout.process_dir().join(format!("{}.json", m.name));
         async move { supervisor.ensure(&record, &m.spec).await }

@@ -176,6 +176,7 @@ async fn start_server(
         pki_dir: None,
         admission: Vec::new(),
         crds: Vec::new(),
+        service_cidr: None,
     })
     .await
     .unwrap_or_else(|e| panic!("start control plane: {e}"))

@@ -27,6 +27,12 @@ pub struct CreateArgs {
     /// A node pool as NAME:FLAVOR:ZONE:COUNT (repeatable), e.g. workers:small:zone-a:2.
     #[arg(long = "pool")]
     pub pools: Vec<String>,
+    /// Network of the pods (default 10.244.0.0/16).
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Network of the Services' ClusterIPs (default 10.96.0.0/12).
+    #[arg(long)]
+    pub service_cidr: Option<String>,
     /// Wait until the cluster is Running, showing its progress.
     #[arg(long)]
     pub wait: bool,
@@ -93,6 +99,12 @@ pub async fn run(
             };
             if let Some(version) = args.version {
                 spec.version = version;
+            }
+            if let Some(cidr) = args.pod_cidr {
+                spec.network.pod_cidr = cidr;
+            }
+            if let Some(cidr) = args.service_cidr {
+                spec.network.service_cidr = cidr;
             }
             let cluster = Cluster::new(&args.name, spec);
             let created = api
