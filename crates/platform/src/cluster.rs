@@ -174,6 +174,19 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
                 .connect(&key, &kubeconfig, &layout.endpoint_url(), pki.ca_cert_pem())
                 .await?;
             sync_inline_pools(&ctx, &cluster, &namespace).await?;
+            if let Some(tenant) = ctx.tenants.get(&key) {
+                // Listed again: a machine made since the start of this reconcile may
+                // already have registered its Node.
+                let live: Vec<String> = machines_of(&ctx, &namespace, &name)
+                    .await?
+                    .iter()
+                    .filter(|m| m.metadata.deletion_timestamp.is_none())
+                    .map(|m| m.name_any())
+                    .collect();
+                if let Err(e) = crate::tenant::housekeeping(&tenant, &live).await {
+                    tracing::warn!(cluster = %key, error = %e, "cluster housekeeping failed");
+                }
+            }
         }
         let nodes_ready = ready_nodes >= desired_nodes && machines.len() as i32 == desired_nodes;
         set_condition(

@@ -145,3 +145,46 @@ pub async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformErro
     let nodes: Api<Node> = Api::all(tenant.client.clone());
     crate::not_found_is_done(nodes.delete(name, &DeleteParams::default()).await)
 }
+
+/// Removes what a cluster keeps that the platform no longer needs: Nodes of the
+/// platform's pools whose Machine is gone (deleted while the cluster was stopped), and
+/// bootstrap tokens past their expiration (upstream's token cleaner).
+pub async fn housekeeping(tenant: &Tenant, machines: &[String]) -> Result<(), PlatformError> {
+    let nodes: Api<Node> = Api::all(tenant.client.clone());
+    let pooled = kube::api::ListParams::default().labels(korvet_api::labels::NODE_POOL);
+    for node in nodes.list(&pooled).await?.items {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        // A Node younger than a minute may belong to a machine made after `machines`
+        // was listed.
+        let settled = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| jiff::Timestamp::now().duration_since(t.0).as_secs() > 60);
+        if settled && !machines.contains(&name) && node.metadata.deletion_timestamp.is_none() {
+            tracing::info!(node = %name, "removing the Node of a machine that no longer exists");
+            delete_node(tenant, &name).await?;
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(tenant.client.clone(), "kube-system");
+    let tokens = kube::api::ListParams::default().fields("type=bootstrap.kubernetes.io/token");
+    let now = jiff::Timestamp::now();
+    for secret in secrets.list(&tokens).await?.items {
+        let expired = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("expiration"))
+            .and_then(|e| {
+                std::str::from_utf8(&e.0)
+                    .ok()?
+                    .parse::<jiff::Timestamp>()
+                    .ok()
+            })
+            .is_some_and(|expiration| expiration < now);
+        if expired {
+            let name = secret.metadata.name.unwrap_or_default();
+            crate::not_found_is_done(secrets.delete(&name, &DeleteParams::default()).await)?;
+        }
+    }
+    Ok(())
+}
