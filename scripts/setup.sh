@@ -12,6 +12,8 @@ PACKAGES=(
   iproute2             # network namespaces, bridges and veths of the local provider
   containerd runc      # each machine's own container runtime
   nftables
+  skopeo               # OCI interop oracle of the registry tests
+  busybox-static       # /bin/busybox, the base of the busybox and pause images
 )
 
 as_root() {

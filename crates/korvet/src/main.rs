@@ -4,8 +4,10 @@ mod bench;
 mod bench_clusters;
 mod cli;
 mod control_plane;
+mod image;
 mod lb;
 mod node;
+mod registry;
 mod server;
 mod signals;
 mod up;
@@ -57,6 +59,13 @@ enum Command {
     },
     /// Run a node agent: join a cluster with a bootstrap token, register, heartbeat.
     Node(node::NodeArgs),
+    /// Serve the OCI image registry on its own (the platform serves it in `korvet server`).
+    Registry(registry::RegistryArgs),
+    /// Build images (root filesystem or static binary) and list a registry's images.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
 }
 
 /// Long-running components log what they do; the CLI and benchmarks only warnings, so
@@ -67,6 +76,7 @@ fn init_logging(command: &Command) {
         | Command::Cluster { .. }
         | Command::Nodepool { .. }
         | Command::Kubeconfig { .. }
+        | Command::Image { .. }
         | Command::Up(_) => "warn",
         _ => "info",
     };
@@ -102,6 +112,8 @@ fn main() -> std::process::ExitCode {
             Command::Nodepool { global, command } => cli::run_nodepool(global, command).await,
             Command::Kubeconfig { global, name } => cli::kubeconfig(global, name).await,
             Command::Node(args) => node::run(args).await,
+            Command::Registry(args) => registry::run(args).await,
+            Command::Image { command } => image::run(command).await,
         }
     });
     match result {
