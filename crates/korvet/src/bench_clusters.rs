@@ -198,6 +198,7 @@ pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Resu
         listen: "127.0.0.1:0".parse()?,
         store: "embedded".into(),
         pool: "10.200.0.0/13".into(),
+        registry_port: 0,
     };
     let server = server::start(&args).await?;
     let result = measure(&server, concurrent, nodes_each).await;

@@ -27,7 +27,15 @@ pub struct ServerArgs {
     /// The address pool of machines and cluster endpoints.
     #[arg(long, default_value = "10.200.0.0/13")]
     pub pool: String,
+    /// Port of the image registry, served on the platform's own network address (which
+    /// every machine reaches) with the management API's certificate.
+    #[arg(long, default_value_t = 5443)]
+    pub registry_port: u16,
 }
+
+/// The provider network the platform's own services (the registry) listen on; its key
+/// has no dot, so it never collides with a cluster's `NAMESPACE.NAME`.
+const PLATFORM_NETWORK: &str = "korvet-platform";
 
 /// A running management plane; dropping it stops the API and the controllers (hosted
 /// control planes and machines keep running).
@@ -35,7 +43,10 @@ pub struct RunningServer {
     pub api: RunningApiServer,
     pub provider: Arc<LocalProvider>,
     pub data_dir: PathBuf,
+    /// `https://ADDRESS:PORT` of the image registry.
+    pub registry_url: String,
     controllers: tokio::task::JoinHandle<()>,
+    _registry: korvet_registry::server::ServeHandle,
 }
 
 impl Drop for RunningServer {
@@ -93,6 +104,11 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
             .context("opening the local infrastructure provider")?,
     );
     let zones = provider.zones();
+    let platform_network = provider
+        .ensure_network(PLATFORM_NETWORK)
+        .await
+        .context("creating the platform's network")?;
+    let registry_ip = platform_network.api_endpoint;
     let crds = korvet_api::crds()
         .iter()
         .map(serde_json::to_value)
@@ -102,7 +118,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
         store,
-        extra_hosts: Vec::new(),
+        extra_hosts: vec![registry_ip.to_string()],
         token_auth_file: None,
         cluster_name: "korvet".into(),
         pki_dir: None,
@@ -120,6 +136,12 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
     korvet_platform::seed(&client, &zones)
         .await
         .context("creating the default flavors and zones")?;
+    let (registry, registry_url) = start_registry(
+        args,
+        &api,
+        std::net::SocketAddr::from((registry_ip, args.registry_port)),
+    )
+    .await?;
     let config = PlatformConfig {
         data_dir: args.data_dir.clone(),
         binaries: binaries()?,
@@ -130,8 +152,62 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         api,
         provider,
         data_dir: args.data_dir.clone(),
+        registry_url,
         controllers,
+        _registry: registry,
     })
+}
+
+/// Serves the image registry with the management API's certificate; pushes need a token
+/// the management API accepts. The base images are built in the background.
+async fn start_registry(
+    args: &ServerArgs,
+    api: &RunningApiServer,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<(korvet_registry::server::ServeHandle, String)> {
+    let dir = args.data_dir.join("registry");
+    let registry = Arc::new(
+        korvet_registry::Registry::open(&dir)
+            .with_context(|| format!("opening the image registry in {}", dir.display()))?,
+    );
+    let pki = korvet_apiserver::pki::ClusterPki::load_or_create(
+        &args.data_dir.join("pki"),
+        &[listen.ip().to_string()],
+    )
+    .context("loading the platform's certificates")?;
+    let tls = pki
+        .server_config()
+        .context("the registry's TLS configuration")?;
+    let server = api.server.clone();
+    let auth = korvet_registry::TokenAuthenticator::from_fn(move |token: String| {
+        let server = server.clone();
+        async move {
+            korvet_apiserver::tokens::authenticate_token(&server, &token, &[])
+                .await
+                .map(|(user, _)| korvet_registry::User { name: user.name })
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("the image registry cannot listen on {listen} (is the port taken? choose another with --registry-port)")
+    })?;
+    let handle = registry
+        .clone()
+        .serve(listener, Some(tls), Arc::new(auth))
+        .context("starting the image registry")?;
+    let url = format!("https://{}", handle.local_addr());
+    tokio::spawn(async move {
+        let busybox = std::path::Path::new(korvet_registry::build::BUSYBOX);
+        match korvet_registry::build::ensure_base_images(&registry, busybox).await {
+            Ok(added) if !added.is_empty() => {
+                tracing::info!(images = ?added, "built the base images into the registry")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build the base images (is busybox-static installed?)")
+            }
+        }
+    });
+    Ok((handle, url))
 }
 
 fn binaries() -> anyhow::Result<Binaries> {
@@ -144,6 +220,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server = start(&args).await?;
     println!("management API on {}", server.api.url());
     println!("admin kubeconfig: {}", server.api.kubeconfig.display());
+    println!(
+        "image registry: {} (CA: {})",
+        server.registry_url,
+        args.data_dir.join("pki/ca.crt").display()
+    );
     println!(
         "try: KORVET_KUBECONFIG={} korvet cluster create demo --pool workers:small:zone-a:2 --wait",
         server.api.kubeconfig.display()

@@ -41,6 +41,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         listen: args.listen,
         store: "embedded".into(),
         pool: "10.200.0.0/13".into(),
+        registry_port: 5443,
     };
     eprintln!(
         "korvet up: starting the management plane in {}",

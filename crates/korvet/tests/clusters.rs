@@ -585,3 +585,46 @@ fn korvet_up_brings_up_the_demo_cluster_and_ctrl_c_stops_it() {
         .join("data/clusters/default.demo/master-0/store")
         .exists());
 }
+
+#[test]
+fn the_platform_registry_serves_the_base_images() {
+    let platform = platform();
+    let url = platform.registry_url();
+    let ca = platform.data_dir().join("pki/ca.crt");
+    let ca = ca.display().to_string();
+    eventually(60, || {
+        let run = platform.cli(&["image", "list", "--registry", &url, "--ca", &ca]);
+        let listed = run.stdout;
+        let host = url.trim_start_matches("https://");
+        match ["busybox", "pause", "demo-web"]
+            .iter()
+            .all(|image| listed.contains(&format!("{host}/{image}:latest")))
+        {
+            true => Ok(()),
+            false => Err(format!("base images not listed:\n{listed}{}", run.stderr)),
+        }
+    });
+    // Pushing needs a token the management API accepts.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("hello"), "hi").expect("file");
+    let source = dir.path().display().to_string();
+    let push = platform.fails(&[
+        "image",
+        "build",
+        "--from-dir",
+        &source,
+        "--tag",
+        &format!("{}/mine/hello:v1", url.trim_start_matches("https://")),
+        "--push",
+        "--registry",
+        &url,
+        "--ca",
+        &ca,
+        "--token",
+        "not-a-token",
+    ]);
+    assert!(
+        push.contains("401") || push.to_lowercase().contains("unauthorized"),
+        "{push}"
+    );
+}

@@ -88,6 +88,21 @@ impl TestPlatform {
         }
     }
 
+    /// `https://ADDRESS:PORT` of the platform's image registry, as the server printed it.
+    pub fn registry_url(&self) -> String {
+        self.server_log()
+            .lines()
+            .find_map(|l| l.strip_prefix("image registry: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                panic!(
+                    "the server printed no registry address:\n{}",
+                    self.server_log()
+                )
+            })
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
