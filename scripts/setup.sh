@@ -11,6 +11,8 @@ PACKAGES=(
   python3 python3-venv # the official Python client runs in a virtualenv in the tests
   iproute2             # network namespaces, bridges and veths of the local provider
   containerd runc      # each machine's own container runtime
+  containernetworking-plugins # CNI plugins (bridge, host-local, portmap, loopback) for pods
+  busybox-static       # the rootfs of the built-in busybox and pause images
   nftables
 )
 
