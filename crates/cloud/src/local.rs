@@ -949,6 +949,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 # The node agent imports this image (built from busybox) until a registry serves it.
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "korvet.local/pause:latest"
+  # Without CAP_SYS_RESOURCE (a host that is itself a container) lowering a
+  # container's oom_score_adj fails: keep it no lower than containerd's own.
+  restrict_oom_score_adj = true
 
 # Each machine has its own CNI configuration (written by its node agent).
 [plugins."io.containerd.grpc.v1.cri".cni]

@@ -324,7 +324,10 @@ mod tests {
     #[test]
     fn phases_follow_upstream() {
         let creating = view("c", Seen::waiting("ContainerCreating", None), None);
-        assert_eq!(phase("Always", &[], std::slice::from_ref(&creating)), "Pending");
+        assert_eq!(
+            phase("Always", &[], std::slice::from_ref(&creating)),
+            "Pending"
+        );
         assert_eq!(
             phase("Always", &[], &[view("c", running(), None)]),
             "Running"
@@ -355,7 +358,11 @@ mod tests {
             "Pending"
         );
         assert_eq!(
-            phase("Never", &[view("i", exited(1), None)], std::slice::from_ref(&creating)),
+            phase(
+                "Never",
+                &[view("i", exited(1), None)],
+                std::slice::from_ref(&creating)
+            ),
             "Failed"
         );
         assert_eq!(
