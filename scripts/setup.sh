@@ -11,9 +11,10 @@ PACKAGES=(
   python3 python3-venv # the official Python client runs in a virtualenv in the tests
   iproute2             # network namespaces, bridges and veths of the local provider
   containerd runc      # each machine's own container runtime
+  containernetworking-plugins # CNI plugins (bridge, host-local, portmap, loopback) for pods
   nftables
   skopeo               # OCI interop oracle of the registry tests
-  busybox-static       # /bin/busybox, the base of the busybox and pause images
+  busybox-static       # /bin/busybox, the base of the busybox, pause and demo-web images
 )
 
 as_root() {

@@ -140,10 +140,13 @@ impl CgroupPath {
         }
     }
 
-    /// Every PID in the cgroup, in any hierarchy.
+    /// Every PID in the cgroup or below it (pods' cgroups), in any hierarchy.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self
-            .dirs
+        let mut dirs = Vec::new();
+        for d in &self.dirs {
+            descendants(d, &mut dirs);
+        }
+        let mut pids: Vec<u32> = dirs
             .iter()
             .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
             .flat_map(|text| {
@@ -188,7 +191,13 @@ impl CgroupPath {
             return Ok(());
         }
         self.kill_all(Duration::from_secs(10)).await?;
-        for dir in &self.dirs {
+        // Children first: a cgroup with child cgroups cannot be removed.
+        let mut dirs = Vec::new();
+        for d in &self.dirs {
+            descendants(d, &mut dirs);
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in &dirs {
             // A cgroup whose last process just died can refuse rmdir briefly (EBUSY).
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
@@ -210,6 +219,19 @@ impl CgroupPath {
             }
         }
         Ok(())
+    }
+}
+
+/// `dir` and every cgroup directory below it.
+fn descendants(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            descendants(&entry.path(), out);
+        }
     }
 }
 

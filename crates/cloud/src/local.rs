@@ -946,6 +946,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.internal.v1.opt"]
   path = {opt}
 
+# The node agent imports this image (built from busybox) until a registry serves it.
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "korvet.local/pause:latest"
+  # Without CAP_SYS_RESOURCE (a host that is itself a container) lowering a
+  # container's oom_score_adj fails: keep it no lower than containerd's own.
+  restrict_oom_score_adj = true
+
 # Each machine has its own CNI configuration (written by its node agent).
 [plugins."io.containerd.grpc.v1.cri".cni]
   conf_dir = {cni}
@@ -1126,6 +1133,10 @@ mod tests {
     #[test]
     fn config_is_toml_with_quoted_paths() {
         let text = containerd_config(Path::new("/s/machines/m"), Path::new("/run/korvet/m/1-2"));
+        assert!(
+            text.contains(r#"sandbox_image = "korvet.local/pause:latest""#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"address = "/run/korvet/m/1-2/containerd.sock""#),
             "{text}"

@@ -34,6 +34,9 @@ pub struct ControlPlaneArgs {
     /// Where Services' ClusterIPs come from.
     #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
     service_cluster_ip_range: (std::net::Ipv4Addr, u8),
+    /// Pods' addresses: each Node gets a /24 of it as its podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: (std::net::Ipv4Addr, u8),
 }
 
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
@@ -75,6 +78,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         &running.kubeconfig,
         pki.ca_cert_pem().to_string(),
         pki.ca_key_pem(),
+        Some(args.cluster_cidr),
     )
     .await
     .context("starting the controllers")?;

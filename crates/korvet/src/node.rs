@@ -1,5 +1,5 @@
-//! `korvet node`: the node agent — joins the cluster, registers its Node and heartbeats
-//! until SIGTERM/SIGINT (the Node stays registered).
+//! `korvet node`: the node agent — joins the cluster, registers its Node, heartbeats and
+//! runs its pods until SIGTERM/SIGINT (the Node and its containers stay).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +42,15 @@ pub struct NodeArgs {
     /// Seconds to wait for the cluster to issue the node's certificate.
     #[arg(long, default_value_t = 120)]
     join_timeout_seconds: u64,
+    /// containerd's socket.
+    #[arg(long, env = "CONTAINERD_ADDRESS", default_value = korvet_node::cri::DEFAULT_SOCKET)]
+    containerd_address: PathBuf,
+    /// Directory of the CNI configuration containerd's CRI plugin reads.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// First restart delay (seconds) of crashing containers and failed pulls; doubles up to 5 minutes.
+    #[arg(long, env = "KORVET_CRASH_BACKOFF_SECONDS", default_value_t = 10.0)]
+    crash_backoff_seconds: f64,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -60,6 +69,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         provider_id: args.provider_id,
         metrics_listen: args.metrics_listen,
         join_timeout: Duration::from_secs(args.join_timeout_seconds),
+        containerd_socket: args.containerd_address,
+        cni_conf_dir: args.cni_conf_dir,
+        crash_backoff: Duration::try_from_secs_f64(args.crash_backoff_seconds)
+            .context("--crash-backoff-seconds")?,
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

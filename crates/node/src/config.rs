@@ -22,6 +22,12 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long to wait for the cluster to issue the node's certificate.
     pub join_timeout: Duration,
+    /// containerd's socket (CRI and images).
+    pub containerd_socket: PathBuf,
+    /// Where containerd's CRI plugin reads CNI configuration.
+    pub cni_conf_dir: PathBuf,
+    /// First restart delay of crashing containers and failed pulls (doubling to 5 min).
+    pub crash_backoff: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -73,11 +73,11 @@ pub async fn run(
     client: kube::Client,
     config: &NodeConfig,
     metrics: &Metrics,
+    runtime_version: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
-    let runtime_version = registration::container_runtime_version();
     let name = config.node_name.as_str();
     tokio::pin!(shutdown);
 

@@ -1,21 +1,32 @@
 //! The node agent (`korvet node`): joins a cluster with a bootstrap token
 //! ([`join`]), registers its Node ([`registration`]) and keeps it alive with a Lease and
-//! status updates ([`heartbeat`]). Later it becomes the full kubelet over CRI.
+//! status updates ([`heartbeat`]), and runs the pods bound to it through containerd's
+//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]).
 
+pub mod cni;
 pub mod config;
+pub mod cri;
 pub mod heartbeat;
+pub mod images;
 pub mod join;
 pub mod metrics;
+pub mod pods;
 pub mod registration;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::NodeConfig;
+
+/// Longest restart delay of a crashing container, as upstream.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
     Join(#[from] join::JoinError),
+    #[error(transparent)]
+    Cri(#[from] cri::CriError),
     #[error("cannot serve metrics on {address}: {source} (choose another --metrics-listen)")]
     Metrics {
         address: std::net::SocketAddr,
@@ -52,7 +63,31 @@ pub async fn run(
     if let Some(kubeconfig) = joined {
         // From here on only the node's own identity is used.
         let client = join::client_for(&kubeconfig).await?;
-        heartbeat::run(client, &config, &metrics, shutdown).await;
+        let cri = cri::Cri::connect_lazy(&config.containerd_socket)?;
+        // Ready must not wait for a slow runtime: fall back to asking the binary.
+        let runtime_version =
+            match tokio::time::timeout(Duration::from_secs(1), cri.runtime_version()).await {
+                Ok(Ok(version)) => version,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "asking containerd for its version");
+                    registration::container_runtime_version()
+                }
+                Err(_) => registration::container_runtime_version(),
+            };
+        let pods = tokio::spawn(pods::run(
+            client.clone(),
+            cri,
+            pods::PodsConfig {
+                node_name: config.node_name.clone(),
+                host_ip: config.address.to_string(),
+                cni_conf_dir: config.cni_conf_dir.clone(),
+                data_dir: config.data_dir.clone(),
+                backoff_base: config.crash_backoff,
+                backoff_max: MAX_BACKOFF,
+            },
+        ));
+        heartbeat::run(client, &config, &metrics, runtime_version, shutdown).await;
+        pods.abort();
     }
     if let Some(server) = server {
         server.abort();

@@ -248,6 +248,9 @@ mod tests {
             provider_id: None,
             metrics_listen: None,
             join_timeout: std::time::Duration::from_secs(1),
+            containerd_socket: "/run/c.sock".into(),
+            cni_conf_dir: "/tmp/cni".into(),
+            crash_backoff: std::time::Duration::from_secs(10),
         }
     }
 

@@ -116,6 +116,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             &ctx.binaries,
             &name,
             &cluster.spec.network.service_cidr,
+            &cluster.spec.network.pod_cidr,
         )
         .await?;
         for (process, restarts) in &health.crashing {

@@ -30,6 +30,7 @@ fn members(
     binaries: &Binaries,
     cluster_name: &str,
     service_cidr: &str,
+    pod_cidr: &str,
 ) -> Vec<Member> {
     let mut members = Vec::new();
     let ha = layout.masters > 1;
@@ -92,6 +93,7 @@ fn members(
             format!("--store={store}"),
             format!("--cluster-name={cluster_name}"),
             format!("--service-cluster-ip-range={service_cidr}"),
+            format!("--cluster-cidr={pod_cidr}"),
         ];
         args.extend(
             layout
@@ -166,9 +168,10 @@ pub async fn ensure(
     binaries: &Binaries,
     cluster_name: &str,
     service_cidr: &str,
+    pod_cidr: &str,
 ) -> Result<Health, PlatformError> {
     let mut health = Health::default();
-    let members = members(layout, binaries, cluster_name, service_cidr);
+    let members = members(layout, binaries, cluster_name, service_cidr, pod_cidr);
     let states = futures::future::join_all(members.iter().map(|m| {
         let record = layout.process_dir().join(format!("{}.json", m.name));
         async move { supervisor.ensure(&record, &m.spec).await }

@@ -196,6 +196,8 @@ async fn machine_spec(
         format!("--bootstrap-kubeconfig={{dir}}/{BOOTSTRAP_KUBECONFIG}"),
         format!("--node-name={name}"),
         "--address={address}".to_string(),
+        // Where the machine's containerd (configured by the provider) reads CNI config.
+        "--cni-conf-dir={dir}/cni/net.d".to_string(),
         format!("--provider-id=korvet-local:///{provider_name}"),
         format!(
             "--capacity=cpu={},memory={},pods={MAX_PODS},ephemeral-storage={}",

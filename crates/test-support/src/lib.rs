@@ -88,6 +88,7 @@ impl TestControlPlane {
             cp.kubeconfig(),
             pki.ca_cert_pem().to_string(),
             pki.ca_key_pem(),
+            korvet_controllers::node_ipam::parse_cidr("10.244.0.0/16"),
         )
         .await
         .unwrap_or_else(|e| panic!("start controllers: {e}"));

@@ -1,0 +1,75 @@
+//! The node's CNI configuration: pods on a `cni0` bridge with addresses from the
+//! Node's `spec.podCIDR` (host-local IPAM), plus port mappings and loopback.
+//!
+//! No masquerading and no gateway route out of the machine: pods reach what the
+//! machine reaches through its own routes. Routing between nodes' pod CIDRs is not
+//! set up yet.
+
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use serde_json::json;
+
+pub const CONFLIST_FILE: &str = "10-korvet.conflist";
+pub const BRIDGE: &str = "cni0";
+
+/// The conflist for `pod_cidr`; `ipam_dir` keeps host-local's address claims.
+pub fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "0.4.0",
+        "name": "korvet",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": false,
+                "isDefaultGateway": false,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": ipam_dir.display().to_string(),
+                    "ranges": [[{"subnet": pod_cidr.trunc().to_string()}]],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"},
+        ],
+    })
+}
+
+/// Writes the conflist into `conf_dir` (atomically: containerd watches the directory).
+pub fn write(conf_dir: &Path, pod_cidr: Ipv4Net, ipam_dir: &Path) -> std::io::Result<bool> {
+    let text =
+        serde_json::to_vec_pretty(&conflist(pod_cidr, ipam_dir)).map_err(std::io::Error::other)?;
+    let path = conf_dir.join(CONFLIST_FILE);
+    if std::fs::read(&path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(conf_dir)?;
+    let tmp = conf_dir.join(format!(".{CONFLIST_FILE}.tmp"));
+    std::fs::write(&tmp, &text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflist_uses_the_pod_cidr_without_masquerade() {
+        let c = conflist("10.244.3.0/24".parse().unwrap(), Path::new("/m/ipam"));
+        assert_eq!(
+            c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.3.0/24"
+        );
+        assert_eq!(c["plugins"][0]["ipMasq"], false);
+        assert_eq!(c["plugins"][0]["isGateway"], false);
+        assert_eq!(c["plugins"][2]["type"], "loopback");
+        let dir = tempfile::tempdir().unwrap();
+        let cidr = "10.244.3.0/24".parse().unwrap();
+        assert!(write(dir.path(), cidr, Path::new("/m/ipam")).unwrap());
+        assert!(!write(dir.path(), cidr, Path::new("/m/ipam")).unwrap());
+    }
+}

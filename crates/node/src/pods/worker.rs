@@ -1,0 +1,746 @@
+//! One pod's worker: brings the runtime in line with the pod and reports its status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::Notify;
+
+use super::runtime::{self, POD_UID};
+use super::status::{self, ContainerView, Seen};
+use super::PodsConfig;
+use crate::cri::{Cri, CriError};
+use crate::images::BUILTIN_PREFIX;
+
+pub struct Shared {
+    pub client: kube::Client,
+    pub cri: Cri,
+    pub config: PodsConfig,
+    /// The agent's cgroup; pods' cgroups go below it, inside the machine's limits.
+    pub cgroup_root: String,
+}
+
+/// A failed pull, retried with doubling delays.
+struct PullFailure {
+    failures: u32,
+    retry_at: Instant,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    uid: String,
+    pulls: HashMap<String, PullFailure>,
+    /// The runtime's message when a container did not start, until it runs again.
+    start_errors: HashMap<String, String>,
+}
+
+fn now_seconds() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+fn time_from_nanos(nanos: i64) -> Option<Time> {
+    (nanos > 0)
+        .then(|| Timestamp::from_second(nanos / 1_000_000_000).ok())
+        .flatten()
+        .map(Time)
+}
+
+/// Restart delay after run `attempt` (0-based) ended: base, 2·base, ... up to max.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(max)
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    reader: Store<Pod>,
+    key: ObjectRef<Pod>,
+    uid: String,
+    wake: Arc<Notify>,
+) {
+    let mut worker = Worker {
+        shared,
+        uid,
+        pulls: HashMap::new(),
+        start_errors: HashMap::new(),
+    };
+    loop {
+        let pod = reader
+            .get(&key)
+            .filter(|p| p.metadata.uid.as_deref() == Some(worker.uid.as_str()));
+        match pod {
+            None => {
+                // Gone from the API without us (force-deleted): stop it quickly.
+                teardown(&worker.shared, &worker.uid, 2).await;
+                return;
+            }
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
+                    .unwrap_or(30);
+                teardown(&worker.shared, &worker.uid, grace).await;
+                if worker.remove_from_api(&pod).await {
+                    return;
+                }
+            }
+            Some(pod) => {
+                if let Err(e) = worker.sync(&pod).await {
+                    tracing::warn!(pod = %key, error = %e, "syncing the pod");
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(super::RESYNC) => {}
+        }
+    }
+}
+
+/// The pod UIDs of every sandbox the runtime has.
+pub async fn sandbox_uids(cri: &Cri) -> Result<Vec<String>, CriError> {
+    let reply = cri
+        .runtime
+        .clone()
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .map_err(CriError::call("ListPodSandbox"))?
+        .into_inner();
+    Ok(reply
+        .items
+        .into_iter()
+        .filter_map(|s| s.labels.get(POD_UID).cloned())
+        .collect())
+}
+
+async fn sandboxes_of(cri: &Cri, uid: &str) -> Result<Vec<cri::PodSandbox>, CriError> {
+    let reply = cri
+        .runtime
+        .clone()
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([(POD_UID.to_string(), uid.to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(CriError::call("ListPodSandbox"))?
+        .into_inner();
+    Ok(reply.items)
+}
+
+async fn containers_where(
+    cri: &Cri,
+    filter: cri::ContainerFilter,
+) -> Result<Vec<cri::Container>, CriError> {
+    let reply = cri
+        .runtime
+        .clone()
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
+        .await
+        .map_err(CriError::call("ListContainers"))?
+        .into_inner();
+    Ok(reply.containers)
+}
+
+/// Stops every container of pod `uid` (SIGTERM, SIGKILL after `grace` seconds), then
+/// stops and removes its sandboxes with them.
+pub async fn teardown(shared: &Shared, uid: &str, grace: i64) {
+    let cri = &shared.cri;
+    let filter = cri::ContainerFilter {
+        label_selector: HashMap::from([(POD_UID.to_string(), uid.to_string())]),
+        ..Default::default()
+    };
+    let containers = containers_where(cri, filter).await.unwrap_or_default();
+    let stops = containers
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+        .map(|c| {
+            let mut rt = cri.runtime.clone();
+            let id = c.id.clone();
+            async move {
+                if let Err(e) = rt
+                    .stop_container(cri::StopContainerRequest {
+                        container_id: id.clone(),
+                        timeout: grace.max(0),
+                    })
+                    .await
+                {
+                    tracing::warn!(container = %id, error = %e.message(), "stopping a container");
+                }
+            }
+        });
+    futures::future::join_all(stops).await;
+    let sandboxes = match sandboxes_of(cri, uid).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the pod's sandboxes");
+            return;
+        }
+    };
+    for sandbox in sandboxes {
+        let mut rt = cri.runtime.clone();
+        let id = sandbox.id;
+        if let Err(e) = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(sandbox = %id, error = %e.message(), "stopping a pod sandbox");
+            continue;
+        }
+        if let Err(e) = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(sandbox = %id, error = %e.message(), "removing a pod sandbox");
+        }
+    }
+}
+
+impl Worker {
+    fn cri(&self) -> &Cri {
+        &self.shared.cri
+    }
+
+    fn config(&self) -> &PodsConfig {
+        &self.shared.config
+    }
+
+    /// Deletes the stopped pod for good (grace 0, this UID only). True when it is gone.
+    async fn remove_from_api(&self, pod: &Pod) -> bool {
+        let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
+            return true;
+        };
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => true,
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e, "removing a stopped pod from the API");
+                false
+            }
+        }
+    }
+
+    async fn sync(&mut self, pod: &Pod) -> Result<(), CriError> {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let sandboxes = sandboxes_of(self.cri(), &self.uid).await?;
+        let ready = sandboxes
+            .iter()
+            .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+            .max_by_key(|s| s.created_at);
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            // A finished pod keeps nothing running (its status stays as reported).
+            if let Some(s) = ready {
+                self.cri()
+                    .runtime
+                    .clone()
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await
+                    .map_err(CriError::call("StopPodSandbox"))?;
+            }
+            return Ok(());
+        }
+        let attempt = sandboxes
+            .iter()
+            .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
+            .max()
+            .unwrap_or(0);
+        let cgroup_parent = format!(
+            "{}/kubepods/pod{}",
+            self.shared.cgroup_root.trim_end_matches('/'),
+            self.uid
+        );
+        let (sandbox_id, sandbox_config) = match ready {
+            Some(s) => {
+                let a = s.metadata.as_ref().map_or(0, |m| m.attempt);
+                let config =
+                    runtime::sandbox_config(pod, a, &self.config().log_root(), &cgroup_parent);
+                (s.id.clone(), config)
+            }
+            None => {
+                // No live sandbox: a new one (a dead one takes its containers with it).
+                teardown(&self.shared, &self.uid, 0).await;
+                let config = runtime::sandbox_config(
+                    pod,
+                    attempt,
+                    &self.config().log_root(),
+                    &cgroup_parent,
+                );
+                let _ = std::fs::create_dir_all(&config.log_directory);
+                let creating = self.post_waiting(pod, "ContainerCreating", None).await;
+                if let Err(e) = creating {
+                    tracing::debug!(error = %e, "posting ContainerCreating");
+                }
+                let id = self
+                    .cri()
+                    .runtime
+                    .clone()
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config.clone()),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .map_err(CriError::call("RunPodSandbox"))?
+                    .into_inner()
+                    .pod_sandbox_id;
+                (id, config)
+            }
+        };
+        let pod_ip = self
+            .cri()
+            .runtime
+            .clone()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox_id.clone(),
+                verbose: false,
+            })
+            .await
+            .map_err(CriError::call("PodSandboxStatus"))?
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty());
+
+        let mut runs: HashMap<String, Vec<cri::Container>> = HashMap::new();
+        let filter = cri::ContainerFilter {
+            pod_sandbox_id: sandbox_id.clone(),
+            ..Default::default()
+        };
+        for c in containers_where(self.cri(), filter).await? {
+            let name = c
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            runs.entry(name).or_default().push(c);
+        }
+        for list in runs.values_mut() {
+            list.sort_by_key(|c| std::cmp::Reverse(c.metadata.as_ref().map_or(0, |m| m.attempt)));
+        }
+        self.collect_garbage(&runs).await;
+
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let ctx = Ctx {
+            pod,
+            sandbox_id: &sandbox_id,
+            sandbox_config: &sandbox_config,
+            pod_ip: pod_ip.clone().unwrap_or_default(),
+            runs: &runs,
+        };
+        let mut init = Vec::new();
+        let mut initialized = true;
+        for c in spec.init_containers.iter().flatten() {
+            if !initialized {
+                init.push(self.waiting_view(c, "PodInitializing"));
+                continue;
+            }
+            // An init container is rerun until it succeeds unless the policy is Never.
+            let init_policy = if policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            let view = self.drive(&ctx, c, init_policy).await;
+            initialized = matches!(view.current, Seen::Terminated { exit_code: 0, .. });
+            init.push(view);
+        }
+        let mut containers = Vec::new();
+        for c in &spec.containers {
+            let view = if initialized {
+                self.drive(&ctx, c, &policy).await
+            } else {
+                self.waiting_view(c, "PodInitializing")
+            };
+            containers.push(view);
+        }
+        let status = status::pod_status(
+            pod,
+            &init,
+            &containers,
+            pod_ip,
+            &self.config().host_ip,
+            now_seconds(),
+        );
+        self.post(pod, status).await;
+        Ok(())
+    }
+
+    fn waiting_view(&self, c: &Container, reason: &str) -> ContainerView {
+        ContainerView {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            container_id: None,
+            restart_count: 0,
+            current: Seen::waiting(reason, None),
+            last: None,
+        }
+    }
+
+    async fn post_waiting(
+        &self,
+        pod: &Pod,
+        reason: &str,
+        message: Option<String>,
+    ) -> Result<(), kube::Error> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let views: Vec<_> = spec
+            .containers
+            .iter()
+            .map(|c| ContainerView {
+                current: Seen::waiting(reason, message.clone()),
+                ..self.waiting_view(c, reason)
+            })
+            .collect();
+        let init: Vec<_> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| self.waiting_view(c, reason))
+            .collect();
+        let status = status::pod_status(
+            pod,
+            &init,
+            &views,
+            None,
+            &self.config().host_ip,
+            now_seconds(),
+        );
+        self.post(pod, status).await;
+        Ok(())
+    }
+
+    /// Writes `status` when it differs from what the API has.
+    async fn post(&self, pod: &Pod, status: k8s_openapi::api::core::v1::PodStatus) {
+        let old = serde_json::to_value(&pod.status).unwrap_or_default();
+        let new = serde_json::to_value(&status).unwrap_or_default();
+        if old == new {
+            return;
+        }
+        let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
+            return;
+        };
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), namespace);
+        let patch = serde_json::json!({ "status": new });
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(pod = %name, error = %e, "posting the pod status");
+        }
+    }
+
+    /// Older exited runs beyond the last two of each container are removed.
+    async fn collect_garbage(&self, runs: &HashMap<String, Vec<cri::Container>>) {
+        for list in runs.values() {
+            for old in list.iter().skip(2) {
+                if old.state == cri::ContainerState::ContainerExited as i32 {
+                    let _ = self
+                        .cri()
+                        .runtime
+                        .clone()
+                        .remove_container(cri::RemoveContainerRequest {
+                            container_id: old.id.clone(),
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn container_status(&self, id: &str) -> Option<cri::ContainerStatus> {
+        self.cri()
+            .runtime
+            .clone()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .status
+    }
+
+    fn terminated(&self, name: &str, s: &cri::ContainerStatus) -> Seen {
+        let never_started = s.state == cri::ContainerState::ContainerCreated as i32;
+        let exit_code = if never_started && s.exit_code == 0 {
+            128
+        } else {
+            s.exit_code
+        };
+        let reason = if never_started && s.reason.is_empty() {
+            "StartError".to_string()
+        } else {
+            status::terminated_reason(exit_code, &s.reason)
+        };
+        let message = Some(s.message.clone())
+            .filter(|m| !m.is_empty())
+            .or_else(|| self.start_errors.get(name).cloned());
+        Seen::Terminated {
+            exit_code,
+            reason,
+            message,
+            started_at: time_from_nanos(s.started_at),
+            finished_at: time_from_nanos(s.finished_at).or_else(|| time_from_nanos(s.created_at)),
+        }
+    }
+
+    /// Brings container `c` to what `policy` wants and says how it is.
+    async fn drive(&mut self, ctx: &Ctx<'_>, c: &Container, policy: &str) -> ContainerView {
+        let runs = ctx.runs.get(&c.name).map(Vec::as_slice).unwrap_or_default();
+        let latest = match runs.first() {
+            Some(run) => self.container_status(&run.id).await,
+            None => None,
+        };
+        let previous = match runs.get(1) {
+            Some(run) => self.container_status(&run.id).await,
+            None => None,
+        };
+        let last = previous.as_ref().map(|s| self.terminated(&c.name, s));
+        let mut view = ContainerView {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            container_id: None,
+            restart_count: 0,
+            current: Seen::waiting("ContainerCreating", None),
+            last,
+        };
+        let Some(latest) = latest else {
+            view.current = self.start(ctx, c, 0).await;
+            return view;
+        };
+        let attempt = latest.metadata.as_ref().map_or(0, |m| m.attempt);
+        view.restart_count = attempt as i32;
+        view.image_id = latest.image_ref.clone();
+        view.container_id = Some(format!("containerd://{}", latest.id));
+        if latest.state == cri::ContainerState::ContainerRunning as i32 {
+            self.start_errors.remove(&c.name);
+            view.current = Seen::Running {
+                started_at: time_from_nanos(latest.started_at),
+            };
+            return view;
+        }
+        let ended = self.terminated(&c.name, &latest);
+        let Seen::Terminated { exit_code, .. } = &ended else {
+            return view;
+        };
+        let restart = match policy {
+            "Always" => true,
+            "OnFailure" => *exit_code != 0,
+            _ => false,
+        };
+        if !restart {
+            view.current = ended;
+            return view;
+        }
+        let delay = backoff(
+            attempt,
+            self.config().backoff_base,
+            self.config().backoff_max,
+        );
+        let ended_at = latest.finished_at.max(latest.created_at);
+        let since_end = (Timestamp::now().as_nanosecond() - i128::from(ended_at)).max(0);
+        if since_end < delay.as_nanos() as i128 {
+            let id = runtime::identity(ctx.pod);
+            view.current = Seen::waiting(
+                "CrashLoopBackOff",
+                Some(format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    delay.as_secs(),
+                    c.name,
+                    id.name,
+                    id.namespace,
+                    id.uid
+                )),
+            );
+            view.last = Some(ended);
+            return view;
+        }
+        let started = self.start(ctx, c, attempt + 1).await;
+        view.last = Some(ended);
+        if !matches!(started, Seen::Waiting { ref reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "ErrImageNeverPull")
+        {
+            view.restart_count = attempt as i32 + 1;
+        }
+        view.current = started;
+        view
+    }
+
+    /// Pulls as the pull policy says, creates and starts run `attempt` of `c`.
+    async fn start(&mut self, ctx: &Ctx<'_>, c: &Container, attempt: u32) -> Seen {
+        if let Err(waiting) = self.ensure_image(c, ctx.sandbox_config).await {
+            return waiting;
+        }
+        let config = runtime::container_config(ctx.pod, c, attempt, &ctx.pod_ip);
+        let created = self
+            .cri()
+            .runtime
+            .clone()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: ctx.sandbox_id.into(),
+                config: Some(config),
+                sandbox_config: Some(ctx.sandbox_config.clone()),
+            })
+            .await;
+        let id = match created {
+            Ok(reply) => reply.into_inner().container_id,
+            Err(status) => {
+                return Seen::waiting("CreateContainerError", Some(status.message().to_string()));
+            }
+        };
+        match self
+            .cri()
+            .runtime
+            .clone()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            Ok(_) => {
+                self.start_errors.remove(&c.name);
+                tracing::info!(container = %c.name, attempt, "container started");
+                Seen::Running {
+                    started_at: Some(now_seconds()),
+                }
+            }
+            Err(status) => {
+                let message = status.message().to_string();
+                self.start_errors.insert(c.name.clone(), message.clone());
+                Seen::waiting("RunContainerError", Some(message))
+            }
+        }
+    }
+
+    /// `Err` is the waiting state to report while the image is not there.
+    async fn ensure_image(
+        &mut self,
+        c: &Container,
+        sandbox: &cri::PodSandboxConfig,
+    ) -> Result<(), Seen> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+            let tag = image.rsplit('/').next().unwrap_or_default();
+            if !tag.contains(':') || tag.ends_with(":latest") {
+                "Always".into()
+            } else {
+                "IfNotPresent".into()
+            }
+        });
+        let present = crate::images::present(self.cri(), &image)
+            .await
+            .unwrap_or(false);
+        match policy.as_str() {
+            "Never" if present => return Ok(()),
+            "Never" => {
+                return Err(Seen::waiting(
+                    "ErrImageNeverPull",
+                    Some(format!(
+                        "Container image \"{image}\" is not present with pull policy of Never"
+                    )),
+                ))
+            }
+            "IfNotPresent" if present => return Ok(()),
+            // Built-in images have no registry to pull from yet.
+            _ if present && image.starts_with(BUILTIN_PREFIX) => return Ok(()),
+            _ => {}
+        }
+        if let Some(f) = self.pulls.get(&image) {
+            if Instant::now() < f.retry_at {
+                return Err(Seen::waiting(
+                    "ImagePullBackOff",
+                    Some(format!("Back-off pulling image \"{image}\"")),
+                ));
+            }
+        }
+        let mut images = self.cri().images.clone();
+        let pull = images.pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: Some(sandbox.clone()),
+        });
+        match tokio::time::timeout(Duration::from_secs(300), pull).await {
+            Ok(Ok(_)) => {
+                self.pulls.remove(&image);
+                Ok(())
+            }
+            outcome => {
+                let message = match outcome {
+                    Ok(Err(status)) => status.message().to_string(),
+                    _ => "pulling took more than 5 minutes".to_string(),
+                };
+                let failures = self.pulls.get(&image).map_or(0, |f| f.failures) + 1;
+                let delay = backoff(
+                    failures - 1,
+                    self.config().backoff_base,
+                    self.config().backoff_max,
+                );
+                self.pulls.insert(
+                    image.clone(),
+                    PullFailure {
+                        failures,
+                        retry_at: Instant::now() + delay,
+                    },
+                );
+                tracing::info!(image = %image, error = %message, "pulling an image failed");
+                Err(Seen::waiting("ErrImagePull", Some(message)))
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    pod: &'a Pod,
+    sandbox_id: &'a str,
+    sandbox_config: &'a cri::PodSandboxConfig,
+    pod_ip: String,
+    runs: &'a HashMap<String, Vec<cri::Container>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let (b, m) = (Duration::from_secs(10), Duration::from_secs(300));
+        let seen: Vec<_> = (0..7).map(|a| backoff(a, b, m).as_secs()).collect();
+        assert_eq!(seen, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(1000, b, m), m);
+    }
+}
