@@ -52,6 +52,7 @@ impl TestPlatform {
     }
 
     fn start_server(&mut self) {
+        let started_before = self.server_log().matches("image registry: ").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -69,7 +70,9 @@ impl TestPlatform {
         self.server = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.kubeconfig().exists() && self.cli(&["cluster", "list"]).ok {
+            // The server prints its addresses once everything is started.
+            let printed = self.server_log().matches("image registry: ").count();
+            if printed > started_before && self.cli(&["cluster", "list"]).ok {
                 return;
             }
             if let Some(status) = self
@@ -92,6 +95,7 @@ impl TestPlatform {
     pub fn registry_url(&self) -> String {
         self.server_log()
             .lines()
+            .rev()
             .find_map(|l| l.strip_prefix("image registry: "))
             .and_then(|rest| rest.split_whitespace().next())
             .map(str::to_string)
