@@ -187,13 +187,19 @@ impl CgroupPath {
 
     /// Kills what is left and removes the directories; a missing cgroup is fine.
     pub async fn remove(&self) -> io::Result<()> {
-        if !self.dirs.iter().any(|d| d.exists()) {
+        let mut roots = self.dirs.clone();
+        // On the hybrid layout runc also makes the pods' cgroups in the v2 `unified`
+        // hierarchy, below the same path.
+        if !self.v2 {
+            roots.push(Path::new(ROOT).join("unified").join(&self.relative));
+        }
+        if !roots.iter().any(|d| d.exists()) {
             return Ok(());
         }
         self.kill_all(Duration::from_secs(10)).await?;
         // Children first: a cgroup with child cgroups cannot be removed.
         let mut dirs = Vec::new();
-        for d in &self.dirs {
+        for d in &roots {
             descendants(d, &mut dirs);
         }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
