@@ -188,10 +188,16 @@ impl CgroupPath {
     /// Kills what is left and removes the directories; a missing cgroup is fine.
     pub async fn remove(&self) -> io::Result<()> {
         let mut roots = self.dirs.clone();
-        // On the hybrid layout runc also makes the pods' cgroups in the v2 `unified`
-        // hierarchy, below the same path.
+        // runc makes the pods' cgroups below the same path in every hierarchy it finds
+        // (blkio, devices, freezer, the hybrid layout's `unified`, ...), not only in the
+        // ones Korvet limits.
         if !self.v2 {
-            roots.push(Path::new(ROOT).join("unified").join(&self.relative));
+            for hierarchy in std::fs::read_dir(ROOT).into_iter().flatten().flatten() {
+                let dir = hierarchy.path().join(&self.relative);
+                if !roots.contains(&dir) {
+                    roots.push(dir);
+                }
+            }
         }
         if !roots.iter().any(|d| d.exists()) {
             return Ok(());

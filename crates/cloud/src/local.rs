@@ -570,6 +570,9 @@ impl LocalProvider {
             self.save_machine(rec)?;
         }
         let _ = std::fs::remove_dir_all(&rec.socket_dir);
+        // With every process gone, the pods' network namespaces (bind mounts in the
+        // machine's directory) hold nothing; the agent makes new sandboxes at start.
+        unmount_below(&rec.dir);
         Ok(())
     }
 
@@ -952,6 +955,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # Without CAP_SYS_RESOURCE (a host that is itself a container) lowering a
   # container's oom_score_adj fails: keep it no lower than containerd's own.
   restrict_oom_score_adj = true
+  # Pod network namespaces live in the machine's state directory, not in the host's
+  # /run/netns, so that they go with the machine.
+  netns_mounts_under_state_dir = true
 
 # Each machine has its own CNI configuration (written by its node agent).
 [plugins."io.containerd.grpc.v1.cri".cni]
@@ -1041,7 +1047,7 @@ fn release_claim(state_dir: &Path, cluster: &str, index: u32) {
 }
 
 /// Detaches any mount below `dir` (container root filesystems of a machine that was
-/// killed), deepest first, so the directory can be removed.
+/// killed, the pods' network namespaces), deepest first, so the directory can be removed.
 fn unmount_below(dir: &Path) {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
