@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::layout::{cluster_dir, cluster_key, ClusterLayout};
 use crate::{control_plane, Context, PlatformError};
+use korvet_apiserver::pki::ClusterPki;
 
 const CONVERGING: Duration = Duration::from_millis(500);
 const STEADY: Duration = Duration::from_secs(5);
@@ -73,167 +74,21 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     let ready_nodes = machines.iter().filter(|m| machine_ready(m)).count() as i32;
     status.nodes = format!("{ready_nodes}/{desired_nodes}");
 
-    let converged;
-    if cluster.spec.stopped {
-        let running = machines
-            .iter()
-            .filter(|m| {
-                m.status
-                    .as_ref()
-                    .is_none_or(|s| s.phase != machine_phase::STOPPED)
-            })
-            .count();
-        if running > 0 {
-            status.phase = phase::STOPPING.into();
-            converged = false;
-        } else {
-            control_plane::stop(&ctx.supervisor, &layout).await?;
-            ctx.tenants.forget(&key);
-            status.phase = phase::STOPPED.into();
-            status.ready_control_plane_replicas = Some(0);
-            converged = true;
-        }
-        let message = "the cluster is stopped; korvet cluster start brings it back";
-        set_condition(
-            &mut status.conditions,
-            Condition::new(
-                cluster_condition::CONTROL_PLANE_READY,
-                false,
-                "Stopped",
-                message,
-            ),
-            &now,
-        );
-        set_condition(
-            &mut status.conditions,
-            Condition::new(cluster_condition::READY, false, "Stopped", message),
-            &now,
-        );
+    let seen = Seen {
+        key: &key,
+        namespace: &namespace,
+        name: &name,
+        previous: &previous,
+        now: &now,
+        machines: &machines,
+        ready_nodes,
+        desired_nodes,
+    };
+    let converged = if cluster.spec.stopped {
+        stop(&ctx, &layout, &seen, &mut status).await?
     } else {
-        let health = control_plane::ensure(
-            &ctx.supervisor,
-            &layout,
-            &ctx.binaries,
-            &name,
-            &cluster.spec.network.service_cidr,
-            &cluster.spec.network.pod_cidr,
-        )
-        .await?;
-        for (process, restarts) in &health.crashing {
-            ctx.event(
-                cluster.as_ref(),
-                true,
-                "ControlPlaneCrashing",
-                format!(
-                    "{process} keeps exiting ({restarts} restarts); see its log under {}",
-                    layout.dir.display()
-                ),
-            )
-            .await;
-        }
-        if !health.started.is_empty() && !previous.is_empty() && previous != phase::STOPPED {
-            ctx.event(
-                cluster.as_ref(),
-                true,
-                "ControlPlaneRestarted",
-                format!("started again: {}", health.started.join(", ")),
-            )
-            .await;
-        }
-        let (ready_masters, endpoint_ready) = control_plane::readiness(&pki, &layout).await;
-        status.ready_control_plane_replicas = Some(ready_masters);
-        let all_masters = ready_masters == masters as i32;
-        set_condition(
-            &mut status.conditions,
-            if all_masters {
-                Condition::new(
-                    cluster_condition::CONTROL_PLANE_READY,
-                    true,
-                    "AllReady",
-                    format!("{ready_masters} of {masters} API servers ready"),
-                )
-            } else {
-                Condition::new(
-                    cluster_condition::CONTROL_PLANE_READY,
-                    false,
-                    if endpoint_ready {
-                        "Degraded"
-                    } else {
-                        "NotReady"
-                    },
-                    format!("{ready_masters} of {masters} API servers ready"),
-                )
-            },
-            &now,
-        );
-        if endpoint_ready {
-            let kubeconfig = control_plane::admin_kubeconfig(&pki, &layout, &name)?;
-            let secret_name =
-                ensure_kubeconfig_secret(&ctx, &cluster, &namespace, &kubeconfig).await?;
-            status.kubeconfig_secret = secret_name;
-            ctx.tenants
-                .connect(&key, &kubeconfig, &layout.endpoint_url(), pki.ca_cert_pem())
-                .await?;
-            sync_inline_pools(&ctx, &cluster, &namespace).await?;
-            if let Some(tenant) = ctx.tenants.get(&key) {
-                // Listed again: a machine made since the start of this reconcile may
-                // already have registered its Node.
-                let live: Vec<String> = machines_of(&ctx, &namespace, &name)
-                    .await?
-                    .iter()
-                    .filter(|m| m.metadata.deletion_timestamp.is_none())
-                    .map(|m| m.name_any())
-                    .collect();
-                if let Err(e) = crate::tenant::housekeeping(&tenant, &live).await {
-                    tracing::warn!(cluster = %key, error = %e, "cluster housekeeping failed");
-                }
-            }
-        }
-        let nodes_ready = ready_nodes >= desired_nodes && machines.len() as i32 == desired_nodes;
-        set_condition(
-            &mut status.conditions,
-            Condition::new(
-                cluster_condition::NODES_READY,
-                nodes_ready,
-                if nodes_ready { "AllReady" } else { "Waiting" },
-                format!("{ready_nodes} of {desired_nodes} nodes ready"),
-            ),
-            &now,
-        );
-        let ready = endpoint_ready && nodes_ready;
-        set_condition(
-            &mut status.conditions,
-            Condition::new(
-                cluster_condition::READY,
-                ready,
-                if ready { "Ready" } else { "Converging" },
-                if ready {
-                    "the cluster is what its spec asks for".to_string()
-                } else {
-                    format!(
-                        "API {}; nodes {ready_nodes}/{desired_nodes} ready",
-                        if endpoint_ready {
-                            "answers"
-                        } else {
-                            "not answering yet"
-                        }
-                    )
-                },
-            ),
-            &now,
-        );
-        status.phase = if ready || (previous == phase::RUNNING && endpoint_ready) {
-            phase::RUNNING
-        } else if [phase::STOPPED, phase::STOPPING, phase::STARTING].contains(&previous.as_str()) {
-            phase::STARTING
-        } else if previous == phase::RUNNING {
-            phase::FAILED
-        } else {
-            phase::PROVISIONING
-        }
-        .into();
-        converged = ready && all_masters && health.crashing.is_empty();
-    }
+        run(&ctx, &cluster, &layout, &pki, &seen, &mut status).await?
+    };
     if status.phase != previous {
         let note = match status.phase.as_str() {
             phase::RUNNING => format!(
@@ -257,6 +112,212 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     }
     crate::write_status(&api, cluster.as_ref(), old.as_ref(), &status).await?;
     Ok(Action::requeue(if converged { STEADY } else { CONVERGING }))
+}
+
+/// What one reconcile of a cluster found, for the stopped and the running path.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    key: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    previous: &'a str,
+    now: &'a str,
+    machines: &'a [Machine],
+    ready_nodes: i32,
+    desired_nodes: i32,
+}
+
+/// A stopped cluster: machines stop first (their controller does that), then the
+/// control plane. Returns whether it is all stopped.
+async fn stop(
+    ctx: &Context,
+    layout: &ClusterLayout,
+    seen: &Seen<'_>,
+    status: &mut ClusterStatus,
+) -> Result<bool, PlatformError> {
+    let Seen {
+        key, now, machines, ..
+    } = *seen;
+    let running = machines
+        .iter()
+        .filter(|m| {
+            m.status
+                .as_ref()
+                .is_none_or(|s| s.phase != machine_phase::STOPPED)
+        })
+        .count();
+    let converged = if running > 0 {
+        status.phase = phase::STOPPING.into();
+        false
+    } else {
+        control_plane::stop(&ctx.supervisor, layout).await?;
+        ctx.tenants.forget(key);
+        status.phase = phase::STOPPED.into();
+        status.ready_control_plane_replicas = Some(0);
+        true
+    };
+    let message = "the cluster is stopped; korvet cluster start brings it back";
+    set_condition(
+        &mut status.conditions,
+        Condition::new(
+            cluster_condition::CONTROL_PLANE_READY,
+            false,
+            "Stopped",
+            message,
+        ),
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        Condition::new(cluster_condition::READY, false, "Stopped", message),
+        now,
+    );
+    Ok(converged)
+}
+
+/// A running cluster: control-plane processes, readiness, kubeconfig, tenant client,
+/// inline pools and housekeeping. Returns whether everything is as the spec asks.
+async fn run(
+    ctx: &Context,
+    cluster: &Cluster,
+    layout: &ClusterLayout,
+    pki: &ClusterPki,
+    seen: &Seen<'_>,
+    status: &mut ClusterStatus,
+) -> Result<bool, PlatformError> {
+    let Seen {
+        key,
+        namespace,
+        name,
+        previous,
+        now,
+        machines,
+        ready_nodes,
+        desired_nodes,
+    } = *seen;
+    let masters = layout.masters;
+    let health = control_plane::ensure(
+        &ctx.supervisor,
+        layout,
+        &ctx.binaries,
+        name,
+        &cluster.spec.network.service_cidr,
+        &cluster.spec.network.pod_cidr,
+    )
+    .await?;
+    for (process, restarts) in &health.crashing {
+        ctx.event(
+            cluster,
+            true,
+            "ControlPlaneCrashing",
+            format!(
+                "{process} keeps exiting ({restarts} restarts); see its log under {}",
+                layout.dir.display()
+            ),
+        )
+        .await;
+    }
+    if !health.started.is_empty() && !previous.is_empty() && previous != phase::STOPPED {
+        ctx.event(
+            cluster,
+            true,
+            "ControlPlaneRestarted",
+            format!("started again: {}", health.started.join(", ")),
+        )
+        .await;
+    }
+    let (ready_masters, endpoint_ready) = control_plane::readiness(pki, layout).await;
+    status.ready_control_plane_replicas = Some(ready_masters);
+    let all_masters = ready_masters == masters as i32;
+    set_condition(
+        &mut status.conditions,
+        if all_masters {
+            Condition::new(
+                cluster_condition::CONTROL_PLANE_READY,
+                true,
+                "AllReady",
+                format!("{ready_masters} of {masters} API servers ready"),
+            )
+        } else {
+            Condition::new(
+                cluster_condition::CONTROL_PLANE_READY,
+                false,
+                if endpoint_ready {
+                    "Degraded"
+                } else {
+                    "NotReady"
+                },
+                format!("{ready_masters} of {masters} API servers ready"),
+            )
+        },
+        now,
+    );
+    if endpoint_ready {
+        let kubeconfig = control_plane::admin_kubeconfig(pki, layout, name)?;
+        let secret_name = ensure_kubeconfig_secret(ctx, cluster, namespace, &kubeconfig).await?;
+        status.kubeconfig_secret = secret_name;
+        ctx.tenants
+            .connect(key, &kubeconfig, &layout.endpoint_url(), pki.ca_cert_pem())
+            .await?;
+        sync_inline_pools(ctx, cluster, namespace).await?;
+        if let Some(tenant) = ctx.tenants.get(key) {
+            // Listed again: a machine made since the start of this reconcile may
+            // already have registered its Node.
+            let live: Vec<String> = machines_of(ctx, namespace, name)
+                .await?
+                .iter()
+                .filter(|m| m.metadata.deletion_timestamp.is_none())
+                .map(|m| m.name_any())
+                .collect();
+            if let Err(e) = crate::tenant::housekeeping(&tenant, &live).await {
+                tracing::warn!(cluster = %key, error = %e, "cluster housekeeping failed");
+            }
+        }
+    }
+    let nodes_ready = ready_nodes >= desired_nodes && machines.len() as i32 == desired_nodes;
+    set_condition(
+        &mut status.conditions,
+        Condition::new(
+            cluster_condition::NODES_READY,
+            nodes_ready,
+            if nodes_ready { "AllReady" } else { "Waiting" },
+            format!("{ready_nodes} of {desired_nodes} nodes ready"),
+        ),
+        now,
+    );
+    let ready = endpoint_ready && nodes_ready;
+    set_condition(
+        &mut status.conditions,
+        Condition::new(
+            cluster_condition::READY,
+            ready,
+            if ready { "Ready" } else { "Converging" },
+            if ready {
+                "the cluster is what its spec asks for".to_string()
+            } else {
+                format!(
+                    "API {}; nodes {ready_nodes}/{desired_nodes} ready",
+                    if endpoint_ready {
+                        "answers"
+                    } else {
+                        "not answering yet"
+                    }
+                )
+            },
+        ),
+        now,
+    );
+    status.phase = if ready || (previous == phase::RUNNING && endpoint_ready) {
+        phase::RUNNING
+    } else if [phase::STOPPED, phase::STOPPING, phase::STARTING].contains(&previous) {
+        phase::STARTING
+    } else if previous == phase::RUNNING {
+        phase::FAILED
+    } else {
+        phase::PROVISIONING
+    }
+    .into();
+    Ok(ready && all_masters && health.crashing.is_empty())
 }
 
 fn machine_ready(machine: &Machine) -> bool {
