@@ -6,6 +6,8 @@
 //! the pod-UID label, so a restarted agent adopts what is already running) and acts,
 //! once on every change and at least every second, so container exits are noticed.
 
+pub mod env;
+pub mod probe;
 pub mod runtime;
 pub mod status;
 mod worker;
