@@ -10,6 +10,7 @@ pub mod env;
 pub mod probe;
 pub mod runtime;
 pub mod status;
+pub mod volumes;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,11 @@ pub struct PodsConfig {
 impl PodsConfig {
     fn log_root(&self) -> PathBuf {
         self.data_dir.join("pods")
+    }
+
+    /// Pods' volumes, one directory per pod UID, removed with the pod.
+    fn volume_root(&self) -> PathBuf {
+        self.data_dir.join("volumes")
     }
 }
 

@@ -16,6 +16,7 @@ use super::env::{self as podenv, Sources};
 use super::probe::{self, Prober};
 use super::runtime::{self, POD_UID};
 use super::status::{self, ContainerView, Seen};
+use super::volumes;
 use super::PodsConfig;
 use crate::cri::{Cri, CriError};
 use crate::images::BUILTIN_PREFIX;
@@ -192,6 +193,7 @@ pub async fn teardown(shared: &Shared, uid: &str, grace: i64) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "listing the pod's sandboxes");
+            volumes::remove(&shared.config.volume_root(), uid);
             return;
         }
     };
@@ -216,6 +218,7 @@ pub async fn teardown(shared: &Shared, uid: &str, grace: i64) {
             tracing::warn!(sandbox = %id, error = %e.message(), "removing a pod sandbox");
         }
     }
+    volumes::remove(&shared.config.volume_root(), uid);
 }
 
 impl Worker {
@@ -615,6 +618,14 @@ impl Worker {
 
     /// Pulls as the pull policy says, creates and starts run `attempt` of `c`.
     async fn start(&mut self, ctx: &Ctx<'_>, c: &Container, attempt: u32) -> Seen {
+        let mounts = match self.volumes(ctx, c).await {
+            Ok(mounts) => mounts,
+            Err(message) => {
+                // As upstream: the pod stays ContainerCreating until its volumes mount.
+                tracing::info!(container = %c.name, error = %message, "volumes not ready");
+                return Seen::waiting("ContainerCreating", None);
+            }
+        };
         if let Err(waiting) = self.ensure_image(c, ctx.sandbox_config).await {
             return waiting;
         }
@@ -622,7 +633,7 @@ impl Worker {
             Ok(env) => env,
             Err(message) => return Seen::waiting("CreateContainerConfigError", Some(message)),
         };
-        let config = runtime::container_config(ctx.pod, c, attempt, env, Vec::new());
+        let config = runtime::container_config(ctx.pod, c, attempt, env, mounts);
         let created = self
             .cri()
             .runtime
@@ -717,6 +728,31 @@ impl Worker {
             sources.secrets.insert(name, found);
         }
         podenv::resolve(ctx.pod, c, &sources).map_err(|e| e.to_string())
+    }
+
+    /// Writes the volumes `c` mounts; `Err` says why they cannot be made yet.
+    async fn volumes(&self, ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::Mount>, String> {
+        let namespace = runtime::identity(ctx.pod).namespace.to_string();
+        let (maps, secrets) = volumes::referenced(ctx.pod, c);
+        let mut objects = volumes::Objects::default();
+        let client = self.shared.client.clone();
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        for name in maps {
+            let found = cm_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            objects.config_maps.insert(name, found);
+        }
+        let secret_api: Api<Secret> = Api::namespaced(client, &namespace);
+        for name in secrets {
+            let found = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            objects.secrets.insert(name, found);
+        }
+        let root = self.config().volume_root();
+        let pod = ctx.pod.clone();
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || volumes::prepare(&root, &pod, &c, &objects))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// `Err` is the waiting state to report while the image is not there.
