@@ -158,7 +158,7 @@ async fn startup(p: Probe, t: Target, started: Arc<watch::Sender<bool>>) {
     loop {
         let result = check(&p, &t).await;
         if let Err(e) = &result {
-            tracing::debug!(container = %t.container.name, error = %e, "startup probe failed");
+            tracing::info!(container = %t.container.name, error = %e, "startup probe failed");
         }
         th.record(result.is_ok());
         if th.ok {
@@ -188,7 +188,7 @@ async fn readiness(
     loop {
         let result = check(&p, &t).await;
         if let Err(e) = &result {
-            tracing::debug!(container = %t.container.name, error = %e, "readiness probe failed");
+            tracing::info!(container = %t.container.name, error = %e, "readiness probe failed");
         }
         if th.record(result.is_ok()) {
             ready.store(th.ok, Ordering::Relaxed);

@@ -622,7 +622,7 @@ impl Worker {
             Ok(mounts) => mounts,
             Err(message) => {
                 // As upstream: the pod stays ContainerCreating until its volumes mount.
-                tracing::info!(container = %c.name, error = %message, "volumes not ready");
+                tracing::debug!(container = %c.name, error = %message, "volumes not ready");
                 return Seen::waiting("ContainerCreating", None);
             }
         };
