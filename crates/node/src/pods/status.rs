@@ -380,6 +380,31 @@ mod tests {
     }
 
     #[test]
+    fn a_running_container_failing_readiness_keeps_the_pod_unready() {
+        let now = Time("2024-01-01T00:00:00Z".parse().unwrap());
+        let mut unready = view("c", running(), None);
+        unready.ready = false;
+        let s = pod_status(&pod("Always"), &[], &[unready], None, "h", now);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        for kind in ["ContainersReady", "Ready"] {
+            let c = s
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == kind)
+                .unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_deref()),
+                ("False", Some("ContainersNotReady"))
+            );
+        }
+        let cs = &s.container_statuses.unwrap()[0];
+        assert!(!cs.ready);
+        assert_eq!(cs.started, Some(true));
+    }
+
+    #[test]
     fn conditions_and_container_statuses() {
         let now = Time("2024-01-01T00:00:00Z".parse().unwrap());
         let p = pod("Always");
