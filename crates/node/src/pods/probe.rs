@@ -167,7 +167,7 @@ async fn startup(p: Probe, t: Target, started: Arc<watch::Sender<bool>>) {
             return;
         }
         if th.run >= th.failure_threshold {
-            kill(&t, "startup").await;
+            kill(&t, &p, "startup").await;
             return;
         }
         tokio::time::sleep(period(&p)).await;
@@ -210,15 +210,16 @@ async fn liveness(p: Probe, t: Target, mut started: watch::Receiver<bool>) {
             tracing::info!(container = %t.container.name, error = %e, "liveness probe failed");
         }
         if th.record(result.is_ok()) && !th.ok {
-            kill(&t, "liveness").await;
+            kill(&t, &p, "liveness").await;
             return;
         }
         tokio::time::sleep(period(&p)).await;
     }
 }
 
-/// Stops the container; the worker restarts it as the restart policy says.
-async fn kill(t: &Target, probe: &str) {
+/// Stops the container (with the probe's own grace period when it sets one); the
+/// worker restarts it as the restart policy says.
+async fn kill(t: &Target, p: &Probe, probe: &str) {
     tracing::info!(container = %t.container.name, probe, "container failed its probe, will be restarted");
     if let Err(e) = t
         .cri
@@ -226,7 +227,7 @@ async fn kill(t: &Target, probe: &str) {
         .clone()
         .stop_container(cri::StopContainerRequest {
             container_id: t.container_id.clone(),
-            timeout: t.grace.max(0),
+            timeout: p.termination_grace_period_seconds.unwrap_or(t.grace).max(0),
         })
         .await
     {
