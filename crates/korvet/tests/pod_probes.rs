@@ -145,6 +145,8 @@ fn probes_env_sources_and_volumes() {
         "--wait",
     ]);
     let kubectl = platform.cluster_kubectl("probes");
+    // Dropped before the platform, also on failure.
+    let _pods_gone = PodsGone(&kubectl);
     let deadline = Instant::now() + Duration::from_secs(30);
     let node = loop {
         let nodes = kubectl.json(&["get", "nodes"]);
@@ -399,6 +401,30 @@ fn probes_env_sources_and_volumes() {
     while volumes.as_ref().is_some_and(|v| v.exists()) {
         assert!(Instant::now() < deadline, "{volumes:?} still there");
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Deletes every pod while the node still runs, so that the agent stops their sandboxes
+/// (and containerd removes their network namespaces) before the machine goes.
+struct PodsGone<'a>(&'a Kubectl);
+
+impl Drop for PodsGone<'_> {
+    fn drop(&mut self) {
+        self.0.run(&[
+            "delete",
+            "pods",
+            "--all",
+            "--wait=false",
+            "--grace-period=1",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let left = self.0.run(&["get", "pods", "-o", "name"]);
+            if left.ok && left.stdout.trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 }
 
