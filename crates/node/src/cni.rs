@@ -1,9 +1,10 @@
 //! The node's CNI configuration: pods on a `cni0` bridge with addresses from the
 //! Node's `spec.podCIDR` (host-local IPAM), plus port mappings and loopback.
 //!
-//! No masquerading and no gateway route out of the machine: pods reach what the
-//! machine reaches through its own routes. Routing between nodes' pod CIDRs is not
-//! set up yet.
+//! The bridge holds the CIDR's first address (`isGateway`), so the node itself reaches
+//! its pods (probes, kubelet-style checks). No masquerading and no default route out of
+//! the machine: pods reach what the machine reaches through its own routes. Routing
+//! between nodes' pod CIDRs is not set up yet.
 
 use std::path::Path;
 
@@ -22,7 +23,7 @@ pub fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
             {
                 "type": "bridge",
                 "bridge": BRIDGE,
-                "isGateway": false,
+                "isGateway": true,
                 "isDefaultGateway": false,
                 "ipMasq": false,
                 "hairpinMode": true,
@@ -65,7 +66,8 @@ mod tests {
             "10.244.3.0/24"
         );
         assert_eq!(c["plugins"][0]["ipMasq"], false);
-        assert_eq!(c["plugins"][0]["isGateway"], false);
+        assert_eq!(c["plugins"][0]["isGateway"], true);
+        assert_eq!(c["plugins"][0]["isDefaultGateway"], false);
         assert_eq!(c["plugins"][2]["type"], "loopback");
         let dir = tempfile::tempdir().unwrap();
         let cidr = "10.244.3.0/24".parse().unwrap();

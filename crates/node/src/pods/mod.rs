@@ -6,8 +6,11 @@
 //! the pod-UID label, so a restarted agent adopts what is already running) and acts,
 //! once on every change and at least every second, so container exits are noticed.
 
+pub mod env;
+pub mod probe;
 pub mod runtime;
 pub mod status;
+pub mod volumes;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +47,11 @@ pub struct PodsConfig {
 impl PodsConfig {
     fn log_root(&self) -> PathBuf {
         self.data_dir.join("pods")
+    }
+
+    /// Pods' volumes, one directory per pod UID, removed with the pod.
+    fn volume_root(&self) -> PathBuf {
+        self.data_dir.join("volumes")
     }
 }
 

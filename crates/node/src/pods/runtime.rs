@@ -118,38 +118,33 @@ fn namespaces(host_network: bool) -> cri::NamespaceOption {
     }
 }
 
-/// The container `c` of `pod`, run `attempt` (its restart count).
+/// The container `c` of `pod`, run `attempt` (its restart count), with its resolved
+/// environment and mounts.
 pub fn container_config(
     pod: &Pod,
     c: &Container,
     attempt: u32,
-    pod_ip: &str,
+    env: Vec<(String, String)>,
+    mounts: Vec<cri::Mount>,
 ) -> cri::ContainerConfig {
     let id = identity(pod);
     let mut labels = pod_labels(&id);
     labels.insert(CONTAINER_NAME.into(), c.name.clone());
-    let envs = c
-        .env
-        .clone()
-        .unwrap_or_default()
+    let envs: Vec<cri::KeyValue> = env
         .into_iter()
-        .filter_map(|e| {
-            let value = match (e.value, e.value_from.and_then(|v| v.field_ref)) {
-                (Some(v), _) => v,
-                (None, Some(field)) => match field.field_path.as_str() {
-                    "metadata.name" => id.name.into(),
-                    "metadata.namespace" => id.namespace.into(),
-                    "metadata.uid" => id.uid.into(),
-                    "spec.nodeName" => pod.spec.as_ref()?.node_name.clone()?,
-                    "status.podIP" => pod_ip.into(),
-                    _ => return None,
-                },
-                // Secrets, config maps and resource fields come with volumes.
-                (None, None) => String::new(),
-            };
-            Some(cri::KeyValue { key: e.name, value })
-        })
+        .map(|(key, value)| cri::KeyValue { key, value })
         .collect();
+    // `$(VAR)` in command and args refers to the container's environment, as upstream.
+    let pairs: Vec<(String, String)> = envs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    let expand = |list: &Option<Vec<String>>| -> Vec<String> {
+        list.iter()
+            .flatten()
+            .map(|a| super::env::expand(a, &pairs))
+            .collect()
+    };
     let host_network = pod
         .spec
         .as_ref()
@@ -164,10 +159,11 @@ pub fn container_config(
             image: c.image.clone().unwrap_or_default(),
             ..Default::default()
         }),
-        command: c.command.clone().unwrap_or_default(),
-        args: c.args.clone().unwrap_or_default(),
+        command: expand(&c.command),
+        args: expand(&c.args),
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs,
+        mounts,
         labels,
         log_path: format!("{}/{attempt}.log", c.name),
         linux: Some(cri::LinuxContainerConfig {
@@ -309,7 +305,7 @@ mod tests {
         assert_eq!(s.labels[POD_UID], "u1");
         assert_eq!(s.log_directory, "/m/pods/default_p_u1");
         assert_eq!(s.hostname, "p");
-        let cc = container_config(&pod, &c, 2, "10.244.0.2");
+        let cc = container_config(&pod, &c, 2, vec![("A".into(), "1".into())], Vec::new());
         assert_eq!(cc.metadata.as_ref().unwrap().attempt, 2);
         assert_eq!(cc.labels[CONTAINER_NAME], "app");
         assert_eq!(cc.log_path, "app/2.log");

@@ -87,6 +87,10 @@ pub struct ContainerView {
     pub image_id: String,
     pub container_id: Option<String>,
     pub restart_count: i32,
+    /// Running and passing its readiness probe (or having none).
+    pub ready: bool,
+    /// Running and past its startup probe (or having none).
+    pub started: bool,
     pub current: Seen,
     /// The previous run's termination, once the container has restarted.
     pub last: Option<Seen>,
@@ -100,8 +104,8 @@ impl ContainerView {
             image_id: self.image_id.clone(),
             container_id: self.container_id.clone(),
             restart_count: self.restart_count,
-            ready: matches!(self.current, Seen::Running { .. }),
-            started: Some(matches!(self.current, Seen::Running { .. })),
+            ready: self.ready && matches!(self.current, Seen::Running { .. }),
+            started: Some(self.started && matches!(self.current, Seen::Running { .. })),
             state: Some(self.current.to_state()),
             last_state: Some(self.last.as_ref().map(Seen::to_state).unwrap_or_default()),
             ..Default::default()
@@ -194,17 +198,17 @@ pub fn pod_status(
         .unwrap_or("Always");
     let phase = phase(restart_policy, init, containers);
     let initialized = init.iter().all(ContainerView::succeeded);
-    let all_running = !containers.is_empty()
+    let all_ready = !containers.is_empty()
         && containers
             .iter()
-            .all(|c| matches!(c.current, Seen::Running { .. }));
+            .all(|c| c.ready && matches!(c.current, Seen::Running { .. }));
     let done = phase == "Succeeded" || phase == "Failed";
     let not_ready_reason = if done {
         "PodCompleted"
     } else {
         "ContainersNotReady"
     };
-    let ready_reason = (!all_running).then_some(not_ready_reason);
+    let ready_reason = (!all_ready).then_some(not_ready_reason);
     let conditions = vec![
         condition("PodScheduled", true, None, previous, &now),
         condition(
@@ -214,8 +218,8 @@ pub fn pod_status(
             previous,
             &now,
         ),
-        condition("ContainersReady", all_running, ready_reason, previous, &now),
-        condition("Ready", all_running, ready_reason, previous, &now),
+        condition("ContainersReady", all_ready, ready_reason, previous, &now),
+        condition("Ready", all_ready, ready_reason, previous, &now),
     ];
     let mut status = previous.cloned().unwrap_or_default();
     status.phase = Some(phase.into());
@@ -280,6 +284,8 @@ mod tests {
             image_id: String::new(),
             container_id: None,
             restart_count: if last.is_some() { 1 } else { 0 },
+            ready: matches!(current, Seen::Running { .. }),
+            started: matches!(current, Seen::Running { .. }),
             current,
             last,
         }
@@ -371,6 +377,31 @@ mod tests {
         );
         let mixed = [view("a", running(), None), view("b", exited(0), None)];
         assert_eq!(phase("Never", &[], &mixed), "Running");
+    }
+
+    #[test]
+    fn a_running_container_failing_readiness_keeps_the_pod_unready() {
+        let now = Time("2024-01-01T00:00:00Z".parse().unwrap());
+        let mut unready = view("c", running(), None);
+        unready.ready = false;
+        let s = pod_status(&pod("Always"), &[], &[unready], None, "h", now);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        for kind in ["ContainersReady", "Ready"] {
+            let c = s
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == kind)
+                .unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_deref()),
+                ("False", Some("ContainersNotReady"))
+            );
+        }
+        let cs = &s.container_statuses.unwrap()[0];
+        assert!(!cs.ready);
+        assert_eq!(cs.started, Some(true));
     }
 
     #[test]

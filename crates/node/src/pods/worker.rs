@@ -5,15 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
 
+use super::env::{self as podenv, Sources};
+use super::probe::{self, Prober};
 use super::runtime::{self, POD_UID};
 use super::status::{self, ContainerView, Seen};
+use super::volumes;
 use super::PodsConfig;
 use crate::cri::{Cri, CriError};
 use crate::images::BUILTIN_PREFIX;
@@ -38,6 +41,9 @@ struct Worker {
     pulls: HashMap<String, PullFailure>,
     /// The runtime's message when a container did not start, until it runs again.
     start_errors: HashMap<String, String>,
+    /// The probes of each running container, by container name.
+    probers: HashMap<String, Prober>,
+    wake: Arc<Notify>,
 }
 
 fn now_seconds() -> Time {
@@ -70,6 +76,8 @@ pub async fn run(
         uid,
         pulls: HashMap::new(),
         start_errors: HashMap::new(),
+        probers: HashMap::new(),
+        wake: wake.clone(),
     };
     loop {
         let pod = reader
@@ -185,6 +193,7 @@ pub async fn teardown(shared: &Shared, uid: &str, grace: i64) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "listing the pod's sandboxes");
+            volumes::remove(&shared.config.volume_root(), uid);
             return;
         }
     };
@@ -209,6 +218,7 @@ pub async fn teardown(shared: &Shared, uid: &str, grace: i64) {
             tracing::warn!(sandbox = %id, error = %e.message(), "removing a pod sandbox");
         }
     }
+    volumes::remove(&shared.config.volume_root(), uid);
 }
 
 impl Worker {
@@ -402,6 +412,8 @@ impl Worker {
             image_id: String::new(),
             container_id: None,
             restart_count: 0,
+            ready: false,
+            started: false,
             current: Seen::waiting(reason, None),
             last: None,
         }
@@ -534,6 +546,8 @@ impl Worker {
             image_id: String::new(),
             container_id: None,
             restart_count: 0,
+            ready: false,
+            started: false,
             current: Seen::waiting("ContainerCreating", None),
             last,
         };
@@ -550,8 +564,12 @@ impl Worker {
             view.current = Seen::Running {
                 started_at: time_from_nanos(latest.started_at),
             };
+            let prober = self.prober(ctx, c, &latest.id);
+            view.started = prober.started();
+            view.ready = prober.ready();
             return view;
         }
+        self.probers.remove(&c.name);
         let ended = self.terminated(&c.name, &latest);
         let Seen::Terminated { exit_code, .. } = &ended else {
             return view;
@@ -590,7 +608,7 @@ impl Worker {
         }
         let started = self.start(ctx, c, attempt + 1).await;
         view.last = Some(ended);
-        if !matches!(started, Seen::Waiting { ref reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "ErrImageNeverPull")
+        if !matches!(started, Seen::Waiting { ref reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "ErrImageNeverPull" || reason == "CreateContainerConfigError")
         {
             view.restart_count = attempt as i32 + 1;
         }
@@ -600,10 +618,22 @@ impl Worker {
 
     /// Pulls as the pull policy says, creates and starts run `attempt` of `c`.
     async fn start(&mut self, ctx: &Ctx<'_>, c: &Container, attempt: u32) -> Seen {
+        let mounts = match self.volumes(ctx, c).await {
+            Ok(mounts) => mounts,
+            Err(message) => {
+                // As upstream: the pod stays ContainerCreating until its volumes mount.
+                tracing::debug!(container = %c.name, error = %message, "volumes not ready");
+                return Seen::waiting("ContainerCreating", None);
+            }
+        };
         if let Err(waiting) = self.ensure_image(c, ctx.sandbox_config).await {
             return waiting;
         }
-        let config = runtime::container_config(ctx.pod, c, attempt, &ctx.pod_ip);
+        let env = match self.environment(ctx, c).await {
+            Ok(env) => env,
+            Err(message) => return Seen::waiting("CreateContainerConfigError", Some(message)),
+        };
+        let config = runtime::container_config(ctx.pod, c, attempt, env, mounts);
         let created = self
             .cri()
             .runtime
@@ -642,6 +672,87 @@ impl Worker {
                 Seen::waiting("RunContainerError", Some(message))
             }
         }
+    }
+
+    /// The probes of run `id` of `c`, started when that run is new.
+    fn prober(&mut self, ctx: &Ctx<'_>, c: &Container, id: &str) -> &Prober {
+        let current = self
+            .probers
+            .get(&c.name)
+            .is_some_and(|p| p.container_id == id);
+        if !current {
+            let grace = ctx
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            let target = probe::Target {
+                cri: self.cri().clone(),
+                container_id: id.to_string(),
+                pod_ip: ctx.pod_ip.clone(),
+                container: c.clone(),
+                grace,
+                wake: self.wake.clone(),
+            };
+            self.probers.insert(c.name.clone(), Prober::start(target));
+        }
+        &self.probers[&c.name]
+    }
+
+    /// The environment of `c`, reading the ConfigMaps and Secrets it names; `Err` is
+    /// the message of `CreateContainerConfigError`.
+    async fn environment(
+        &self,
+        ctx: &Ctx<'_>,
+        c: &Container,
+    ) -> Result<Vec<(String, String)>, String> {
+        let namespace = runtime::identity(ctx.pod).namespace.to_string();
+        let (maps, secrets) = podenv::referenced(c);
+        let mut sources = Sources {
+            pod_ip: ctx.pod_ip.clone(),
+            host_ip: self.config().host_ip.clone(),
+            node_cpu_millis: node_cpu_millis(),
+            node_memory_bytes: node_memory_bytes(),
+            ..Default::default()
+        };
+        let client = self.shared.client.clone();
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        for name in maps {
+            let found = cm_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            sources.config_maps.insert(name, found);
+        }
+        let secret_api: Api<Secret> = Api::namespaced(client, &namespace);
+        for name in secrets {
+            let found = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            sources.secrets.insert(name, found);
+        }
+        podenv::resolve(ctx.pod, c, &sources).map_err(|e| e.to_string())
+    }
+
+    /// Writes the volumes `c` mounts; `Err` says why they cannot be made yet.
+    async fn volumes(&self, ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::Mount>, String> {
+        let namespace = runtime::identity(ctx.pod).namespace.to_string();
+        let (maps, secrets) = volumes::referenced(ctx.pod, c);
+        let mut objects = volumes::Objects::default();
+        let client = self.shared.client.clone();
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        for name in maps {
+            let found = cm_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            objects.config_maps.insert(name, found);
+        }
+        let secret_api: Api<Secret> = Api::namespaced(client, &namespace);
+        for name in secrets {
+            let found = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            objects.secrets.insert(name, found);
+        }
+        let root = self.config().volume_root();
+        let pod = ctx.pod.clone();
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || volumes::prepare(&root, &pod, &c, &objects))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// `Err` is the waiting state to report while the image is not there.
@@ -722,6 +833,23 @@ impl Worker {
             }
         }
     }
+}
+
+/// The machine's CPUs, what `limits.cpu` means for a container without a limit.
+fn node_cpu_millis() -> i64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as i64) * 1000
+}
+
+/// The machine's memory (MemTotal), what `limits.memory` means without a limit.
+fn node_memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }
 
 struct Ctx<'a> {

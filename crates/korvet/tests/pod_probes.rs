@@ -1,0 +1,457 @@
+//! Probes, environment sources and basic volumes on a real node: `korvet server` makes
+//! a cluster whose machine runs `korvet node` with its own containerd; the pods use the
+//! built-in busybox image. Runs as root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use korvet_test_support::platform::TestPlatform;
+use korvet_test_support::Kubectl;
+use serde_json::{json, Value};
+
+fn pod(name: &str, node: &str, container: Value, volumes: Value) -> String {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 2,
+            "containers": [container],
+            "volumes": volumes,
+        },
+    })
+    .to_string()
+}
+
+fn busybox(command: &[&str]) -> Value {
+    json!({
+        "name": "main",
+        "image": "korvet.local/busybox:latest",
+        "imagePullPolicy": "Never",
+        "command": command,
+    })
+}
+
+fn with(mut container: Value, field: &str, value: Value) -> Value {
+    container[field] = value;
+    container
+}
+
+fn machine_dir(data_dir: &Path) -> PathBuf {
+    fn find(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "machine.json") {
+                found.push(path);
+            } else if path.is_dir() && !path.ends_with("containerd") {
+                find(&path, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    find(data_dir, &mut found);
+    assert_eq!(found.len(), 1, "one machine: {found:?}");
+    let record: Value = serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap();
+    PathBuf::from(record["dir"].as_str().unwrap())
+}
+
+fn machine_log(data_dir: &Path, file: &str) -> String {
+    let text = std::fs::read_to_string(machine_dir(data_dir).join(file)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Everything the pod's containers wrote, from the CRI log files under the machine's
+/// directory (`.../pods/NAMESPACE_NAME_UID/CONTAINER/N.log`).
+fn pod_output(data_dir: &Path, name: &str) -> String {
+    fn walk(dir: &Path, prefix: &str, inside: bool, out: &mut String) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let here = inside
+                || path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix));
+            if path.is_dir() && !path.ends_with("rootfs") && !path.ends_with("containerd") {
+                walk(&path, prefix, here, out);
+            } else if here && path.extension().is_some_and(|e| e == "log") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(
+        &machine_dir(data_dir),
+        &format!("default_{name}_"),
+        false,
+        &mut out,
+    );
+    out
+}
+
+fn wait_pod(
+    platform: &TestPlatform,
+    kubectl: &Kubectl,
+    name: &str,
+    seconds: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
+        let pod: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        if done(&pod) {
+            return pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} did not get there in {seconds} s; it is:\n{pod:#}\nagent log:\n{}",
+            machine_log(&platform.data_dir(), "agent.log"),
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn status(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running" && status(pod)["state"]["running"].is_object()
+}
+
+#[test]
+fn probes_env_sources_and_volumes() {
+    let platform = TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")));
+    platform.ok(&[
+        "cluster",
+        "create",
+        "probes",
+        "--pool",
+        "w:small:zone-a:1",
+        "--wait",
+    ]);
+    let kubectl = platform.cluster_kubectl("probes");
+    // Dropped before the platform, also on failure.
+    let _pods_gone = PodsGone(&kubectl);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        let nodes = kubectl.json(&["get", "nodes"]);
+        let n = &nodes["items"][0];
+        if n["spec"]["podCIDR"].is_string() {
+            break n["metadata"]["name"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node with a podCIDR: {nodes:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let data_dir = platform.data_dir();
+    let apply = |manifest: String| kubectl.ok_with_input(&["apply", "-f", "-"], &manifest);
+    kubectl.ok(&[
+        "create",
+        "configmap",
+        "app-config",
+        "--from-literal=color=blue",
+        "--from-literal=size=xl",
+    ]);
+    kubectl.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "app-secret",
+        "--from-literal=password=s3cret",
+    ]);
+
+    // Readiness: the file appears after a few seconds, so Ready goes false → true.
+    let ready_probe = json!({
+        "exec": {"command": ["test", "-f", "/tmp/ready"]},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+    });
+    apply(pod(
+        "late-ready",
+        &node,
+        with(
+            busybox(&["sh", "-c", "sleep 6; touch /tmp/ready; sleep 3600"]),
+            "readinessProbe",
+            ready_probe,
+        ),
+        json!([]),
+    ));
+    // Liveness: passes while /tmp/alive exists, which the container removes.
+    let live_probe = json!({
+        "exec": {"command": ["test", "-f", "/tmp/alive"]},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    });
+    apply(pod(
+        "dies",
+        &node,
+        with(
+            busybox(&[
+                "sh",
+                "-c",
+                "touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600",
+            ]),
+            "livenessProbe",
+            live_probe,
+        ),
+        json!([]),
+    ));
+    // httpGet readiness and tcpSocket liveness against busybox httpd, with a startup
+    // probe gating both.
+    let web = with(
+        with(
+            with(
+                busybox(&[
+                    "sh",
+                    "-c",
+                    "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+                ]),
+                "ports",
+                json!([{"name": "http", "containerPort": 8080}]),
+            ),
+            "readinessProbe",
+            json!({"httpGet": {"path": "/index.html", "port": "http",
+                    "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+                   "periodSeconds": 1}),
+        ),
+        "livenessProbe",
+        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1}),
+    );
+    let web = with(
+        web,
+        "startupProbe",
+        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30}),
+    );
+    apply(pod("web", &node, web, json!([])));
+    // A 404 keeps a container unready.
+    apply(pod(
+        "web-404",
+        &node,
+        with(
+            busybox(&["sh", "-c", "mkdir -p /www && exec httpd -f -p 8080 -h /www"]),
+            "readinessProbe",
+            json!({"httpGet": {"path": "/missing", "port": 8080}, "periodSeconds": 1}),
+        ),
+        json!([]),
+    ));
+    // Environment from a ConfigMap, a Secret, the pod's fields and resources, and a
+    // configMap volume plus an emptyDir.
+    let env_container = with(
+        with(
+            with(
+                busybox(&[
+                    "sh",
+                    "-c",
+                    "echo \"A=$A B=$B POD=$POD NS=$NS APP=$APP IP=$IP MEM=$MEM CFG_size=$CFG_size\"; \
+                     echo file=$(cat /etc/app/color); echo hi > /scratch/x; echo scratch=$(cat /scratch/x); \
+                     sleep 3600",
+                ]),
+                "env",
+                json!([
+                    {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "color"}}},
+                    {"name": "B", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "password"}}},
+                    {"name": "O", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": true}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                ]),
+            ),
+            "envFrom",
+            json!([{"prefix": "CFG_", "configMapRef": {"name": "app-config"}}]),
+        ),
+        "volumeMounts",
+        json!([
+            {"name": "cfg", "mountPath": "/etc/app"},
+            {"name": "scratch", "mountPath": "/scratch"},
+        ]),
+    );
+    let env_container = with(
+        env_container,
+        "resources",
+        json!({"limits": {"memory": "64Mi"}}),
+    );
+    apply(pod(
+        "env",
+        &node,
+        env_container,
+        json!([
+            {"name": "cfg", "configMap": {"name": "app-config"}},
+            {"name": "scratch", "emptyDir": {}},
+        ]),
+    ));
+    apply(pod(
+        "no-config",
+        &node,
+        with(
+            busybox(&["sleep", "3600"]),
+            "env",
+            json!([{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]),
+        ),
+        json!([]),
+    ));
+    apply(pod(
+        "no-volume",
+        &node,
+        with(
+            busybox(&["sleep", "3600"]),
+            "volumeMounts",
+            json!([{"name": "cfg", "mountPath": "/etc/app"}]),
+        ),
+        json!([{"name": "cfg", "configMap": {"name": "absent"}}]),
+    ));
+
+    // Readiness: first Running but not ready, then ready.
+    let seen = wait_pod(&platform, &kubectl, "late-ready", 120, running);
+    assert_eq!(status(&seen)["ready"], false, "{seen:#}");
+    assert_eq!(condition(&seen, "Ready"), "False", "{seen:#}");
+    assert_eq!(condition(&seen, "ContainersReady"), "False");
+    let seen = wait_pod(&platform, &kubectl, "late-ready", 60, |p| {
+        condition(p, "Ready") == "True"
+    });
+    assert_eq!(status(&seen)["ready"], true);
+    assert_eq!(status(&seen)["restartCount"], 0);
+
+    // Liveness: the container is killed and restarted.
+    let seen = wait_pod(&platform, &kubectl, "dies", 90, |p| {
+        status(p)["restartCount"].as_i64().unwrap_or(0) >= 1
+    });
+    let last = &status(&seen)["lastState"]["terminated"];
+    assert!(last.is_object(), "{seen:#}");
+    assert_eq!(last["reason"], "Error", "{seen:#}");
+    assert!(
+        [137, 143].contains(&last["exitCode"].as_i64().unwrap_or(0)),
+        "{seen:#}"
+    );
+
+    // httpGet / tcpSocket / startup against httpd.
+    let seen = wait_pod(&platform, &kubectl, "web", 90, |p| {
+        condition(p, "Ready") == "True"
+    });
+    assert_eq!(status(&seen)["started"], true);
+    assert_eq!(status(&seen)["restartCount"], 0);
+    wait_pod(&platform, &kubectl, "web-404", 60, running);
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = kubectl.json(&["get", "pod", "web-404"]);
+    assert_eq!(condition(&seen, "Ready"), "False", "{seen:#}");
+
+    // Environment and volumes, in the container's own output.
+    let seen = wait_pod(&platform, &kubectl, "env", 90, running);
+    let ip = seen["status"]["podIP"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected = format!("A=blue B=s3cret POD=env NS=default APP=env IP={ip} MEM=64 CFG_size=xl");
+    loop {
+        let out = pod_output(&data_dir, "env");
+        if out.contains(&expected) && out.contains("file=blue") && out.contains("scratch=hi") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "want {expected:?}, file=blue and scratch=hi in:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let seen = wait_pod(&platform, &kubectl, "no-config", 60, |p| {
+        status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    });
+    assert_eq!(
+        status(&seen)["state"]["waiting"]["message"],
+        "configmap \"absent\" not found"
+    );
+    // A missing ConfigMap for a volume: ContainerCreating, and it stays so.
+    wait_pod(&platform, &kubectl, "no-volume", 60, |p| {
+        status(p)["state"]["waiting"]["reason"] == "ContainerCreating"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = kubectl.json(&["get", "pod", "no-volume"]);
+    assert_eq!(seen["status"]["phase"], "Pending", "{seen:#}");
+    assert_eq!(
+        status(&seen)["state"]["waiting"]["reason"],
+        "ContainerCreating"
+    );
+    // Once the ConfigMap exists, it runs.
+    kubectl.ok(&["create", "configmap", "absent", "--from-literal=k=v"]);
+    wait_pod(&platform, &kubectl, "no-volume", 60, running);
+
+    // Deleting the env pod removes its volumes from the machine.
+    let uid = seen_uid(&kubectl, "env");
+    let volumes = find_dir(&machine_dir(&data_dir), &uid);
+    assert!(volumes.is_some(), "the env pod's volume directory exists");
+    kubectl.ok(&["delete", "pod", "env", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while volumes.as_ref().is_some_and(|v| v.exists()) {
+        assert!(Instant::now() < deadline, "{volumes:?} still there");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Deletes every pod while the node still runs, so that the agent stops their sandboxes
+/// (and containerd removes their network namespaces) before the machine goes.
+struct PodsGone<'a>(&'a Kubectl);
+
+impl Drop for PodsGone<'_> {
+    fn drop(&mut self) {
+        self.0.run(&[
+            "delete",
+            "pods",
+            "--all",
+            "--wait=false",
+            "--grace-period=1",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let left = self.0.run(&["get", "pods", "-o", "name"]);
+            if left.ok && left.stdout.trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn seen_uid(kubectl: &Kubectl, name: &str) -> String {
+    kubectl.json(&["get", "pod", name])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A directory named `name` under `volumes/` below `dir`.
+fn find_dir(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if !path.is_dir() || path.ends_with("containerd") || path.ends_with("rootfs") {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == name)
+            && path
+                .parent()
+                .is_some_and(|p| p.file_name().is_some_and(|n| n == "volumes"))
+        {
+            return Some(path);
+        }
+        if let Some(found) = find_dir(&path, name) {
+            return Some(found);
+        }
+    }
+    None
+}
