@@ -9,9 +9,11 @@ pub mod cri;
 pub mod heartbeat;
 pub mod images;
 pub mod join;
+pub mod logs;
 pub mod metrics;
 pub mod pods;
 pub mod registration;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,8 @@ pub enum NodeError {
     Join(#[from] join::JoinError),
     #[error(transparent)]
     Cri(#[from] cri::CriError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
     #[error("cannot serve metrics on {address}: {source} (choose another --metrics-listen)")]
     Metrics {
         address: std::net::SocketAddr,
@@ -74,6 +78,17 @@ pub async fn run(
                 }
                 Err(_) => registration::container_runtime_version(),
             };
+        let ca_pem = join::ca_of(&kubeconfig)?;
+        let node_server = server::serve(
+            server::ServerConfig {
+                listen: std::net::SocketAddr::new(config.address, config.kubelet_port),
+                node_name: config.node_name.clone(),
+                log_root: config.data_dir.join("pods"),
+                ca_pem,
+            },
+            cri.clone(),
+        )
+        .await?;
         let pods = tokio::spawn(pods::run(
             client.clone(),
             cri,
@@ -88,6 +103,7 @@ pub async fn run(
         ));
         heartbeat::run(client, &config, &metrics, runtime_version, shutdown).await;
         pods.abort();
+        node_server.abort();
     }
     if let Some(server) = server {
         server.abort();
