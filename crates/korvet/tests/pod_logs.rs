@@ -172,12 +172,31 @@ fn kubectl_logs_reads_container_logs_through_the_node() {
     let previous = wait_logs(&kubectl, &["crash", "--previous"], |o| !o.is_empty());
     assert_eq!(previous, "run\n");
 
-    check_node_server(&kubectl);
+    // A container that cannot start has no log, with the kubelet's message.
+    apply(pod(
+        "missing",
+        &node,
+        vec![
+            json!({"name": "main", "image": "korvet.local/missing:1", "imagePullPolicy": "IfNotPresent"}),
+        ],
+        "Always",
+    ));
+    wait_pod(&kubectl, "missing", 90, |p| {
+        let reason = &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
+        reason == "ErrImagePull" || reason == "ImagePullBackOff"
+    });
+    let err = kubectl.fails(&["logs", "missing"]);
+    assert!(
+        err.contains("container \"main\" in pod \"missing\" is waiting to start"),
+        "{err}"
+    );
+
+    check_node_server(&kubectl, &platform.data_dir());
 }
 
 /// The node's server answers /healthz to anyone and refuses a caller without the API
 /// server's client certificate (401).
-fn check_node_server(kubectl: &Kubectl) {
+fn check_node_server(kubectl: &Kubectl, data_dir: &Path) {
     let nodes = kubectl.json(&["get", "nodes"]);
     let node = &nodes["items"][0];
     let ip = node["status"]["addresses"]
@@ -212,6 +231,55 @@ fn check_node_server(kubectl: &Kubectl) {
         &url("/containerLogs/default/x/y"),
     ]);
     assert_eq!(code, "401");
+
+    // The node's own identity is signed by the cluster CA but may not read logs.
+    let kubeconfig = find(data_dir, "kubelet.kubeconfig").expect("the node's kubeconfig");
+    let key = kubeconfig.with_file_name("kubelet.key");
+    let config: Value = serde_json::from_str(
+        &Kubectl::new(kubeconfig.clone(), data_dir.join("kubectl-cache"))
+            .ok(&["config", "view", "--raw", "-o", "json"]),
+    )
+    .unwrap();
+    let cert_b64 = config["users"][0]["user"]["client-certificate-data"]
+        .as_str()
+        .unwrap();
+    let cert = data_dir.join("node-client.crt");
+    use base64::Engine as _;
+    std::fs::write(
+        &cert,
+        base64::engine::general_purpose::STANDARD
+            .decode(cert_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let code = curl(&[
+        "-k",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url("/containerLogs/default/x/y"),
+    ]);
+    assert_eq!(code, "403");
+}
+
+fn find(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if path.is_dir() && !path.is_symlink() {
+            if let Some(found) = find(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }
 
 fn curl(args: &[&str]) -> String {
