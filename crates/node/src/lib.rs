@@ -29,14 +29,47 @@ pub enum NodeError {
     Join(#[from] join::JoinError),
     #[error(transparent)]
     Cri(#[from] cri::CriError),
-    #[error(transparent)]
-    Server(#[from] server::ServerError),
     #[error("cannot serve metrics on {address}: {source} (choose another --metrics-listen)")]
     Metrics {
         address: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Runs the node's HTTPS server; a port in use is retried rather than fatal, so that the
+/// node still heartbeats and runs pods (only its logs are unreachable meanwhile).
+async fn serve_node(config: server::ServerConfig, cri: cri::Cri) {
+    let mut said = false;
+    loop {
+        match server::serve(config.clone(), cri.clone()).await {
+            Ok(task) => {
+                let _ = AbortOnDrop(task).wait().await;
+                return;
+            }
+            Err(e) if !said => {
+                tracing::warn!(error = %e, "node server not started; retrying every 5 s");
+                said = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "node server still not started"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Aborts the task when the future awaiting it is dropped (the agent stopping).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the agent until `shutdown` resolves. Only joining can fail; once the node has
@@ -79,7 +112,7 @@ pub async fn run(
                 Err(_) => registration::container_runtime_version(),
             };
         let ca_pem = join::ca_of(&kubeconfig)?;
-        let node_server = server::serve(
+        let node_server = tokio::spawn(serve_node(
             server::ServerConfig {
                 listen: std::net::SocketAddr::new(config.address, config.kubelet_port),
                 node_name: config.node_name.clone(),
@@ -87,8 +120,7 @@ pub async fn run(
                 ca_pem,
             },
             cri.clone(),
-        )
-        .await?;
+        ));
         let pods = tokio::spawn(pods::run(
             client.clone(),
             cri,

@@ -50,6 +50,7 @@ pub enum ServerError {
     },
 }
 
+#[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub node_name: String,
