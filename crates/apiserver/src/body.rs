@@ -29,6 +29,8 @@ pub enum ReplyBody {
     Json(Value),
     Stream(BoxStream<'static, Bytes>),
     Raw(&'static str, Bytes),
+    /// A stream of bytes of the given content type (`pods/log`).
+    RawStream(&'static str, BoxStream<'static, Bytes>),
 }
 
 impl Reply {
@@ -86,6 +88,10 @@ impl Reply {
             ReplyBody::Stream(stream) => {
                 let frames = stream.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
                 ("application/json", StreamBody::new(frames).boxed_unsync())
+            }
+            ReplyBody::RawStream(content_type, stream) => {
+                let frames = stream.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+                (content_type, StreamBody::new(frames).boxed_unsync())
             }
             ReplyBody::Raw(content_type, bytes) => (content_type, Full::new(bytes).boxed_unsync()),
         };

@@ -145,6 +145,9 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
         (Verb::Create, Some("eviction")) if call.resource.kind == "Pod" => {
             crate::subresources::evict_pod(&call).await
         }
+        (Verb::Get, Some("log")) if call.resource.kind == "Pod" => {
+            crate::pod_logs::get(&call).await
+        }
         (Verb::Create, Some("token")) if call.resource.kind == "ServiceAccount" => {
             crate::subresources::create_token(&call).await
         }

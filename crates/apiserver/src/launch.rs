@@ -143,6 +143,8 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         .await
         .map_err(LaunchError::Bootstrap)?;
     server.set_admission(config.admission.clone());
+    let kubelet_client = crate::pod_logs::kubelet_client_config(&pki).map_err(pki_err(&pki_dir))?;
+    let _ = server.kubelet_client.set(Arc::new(kubelet_client));
     if let Some(cidr) = config.service_cidr {
         let _ = server.service_cidr_setting.set(cidr);
     }

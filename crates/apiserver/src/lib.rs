@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod patch;
 mod patching;
 pub mod pki;
+pub mod pod_logs;
 pub mod protobuf;
 pub mod query;
 pub mod rbac;

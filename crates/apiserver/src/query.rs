@@ -24,6 +24,8 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub include_object: Option<String>,
+    /// The query string as sent, for subresources with their own parameters (`pods/log`).
+    pub raw: Option<String>,
 }
 
 fn truthy(v: &str) -> bool {
@@ -32,7 +34,10 @@ fn truthy(v: &str) -> bool {
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> ApiResult<Self> {
-        let mut q = Query::default();
+        let mut q = Query {
+            raw: raw.map(str::to_string),
+            ..Query::default()
+        };
         for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
             let value = value.into_owned();
             let int = |name: &str| -> ApiResult<i64> {

@@ -41,6 +41,9 @@ pub struct ApiServer {
     /// ClusterIPs come from here (upstream's `--service-cluster-ip-range`); set once at
     /// start-up, else [`crate::allocation::SERVICE_CIDR`].
     pub service_cidr_setting: std::sync::OnceLock<(std::net::Ipv4Addr, u8)>,
+    /// TLS of connections to nodes' kubelet servers (`pods/log`): presents the API
+    /// server's kubelet-client certificate; set once at start-up.
+    pub kubelet_client: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiServer {
@@ -60,6 +63,7 @@ impl ApiServer {
             sa_token_signer,
             admission: std::sync::OnceLock::new(),
             service_cidr_setting: std::sync::OnceLock::new(),
+            kubelet_client: std::sync::OnceLock::new(),
         })
     }
 

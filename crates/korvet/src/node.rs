@@ -51,6 +51,9 @@ pub struct NodeArgs {
     /// First restart delay (seconds) of crashing containers and failed pulls; doubles up to 5 minutes.
     #[arg(long, env = "KORVET_CRASH_BACKOFF_SECONDS", default_value_t = 10.0)]
     crash_backoff_seconds: f64,
+    /// Port of the node's HTTPS server (container logs for the API server), on --address.
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -73,6 +76,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         cni_conf_dir: args.cni_conf_dir,
         crash_backoff: Duration::try_from_secs_f64(args.crash_backoff_seconds)
             .context("--crash-backoff-seconds")?,
+        kubelet_port: args.kubelet_port,
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

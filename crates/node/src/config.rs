@@ -28,6 +28,9 @@ pub struct NodeConfig {
     pub cni_conf_dir: PathBuf,
     /// First restart delay of crashing containers and failed pulls (doubling to 5 min).
     pub crash_backoff: Duration,
+    /// Port of the node's HTTPS server (logs), on `address`; reported in the Node's
+    /// `status.daemonEndpoints`.
+    pub kubelet_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]

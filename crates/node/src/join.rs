@@ -109,6 +109,15 @@ fn cluster_of(kubeconfig: &Kubeconfig, path: &Path) -> Result<(String, String), 
     Ok((server, ca))
 }
 
+/// The CA certificate (PEM) of a kubeconfig's current cluster.
+pub fn ca_of(path: &Path) -> Result<String, JoinError> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| JoinError::Bootstrap {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(cluster_of(&kubeconfig, path)?.1)
+}
+
 pub async fn client_for(path: &Path) -> Result<kube::Client, JoinError> {
     let bootstrap = |reason: String| JoinError::Bootstrap {
         path: path.to_path_buf(),

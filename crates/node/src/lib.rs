@@ -9,9 +9,11 @@ pub mod cri;
 pub mod heartbeat;
 pub mod images;
 pub mod join;
+pub mod logs;
 pub mod metrics;
 pub mod pods;
 pub mod registration;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,41 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Runs the node's HTTPS server; a port in use is retried rather than fatal, so that the
+/// node still heartbeats and runs pods (only its logs are unreachable meanwhile).
+async fn serve_node(config: server::ServerConfig, cri: cri::Cri) {
+    let mut said = false;
+    loop {
+        match server::serve(config.clone(), cri.clone()).await {
+            Ok(task) => {
+                let _ = AbortOnDrop(task).wait().await;
+                return;
+            }
+            Err(e) if !said => {
+                tracing::warn!(error = %e, "node server not started; retrying every 5 s");
+                said = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "node server still not started"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Aborts the task when the future awaiting it is dropped (the agent stopping).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the agent until `shutdown` resolves. Only joining can fail; once the node has
@@ -74,6 +111,16 @@ pub async fn run(
                 }
                 Err(_) => registration::container_runtime_version(),
             };
+        let ca_pem = join::ca_of(&kubeconfig)?;
+        let node_server = tokio::spawn(serve_node(
+            server::ServerConfig {
+                listen: std::net::SocketAddr::new(config.address, config.kubelet_port),
+                node_name: config.node_name.clone(),
+                log_root: config.data_dir.join("pods"),
+                ca_pem,
+            },
+            cri.clone(),
+        ));
         let pods = tokio::spawn(pods::run(
             client.clone(),
             cri,
@@ -88,6 +135,7 @@ pub async fn run(
         ));
         heartbeat::run(client, &config, &metrics, runtime_version, shutdown).await;
         pods.abort();
+        node_server.abort();
     }
     if let Some(server) = server {
         server.abort();

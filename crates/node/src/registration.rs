@@ -16,8 +16,6 @@ use crate::config::NodeConfig;
 /// The Kubernetes version whose kubelet this agent stands in for.
 pub const KUBELET_VERSION: &str = "v1.33.0";
 pub const READY_MESSAGE: &str = "korvet node is posting ready status";
-/// The kubelet port upstream clients expect in `status.daemonEndpoints`.
-const KUBELET_PORT: i32 = 10250;
 
 /// `amd64`, `arm64`, ... as Go names architectures.
 pub fn go_arch() -> &'static str {
@@ -151,7 +149,9 @@ pub fn status(
         ]),
         conditions: Some(conditions),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(config.kubelet_port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             architecture: go_arch().into(),
@@ -251,6 +251,7 @@ mod tests {
             containerd_socket: "/run/c.sock".into(),
             cni_conf_dir: "/tmp/cni".into(),
             crash_backoff: std::time::Duration::from_secs(10),
+            kubelet_port: 10250,
         }
     }
 
