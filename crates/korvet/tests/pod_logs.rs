@@ -32,22 +32,6 @@ fn pod(name: &str, node: &str, containers: Vec<Value>, restart_policy: &str) -> 
     .to_string()
 }
 
-fn wait_pod(kubectl: &Kubectl, name: &str, seconds: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
-        let pod: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
-        if done(&pod) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pod {name} did not get there in {seconds} s; it is:\n{pod:#}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn running(pod: &Value) -> bool {
     pod["status"]["containerStatuses"]
         .as_array()
@@ -122,7 +106,7 @@ fn kubectl_logs_reads_container_logs_through_the_node() {
     ));
 
     // A pod that has not started has no log yet, with the kubelet's message.
-    wait_pod(&kubectl, "echo", 120, running);
+    platform.wait_pod(&kubectl, "echo", 120, running);
     let out = wait_logs(&kubectl, &["echo"], |o| o.contains("two"));
     assert_eq!(out, "one\ntwo\n");
     assert_eq!(kubectl.ok(&["logs", "echo", "--tail=1"]), "two\n");
@@ -143,7 +127,7 @@ fn kubectl_logs_reads_container_logs_through_the_node() {
     );
 
     // Two containers: -c picks one; the API without `container` says which exist.
-    wait_pod(&kubectl, "two", 60, running);
+    platform.wait_pod(&kubectl, "two", 60, running);
     let b = wait_logs(&kubectl, &["two", "-c", "b"], |o| !o.is_empty());
     assert_eq!(b, "from-b\n");
     let raw = kubectl.run(&["get", "--raw", "/api/v1/namespaces/default/pods/two/log"]);
@@ -156,14 +140,14 @@ fn kubectl_logs_reads_container_logs_through_the_node() {
     );
 
     // -f keeps streaming: a line printed later arrives.
-    wait_pod(&kubectl, "later", 60, running);
+    platform.wait_pod(&kubectl, "later", 60, running);
     let follow = kubectl.watch(&["logs", "-f", "later"]);
     follow.wait_for("a\n", 30);
     follow.wait_for("b\n", 30);
     drop(follow);
 
     // --previous after a restart shows the earlier run's output.
-    wait_pod(&kubectl, "crash", 120, |p| {
+    platform.wait_pod(&kubectl, "crash", 120, |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_i64()
             .unwrap_or(0)
@@ -181,7 +165,7 @@ fn kubectl_logs_reads_container_logs_through_the_node() {
         ],
         "Always",
     ));
-    wait_pod(&kubectl, "missing", 90, |p| {
+    platform.wait_pod(&kubectl, "missing", 90, |p| {
         let reason = &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
         reason == "ErrImagePull" || reason == "ImagePullBackOff"
     });

@@ -39,33 +39,9 @@ fn with(mut container: Value, field: &str, value: Value) -> Value {
     container
 }
 
-fn machine_dir(data_dir: &Path) -> PathBuf {
-    fn find(dir: &Path, found: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.file_name().is_some_and(|n| n == "machine.json") {
-                found.push(path);
-            } else if path.is_dir() && !path.ends_with("containerd") {
-                find(&path, found);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    find(data_dir, &mut found);
-    assert_eq!(found.len(), 1, "one machine: {found:?}");
-    let record: Value = serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap();
-    PathBuf::from(record["dir"].as_str().unwrap())
-}
-
-fn machine_log(data_dir: &Path, file: &str) -> String {
-    let text = std::fs::read_to_string(machine_dir(data_dir).join(file)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// Everything the pod's containers wrote, from the CRI log files under the machine's
 /// directory (`.../pods/NAMESPACE_NAME_UID/CONTAINER/N.log`).
-fn pod_output(data_dir: &Path, name: &str) -> String {
+fn pod_output(machine_dir: &Path, name: &str) -> String {
     fn walk(dir: &Path, prefix: &str, inside: bool, out: &mut String) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
@@ -82,36 +58,8 @@ fn pod_output(data_dir: &Path, name: &str) -> String {
         }
     }
     let mut out = String::new();
-    walk(
-        &machine_dir(data_dir),
-        &format!("default_{name}_"),
-        false,
-        &mut out,
-    );
+    walk(machine_dir, &format!("default_{name}_"), false, &mut out);
     out
-}
-
-fn wait_pod(
-    platform: &TestPlatform,
-    kubectl: &Kubectl,
-    name: &str,
-    seconds: u64,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
-        let pod: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
-        if done(&pod) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pod {name} did not get there in {seconds} s; it is:\n{pod:#}\nagent log:\n{}",
-            machine_log(&platform.data_dir(), "agent.log"),
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn status(pod: &Value) -> &Value {
@@ -160,7 +108,6 @@ fn probes_env_sources_and_volumes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let data_dir = platform.data_dir();
     let apply = |manifest: String| kubectl.ok_with_input(&["apply", "-f", "-"], &manifest);
     kubectl.ok(&[
         "create",
@@ -320,18 +267,18 @@ fn probes_env_sources_and_volumes() {
     ));
 
     // Readiness: first Running but not ready, then ready.
-    let seen = wait_pod(&platform, &kubectl, "late-ready", 120, running);
+    let seen = platform.wait_pod(&kubectl, "late-ready", 120, running);
     assert_eq!(status(&seen)["ready"], false, "{seen:#}");
     assert_eq!(condition(&seen, "Ready"), "False", "{seen:#}");
     assert_eq!(condition(&seen, "ContainersReady"), "False");
-    let seen = wait_pod(&platform, &kubectl, "late-ready", 60, |p| {
+    let seen = platform.wait_pod(&kubectl, "late-ready", 60, |p| {
         condition(p, "Ready") == "True"
     });
     assert_eq!(status(&seen)["ready"], true);
     assert_eq!(status(&seen)["restartCount"], 0);
 
     // Liveness: the container is killed and restarted.
-    let seen = wait_pod(&platform, &kubectl, "dies", 90, |p| {
+    let seen = platform.wait_pod(&kubectl, "dies", 90, |p| {
         status(p)["restartCount"].as_i64().unwrap_or(0) >= 1
     });
     let last = &status(&seen)["lastState"]["terminated"];
@@ -343,23 +290,21 @@ fn probes_env_sources_and_volumes() {
     );
 
     // httpGet / tcpSocket / startup against httpd.
-    let seen = wait_pod(&platform, &kubectl, "web", 90, |p| {
-        condition(p, "Ready") == "True"
-    });
+    let seen = platform.wait_pod(&kubectl, "web", 90, |p| condition(p, "Ready") == "True");
     assert_eq!(status(&seen)["started"], true);
     assert_eq!(status(&seen)["restartCount"], 0);
-    wait_pod(&platform, &kubectl, "web-404", 60, running);
+    platform.wait_pod(&kubectl, "web-404", 60, running);
     std::thread::sleep(Duration::from_secs(3));
     let seen = kubectl.json(&["get", "pod", "web-404"]);
     assert_eq!(condition(&seen, "Ready"), "False", "{seen:#}");
 
     // Environment and volumes, in the container's own output.
-    let seen = wait_pod(&platform, &kubectl, "env", 90, running);
+    let seen = platform.wait_pod(&kubectl, "env", 90, running);
     let ip = seen["status"]["podIP"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     let expected = format!("A=blue B=s3cret POD=env NS=default APP=env IP={ip} MEM=64 CFG_size=xl");
     loop {
-        let out = pod_output(&data_dir, "env");
+        let out = pod_output(&platform.only_machine_dir(), "env");
         if out.contains(&expected) && out.contains("file=blue") && out.contains("scratch=hi") {
             break;
         }
@@ -370,7 +315,7 @@ fn probes_env_sources_and_volumes() {
         std::thread::sleep(Duration::from_millis(250));
     }
 
-    let seen = wait_pod(&platform, &kubectl, "no-config", 60, |p| {
+    let seen = platform.wait_pod(&kubectl, "no-config", 60, |p| {
         status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
     });
     assert_eq!(
@@ -378,7 +323,7 @@ fn probes_env_sources_and_volumes() {
         "configmap \"absent\" not found"
     );
     // A missing ConfigMap for a volume: ContainerCreating, and it stays so.
-    wait_pod(&platform, &kubectl, "no-volume", 60, |p| {
+    platform.wait_pod(&kubectl, "no-volume", 60, |p| {
         status(p)["state"]["waiting"]["reason"] == "ContainerCreating"
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -390,11 +335,11 @@ fn probes_env_sources_and_volumes() {
     );
     // Once the ConfigMap exists, it runs.
     kubectl.ok(&["create", "configmap", "absent", "--from-literal=k=v"]);
-    wait_pod(&platform, &kubectl, "no-volume", 60, running);
+    platform.wait_pod(&kubectl, "no-volume", 60, running);
 
     // Deleting the env pod removes its volumes from the machine.
     let uid = seen_uid(&kubectl, "env");
-    let volumes = find_dir(&machine_dir(&data_dir), &uid);
+    let volumes = find_dir(&platform.only_machine_dir(), &uid);
     assert!(volumes.is_some(), "the env pod's volume directory exists");
     kubectl.ok(&["delete", "pod", "env", "--wait=false"]);
     let deadline = Instant::now() + Duration::from_secs(30);

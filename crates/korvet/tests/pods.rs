@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use korvet_test_support::platform::TestPlatform;
-use korvet_test_support::Kubectl;
 use serde_json::Value;
 
 fn pod(name: &str, node: &str, container: Value, restart_policy: &str) -> String {
@@ -33,65 +32,14 @@ fn busybox(command: &[&str]) -> Value {
     })
 }
 
-/// Polls the pod until `done` holds; panics with the pod after `seconds`.
-fn wait_pod(
-    platform: &TestPlatform,
-    kubectl: &Kubectl,
-    name: &str,
-    seconds: u64,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
-        let pod: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
-        if done(&pod) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pod {name} did not get there in {seconds} s; it is:\n{pod:#}\nagent log:\n{}\ncontainerd log:\n{}",
-            machine_log(&platform.data_dir(), "agent.log"),
-            machine_log(&platform.data_dir(), "containerd.log")
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn container_status(pod: &Value) -> &Value {
     &pod["status"]["containerStatuses"][0]
 }
 
-/// The tail of a log file in the platform's only machine's directory.
-fn machine_log(data_dir: &Path, file: &str) -> String {
-    let record = machine_record(data_dir);
-    let text = std::fs::read_to_string(Path::new(record["dir"].as_str().unwrap()).join(file))
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// The containerd socket of the platform's only machine.
-fn containerd_socket(data_dir: &Path) -> PathBuf {
-    let record = machine_record(data_dir);
+fn containerd_socket(platform: &TestPlatform) -> PathBuf {
+    let record = platform.only_machine();
     PathBuf::from(record["socket_dir"].as_str().unwrap()).join("containerd.sock")
-}
-
-fn machine_record(data_dir: &Path) -> Value {
-    fn find(dir: &Path, found: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.file_name().is_some_and(|n| n == "machine.json") {
-                found.push(path);
-            } else if path.is_dir() && !path.ends_with("containerd") {
-                find(&path, found);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    find(data_dir, &mut found);
-    assert_eq!(found.len(), 1, "one machine: {found:?}");
-    serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap()
 }
 
 fn ctr_container_ids(socket: &Path) -> String {
@@ -174,7 +122,7 @@ fn pods_run_through_containerd_and_report_status() {
         "Always",
     ));
 
-    let sleeper = wait_pod(&platform, &kubectl, "sleeper", 120, |p| {
+    let sleeper = platform.wait_pod(&kubectl, "sleeper", 120, |p| {
         p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
     });
     let ip = sleeper["status"]["podIP"].as_str().unwrap();
@@ -189,7 +137,7 @@ fn pods_run_through_containerd_and_report_status() {
     assert!(ready, "{sleeper:#}");
     assert_eq!(container_status(&sleeper)["restartCount"], 0);
 
-    let done = wait_pod(&platform, &kubectl, "done", 60, |p| {
+    let done = platform.wait_pod(&kubectl, "done", 60, |p| {
         p["status"]["phase"] == "Succeeded"
     });
     assert_eq!(
@@ -197,12 +145,12 @@ fn pods_run_through_containerd_and_report_status() {
         "Completed"
     );
 
-    wait_pod(&platform, &kubectl, "missing", 90, |p| {
+    platform.wait_pod(&kubectl, "missing", 90, |p| {
         let reason = &container_status(p)["state"]["waiting"]["reason"];
         reason == "ErrImagePull" || reason == "ImagePullBackOff"
     });
 
-    let nocmd = wait_pod(&platform, &kubectl, "nocmd", 90, |p| {
+    let nocmd = platform.wait_pod(&kubectl, "nocmd", 90, |p| {
         container_status(p)["restartCount"].as_i64().unwrap_or(0) >= 1
     });
     let status = container_status(&nocmd);
@@ -213,7 +161,7 @@ fn pods_run_through_containerd_and_report_status() {
     );
 
     // Deleting a pod stops and removes its containers, then the Pod object.
-    let socket = containerd_socket(&platform.data_dir());
+    let socket = containerd_socket(&platform);
     let id = container_status(&sleeper)["containerID"]
         .as_str()
         .unwrap()

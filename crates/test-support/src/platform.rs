@@ -107,6 +107,62 @@ impl TestPlatform {
             })
     }
 
+    /// The record (`machine.json`) of the platform's only machine.
+    pub fn only_machine(&self) -> serde_json::Value {
+        fn find(dir: &Path, found: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.file_name().is_some_and(|n| n == "machine.json") {
+                    found.push(path);
+                } else if path.is_dir() && !path.ends_with("containerd") {
+                    find(&path, found);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        find(&self.data_dir().join("provider"), &mut found);
+        assert_eq!(found.len(), 1, "one machine: {found:?}");
+        let text = std::fs::read(&found[0]).expect("machine record");
+        serde_json::from_slice(&text).expect("machine record JSON")
+    }
+
+    /// The directory (disk) of the platform's only machine.
+    pub fn only_machine_dir(&self) -> PathBuf {
+        PathBuf::from(self.only_machine()["dir"].as_str().expect("machine dir"))
+    }
+
+    /// The last 40 lines of a file in the only machine's directory (`agent.log`,
+    /// `containerd.log`), for failure messages.
+    pub fn machine_log(&self, file: &str) -> String {
+        tail(&std::fs::read_to_string(self.only_machine_dir().join(file)).unwrap_or_default())
+    }
+
+    /// Polls a pod of a hosted cluster until `done` holds; panics after `seconds` with the
+    /// pod and the node agent's log.
+    pub fn wait_pod(
+        &self,
+        kubectl: &Kubectl,
+        name: &str,
+        seconds: u64,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
+            let pod: serde_json::Value =
+                serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
+            if done(&pod) {
+                return pod;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {name} did not get there in {seconds} s; it is:\n{pod:#}\nagent log:\n{}",
+                self.machine_log("agent.log")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
@@ -210,7 +266,7 @@ impl TestPlatform {
 
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 impl Drop for TestPlatform {
