@@ -393,15 +393,7 @@ impl Worker {
             };
             containers.push(view);
         }
-        let status = status::pod_status(
-            pod,
-            &init,
-            &containers,
-            pod_ip,
-            &self.config().host_ip,
-            now_seconds(),
-        );
-        self.post(pod, status).await;
+        self.post_views(pod, &init, &containers, pod_ip).await;
         Ok(())
     }
 
@@ -417,6 +409,25 @@ impl Worker {
             current: Seen::waiting(reason, None),
             last: None,
         }
+    }
+
+    /// Computes the pod's status from its containers' views and writes it.
+    async fn post_views(
+        &self,
+        pod: &Pod,
+        init: &[ContainerView],
+        containers: &[ContainerView],
+        pod_ip: Option<String>,
+    ) {
+        let status = status::pod_status(
+            pod,
+            init,
+            containers,
+            pod_ip,
+            &self.config().host_ip,
+            now_seconds(),
+        );
+        self.post(pod, status).await;
     }
 
     async fn post_waiting(
@@ -440,15 +451,7 @@ impl Worker {
             .flatten()
             .map(|c| self.waiting_view(c, reason))
             .collect();
-        let status = status::pod_status(
-            pod,
-            &init,
-            &views,
-            None,
-            &self.config().host_ip,
-            now_seconds(),
-        );
-        self.post(pod, status).await;
+        self.post_views(pod, &init, &views, None).await;
         Ok(())
     }
 
