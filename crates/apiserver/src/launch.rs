@@ -50,6 +50,8 @@ pub struct RunningApiServer {
     pub address: SocketAddr,
     pub kubeconfig: PathBuf,
     pub server: Arc<ApiServer>,
+    /// The PKI the server was started with (CA, serving and admin certificates).
+    pub pki: Arc<ClusterPki>,
     task: tokio::task::JoinHandle<()>,
     crd_sync: tokio::task::JoinHandle<()>,
 }
@@ -160,6 +162,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
         address,
         kubeconfig,
         server,
+        pki: Arc::new(pki),
         task,
         crd_sync,
     })

@@ -54,10 +54,6 @@ fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let store: StoreLocation = args.store.parse().context("--store")?;
-    let pki_dir = args
-        .pki_dir
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("pki"));
     let running = launch::start(ApiServerConfig {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
@@ -72,8 +68,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     })
     .await?;
     // The admin identity may approve and sign CSRs; the CA signs node certificates.
-    let pki = korvet_apiserver::pki::ClusterPki::load_or_create(&pki_dir, &[])
-        .context("loading the cluster's certificates for the controllers")?;
+    let pki = running.pki.clone();
     let controllers = korvet_controllers::spawn_all(
         &running.kubeconfig,
         pki.ca_cert_pem().to_string(),

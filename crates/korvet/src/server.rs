@@ -170,12 +170,10 @@ async fn start_registry(
         korvet_registry::Registry::open(&dir)
             .with_context(|| format!("opening the image registry in {}", dir.display()))?,
     );
-    let pki = korvet_apiserver::pki::ClusterPki::load_or_create(
-        &args.data_dir.join("pki"),
-        &[listen.ip().to_string()],
-    )
-    .context("loading the platform's certificates")?;
-    let tls = pki
+    // The management API's serving certificate names the registry's address too
+    // (`extra_hosts`).
+    let tls = api
+        .pki
         .server_config()
         .context("the registry's TLS configuration")?;
     let server = api.server.clone();

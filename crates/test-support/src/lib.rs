@@ -82,8 +82,7 @@ impl TestControlPlane {
     /// `korvet control-plane` does.
     pub async fn start_with_controllers(kind: StoreKind) -> Self {
         let mut cp = Self::start(kind).await;
-        let pki = korvet_apiserver::pki::ClusterPki::load_or_create(&cp.pki_dir(), &[])
-            .unwrap_or_else(|e| panic!("load PKI: {e}"));
+        let pki = cp.server.pki.clone();
         let running = korvet_controllers::spawn_all(
             cp.kubeconfig(),
             pki.ca_cert_pem().to_string(),
@@ -137,8 +136,7 @@ impl TestControlPlane {
     /// Writes a kubeconfig for `user` in `groups`, with a client certificate from this
     /// control plane's CA.
     pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> PathBuf {
-        let pki = korvet_apiserver::pki::ClusterPki::load_or_create(&self.pki_dir(), &[])
-            .unwrap_or_else(|e| panic!("load PKI: {e}"));
+        let pki = &self.server.pki;
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         let (cert, key) = pki
             .issue_client_cert(user, &groups, std::time::Duration::from_secs(3600))
