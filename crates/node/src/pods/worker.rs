@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -703,6 +703,29 @@ impl Worker {
         &self.probers[&c.name]
     }
 
+    /// The named objects of the pod's namespace (`None` for a missing one), for env and
+    /// volumes; `Err` is the API's error.
+    async fn fetch<K, C>(
+        &self,
+        namespace: &str,
+        names: impl IntoIterator<Item = String>,
+    ) -> Result<C, String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        C: FromIterator<(String, Option<K>)>,
+    {
+        let api: Api<K> = Api::namespaced(self.shared.client.clone(), namespace);
+        let mut found = Vec::new();
+        for name in names {
+            let object = api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            found.push((name, object));
+        }
+        Ok(found.into_iter().collect())
+    }
+
     /// The environment of `c`, reading the ConfigMaps and Secrets it names; `Err` is
     /// the message of `CreateContainerConfigError`.
     async fn environment(
@@ -719,17 +742,8 @@ impl Worker {
             node_memory_bytes: node_memory_bytes(),
             ..Default::default()
         };
-        let client = self.shared.client.clone();
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        for name in maps {
-            let found = cm_api.get_opt(&name).await.map_err(|e| e.to_string())?;
-            sources.config_maps.insert(name, found);
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client, &namespace);
-        for name in secrets {
-            let found = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
-            sources.secrets.insert(name, found);
-        }
+        sources.config_maps = self.fetch(&namespace, maps).await?;
+        sources.secrets = self.fetch(&namespace, secrets).await?;
         podenv::resolve(ctx.pod, c, &sources).map_err(|e| e.to_string())
     }
 
@@ -737,18 +751,10 @@ impl Worker {
     async fn volumes(&self, ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::Mount>, String> {
         let namespace = runtime::identity(ctx.pod).namespace.to_string();
         let (maps, secrets) = volumes::referenced(ctx.pod, c);
-        let mut objects = volumes::Objects::default();
-        let client = self.shared.client.clone();
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        for name in maps {
-            let found = cm_api.get_opt(&name).await.map_err(|e| e.to_string())?;
-            objects.config_maps.insert(name, found);
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client, &namespace);
-        for name in secrets {
-            let found = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
-            objects.secrets.insert(name, found);
-        }
+        let objects = volumes::Objects {
+            config_maps: self.fetch(&namespace, maps).await?,
+            secrets: self.fetch(&namespace, secrets).await?,
+        };
         let root = self.config().volume_root();
         let pod = ctx.pod.clone();
         let c = c.clone();
