@@ -62,20 +62,7 @@ fn wait_logs(kubectl: &Kubectl, args: &[&str], done: impl Fn(&str) -> bool) -> S
 #[test]
 fn kubectl_logs_reads_container_logs_through_the_node() {
     let platform = TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")));
-    platform.ok(&[
-        "cluster",
-        "create",
-        "logs",
-        "--pool",
-        "w:small:zone-a:1",
-        "--wait",
-    ]);
-    let kubectl = platform.cluster_kubectl("logs");
-    let nodes = kubectl.json(&["get", "nodes"]);
-    let node = nodes["items"][0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (kubectl, node) = platform.one_node_cluster("logs");
     let apply = |manifest: String| kubectl.ok_with_input(&["apply", "-f", "-"], &manifest);
     apply(pod(
         "echo",

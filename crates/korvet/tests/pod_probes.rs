@@ -84,15 +84,8 @@ fn running(pod: &Value) -> bool {
 #[test]
 fn probes_env_sources_and_volumes() {
     let platform = TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")));
-    platform.ok(&[
-        "cluster",
-        "create",
-        "probes",
-        "--pool",
-        "w:small:zone-a:1",
-        "--wait",
-    ]);
-    let kubectl = platform.cluster_kubectl("probes");
+    // The node's name comes from the wait for its podCIDR below.
+    let (kubectl, _) = platform.one_node_cluster("probes");
     // Dropped before the platform, also on failure.
     let _pods_gone = PodsGone(&kubectl);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -66,20 +66,7 @@ fn in_cidr(ip: &str, cidr: &str) -> bool {
 #[test]
 fn pods_run_through_containerd_and_report_status() {
     let platform = TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")));
-    platform.ok(&[
-        "cluster",
-        "create",
-        "pods",
-        "--pool",
-        "w:small:zone-a:1",
-        "--wait",
-    ]);
-    let kubectl = platform.cluster_kubectl("pods");
-    let nodes = kubectl.json(&["get", "nodes"]);
-    let node = nodes["items"][0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (kubectl, node) = platform.one_node_cluster("pods");
     let deadline = Instant::now() + Duration::from_secs(30);
     let pod_cidr = loop {
         let n = kubectl.json(&["get", "node", &node]);

@@ -235,6 +235,26 @@ impl TestPlatform {
         Kubectl::new(path, self.dir.path().join("kubectl-cache"))
     }
 
+    /// Creates cluster `name` with one `small` node in `zone-a`, waits until it runs, and
+    /// returns kubectl for it and the node's name.
+    pub fn one_node_cluster(&self, name: &str) -> (Kubectl, String) {
+        self.ok(&[
+            "cluster",
+            "create",
+            name,
+            "--pool",
+            "w:small:zone-a:1",
+            "--wait",
+        ]);
+        let kubectl = self.cluster_kubectl(name);
+        let nodes = kubectl.json(&["get", "nodes"]);
+        let node = nodes["items"][0]["metadata"]["name"]
+            .as_str()
+            .expect("the cluster's node")
+            .to_string();
+        (kubectl, node)
+    }
+
     /// Polls `korvet cluster get NAME -o json` until `done` holds (panics after `seconds`).
     pub fn wait_cluster(
         &self,
