@@ -17,9 +17,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use crate::control_plane::Credentials;
 use crate::layout::{cluster_dir, cluster_key, ClusterLayout};
 use crate::{control_plane, Context, PlatformError};
-use korvet_apiserver::pki::ClusterPki;
 
 const CONVERGING: Duration = Duration::from_millis(500);
 const STEADY: Duration = Duration::from_secs(5);
@@ -58,12 +58,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         network.api_endpoint,
         masters,
     );
-    let pki = {
-        let layout = layout.clone();
-        tokio::task::spawn_blocking(move || control_plane::pki(&layout))
-            .await
-            .map_err(|e| PlatformError::Io(e.to_string()))??
-    };
+    let credentials = ctx.credentials(&key, &layout).await?;
     let old = cluster.status.clone();
     let mut status = old.clone().unwrap_or_default();
     let now = crate::now_rfc3339();
@@ -87,7 +82,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     let converged = if cluster.spec.stopped {
         stop(&ctx, &layout, &seen, &mut status).await?
     } else {
-        run(&ctx, &cluster, &layout, &pki, &seen, &mut status).await?
+        run(&ctx, &cluster, &layout, &credentials, &seen, &mut status).await?
     };
     if status.phase != previous {
         let note = match status.phase.as_str() {
@@ -181,7 +176,7 @@ async fn run(
     ctx: &Context,
     cluster: &Cluster,
     layout: &ClusterLayout,
-    pki: &ClusterPki,
+    credentials: &Credentials,
     seen: &Seen<'_>,
     status: &mut ClusterStatus,
 ) -> Result<bool, PlatformError> {
@@ -226,7 +221,8 @@ async fn run(
         )
         .await;
     }
-    let (ready_masters, endpoint_ready) = control_plane::readiness(pki, layout).await;
+    let (ready_masters, endpoint_ready) =
+        control_plane::readiness(&credentials.admin_tls, layout).await;
     status.ready_control_plane_replicas = Some(ready_masters);
     let all_masters = ready_masters == masters as i32;
     set_condition(
@@ -253,11 +249,16 @@ async fn run(
         now,
     );
     if endpoint_ready {
-        let kubeconfig = control_plane::admin_kubeconfig(pki, layout, name)?;
+        let kubeconfig = control_plane::admin_kubeconfig(&credentials.pki, layout, name)?;
         let secret_name = ensure_kubeconfig_secret(ctx, cluster, namespace, &kubeconfig).await?;
         status.kubeconfig_secret = secret_name;
         ctx.tenants
-            .connect(key, &kubeconfig, &layout.endpoint_url(), pki.ca_cert_pem())
+            .connect(
+                key,
+                &kubeconfig,
+                &layout.endpoint_url(),
+                credentials.pki.ca_cert_pem(),
+            )
             .await?;
         sync_inline_pools(ctx, cluster, namespace).await?;
         if let Some(tenant) = ctx.tenants.get(key) {
@@ -507,6 +508,7 @@ async fn delete(
         return Ok(Action::requeue(CONVERGING));
     }
     ctx.tenants.forget(key);
+    ctx.forget_credentials(key);
     let processes = cluster_dir(&ctx.data_dir, key).join("processes");
     control_plane::stop_processes(&ctx.supervisor, &processes).await?;
     ctx.provider.delete_network(key).await?;

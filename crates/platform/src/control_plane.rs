@@ -136,10 +136,26 @@ fn members(
     members
 }
 
+/// A cluster's PKI with the admin client TLS configuration the platform probes it with,
+/// both made once per cluster and kept (reconciles run every few seconds).
+pub struct Credentials {
+    pub pki: ClusterPki,
+    pub admin_tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
 /// The PKI of a cluster, created on first use; the CA never changes afterwards.
-pub fn pki(layout: &ClusterLayout) -> Result<ClusterPki, PlatformError> {
-    ClusterPki::load_or_create(&layout.pki_dir(), &layout.serving_hosts())
-        .map_err(|e| PlatformError::Io(format!("the cluster's PKI: {e}")))
+pub fn credentials(layout: &ClusterLayout) -> Result<Credentials, PlatformError> {
+    let pki = ClusterPki::load_or_create(&layout.pki_dir(), &layout.serving_hosts())
+        .map_err(|e| PlatformError::Io(format!("the cluster's PKI: {e}")))?;
+    let admin_tls = pki::client_tls_config(
+        pki.ca_cert_pem(),
+        Some((pki.admin_cert_pem(), pki.admin_key_pem())),
+    )
+    .map_err(|e| PlatformError::Io(format!("the cluster's admin TLS configuration: {e}")))?;
+    Ok(Credentials {
+        pki,
+        admin_tls: std::sync::Arc::new(admin_tls),
+    })
 }
 
 /// The admin kubeconfig of the cluster, pointing at its endpoint.
@@ -209,17 +225,10 @@ pub async fn stop_processes(
 }
 
 /// How many API servers answer `/readyz`, and whether the endpoint does.
-pub async fn readiness(pki: &ClusterPki, layout: &ClusterLayout) -> (i32, bool) {
-    let tls = match pki::client_tls_config(
-        pki.ca_cert_pem(),
-        Some((pki.admin_cert_pem(), pki.admin_key_pem())),
-    ) {
-        Ok(tls) => std::sync::Arc::new(tls),
-        Err(e) => {
-            tracing::warn!(error = %e, "no client TLS configuration");
-            return (0, false);
-        }
-    };
+pub async fn readiness(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    layout: &ClusterLayout,
+) -> (i32, bool) {
     let mut targets: Vec<std::net::SocketAddr> = (0..layout.masters)
         .map(|i| layout.master_listen(i))
         .collect();

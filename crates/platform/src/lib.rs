@@ -67,9 +67,47 @@ pub struct Context {
     data_dir: PathBuf,
     tenants: tenant::Tenants,
     recorder: Recorder,
+    /// Each cluster's PKI and admin TLS configuration, loaded once.
+    credentials:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<control_plane::Credentials>>>,
 }
 
 impl Context {
+    /// The credentials of the cluster `key`, from disk (made there on first use) the
+    /// first time and from memory afterwards.
+    async fn credentials(
+        &self,
+        key: &str,
+        layout: &layout::ClusterLayout,
+    ) -> Result<Arc<control_plane::Credentials>, PlatformError> {
+        let cached = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(credentials) = cached {
+            return Ok(credentials);
+        }
+        let layout = layout.clone();
+        let credentials = tokio::task::spawn_blocking(move || control_plane::credentials(&layout))
+            .await
+            .map_err(|e| PlatformError::Io(e.to_string()))??;
+        let credentials = Arc::new(credentials);
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), credentials.clone());
+        Ok(credentials)
+    }
+
+    fn forget_credentials(&self, key: &str) {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
     /// Records a Kubernetes Event about `object`; failures only reach the log.
     async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -252,6 +290,7 @@ pub async fn run(client: kube::Client, config: PlatformConfig) {
         data_dir: config.data_dir,
         tenants: tenant::Tenants::default(),
         recorder: Recorder::new(client.clone(), reporter),
+        credentials: Default::default(),
     });
     let clusters: Api<Cluster> = Api::all(client.clone());
     let pools: Api<NodePool> = Api::all(client.clone());
