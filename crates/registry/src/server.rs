@@ -87,36 +87,23 @@ impl Registry {
     ) -> std::io::Result<ServeHandle> {
         let addr = listener.local_addr()?;
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                while connections.try_join_next().is_some() {}
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "registry: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
+        let task = tokio::spawn(korvet_apiserver::server::accept_loop(
+            listener,
+            "registry",
+            move |tcp, _peer| {
                 let registry = self.clone();
                 let auth = auth.clone();
                 let acceptor = acceptor.clone();
-                connections.spawn(async move {
-                    let result = match acceptor {
-                        Some(acceptor) => match acceptor.accept(tcp).await {
-                            Ok(tls) => serve_io(registry, auth, tls).await,
-                            Err(e) => Err(e.into()),
-                        },
+                async move {
+                    match acceptor {
+                        Some(acceptor) => {
+                            serve_io(registry, auth, acceptor.accept(tcp).await?).await
+                        }
                         None => serve_io(registry, auth, tcp).await,
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "registry connection ended with an error");
                     }
-                });
-            }
-        });
+                }
+            },
+        ));
         Ok(ServeHandle { addr, task })
     }
 
@@ -517,7 +504,7 @@ async fn serve_io<I>(
     registry: Arc<Registry>,
     auth: Arc<dyn Authenticator>,
     io: I,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+) -> korvet_apiserver::server::ConnectionResult
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
