@@ -14,6 +14,7 @@ PACKAGES=(
   containernetworking-plugins # CNI plugins (bridge, host-local, portmap, loopback) for pods
   nftables
   skopeo               # OCI interop oracle of the registry tests
+  docker-registry      # the reference registry in `korvet bench pods`
   busybox-static       # /bin/busybox, the base of the busybox, pause and demo-web images
 )
 

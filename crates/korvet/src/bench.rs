@@ -65,6 +65,26 @@ pub enum Bench {
         #[arg(long, default_value_t = 2)]
         nodes_each: i32,
     },
+    /// Pods: start latency (create to Running, image on the node) over many pods on two
+    /// real nodes, and registry push/pull throughput against Debian's docker-registry.
+    /// Runs a management plane in this process; needs root.
+    Pods {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Pods to start.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Pods created per second (0: all at once).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Size of the registry benchmark's image, in MB.
+        #[arg(long, default_value_t = 50)]
+        image_mb: usize,
+        /// Push/pull rounds per registry.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -74,6 +94,21 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             concurrent,
             nodes_each,
         } => crate::bench_clusters::run(json, concurrent, nodes_each).await,
+        Bench::Pods {
+            json,
+            pods,
+            rate,
+            image_mb,
+            rounds,
+        } => {
+            let config = crate::bench_pods::PodBenchConfig {
+                pods,
+                rate,
+                image_mb,
+                rounds,
+            };
+            crate::bench_pods::run(json, config).await
+        }
         Bench::Store {
             json,
             ops,

@@ -57,13 +57,13 @@ pub struct ClusterBench {
     pub memory: MemoryFigures,
 }
 
-fn cluster(name: &str, masters: i32, nodes: i32) -> anyhow::Result<Cluster> {
+fn cluster(name: &str, masters: i32, nodes: i32, flavor: &str) -> anyhow::Result<Cluster> {
     let spec = ClusterSpec {
         control_plane: ControlPlaneSpec { replicas: masters },
         node_pools: vec![InlineNodePool {
             name: "workers".into(),
             pool: PoolTemplate {
-                flavor: "small".into(),
+                flavor: flavor.into(),
                 zone: "zone-a".into(),
                 replicas: nodes,
                 ..Default::default()
@@ -82,7 +82,7 @@ fn is_ready(cluster: &Cluster, nodes: i32) -> bool {
     })
 }
 
-/// Creates a cluster and waits for its API, then for its nodes.
+/// Creates a cluster of `small` nodes and waits for its API, then for its nodes.
 async fn create_and_time(
     client: &kube::Client,
     name: &str,
@@ -90,11 +90,25 @@ async fn create_and_time(
     nodes: i32,
     timeout: Duration,
 ) -> anyhow::Result<CreateFigures> {
+    create_and_time_as(client, name, masters, nodes, "small", timeout).await
+}
+
+pub async fn create_and_time_as(
+    client: &kube::Client,
+    name: &str,
+    masters: i32,
+    nodes: i32,
+    flavor: &str,
+    timeout: Duration,
+) -> anyhow::Result<CreateFigures> {
     let api: Api<Cluster> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
-    api.create(&PostParams::default(), &cluster(name, masters, nodes)?)
-        .await
-        .with_context(|| format!("creating cluster {name}"))?;
+    api.create(
+        &PostParams::default(),
+        &cluster(name, masters, nodes, flavor)?,
+    )
+    .await
+    .with_context(|| format!("creating cluster {name}"))?;
     let mut api_seconds = None;
     loop {
         anyhow::ensure!(
@@ -124,7 +138,7 @@ async fn create_and_time(
     }
 }
 
-async fn delete_and_wait(client: &kube::Client, names: &[String]) -> anyhow::Result<f64> {
+pub async fn delete_and_wait(client: &kube::Client, names: &[String]) -> anyhow::Result<f64> {
     let api: Api<Cluster> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
     for name in names {
@@ -192,26 +206,8 @@ fn machine_rss(server: &server::RunningServer, machine: &str) -> (f64, f64) {
 }
 
 pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Result<()> {
-    let temp = tempfile::tempdir().context("creating a temporary directory")?;
-    let args = ServerArgs {
-        data_dir: temp.path().join("data"),
-        listen: "127.0.0.1:0".parse()?,
-        store: "embedded".into(),
-        pool: "10.200.0.0/13".into(),
-        registry_port: 0,
-    };
-    let server = server::start(&args).await?;
-    let result = measure(&server, concurrent, nodes_each).await;
-    let provider = server.provider.clone();
-    let data_dir = server.data_dir.clone();
-    drop(server);
-    korvet_platform::stop_everything(&data_dir, provider.as_ref()).await?;
-    use korvet_cloud::Provider as _;
-    for machine in provider.list_machines(None).await? {
-        provider.delete_machine(&machine.name).await?;
-    }
-    provider.destroy_all().await?;
-    let figures = result?;
+    let figures =
+        with_platform(async |server| measure(server, concurrent, nodes_each).await).await?;
     if json {
         println!(
             "{}",
@@ -224,6 +220,35 @@ pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Resu
         print_table(&figures);
     }
     Ok(())
+}
+
+/// Runs `bench` against a management plane in this process on a temporary data
+/// directory, then removes every machine, control plane and network it made, also when
+/// `bench` failed.
+pub async fn with_platform<T, F>(bench: F) -> anyhow::Result<T>
+where
+    F: AsyncFnOnce(&server::RunningServer) -> anyhow::Result<T>,
+{
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let args = ServerArgs {
+        data_dir: temp.path().join("data"),
+        listen: "127.0.0.1:0".parse()?,
+        store: "embedded".into(),
+        pool: "10.200.0.0/13".into(),
+        registry_port: 0,
+    };
+    let server = server::start(&args).await?;
+    let result = bench(&server).await;
+    let provider = server.provider.clone();
+    let data_dir = server.data_dir.clone();
+    drop(server);
+    korvet_platform::stop_everything(&data_dir, provider.as_ref()).await?;
+    use korvet_cloud::Provider as _;
+    for machine in provider.list_machines(None).await? {
+        provider.delete_machine(&machine.name).await?;
+    }
+    provider.destroy_all().await?;
+    result
 }
 
 async fn measure(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_clusters;
+mod bench_pods;
 mod cli;
 mod control_plane;
 mod image;
