@@ -75,8 +75,8 @@ pub enum Bench {
         /// Pods to start.
         #[arg(long, default_value_t = 100)]
         pods: usize,
-        /// Pods created per second (0: all at once).
-        #[arg(long, default_value_t = 10.0)]
+        /// Pods created per second in the steady series (0: only the all-at-once series).
+        #[arg(long, default_value_t = 5.0)]
         rate: f64,
         /// Size of the registry benchmark's image, in MB.
         #[arg(long, default_value_t = 50)]

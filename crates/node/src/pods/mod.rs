@@ -30,6 +30,10 @@ use crate::cri::Cri;
 /// How often each pod is looked at even when nothing in the API changed.
 pub const RESYNC: Duration = Duration::from_secs(1);
 
+/// How often every pod of the store is checked for a worker, and the runtime for
+/// sandboxes of pods this node no longer has.
+const ORPHAN_SCAN: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct PodsConfig {
     pub node_name: String,
@@ -77,7 +81,9 @@ pub async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
 
     let pods: Api<Pod> = Api::all(client);
     let (reader, writer) = reflector::store();
-    let changed = Arc::new(Notify::new());
+    // The UIDs of pods the watch touched: only their workers are woken, so a burst of
+    // pod events costs work per event, not per event and pod.
+    let (touched, mut touched_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let selector = format!("spec.nodeName={}", config.node_name);
     let stream = reflector::reflector(
         writer,
@@ -85,31 +91,47 @@ pub async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
     )
     .default_backoff()
     .touched_objects();
-    let notify = changed.clone();
     let watch = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watching this node's pods");
+            match event {
+                Ok(pod) => {
+                    if let Some(uid) = pod.metadata.uid {
+                        let _ = touched.send(uid);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching this node's pods"),
             }
-            notify.notify_waiters();
         }
     });
     let _watch = AbortOnDrop(watch);
     reader.wait_until_ready().await.ok();
 
     let mut workers: HashMap<String, (tokio::task::JoinHandle<()>, Arc<Notify>)> = HashMap::new();
+    let mut scan = tokio::time::interval(ORPHAN_SCAN);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut pending = HashSet::new();
+        let full = tokio::select! {
+            uid = touched_rx.recv() => {
+                let Some(uid) = uid else { return };
+                pending.insert(uid);
+                while let Ok(uid) = touched_rx.try_recv() {
+                    pending.insert(uid);
+                }
+                false
+            }
+            _ = scan.tick() => true,
+        };
         workers.retain(|_, (task, _)| !task.is_finished());
         let current = reader.state();
-        let uids: HashSet<String> = current
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone())
-            .collect();
-        for pod in current {
+        for pod in &current {
             let Some(uid) = pod.metadata.uid.clone() else {
                 continue;
             };
+            if !full && !pending.contains(&uid) {
+                continue;
+            }
             match workers.get(&uid) {
                 Some((_, wake)) => wake.notify_one(),
                 None => {
@@ -125,6 +147,19 @@ pub async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
                 }
             }
         }
+        // Pods gone from the store: their workers tear them down when woken.
+        for uid in &pending {
+            if let Some((_, wake)) = workers.get(uid) {
+                wake.notify_one();
+            }
+        }
+        if !full {
+            continue;
+        }
+        let uids: HashSet<String> = current
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
         // Sandboxes of pods this node no longer has (deleted while the agent was down).
         match worker::sandbox_uids(&shared.cri).await {
             Ok(found) => {
@@ -140,10 +175,6 @@ pub async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing pod sandboxes"),
-        }
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
         }
     }
 }
