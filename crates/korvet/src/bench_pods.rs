@@ -42,6 +42,8 @@ pub struct PodStartFigures {
     pub p50_seconds: f64,
     pub p99_seconds: f64,
     pub max_seconds: f64,
+    /// Pods divided by the time from the first create call to the last pod Running.
+    pub starts_per_second: f64,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -127,8 +129,8 @@ fn print_table(f: &PodBench) {
             "all at once".to_string()
         };
         println!(
-            "  {} pods on {} nodes, {how}: p50 {:.3} s   p99 {:.3} s   max {:.3} s",
-            p.pods, p.nodes, p.p50_seconds, p.p99_seconds, p.max_seconds
+            "  {} pods on {} nodes, {how}: p50 {:.3} s   p99 {:.3} s   max {:.3} s   ({:.1} pods started per second)",
+            p.pods, p.nodes, p.p50_seconds, p.p99_seconds, p.max_seconds, p.starts_per_second
         );
     }
     let r = &f.registry;
@@ -325,12 +327,13 @@ async fn start_series(
     // The watch may trail the list by a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(watch);
-    let mut latencies: Vec<f64> = {
+    let (mut latencies, last_running): (Vec<f64>, Option<Instant>) = {
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        names
+        let latencies = names
             .iter()
             .filter_map(|n| Some(seen.get(n)?.duration_since(*created.get(n)?).as_secs_f64()))
-            .collect()
+            .collect();
+        (latencies, seen.values().max().copied())
     };
     latencies.sort_by(f64::total_cmp);
 
@@ -351,6 +354,9 @@ async fn start_series(
         p50_seconds: percentile(&latencies, 50.0),
         p99_seconds: percentile(&latencies, 99.0),
         max_seconds: latencies.last().copied().unwrap_or(0.0),
+        starts_per_second: last_running
+            .map(|last| pods as f64 / last.duration_since(begin).as_secs_f64())
+            .unwrap_or(0.0),
     })
 }
 
