@@ -39,7 +39,19 @@ fn running(pod: &Value) -> bool {
 
 /// Runs kubectl with `input` on stdin; gives its exit code, stdout and stderr.
 fn run(kubectl: &Kubectl, args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
-    let mut child = kubectl.command(args).spawn().expect("start kubectl");
+    run_env(kubectl, &[], args, input)
+}
+
+/// [`run`] with extra environment (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`: SPDY).
+fn run_env(
+    kubectl: &Kubectl,
+    env: &[(&str, &str)],
+    args: &[&str],
+    input: &[u8],
+) -> (i32, Vec<u8>, String) {
+    let mut command = kubectl.command(args);
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("start kubectl");
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_vec();
     let writer = std::thread::spawn(move || {
@@ -107,6 +119,18 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
     assert!(err.contains("err\n"), "{err}");
     assert!(err.contains("command terminated with exit code 3"), "{err}");
 
+    // kubectl's SPDY path (its fallback) is passed through to containerd as it is.
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    let (code, _, err) = run_env(
+        &kubectl,
+        &spdy,
+        &["exec", "-i", "box", "--", "sh", "-c", "cat > /tmp/spdy"],
+        b"over spdy\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_env(&kubectl, &spdy, &["exec", "box", "--", "cat", "/tmp/spdy"], b"");
+    assert_eq!((code, String::from_utf8_lossy(&out).as_ref()), (0, "over spdy\n"), "{err}");
+
     // stdin reaches the command, and its end too (v5 closes the stdin stream).
     let (code, _, err) = run(
         &kubectl,
@@ -115,13 +139,18 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
     );
     assert_eq!(code, 0, "{err}");
     let (_, out, err) = run(&kubectl, &["exec", "box", "--", "cat", "/tmp/x"], b"");
-    assert_eq!(String::from_utf8_lossy(&out), "first line\nsecond line\n", "{err}");
-    let (_, out, err) = run(&kubectl, &["exec", "-i", "box", "--", "wc", "-c"], &[7u8; 200_000]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "first line\nsecond line\n",
+        "{err}\nagent log:\n{}",
+        platform.machine_log("agent.log")
+    );
+    let (_, out, err) = run(&kubectl, &["exec", "-i", "box", "--", "busybox", "wc", "-c"], &[7u8; 200_000]);
     assert_eq!(String::from_utf8_lossy(&out).trim(), "200000", "{err}");
 
     // A terminal: kubectl needs one of its own for -t, so it runs under script(1).
     let line = format!(
-        "kubectl --kubeconfig {} exec -i -t box -- sh -c 'tty; echo cols=$(stty size)'",
+        "kubectl --kubeconfig {} exec -i -t box -- busybox tty",
         kubeconfig_of(&kubectl)
     );
     let script = std::process::Command::new("script")

@@ -110,6 +110,7 @@ where
                     Some(Err(e)) => break 'session Err(e.into()),
                     Some(Ok(_)) => continue,
                 };
+                tracing::info!(len = data.len(), first = ?data.first(), "DEBUG ws message");
                 let frame = match channel::parse(&data, v5) {
                     Incoming::Stdin(bytes) if stdin_open && !bytes.is_empty() => {
                         streams.id(channel::STDIN).map(|stream_id| Frame::Data {
@@ -148,6 +149,7 @@ where
                     Err(e) => break 'session Err(e.into()),
                 }
                 while let Some(frame) = decoder.decode(&mut buf)? {
+                    tracing::info!(?frame, "DEBUG spdy frame");
                     match frame {
                         Frame::Data { stream_id, fin, data } => match streams.channel(stream_id) {
                             Some(channel::ERROR) => {

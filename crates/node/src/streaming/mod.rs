@@ -165,6 +165,7 @@ pub async fn serve(
     if kind == Kind::Exec && options.command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "you must specify a command");
     }
+    tracing::info!(uri = %req.uri(), ?options, "DEBUG streaming request");
     let url = match runtime_url(cri, kind, namespace, pod, container, &options).await {
         Ok(url) => url,
         Err(response) => return response,
