@@ -86,12 +86,8 @@ pub async fn serve(
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
     };
+    // Port-forward's ports are optional: each SPDY stream names its port.
     let path = if subresource == "portforward" {
-        if param("ports").is_none_or(|p| p.is_empty()) {
-            return Err(ApiError::bad_request(
-                "at least one port must be specified",
-            ));
-        }
         format!("/portForward/{namespace}/{name}")
     } else {
         let container = choose_container(&pod, param("container").as_deref())?;
@@ -117,9 +113,8 @@ pub async fn serve(
         ApiError::unavailable("this API server has no kubelet client certificate")
     })?;
     let stream = connect(tls, &address, port, &path).await?;
-    let unreachable = |e: &dyn std::fmt::Display| {
-        ApiError::internal(format!("error dialing backend: {e}"))
-    };
+    let unreachable =
+        |e: &dyn std::fmt::Display| ApiError::internal(format!("error dialing backend: {e}"));
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(&e))?;
@@ -166,8 +161,7 @@ pub async fn serve(
             body: ReplyBody::Raw(content_type, body),
         });
     }
-    let on_upgrade =
-        on_upgrade.ok_or_else(|| ApiError::bad_request("Upgrade request required"))?;
+    let on_upgrade = on_upgrade.ok_or_else(|| ApiError::bad_request("Upgrade request required"))?;
     let headers = returned_headers(response.headers());
     let node_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {

@@ -106,12 +106,28 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
     platform.wait_pod(&kubectl, "box", 120, running);
 
     // Output and exit codes.
-    let (code, out, err) = run(&kubectl, &["exec", "box", "--", "cat", "/etc/hostname"], b"");
-    assert_eq!(code, 0, "{err}\nagent log:\n{}", platform.machine_log("agent.log"));
+    let (code, out, err) = run(
+        &kubectl,
+        &["exec", "box", "--", "cat", "/etc/hostname"],
+        b"",
+    );
+    assert_eq!(
+        code,
+        0,
+        "{err}\nagent log:\n{}",
+        platform.machine_log("agent.log")
+    );
     assert_eq!(String::from_utf8_lossy(&out), "box\n");
     let (code, out, err) = run(
         &kubectl,
-        &["exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
         b"",
     );
     assert_eq!(code, 3, "{err}");
@@ -128,8 +144,17 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
         b"over spdy\n",
     );
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = run_env(&kubectl, &spdy, &["exec", "box", "--", "cat", "/tmp/spdy"], b"");
-    assert_eq!((code, String::from_utf8_lossy(&out).as_ref()), (0, "over spdy\n"), "{err}");
+    let (code, out, err) = run_env(
+        &kubectl,
+        &spdy,
+        &["exec", "box", "--", "cat", "/tmp/spdy"],
+        b"",
+    );
+    assert_eq!(
+        (code, String::from_utf8_lossy(&out).as_ref()),
+        (0, "over spdy\n"),
+        "{err}"
+    );
 
     // stdin reaches the command, and its end too (v5 closes the stdin stream).
     let (code, _, err) = run(
@@ -145,7 +170,11 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
         "{err}\nagent log:\n{}",
         platform.machine_log("agent.log")
     );
-    let (_, out, err) = run(&kubectl, &["exec", "-i", "box", "--", "busybox", "wc", "-c"], &[7u8; 200_000]);
+    let (_, out, err) = run(
+        &kubectl,
+        &["exec", "-i", "box", "--", "busybox", "wc", "-c"],
+        &[7u8; 200_000],
+    );
     assert_eq!(String::from_utf8_lossy(&out).trim(), "200000", "{err}");
 
     // A terminal: kubectl needs one of its own for -t, so it runs under script(1).
@@ -160,7 +189,10 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
         .expect("script");
     let printed = String::from_utf8_lossy(&script.stdout);
     assert!(script.status.success(), "{printed}");
-    assert!(printed.contains("/dev/pts/"), "a terminal in the container: {printed}");
+    assert!(
+        printed.contains("/dev/pts/"),
+        "a terminal in the container: {printed}"
+    );
 
     // cp in and out: tar in the container, stdin's end ends tar.
     let dir = platform.data_dir();
@@ -171,7 +203,10 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
     kubectl.ok(&["cp", local.to_str().unwrap(), target]);
     let back = dir.join("cp-out.bin");
     kubectl.ok(&["cp", target, back.to_str().unwrap()]);
-    assert!(std::fs::read(&back).unwrap() == original, "cp changed the file");
+    assert!(
+        std::fs::read(&back).unwrap() == original,
+        "cp changed the file"
+    );
 
     // attach: the output of the container's own process.
     platform.wait_pod(&kubectl, "ticker", 60, running);
@@ -194,14 +229,19 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
     };
     assert!(answer.starts_with("HTTP/1."), "{answer}");
     // A second connection over the same forward.
-    assert!(http_get(port).unwrap().contains("hello-through-port-forward"));
+    assert!(http_get(port)
+        .unwrap()
+        .contains("hello-through-port-forward"));
     drop(forward);
 
     // Errors, as upstream words them.
     let err = kubectl.fails(&["exec", "nosuch", "--", "true"]);
     assert!(err.contains("pods \"nosuch\" not found"), "{err}");
     let err = kubectl.fails(&["exec", "box", "-c", "nope", "--", "true"]);
-    assert!(err.contains("container nope is not valid for pod box"), "{err}");
+    assert!(
+        err.contains("container nope is not valid for pod box"),
+        "{err}"
+    );
     platform.wait_pod(&kubectl, "missing", 90, |p| {
         let reason = &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
         reason == "ErrImagePull" || reason == "ImagePullBackOff"

@@ -240,7 +240,15 @@ async fn handle(
         }
         (&http::Method::GET | &http::Method::POST, ["portForward", ns, pod]) => {
             let (ns, pod) = (ns.to_string(), pod.to_string());
-            streaming::serve(&state.cri, streaming::Kind::PortForward, req, &ns, &pod, None).await
+            streaming::serve(
+                &state.cri,
+                streaming::Kind::PortForward,
+                req,
+                &ns,
+                &pod,
+                None,
+            )
+            .await
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

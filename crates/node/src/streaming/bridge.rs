@@ -38,7 +38,10 @@ struct Streams {
 
 impl Streams {
     fn id(&self, channel: u8) -> Option<u32> {
-        self.ids.iter().find(|(c, _)| *c == channel).map(|(_, id)| *id)
+        self.ids
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .map(|(_, id)| *id)
     }
 
     fn channel(&self, id: u32) -> Option<u8> {
@@ -110,7 +113,6 @@ where
                     Some(Err(e)) => break 'session Err(e.into()),
                     Some(Ok(_)) => continue,
                 };
-                tracing::info!(len = data.len(), first = ?data.first(), "DEBUG ws message");
                 let frame = match channel::parse(&data, v5) {
                     Incoming::Stdin(bytes) if stdin_open && !bytes.is_empty() => {
                         streams.id(channel::STDIN).map(|stream_id| Frame::Data {
@@ -149,7 +151,6 @@ where
                     Err(e) => break 'session Err(e.into()),
                 }
                 while let Some(frame) = decoder.decode(&mut buf)? {
-                    tracing::info!(?frame, "DEBUG spdy frame");
                     match frame {
                         Frame::Data { stream_id, fin, data } => match streams.channel(stream_id) {
                             Some(channel::ERROR) => {

@@ -165,7 +165,7 @@ pub async fn serve(
     if kind == Kind::Exec && options.command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "you must specify a command");
     }
-    tracing::info!(uri = %req.uri(), ?options, "DEBUG streaming request");
+    tracing::debug!(uri = %req.uri(), ?kind, "streaming request");
     let url = match runtime_url(cri, kind, namespace, pod, container, &options).await {
         Ok(url) => url,
         Err(response) => return response,
@@ -355,7 +355,10 @@ async fn spdy_connect(
         .ok_or_else(|| unreachable(&"the URL has no host"))?
         .clone();
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| unreachable(&e))?;
@@ -451,8 +454,10 @@ mod tests {
         .unwrap();
         assert_eq!(o.command, ["sh", "-c", "echo hi"]);
         assert!(o.stdin && o.stdout && o.stderr && !o.tty);
-        let o = Options::parse(Some("command=sh&stdin=true&stdout=true&stderr=true&tty=true"))
-            .unwrap();
+        let o = Options::parse(Some(
+            "command=sh&stdin=true&stdout=true&stderr=true&tty=true",
+        ))
+        .unwrap();
         assert!(o.tty && !o.stderr, "a terminal has no separate stderr");
         let o = Options::parse(Some("port=80&port=8080,9090")).unwrap();
         assert_eq!(o.ports, [80, 8080, 9090]);

@@ -279,10 +279,11 @@ impl Decoder {
                 out.reserve(out.capacity().max(256));
             }
             let before_out = out.len();
-            match self
-                .decompress
-                .decompress_vec(&block[consumed..], &mut out, FlushDecompress::Sync)
-            {
+            match self.decompress.decompress_vec(
+                &block[consumed..],
+                &mut out,
+                FlushDecompress::Sync,
+            ) {
                 Ok(Status::StreamEnd) => return Ok(out),
                 Ok(_) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
@@ -355,7 +356,9 @@ impl Decoder {
         }
         let version = u16::from_be_bytes([head[0], head[1]]) & 0x7fff;
         if version != VERSION {
-            return Err(SpdyError::Protocol(format!("unsupported version {version}")));
+            return Err(SpdyError::Protocol(format!(
+                "unsupported version {version}"
+            )));
         }
         let kind = u16::from_be_bytes([head[2], head[3]]);
         let short = |n: usize| {
@@ -608,7 +611,10 @@ mod tests {
             Frame::SynStream { headers, .. } => headers,
             other => panic!("not a SYN_STREAM: {other:?}"),
         };
-        assert_eq!(headers(first), [("streamtype".to_string(), "error".to_string())]);
+        assert_eq!(
+            headers(first),
+            [("streamtype".to_string(), "error".to_string())]
+        );
         let second = headers(second);
         assert_eq!(header(&second, "streamType"), Some("stdout"));
         assert_eq!(header(&second, "port"), Some("80"));
