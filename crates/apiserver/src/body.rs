@@ -98,10 +98,13 @@ impl Reply {
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type),
-        );
+        // A 101 (pods/exec and friends) has no body to type.
+        if self.status != StatusCode::SWITCHING_PROTOCOLS {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+        }
         for (name, value) in self.headers {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::try_from(name.as_str()),

@@ -27,6 +27,7 @@ pub mod patch;
 mod patching;
 pub mod pki;
 pub mod pod_logs;
+pub mod pod_streams;
 pub mod protobuf;
 pub mod query;
 pub mod rbac;

@@ -193,7 +193,7 @@ pub fn check_status(pod: &Value, container: &str, previous: bool) -> ApiResult<(
 }
 
 /// `https://IP:PORT` of the kubelet of node `node` (InternalIP first).
-async fn kubelet_address(call: &Call<'_>, node: &str) -> ApiResult<(String, u16)> {
+pub(crate) async fn kubelet_address(call: &Call<'_>, node: &str) -> ApiResult<(String, u16)> {
     let nodes = call
         .server
         .registry
@@ -282,6 +282,33 @@ pub async fn get(call: &Call<'_>) -> ApiResult<Reply> {
     })
 }
 
+/// A TLS connection to the kubelet at `address:port` (`path` is for error messages).
+pub(crate) async fn connect(
+    tls: Arc<rustls::ClientConfig>,
+    address: &str,
+    port: u16,
+    path: &str,
+) -> ApiResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::internal(format!("Get \"https://{address}:{port}{path}\": {e}"))
+    };
+    let ip: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| ApiError::internal(format!("node address {address:?} is not an IP")))?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((ip, port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::IpAddress(ip.into());
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| unreachable(&"connection timed out"))?
+        .map_err(|e| unreachable(&e))
+}
+
 /// GETs `path` from the kubelet; a non-200 answer becomes an error with its text.
 async fn fetch(
     tls: Arc<rustls::ClientConfig>,
@@ -292,20 +319,7 @@ async fn fetch(
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::internal(format!("Get \"https://{address}:{port}{path}\": {e}"))
     };
-    let ip: std::net::IpAddr = address
-        .parse()
-        .map_err(|_| ApiError::internal(format!("node address {address:?} is not an IP")))?;
-    let connect = async {
-        let tcp = tokio::net::TcpStream::connect((ip, port)).await?;
-        let name = ServerName::IpAddress(ip.into());
-        tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-    };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| unreachable(&"connection timed out"))?
-        .map_err(|e| unreachable(&e))?;
+    let stream = connect(tls, address, port, path).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(&e))?;

@@ -165,7 +165,7 @@ impl ApiServer {
 
     async fn dispatch(
         self: &Arc<Self>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         incoming: Incoming,
         route: Route,
         query: Query,
@@ -208,7 +208,31 @@ impl ApiServer {
                     name: rr.name.clone().unwrap_or_default(),
                     path: None,
                 };
-                self.check(user, attrs).await?;
+                let streaming = rr.group.is_empty()
+                    && rr.resource == "pods"
+                    && rr
+                        .subresource
+                        .as_deref()
+                        .is_some_and(|s| crate::pod_streams::SUBRESOURCES.contains(&s));
+                // Upstream (AuthorizePodWebsocketUpgradeCreatePermission, on since 1.31)
+                // also asks for `create` of a WebSocket GET of these subresources.
+                let also_create = streaming && parts.method == Method::GET;
+                self.check(user, attrs.clone()).await?;
+                if also_create {
+                    self.check(
+                        user,
+                        Attributes {
+                            verb: "create".to_string(),
+                            ..attrs
+                        },
+                    )
+                    .await?;
+                }
+                let on_upgrade = if streaming {
+                    parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+                } else {
+                    None
+                };
                 let body = if matches!(
                     parts.method,
                     Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -226,6 +250,9 @@ impl ApiServer {
                     headers: &parts.headers,
                     body,
                 };
+                if streaming && call.resource.kind == "Pod" {
+                    return crate::pod_streams::serve(&call, &parts.method, on_upgrade).await;
+                }
                 handlers::serve(call).await
             }
         }
@@ -432,7 +459,7 @@ async fn serve_connection(
         }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await?;
     let _ = peer;
     Ok(())

@@ -18,9 +18,10 @@ pub const BUSYBOX_IMAGE: &str = "korvet.local/busybox:latest";
 pub const PAUSE_IMAGE: &str = "korvet.local/pause:latest";
 /// Debian's `busybox-static`: one binary with no shared libraries.
 pub const BUSYBOX_BINARY: &str = "/bin/busybox";
-const APPLETS: [&str; 15] = [
+/// `tar` is what `kubectl cp` runs in the container.
+const APPLETS: [&str; 16] = [
     "sh", "sleep", "echo", "cat", "ls", "wget", "nc", "httpd", "test", "false", "true", "touch",
-    "env", "mkdir", "rm",
+    "env", "mkdir", "rm", "tar",
 ];
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

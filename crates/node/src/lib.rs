@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pods;
 pub mod registration;
 pub mod server;
+pub mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;

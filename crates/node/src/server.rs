@@ -1,5 +1,7 @@
 //! The node's HTTPS endpoint (upstream's kubelet server on port 10250): `/healthz` and
-//! `GET /containerLogs/{ns}/{pod}/{container}`, which the API server's `pods/log` proxies.
+//! `GET /containerLogs/{ns}/{pod}/{container}`, which the API server's `pods/log` proxies,
+//! and the upgrade requests of `pods/exec`, `pods/attach` and `pods/portforward`
+//! (`/exec/..`, `/attach/..`, `/portForward/{ns}/{pod}`, see [`crate::streaming`]).
 //!
 //! The serving certificate is self-signed, made at each start: upstream's API server does
 //! not verify the kubelet's certificate unless `--kubelet-certificate-authority` is set,
@@ -27,6 +29,7 @@ use x509_parser::prelude::FromDer;
 use crate::cri::Cri;
 use crate::logs::{self, Joiner, LogOptions};
 use crate::pods::runtime::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE};
+use crate::streaming;
 
 /// The user of the API server's client certificate for kubelets.
 pub const APISERVER_KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
@@ -185,7 +188,7 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(handle(&state, req, user.as_ref()).await) }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await?;
     Ok(())
 }
@@ -225,6 +228,27 @@ async fn handle(
                 Ok(options) => container_logs(state, ns, pod, container, options).await,
                 Err(message) => text(StatusCode::BAD_REQUEST, message),
             }
+        }
+        (&http::Method::GET | &http::Method::POST, ["exec" | "attach", ns, pod, container]) => {
+            let kind = if parts[0] == "exec" {
+                streaming::Kind::Exec
+            } else {
+                streaming::Kind::Attach
+            };
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            streaming::serve(&state.cri, kind, req, &ns, &pod, Some(&container)).await
+        }
+        (&http::Method::GET | &http::Method::POST, ["portForward", ns, pod]) => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            streaming::serve(
+                &state.cri,
+                streaming::Kind::PortForward,
+                req,
+                &ns,
+                &pod,
+                None,
+            )
+            .await
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

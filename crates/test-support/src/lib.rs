@@ -234,7 +234,9 @@ impl Kubectl {
         Kubectl { kubeconfig, cache }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The kubectl command line with this kubeconfig, for runs that need more than
+    /// [`Kubectl::run`] (exit codes, terminals).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
