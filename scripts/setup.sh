@@ -11,6 +11,7 @@ PACKAGES=(
   python3 python3-venv # the official Python client runs in a virtualenv in the tests
   iproute2             # network namespaces, bridges and veths of the local provider
   containerd runc      # each machine's own container runtime
+  crun                 # the second OCI runtime, RuntimeClass handler `crun`
   containernetworking-plugins # CNI plugins (bridge, host-local, portmap, loopback) for pods
   nftables
   skopeo               # OCI interop oracle of the registry tests

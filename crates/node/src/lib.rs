@@ -6,6 +6,7 @@
 pub mod cni;
 pub mod config;
 pub mod cri;
+pub mod events;
 pub mod heartbeat;
 pub mod images;
 pub mod join;
