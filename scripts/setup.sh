@@ -33,6 +33,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# crun refuses the hybrid cgroup layout (v1 hierarchies plus `unified`) while the v2
+# hierarchy still holds a controller (often hugetlb, when nothing mounted it as v1):
+# mount each such controller as its own v1 hierarchy, as systemd does on hybrid hosts.
+unified=/sys/fs/cgroup/unified
+if [ -f "$unified/cgroup.controllers" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+  for controller in $(cat "$unified/cgroup.controllers"); do
+    echo "setup: mounting the $controller cgroup controller as a v1 hierarchy (for crun)" >&2
+    as_root mkdir -p "/sys/fs/cgroup/$controller"
+    as_root mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller"
+  done
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   for dir in "$HOME/.cargo/bin" /root/.cargo/bin; do
     [ -x "$dir/cargo" ] && export PATH="$dir:$PATH" && break
