@@ -11,6 +11,7 @@ PACKAGES=(
   python3 python3-venv # the official Python client runs in a virtualenv in the tests
   iproute2             # network namespaces, bridges and veths of the local provider
   containerd runc      # each machine's own container runtime
+  crun                 # the second OCI runtime, RuntimeClass handler `crun`
   containernetworking-plugins # CNI plugins (bridge, host-local, portmap, loopback) for pods
   nftables
   skopeo               # OCI interop oracle of the registry tests
@@ -31,6 +32,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   # Debian starts etcd as a service on install; Korvet runs its own members instead.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# crun refuses the hybrid cgroup layout (v1 hierarchies plus `unified`) while the v2
+# hierarchy still holds a controller (often hugetlb, when nothing mounted it as v1):
+# mount each such controller as its own v1 hierarchy, as systemd does on hybrid hosts.
+unified=/sys/fs/cgroup/unified
+if [ -f "$unified/cgroup.controllers" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+  for controller in $(cat "$unified/cgroup.controllers"); do
+    echo "setup: mounting the $controller cgroup controller as a v1 hierarchy (for crun)" >&2
+    as_root mkdir -p "/sys/fs/cgroup/$controller"
+    as_root mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller"
+  done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

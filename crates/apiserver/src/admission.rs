@@ -44,6 +44,8 @@ pub trait Admission: Send + Sync {
 pub type Plugins = Vec<Arc<dyn Admission>>;
 
 pub(crate) async fn run(server: &ApiServer, request: &AdmissionRequest<'_>) -> ApiResult<()> {
+    // Built-in plugins every server has, as upstream enables them by default.
+    crate::runtime_class::validate(server, request).await?;
     let Some(plugins) = server.admission.get() else {
         return Ok(());
     };

@@ -145,6 +145,9 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
         (Verb::Create, Some("eviction")) if call.resource.kind == "Pod" => {
             crate::subresources::evict_pod(&call).await
         }
+        (Verb::Get, Some("proxy")) if call.resource.kind == "Node" => {
+            crate::pod_logs::node_proxy(&call).await
+        }
         (Verb::Get, Some("log")) if call.resource.kind == "Pod" => {
             crate::pod_logs::get(&call).await
         }

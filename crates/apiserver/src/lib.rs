@@ -34,6 +34,7 @@ pub mod rbac;
 pub mod registry;
 pub mod request;
 mod reviews;
+pub mod runtime_class;
 pub mod sa_tokens;
 pub mod selectors;
 pub mod server;

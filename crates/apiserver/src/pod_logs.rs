@@ -309,6 +309,32 @@ pub(crate) async fn connect(
         .map_err(|e| unreachable(&e))
 }
 
+/// `GET nodes/NAME/proxy/PATH`: the kubelet's `/PATH` (like `stats/summary`), as
+/// upstream's node proxy passes it on.
+pub async fn node_proxy(call: &Call<'_>) -> ApiResult<Reply> {
+    let node = call.request.name.clone().unwrap_or_default();
+    let (address, port) = kubelet_address(call, &node).await?;
+    let sub = call.request.subpath.clone().unwrap_or_default();
+    let mut path = format!("/{sub}");
+    if let Some(query) = call.query.raw.as_deref().filter(|q| !q.is_empty()) {
+        path = format!("{path}?{query}");
+    }
+    let tls = call.server.kubelet_client.get().cloned().ok_or_else(|| {
+        ApiError::unavailable("this API server has no kubelet client certificate")
+    })?;
+    let body = fetch(tls, &address, port, &path).await?;
+    let content_type = if sub.starts_with("stats") {
+        "application/json"
+    } else {
+        "text/plain"
+    };
+    Ok(Reply {
+        status: http::StatusCode::OK,
+        headers: Vec::new(),
+        body: ReplyBody::RawStream(content_type, body),
+    })
+}
+
 /// GETs `path` from the kubelet; a non-200 answer becomes an error with its text.
 async fn fetch(
     tls: Arc<rustls::ClientConfig>,

@@ -40,6 +40,8 @@ pub struct ResourceRequest {
     pub resource: String,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// What follows `proxy` (`nodes/N/proxy/stats/summary` → `stats/summary`).
+    pub subpath: Option<String>,
 }
 
 /// Everything the server answers, by path.
@@ -115,6 +117,7 @@ pub fn route(method: &str, path: &str, watch_param: bool) -> ApiResult<Route> {
         }
         other => (None, other.to_vec()),
     };
+    let mut subpath = None;
     let (resource, name, subresource) = match rest.as_slice() {
         [resource] => (resource.to_string(), None, None),
         [resource, name] => (resource.to_string(), Some(name.to_string()), None),
@@ -123,6 +126,14 @@ pub fn route(method: &str, path: &str, watch_param: bool) -> ApiResult<Route> {
             Some(name.to_string()),
             Some(sub.to_string()),
         ),
+        [resource, name, "proxy", tail @ ..] => {
+            subpath = Some(tail.join("/"));
+            (
+                resource.to_string(),
+                Some(name.to_string()),
+                Some("proxy".to_string()),
+            )
+        }
         _ => return Err(ApiError::no_route(path)),
     };
     let verb = match (method, name.is_some()) {
@@ -153,6 +164,7 @@ pub fn route(method: &str, path: &str, watch_param: bool) -> ApiResult<Route> {
         resource,
         name,
         subresource,
+        subpath,
     }))
 }
 
@@ -207,6 +219,15 @@ mod tests {
         );
         let r = res("DELETE", "/api/v1/namespaces/default/configmaps");
         assert_eq!(r.verb, Verb::DeleteCollection);
+        let r = res("GET", "/api/v1/nodes/n1/proxy/stats/summary");
+        assert_eq!(
+            (
+                r.name.as_deref(),
+                r.subresource.as_deref(),
+                r.subpath.as_deref()
+            ),
+            (Some("n1"), Some("proxy"), Some("stats/summary"))
+        );
         let r = res("POST", "/api/v1/namespaces/default/pods/web/binding");
         assert_eq!(
             (r.verb, r.subresource.as_deref()),

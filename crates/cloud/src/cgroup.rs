@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 const ROOT: &str = "/sys/fs/cgroup";
-/// The v1 hierarchies a Korvet cgroup lives in.
-const V1_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+/// The v1 hierarchies a Korvet cgroup lives in (`cpuacct` for the node's CPU usage).
+const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
 /// CFS period; quotas are computed against it.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -50,12 +50,17 @@ impl CgroupPath {
                 v2: true,
             }
         } else {
-            let dirs = V1_CONTROLLERS
-                .iter()
-                .map(|c| Path::new(ROOT).join(c))
-                .filter(|d| d.is_dir())
-                .map(|d| d.join(&relative))
-                .collect();
+            // `cpu` and `cpuacct` are often one hierarchy (`cpu,cpuacct`, two links).
+            let mut roots: Vec<PathBuf> = Vec::new();
+            let mut dirs = Vec::new();
+            for c in V1_CONTROLLERS {
+                let d = Path::new(ROOT).join(c);
+                let real = std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone());
+                if d.is_dir() && !roots.contains(&real) {
+                    roots.push(real);
+                    dirs.push(d.join(&relative));
+                }
+            }
             CgroupPath {
                 relative,
                 v2: false,

@@ -959,6 +959,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # /run/netns, so that they go with the machine.
   netns_mounts_under_state_dir = true
 
+# RuntimeClass handlers: `runc` (the default) and `crun`, both through the runc v2 shim.
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
+    BinaryName = {crun}
+
 # Each machine has its own CNI configuration (written by its node agent).
 [plugins."io.containerd.grpc.v1.cri".cni]
   conf_dir = {cni}
@@ -970,6 +982,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         ttrpc = q(socket_dir.join("containerd.sock.ttrpc")),
         opt = q(c.join("opt")),
         cni = q(dir.join("cni/net.d")),
+        crun = q(which("crun").unwrap_or_else(|| PathBuf::from("/usr/bin/crun"))),
     )
 }
 

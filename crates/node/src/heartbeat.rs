@@ -1,6 +1,7 @@
 //! Node heartbeats, as upstream's kubelet: a Lease in `kube-node-lease` renewed every
-//! 10 s, and the Node's status (conditions' lastHeartbeatTime) posted every 60 s. API
-//! outages are retried with backoff; a transient error never ends the agent.
+//! 10 s, and the Node's status (conditions' lastHeartbeatTime) posted every 60 s, or at
+//! once when a pressure condition changes (measured every 10 s). API outages are retried
+//! with backoff; a transient error never ends the agent.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::pressure::Monitor;
 use crate::registration;
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -74,6 +76,7 @@ pub async fn run(
     config: &NodeConfig,
     metrics: &Metrics,
     runtime_version: String,
+    mut monitor: Monitor,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -83,7 +86,7 @@ pub async fn run(
 
     let mut backoff = Duration::ZERO;
     let mut node = loop {
-        match registration::register(&nodes, config, &runtime_version).await {
+        match registration::register(&nodes, config, &runtime_version, monitor.pressure()).await {
             Ok(node) => break node,
             Err(e) => {
                 backoff = next_backoff(backoff);
@@ -98,6 +101,7 @@ pub async fn run(
     };
     metrics.ready.set(1);
     let mut last_status = Instant::now();
+    let mut posted = monitor.pressure();
     let mut wait = Duration::ZERO;
     backoff = Duration::ZERO;
     loop {
@@ -116,11 +120,16 @@ pub async fn run(
                 tracing::warn!(error = %e, "renewing the node lease failed");
             }
         }
-        if last_status.elapsed() >= STATUS_INTERVAL {
-            let posted = match registration::post_status(
+        let pressure = monitor.pressure();
+        if pressure != posted {
+            tracing::info!(?pressure, "node pressure changed");
+        }
+        if last_status.elapsed() >= STATUS_INTERVAL || pressure != posted {
+            let result = match registration::post_status(
                 &nodes,
                 config,
                 &runtime_version,
+                pressure,
                 node.status.as_ref(),
             )
             .await
@@ -128,13 +137,14 @@ pub async fn run(
                 // Someone deleted the Node: register it again, as the kubelet does.
                 Err(kube::Error::Api(status)) if status.code == 404 => {
                     tracing::warn!("the Node was deleted; registering again");
-                    registration::register(&nodes, config, &runtime_version).await
+                    registration::register(&nodes, config, &runtime_version, pressure).await
                 }
                 other => other,
             };
-            match posted {
+            match result {
                 Ok(updated) => {
                     node = updated;
+                    posted = pressure;
                     last_status = Instant::now();
                     metrics.status_updates.inc();
                 }

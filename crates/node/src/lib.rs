@@ -3,17 +3,21 @@
 //! status updates ([`heartbeat`]), and runs the pods bound to it through containerd's
 //! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]).
 
+pub mod cgroups;
 pub mod cni;
 pub mod config;
 pub mod cri;
+pub mod events;
 pub mod heartbeat;
 pub mod images;
 pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod pods;
+pub mod pressure;
 pub mod registration;
 pub mod server;
+pub mod stats;
 pub mod streaming;
 
 use std::sync::Arc;
@@ -56,6 +60,23 @@ async fn serve_node(config: server::ServerConfig, cri: cri::Cri) {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// Where the runtime keeps its images (CRI ImageFsInfo), if it says within a second.
+async fn image_fs(cri: &cri::Cri) -> Option<std::path::PathBuf> {
+    let mut images = cri.images.clone();
+    let call = images.image_fs_info(k8s_cri::v1::ImageFsInfoRequest {});
+    let reply = tokio::time::timeout(Duration::from_secs(1), call)
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+    reply
+        .image_filesystems
+        .into_iter()
+        .find_map(|fs| fs.fs_id)
+        .map(|id| std::path::PathBuf::from(id.mountpoint))
+        .filter(|p| p.exists())
 }
 
 /// Aborts the task when the future awaiting it is dropped (the agent stopping).
@@ -124,7 +145,7 @@ pub async fn run(
         ));
         let pods = tokio::spawn(pods::run(
             client.clone(),
-            cri,
+            cri.clone(),
             pods::PodsConfig {
                 node_name: config.node_name.clone(),
                 host_ip: config.address.to_string(),
@@ -134,7 +155,19 @@ pub async fn run(
                 backoff_max: MAX_BACKOFF,
             },
         ));
-        heartbeat::run(client, &config, &metrics, runtime_version, shutdown).await;
+        let imagefs = image_fs(&cri)
+            .await
+            .unwrap_or_else(|| config.data_dir.clone());
+        let monitor = pressure::Monitor::new(config.data_dir.clone(), imagefs);
+        heartbeat::run(
+            client,
+            &config,
+            &metrics,
+            runtime_version,
+            monitor,
+            shutdown,
+        )
+        .await;
         pods.abort();
         node_server.abort();
     }

@@ -12,6 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 use crate::config::NodeConfig;
+use crate::pressure::Pressure;
 
 /// The Kubernetes version whose kubelet this agent stands in for.
 pub const KUBELET_VERSION: &str = "v1.33.0";
@@ -90,38 +91,26 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str, now: &Time) 
     }
 }
 
-/// The status the agent reports; `previous` keeps the transition times of conditions
-/// whose status did not change.
+/// The status the agent reports, with the pressures measured; `previous` keeps the
+/// transition times of conditions whose status did not change.
 pub fn status(
     config: &NodeConfig,
     runtime_version: &str,
+    pressure: Pressure,
     previous: Option<&NodeStatus>,
 ) -> NodeStatus {
     let now = Time(Timestamp::now());
-    let mut conditions = vec![
-        condition(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-            &now,
-        ),
-        condition(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-            &now,
-        ),
-        condition(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-            &now,
-        ),
-        condition("Ready", "True", "KubeletReady", READY_MESSAGE, &now),
-    ];
+    let mut conditions: Vec<NodeCondition> = crate::pressure::conditions(pressure)
+        .iter()
+        .map(|(kind, status, reason, message)| condition(kind, status, reason, message, &now))
+        .collect();
+    conditions.push(condition(
+        "Ready",
+        "True",
+        "KubeletReady",
+        READY_MESSAGE,
+        &now,
+    ));
     let before = previous.and_then(|s| s.conditions.as_ref());
     for c in &mut conditions {
         if let Some(old) = before
@@ -176,6 +165,7 @@ pub async fn register(
     api: &Api<Node>,
     config: &NodeConfig,
     runtime_version: &str,
+    pressure: Pressure,
 ) -> Result<Node, kube::Error> {
     let wanted = Node {
         metadata: ObjectMeta {
@@ -213,7 +203,7 @@ pub async fn register(
         }
         Err(e) => return Err(e),
     };
-    post_status(api, config, runtime_version, node.status.as_ref()).await
+    post_status(api, config, runtime_version, pressure, node.status.as_ref()).await
 }
 
 /// Writes the node's status (heartbeat times now).
@@ -221,9 +211,10 @@ pub async fn post_status(
     api: &Api<Node>,
     config: &NodeConfig,
     runtime_version: &str,
+    pressure: Pressure,
     previous: Option<&NodeStatus>,
 ) -> Result<Node, kube::Error> {
-    let status = status(config, runtime_version, previous);
+    let status = status(config, runtime_version, pressure, previous);
     api.patch_status(
         &config.node_name,
         &PatchParams::default(),
@@ -257,7 +248,7 @@ mod tests {
 
     #[test]
     fn status_reports_ready_with_capacity_and_addresses() {
-        let s = status(&config(), "containerd://1.6.20", None);
+        let s = status(&config(), "containerd://1.6.20", Pressure::default(), None);
         let ready = s
             .conditions
             .as_ref()
@@ -280,12 +271,12 @@ mod tests {
 
     #[test]
     fn unchanged_conditions_keep_their_transition_time() {
-        let mut first = status(&config(), "unknown", None);
+        let mut first = status(&config(), "unknown", Pressure::default(), None);
         let old = Time("2020-01-01T00:00:00Z".parse().unwrap());
         for c in first.conditions.as_mut().unwrap() {
             c.last_transition_time = Some(old.clone());
         }
-        let second = status(&config(), "unknown", Some(&first));
+        let second = status(&config(), "unknown", Pressure::default(), Some(&first));
         for c in second.conditions.unwrap() {
             assert_eq!(c.last_transition_time.as_ref(), Some(&old));
             assert_ne!(c.last_heartbeat_time.as_ref(), Some(&old));

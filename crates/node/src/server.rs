@@ -1,7 +1,8 @@
-//! The node's HTTPS endpoint (upstream's kubelet server on port 10250): `/healthz` and
+//! The node's HTTPS endpoint (upstream's kubelet server on port 10250): `/healthz`,
 //! `GET /containerLogs/{ns}/{pod}/{container}`, which the API server's `pods/log` proxies,
-//! and the upgrade requests of `pods/exec`, `pods/attach` and `pods/portforward`
-//! (`/exec/..`, `/attach/..`, `/portForward/{ns}/{pod}`, see [`crate::streaming`]).
+//! `GET /stats/summary` (the Summary API, [`crate::stats`]), and the upgrade requests of
+//! `pods/exec`, `pods/attach` and `pods/portforward` (`/exec/..`, `/attach/..`,
+//! `/portForward/{ns}/{pod}`, see [`crate::streaming`]).
 //!
 //! The serving certificate is self-signed, made at each start: upstream's API server does
 //! not verify the kubelet's certificate unless `--kubelet-certificate-authority` is set,
@@ -66,6 +67,7 @@ pub struct ServerConfig {
 struct State {
     log_root: PathBuf,
     cri: Cri,
+    stats: crate::stats::Stats,
 }
 
 /// Binds the listener and serves until the returned task is aborted.
@@ -82,9 +84,16 @@ pub async fn serve(
                 source,
             })?;
     tracing::info!(address = %config.listen, "node server listening");
+    // The log directory is on the node's disk: its filesystem is the summary's `fs`.
+    let stats = crate::stats::Stats::new(
+        config.node_name.clone(),
+        config.log_root.clone(),
+        cri.clone(),
+    );
     let state = Arc::new(State {
         log_root: config.log_root,
         cri,
+        stats,
     });
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     Ok(tokio::spawn(async move {
@@ -250,7 +259,26 @@ async fn handle(
             )
             .await
         }
+        (&http::Method::GET, ["stats", "summary"]) => stats_summary(state).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+async fn stats_summary(state: &State) -> Response<Body> {
+    match state.stats.summary().await {
+        Ok(summary) => {
+            let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+            let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(status) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to get node stats: {}", status.message()),
+        ),
     }
 }
 

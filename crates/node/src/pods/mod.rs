@@ -77,6 +77,7 @@ pub async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
         cri,
         config: config.clone(),
         cgroup_root,
+        events: crate::events::Recorder::start(client.clone(), &config.node_name),
     });
 
     let pods: Api<Pod> = Api::all(client);

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, ObjectReference, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
 use crate::cri::Cri;
+use crate::events::{Recorder, NORMAL, WARNING};
 
 /// Upstream's threshold rule: the outcome flips only after `success_threshold`
 /// successes or `failure_threshold` failures in a row.
@@ -76,6 +77,25 @@ pub struct Target {
     pub grace: i64,
     /// The pod's worker, woken when a result changes.
     pub wake: Arc<Notify>,
+    /// Where `Unhealthy` and `Killing` events go, about this container.
+    pub events: Option<(Recorder, ObjectReference)>,
+}
+
+impl Target {
+    fn event(&self, type_: &'static str, reason: &str, message: String) {
+        if let Some((recorder, object)) = &self.events {
+            recorder.record(object.clone(), type_, reason, message);
+        }
+    }
+
+    /// Upstream's `Unhealthy` event for one failed probe.
+    fn unhealthy(&self, probe: &str, error: &str) {
+        self.event(
+            WARNING,
+            "Unhealthy",
+            format!("{probe} probe failed: {error}"),
+        );
+    }
 }
 
 /// The probes of one run of one container; dropping it stops them.
@@ -159,6 +179,7 @@ async fn startup(p: Probe, t: Target, started: Arc<watch::Sender<bool>>) {
         let result = check(&p, &t).await;
         if let Err(e) = &result {
             tracing::info!(container = %t.container.name, error = %e, "startup probe failed");
+            t.unhealthy("Startup", e);
         }
         th.record(result.is_ok());
         if th.ok {
@@ -189,6 +210,7 @@ async fn readiness(
         let result = check(&p, &t).await;
         if let Err(e) = &result {
             tracing::info!(container = %t.container.name, error = %e, "readiness probe failed");
+            t.unhealthy("Readiness", e);
         }
         if th.record(result.is_ok()) {
             ready.store(th.ok, Ordering::Relaxed);
@@ -208,6 +230,7 @@ async fn liveness(p: Probe, t: Target, mut started: watch::Receiver<bool>) {
         let result = check(&p, &t).await;
         if let Err(e) = &result {
             tracing::info!(container = %t.container.name, error = %e, "liveness probe failed");
+            t.unhealthy("Liveness", e);
         }
         if th.record(result.is_ok()) && !th.ok {
             kill(&t, &p, "liveness").await;
@@ -221,6 +244,14 @@ async fn liveness(p: Probe, t: Target, mut started: watch::Receiver<bool>) {
 /// worker restarts it as the restart policy says.
 async fn kill(t: &Target, p: &Probe, probe: &str) {
     tracing::info!(container = %t.container.name, probe, "container failed its probe, will be restarted");
+    t.event(
+        NORMAL,
+        "Killing",
+        format!(
+            "Container {} failed {probe} probe, will be restarted",
+            t.container.name
+        ),
+    );
     if let Err(e) = t
         .cri
         .runtime

@@ -32,6 +32,13 @@ pub enum VolumeError {
         key: String,
         name: String,
     },
+    /// Upstream's `FailedMount` message for volume `volume`.
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {source}")]
+    SetUp {
+        volume: String,
+        #[source]
+        source: Box<VolumeError>,
+    },
     #[error("invalid path {0:?}")]
     Path(String),
     #[error("{}: {source}", path.display())]
@@ -191,7 +198,12 @@ pub fn prepare(
                     data
                 }
                 None if optional => BTreeMap::new(),
-                None => return Err(VolumeError::ConfigMapNotFound(src.name.clone())),
+                None => {
+                    return Err(VolumeError::SetUp {
+                        volume: v.name.clone(),
+                        source: Box::new(VolumeError::ConfigMapNotFound(src.name.clone())),
+                    })
+                }
             };
             let items = src.items.as_deref().filter(|_| !data.is_empty());
             project(
@@ -220,7 +232,12 @@ pub fn prepare(
                     data
                 }
                 None if optional => BTreeMap::new(),
-                None => return Err(VolumeError::SecretNotFound(name)),
+                None => {
+                    return Err(VolumeError::SetUp {
+                        volume: v.name.clone(),
+                        source: Box::new(VolumeError::SecretNotFound(name)),
+                    })
+                }
             };
             let items = src.items.as_deref().filter(|_| !data.is_empty());
             project(

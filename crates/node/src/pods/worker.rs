@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -19,6 +20,7 @@ use super::status::{self, ContainerView, Seen};
 use super::volumes;
 use super::PodsConfig;
 use crate::cri::{Cri, CriError};
+use crate::events::{self, Recorder, NORMAL, WARNING};
 use crate::images::BUILTIN_PREFIX;
 
 pub struct Shared {
@@ -27,6 +29,7 @@ pub struct Shared {
     pub config: PodsConfig,
     /// The agent's cgroup; pods' cgroups go below it, inside the machine's limits.
     pub cgroup_root: String,
+    pub events: Recorder,
 }
 
 /// A failed pull, retried with doubling delays.
@@ -44,6 +47,8 @@ struct Worker {
     /// The probes of each running container, by container name.
     probers: HashMap<String, Prober>,
     wake: Arc<Notify>,
+    /// The pod being synced, for events (set at the start of each sync).
+    pod: Option<Pod>,
 }
 
 fn now_seconds() -> Time {
@@ -78,6 +83,7 @@ pub async fn run(
         start_errors: HashMap::new(),
         probers: HashMap::new(),
         wake: wake.clone(),
+        pod: None,
     };
     loop {
         let pod = reader
@@ -95,6 +101,7 @@ pub async fn run(
                     .deletion_grace_period_seconds
                     .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
                     .unwrap_or(30);
+                worker.record_killing(&pod);
                 teardown(&worker.shared, &worker.uid, grace).await;
                 if worker.remove_from_api(&pod).await {
                     return;
@@ -230,6 +237,73 @@ impl Worker {
         &self.shared.config
     }
 
+    /// Records an event about container `c` of the pod being synced.
+    fn event(&self, c: &Container, type_: &'static str, reason: &str, message: String) {
+        if let Some(pod) = &self.pod {
+            self.shared
+                .events
+                .container(pod, &c.name, type_, reason, message);
+        }
+    }
+
+    /// `Killing` for each container still running when the pod is deleted.
+    fn record_killing(&mut self, pod: &Pod) {
+        if self
+            .pod
+            .as_ref()
+            .and_then(|p| p.metadata.deletion_timestamp.as_ref())
+            .is_some()
+        {
+            return;
+        }
+        self.pod = Some(pod.clone());
+        let statuses = pod.status.as_ref().map(|s| {
+            let init = s.init_container_statuses.iter().flatten();
+            init.chain(s.container_statuses.iter().flatten())
+                .filter(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        });
+        for name in statuses.into_iter().flatten() {
+            let message = format!("Stopping container {name}");
+            self.shared
+                .events
+                .container(pod, &name, NORMAL, "Killing", message);
+        }
+    }
+
+    /// The CRI runtime handler of the pod's RuntimeClass (`""`, the default, without
+    /// one); `Err` is upstream's error for a RuntimeClass that is not there.
+    async fn runtime_handler(&self, pod: &Pod) -> Result<String, String> {
+        let Some(name) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(String::new());
+        };
+        let api: Api<RuntimeClass> = Api::all(self.shared.client.clone());
+        match api.get_opt(name).await {
+            Ok(Some(rc)) => Ok(rc.handler),
+            Ok(None) => Err(format!("runtimeclass.node.k8s.io \"{name}\" not found")),
+            Err(e) => Err(format!("failed to lookup RuntimeClass {name}: {e}")),
+        }
+    }
+
+    /// As upstream: the pod stays ContainerCreating, with a `FailedCreatePodSandBox` event.
+    async fn sandbox_failed(&self, pod: &Pod, error: &str) {
+        self.shared.events.pod(
+            pod,
+            WARNING,
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {error}"),
+        );
+        if let Err(e) = self.post_waiting(pod, "ContainerCreating", None).await {
+            tracing::debug!(error = %e, "posting ContainerCreating");
+        }
+    }
+
     /// Deletes the stopped pod for good (grace 0, this UID only). True when it is gone.
     async fn remove_from_api(&self, pod: &Pod) -> bool {
         let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
@@ -255,6 +329,7 @@ impl Worker {
     }
 
     async fn sync(&mut self, pod: &Pod) -> Result<(), CriError> {
+        self.pod = Some(pod.clone());
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let sandboxes = sandboxes_of(self.cri(), &self.uid).await?;
         let ready = sandboxes
@@ -295,6 +370,13 @@ impl Worker {
             None => {
                 // No live sandbox: a new one (a dead one takes its containers with it).
                 teardown(&self.shared, &self.uid, 0).await;
+                let runtime_handler = match self.runtime_handler(pod).await {
+                    Ok(handler) => handler,
+                    Err(message) => {
+                        self.sandbox_failed(pod, &message).await;
+                        return Ok(());
+                    }
+                };
                 let config = runtime::sandbox_config(
                     pod,
                     attempt,
@@ -306,18 +388,27 @@ impl Worker {
                 if let Err(e) = creating {
                     tracing::debug!(error = %e, "posting ContainerCreating");
                 }
-                let id = self
+                let run = self
                     .cri()
                     .runtime
                     .clone()
                     .run_pod_sandbox(cri::RunPodSandboxRequest {
                         config: Some(config.clone()),
-                        runtime_handler: String::new(),
+                        runtime_handler,
                     })
-                    .await
-                    .map_err(CriError::call("RunPodSandbox"))?
-                    .into_inner()
-                    .pod_sandbox_id;
+                    .await;
+                let id = match run {
+                    Ok(reply) => reply.into_inner().pod_sandbox_id,
+                    Err(status) => {
+                        let message = format!(
+                            "rpc error: code = {:?} desc = {}",
+                            status.code(),
+                            status.message()
+                        );
+                        self.sandbox_failed(pod, &message).await;
+                        return Err(CriError::call("RunPodSandbox")(status));
+                    }
+                };
                 (id, config)
             }
         };
@@ -595,6 +686,15 @@ impl Worker {
         let since_end = (Timestamp::now().as_nanosecond() - i128::from(ended_at)).max(0);
         if since_end < delay.as_nanos() as i128 {
             let id = runtime::identity(ctx.pod);
+            self.event(
+                c,
+                WARNING,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name, id.name, id.namespace, id.uid
+                ),
+            );
             view.current = Seen::waiting(
                 "CrashLoopBackOff",
                 Some(format!(
@@ -626,6 +726,9 @@ impl Worker {
             Err(message) => {
                 // As upstream: the pod stays ContainerCreating until its volumes mount.
                 tracing::debug!(container = %c.name, error = %message, "volumes not ready");
+                if let Some(pod) = &self.pod {
+                    self.shared.events.pod(pod, WARNING, "FailedMount", message);
+                }
                 return Seen::waiting("ContainerCreating", None);
             }
         };
@@ -634,7 +737,10 @@ impl Worker {
         }
         let env = match self.environment(ctx, c).await {
             Ok(env) => env,
-            Err(message) => return Seen::waiting("CreateContainerConfigError", Some(message)),
+            Err(message) => {
+                self.event(c, WARNING, "Failed", format!("Error: {message}"));
+                return Seen::waiting("CreateContainerConfigError", Some(message));
+            }
         };
         let config = runtime::container_config(ctx.pod, c, attempt, env, mounts);
         let created = self
@@ -650,9 +756,17 @@ impl Worker {
         let id = match created {
             Ok(reply) => reply.into_inner().container_id,
             Err(status) => {
-                return Seen::waiting("CreateContainerError", Some(status.message().to_string()));
+                let message = status.message().to_string();
+                self.event(c, WARNING, "Failed", format!("Error: {message}"));
+                return Seen::waiting("CreateContainerError", Some(message));
             }
         };
+        self.event(
+            c,
+            NORMAL,
+            "Created",
+            format!("Created container: {}", c.name),
+        );
         match self
             .cri()
             .runtime
@@ -665,6 +779,12 @@ impl Worker {
             Ok(_) => {
                 self.start_errors.remove(&c.name);
                 tracing::info!(container = %c.name, attempt, "container started");
+                self.event(
+                    c,
+                    NORMAL,
+                    "Started",
+                    format!("Started container {}", c.name),
+                );
                 Seen::Running {
                     started_at: Some(now_seconds()),
                 }
@@ -672,6 +792,7 @@ impl Worker {
             Err(status) => {
                 let message = status.message().to_string();
                 self.start_errors.insert(c.name.clone(), message.clone());
+                self.event(c, WARNING, "Failed", format!("Error: {message}"));
                 Seen::waiting("RunContainerError", Some(message))
             }
         }
@@ -697,6 +818,10 @@ impl Worker {
                 container: c.clone(),
                 grace,
                 wake: self.wake.clone(),
+                events: Some((
+                    self.shared.events.clone(),
+                    events::reference(ctx.pod, Some(&c.name)),
+                )),
             };
             self.probers.insert(c.name.clone(), Prober::start(target));
         }
@@ -782,29 +907,43 @@ impl Worker {
         let present = crate::images::present(self.cri(), &image)
             .await
             .unwrap_or(false);
+        let already = format!("Container image \"{image}\" already present on machine");
         match policy.as_str() {
-            "Never" if present => return Ok(()),
-            "Never" => {
-                return Err(Seen::waiting(
-                    "ErrImageNeverPull",
-                    Some(format!(
-                        "Container image \"{image}\" is not present with pull policy of Never"
-                    )),
-                ))
+            "Never" if present => {
+                self.event(c, NORMAL, "Pulled", already);
+                return Ok(());
             }
-            "IfNotPresent" if present => return Ok(()),
+            "Never" => {
+                let message =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                self.event(c, WARNING, "ErrImageNeverPull", message.clone());
+                return Err(Seen::waiting("ErrImageNeverPull", Some(message)));
+            }
+            "IfNotPresent" if present => {
+                self.event(c, NORMAL, "Pulled", already);
+                return Ok(());
+            }
             // Built-in images have no registry to pull from yet.
             _ if present && image.starts_with(BUILTIN_PREFIX) => return Ok(()),
             _ => {}
         }
         if let Some(f) = self.pulls.get(&image) {
             if Instant::now() < f.retry_at {
+                self.event(
+                    c,
+                    NORMAL,
+                    "BackOff",
+                    format!("Back-off pulling image \"{image}\""),
+                );
+                self.event(c, WARNING, "Failed", "Error: ImagePullBackOff".into());
                 return Err(Seen::waiting(
                     "ImagePullBackOff",
                     Some(format!("Back-off pulling image \"{image}\"")),
                 ));
             }
         }
+        self.event(c, NORMAL, "Pulling", format!("Pulling image \"{image}\""));
+        let pull_started = Instant::now();
         let mut images = self.cri().images.clone();
         let pull = images.pull_image(cri::PullImageRequest {
             image: Some(cri::ImageSpec {
@@ -817,6 +956,13 @@ impl Worker {
         match tokio::time::timeout(Duration::from_secs(300), pull).await {
             Ok(Ok(_)) => {
                 self.pulls.remove(&image);
+                let took = pull_started.elapsed().as_secs_f64();
+                self.event(
+                    c,
+                    NORMAL,
+                    "Pulled",
+                    format!("Successfully pulled image \"{image}\" in {took:.3}s ({took:.3}s including waiting)"),
+                );
                 Ok(())
             }
             outcome => {
@@ -838,6 +984,13 @@ impl Worker {
                     },
                 );
                 tracing::info!(image = %image, error = %message, "pulling an image failed");
+                self.event(
+                    c,
+                    WARNING,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {message}"),
+                );
+                self.event(c, WARNING, "Failed", "Error: ErrImagePull".into());
                 Err(Seen::waiting("ErrImagePull", Some(message)))
             }
         }
