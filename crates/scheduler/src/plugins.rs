@@ -951,6 +951,9 @@ impl<'a> PodContext<'a> {
 /// Upstream's FitError text: `0/3 nodes are available: 1 node(s) had untolerated taint
 /// {k: v}, 2 Insufficient cpu. preemption: 0/3 nodes are available: ...`.
 pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
+    if total == 0 {
+        return "no nodes available to schedule pods".into();
+    }
     let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
     let mut unresolvable = 0;
     for reasons in per_node {
@@ -986,4 +989,263 @@ pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
         ));
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        let mut base = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": []}});
+        merge(&mut base, v);
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn node(name: &str, labels: serde_json::Value, spec: serde_json::Value) -> NodeInfo {
+        let n: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": spec,
+            "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "3", "ephemeral-storage": "10Gi"}},
+        }))
+        .unwrap();
+        NodeInfo::new(Arc::new(n))
+    }
+
+    fn requests(cpu: &str, mem: &str) -> serde_json::Value {
+        json!({"name": "c", "resources": {"requests": {"cpu": cpu, "memory": mem}}})
+    }
+
+    fn labelled(name: &str, labels: serde_json::Value, node_name: &str) -> Arc<Pod> {
+        Arc::new(pod(json!({"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node_name}})))
+    }
+
+    #[test]
+    fn quantities_parse_to_milli_units() {
+        assert_eq!(parse_milli("100m"), Some(100));
+        assert_eq!(parse_milli("2"), Some(2000));
+        assert_eq!(parse_milli("1.5"), Some(1500));
+        assert_eq!(parse_milli("1Ki"), Some(1024 * 1000));
+        assert_eq!(parse_milli("1Gi"), Some((1i128 << 30) * 1000));
+        assert_eq!(parse_milli("1k"), Some(1_000_000));
+        assert_eq!(parse_milli("1e3"), Some(1_000_000));
+        assert_eq!(parse_milli("0.5m"), Some(1));
+        assert_eq!(parse_milli("x"), None);
+        assert_eq!(parse_milli("1Zi"), None);
+    }
+
+    #[test]
+    fn requests_take_the_larger_of_containers_and_init_containers() {
+        let p = pod(json!({"spec": {
+            "containers": [requests("100m", "100Mi"), requests("200m", "100Mi")],
+            "initContainers": [requests("500m", "10Mi"), {"name": "l", "resources": {"limits": {"cpu": "50m"}}}],
+            "overhead": {"cpu": "10m"},
+        }}));
+        let r = pod_requests(&p, false);
+        assert_eq!(r.cpu, 510);
+        assert_eq!(r.memory, 200 * (1 << 20) * 1000);
+        assert_eq!(r.pods, 1);
+        // A sidecar runs beside later init containers and the app containers.
+        let p = pod(json!({"spec": {
+            "containers": [requests("100m", "0")],
+            "initContainers": [
+                {"name": "s", "restartPolicy": "Always", "resources": {"requests": {"cpu": "300m"}}},
+                requests("250m", "0"),
+            ],
+        }}));
+        assert_eq!(pod_requests(&p, false).cpu, 550);
+        let empty = pod(json!({"spec": {"containers": [{"name": "c"}]}}));
+        assert_eq!(pod_requests(&empty, false).cpu, 0);
+        assert_eq!(pod_requests(&empty, true).cpu, 100);
+    }
+
+    #[test]
+    fn resources_fit_counts_assigned_pods() {
+        let mut n = node("n", json!({}), json!({}));
+        n.add_pod(Arc::new(pod(json!({"spec": {"containers": [requests("1500m", "1Gi")]}}))));
+        let fits = pod_requests(&pod(json!({"spec": {"containers": [requests("500m", "1Gi")]}})), false);
+        assert!(filter_resources(&fits, &n).is_ok());
+        let big = pod_requests(&pod(json!({"spec": {"containers": [requests("600m", "4Gi")]}})), false);
+        let reasons = filter_resources(&big, &n).unwrap_err();
+        let msgs: Vec<&str> = reasons.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(msgs, ["Insufficient cpu", "Insufficient memory"]);
+        n.add_pod(Arc::new(pod(json!({}))));
+        n.add_pod(Arc::new(pod(json!({}))));
+        let reasons = filter_resources(&pod_requests(&pod(json!({})), false), &n).unwrap_err();
+        assert_eq!(reasons[0].message, "Too many pods");
+    }
+
+    #[test]
+    fn node_name_and_unschedulable() {
+        let n = node("a", json!({}), json!({"unschedulable": true}));
+        let p = pod(json!({"spec": {"nodeName": "b"}}));
+        assert!(filter_node_name(&p, &n).unwrap_err().message.contains("requested node name"));
+        assert!(filter_node_name(&pod(json!({"spec": {"nodeName": "a"}})), &n).is_ok());
+        assert_eq!(
+            filter_node_unschedulable(&pod(json!({})), &n).unwrap_err().message,
+            "node(s) were unschedulable"
+        );
+        let tolerant = pod(json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}}));
+        assert!(filter_node_unschedulable(&tolerant, &n).is_ok());
+    }
+
+    #[test]
+    fn node_selector_and_affinity_operators() {
+        let n = node("n1", json!({"zone": "a", "gpu": "4", "disk": "ssd"}), json!({}));
+        let check = |spec: serde_json::Value| filter_node_affinity(&pod(json!({"spec": spec})), &n).is_ok();
+        assert!(check(json!({"nodeSelector": {"zone": "a"}})));
+        assert!(!check(json!({"nodeSelector": {"zone": "b"}})));
+        let req = |exprs: serde_json::Value| json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}}});
+        assert!(check(req(json!([{"key": "zone", "operator": "In", "values": ["a", "b"]}]))));
+        assert!(!check(req(json!([{"key": "zone", "operator": "NotIn", "values": ["a"]}]))));
+        assert!(check(req(json!([{"key": "disk", "operator": "Exists"}]))));
+        assert!(!check(req(json!([{"key": "disk", "operator": "DoesNotExist"}]))));
+        assert!(check(req(json!([{"key": "gpu", "operator": "Gt", "values": ["3"]}]))));
+        assert!(!check(req(json!([{"key": "gpu", "operator": "Lt", "values": ["3"]}]))));
+        let fields = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]},
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]},
+        ]}}}});
+        assert!(check(fields), "terms are ORed");
+        let p = pod(json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 5, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
+            {"weight": 7, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}},
+        ]}}}}));
+        assert_eq!(score_node_affinity(&p, &n), 5);
+    }
+
+    #[test]
+    fn taints_and_tolerations() {
+        let n = node("n", json!({}), json!({"taints": [
+            {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+            {"key": "soft", "value": "x", "effect": "PreferNoSchedule"},
+        ]}));
+        assert_eq!(
+            filter_taints(&pod(json!({})), &n).unwrap_err().message,
+            "node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }"
+        );
+        let tol = pod(json!({"spec": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}}));
+        assert!(filter_taints(&tol, &n).is_ok());
+        assert_eq!(count_prefer_no_schedule(&tol, &n), 1);
+        let all = pod(json!({"spec": {"tolerations": [{"operator": "Exists"}]}}));
+        assert!(filter_taints(&all, &n).is_ok());
+        assert_eq!(count_prefer_no_schedule(&all, &n), 0);
+        let wrong_value = pod(json!({"spec": {"tolerations": [{"key": "soft", "value": "y"}]}}));
+        assert_eq!(count_prefer_no_schedule(&wrong_value, &n), 1);
+    }
+
+    #[test]
+    fn host_ports_conflict() {
+        let mut n = node("n", json!({}), json!({}));
+        let with_port = |port: i32, ip: Option<&str>| {
+            pod(json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": port, "hostIP": ip}]}]}}))
+        };
+        n.add_pod(Arc::new(with_port(8080, Some("10.0.0.1"))));
+        assert!(filter_node_ports(&with_port(8080, None), &n).is_err());
+        assert!(filter_node_ports(&with_port(8080, Some("10.0.0.2")), &n).is_ok());
+        assert!(filter_node_ports(&with_port(9090, None), &n).is_ok());
+    }
+
+    #[test]
+    fn inter_pod_affinity_and_anti_affinity() {
+        let mut a = node("a", json!({"zone": "z1"}), json!({}));
+        let b = node("b", json!({"zone": "z2"}), json!({}));
+        a.add_pod(labelled("db", json!({"app": "db"}), "a"));
+        let nodes = vec![a, b];
+        let term = json!([{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]);
+        let near = pod(json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}}));
+        let aff = Affinity::new(&near, &nodes);
+        assert!(aff.filter(&nodes[0]).is_ok());
+        assert_eq!(aff.filter(&nodes[1]).unwrap_err().message, "node(s) didn't match pod affinity rules");
+        let far = pod(json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}}));
+        let anti = Affinity::new(&far, &nodes);
+        assert_eq!(anti.filter(&nodes[0]).unwrap_err().message, "node(s) didn't match pod anti-affinity rules");
+        assert!(anti.filter(&nodes[1]).is_ok());
+        // The first pod of a group that must be near its own kind may go anywhere.
+        let self_term = json!([{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]);
+        let first = pod(json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": self_term}}}}));
+        assert!(Affinity::new(&first, &nodes).filter(&nodes[1]).is_ok());
+        // An existing pod's anti-affinity keeps matching pods out of its zone.
+        let mut c = node("c", json!({"zone": "z1"}), json!({}));
+        c.add_pod(Arc::new(pod(json!({"metadata": {"name": "lonely"}, "spec": {"nodeName": "c", "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}}))));
+        let nodes = vec![c, node("d", json!({"zone": "z2"}), json!({})), node("e", json!({"zone": "z1"}), json!({}))];
+        let web = pod(json!({"metadata": {"labels": {"app": "web"}}}));
+        let aff = Affinity::new(&web, &nodes);
+        assert_eq!(aff.filter(&nodes[2]).unwrap_err().message, "node(s) didn't satisfy existing pods anti-affinity rules");
+        assert!(aff.filter(&nodes[1]).is_ok());
+    }
+
+    #[test]
+    fn topology_spread_do_not_schedule() {
+        let mut a = node("a", json!({"zone": "z1"}), json!({}));
+        let b = node("b", json!({"zone": "z2"}), json!({}));
+        let c = node("c", json!({}), json!({}));
+        a.add_pod(labelled("w1", json!({"app": "w"}), "a"));
+        let nodes = vec![a, b, c];
+        let p = pod(json!({"metadata": {"labels": {"app": "w"}}, "spec": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "w"}}},
+        ]}}));
+        let spreads = hard_spreads(&p, &nodes);
+        assert_eq!(filter_spread(&spreads, &nodes[0]).unwrap_err().message, "node(s) didn't match pod topology spread constraints");
+        assert!(filter_spread(&spreads, &nodes[1]).is_ok());
+        assert!(filter_spread(&spreads, &nodes[2]).unwrap_err().message.contains("missing required label"));
+    }
+
+    #[test]
+    fn scores_prefer_empty_balanced_spread_nodes() {
+        let mut busy = node("busy", json!({"kubernetes.io/hostname": "busy", ZONE_LABEL: "z1"}), json!({}));
+        let idle = node("idle", json!({"kubernetes.io/hostname": "idle", ZONE_LABEL: "z2"}), json!({}));
+        busy.add_pod(Arc::new(pod(json!({"spec": {"nodeName": "busy", "containers": [requests("1", "2Gi")]}}))));
+        let p = pod(json!({"spec": {"containers": [requests("100m", "100Mi")]}}));
+        let req = pod_requests(&p, true);
+        assert!(score_least_allocated(&req, &idle) > score_least_allocated(&req, &busy));
+        // 1 cpu of 2 and 3 of 4 Gi memory are less balanced than 0.1 of each.
+        let mut skewed = node("s", json!({}), json!({}));
+        skewed.add_pod(Arc::new(pod(json!({"spec": {"containers": [requests("100m", "3Gi")]}}))));
+        assert!(score_balanced(&req, &idle) > score_balanced(&req, &skewed));
+        // Default spreading: siblings (same labels, a controller owner) avoid each other.
+        let owned = json!({"labels": {"app": "r"}, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "r", "uid": "u", "controller": true}]});
+        let mut sibling = pod(json!({"metadata": owned.clone(), "spec": {"nodeName": "idle"}}));
+        sibling.metadata.name = Some("sib".into());
+        let mut idle2 = idle.clone();
+        idle2.add_pod(Arc::new(sibling));
+        let nodes = vec![busy.clone(), idle2];
+        let me = pod(json!({"metadata": owned}));
+        let ctx = PodContext::new(&me, &nodes);
+        assert_eq!(ctx.soft.len(), 2);
+        assert!(spread_raw(&ctx.soft, &nodes[0]) < spread_raw(&ctx.soft, &nodes[1]));
+        let scores = ctx.score(&nodes.iter().collect::<Vec<_>>());
+        assert!(scores[0] > scores[1], "{scores:?}");
+        // PreferNoSchedule taints lower a node's score.
+        let tainted = node("t", json!({}), json!({"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}));
+        let plain = node("u", json!({}), json!({}));
+        let p = pod(json!({}));
+        let ctx = PodContext::new(&p, &[]);
+        let scores = ctx.score(&[&tainted, &plain]);
+        assert!(scores[1] > scores[0]);
+    }
+
+    #[test]
+    fn summary_message_matches_upstream() {
+        let taint = vec![Reason::unresolvable("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }")];
+        let cpu = vec![Reason::new("Insufficient cpu")];
+        let msg = unschedulable_message(3, &[taint, cpu.clone(), cpu]);
+        assert_eq!(
+            msg,
+            "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
+             preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
+        );
+        assert_eq!(unschedulable_message(0, &[]), "no nodes available to schedule pods");
+    }
 }
