@@ -229,6 +229,8 @@ struct Failure {
     message: String,
     /// The FailedScheduling Event written for this message, and its count.
     event: Option<(String, i32)>,
+    /// Back in the queue, waiting for its next attempt.
+    queued: bool,
 }
 
 impl Failure {
@@ -336,7 +338,7 @@ impl State {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(5);
-        for f in self.failures.values() {
+        for f in self.failures.values().filter(|f| !f.queued) {
             wake = wake.min(f.due(self.generation));
         }
         wake
@@ -469,10 +471,13 @@ impl State {
         let due: Vec<String> = self
             .failures
             .iter()
-            .filter(|(_, f)| f.due(self.generation) <= now)
+            .filter(|(_, f)| !f.queued && f.due(self.generation) <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
+            if let Some(f) = self.failures.get_mut(&key) {
+                f.queued = true;
+            }
             if let Some(pod) = self.pods.get(&key) {
                 let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
                 self.queue.push(key, priority);
@@ -649,7 +654,9 @@ impl State {
             generation,
             message: String::new(),
             event: None,
+            queued: false,
         });
+        entry.queued = false;
         entry.attempts += 1;
         let backoff = INITIAL_BACKOFF
             .saturating_mul(1 << entry.attempts.saturating_sub(1).min(10))
