@@ -119,9 +119,22 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                     }))?
                 );
             } else {
-                println!("scheduler: {} pods over {} kwok nodes", figures.pods, figures.nodes);
-                println!("  created pending pods in   {:>8.2} s", figures.create_seconds);
-                println!("  scheduled and bound all in {:>7.2} s", figures.schedule_seconds);
+                println!(
+                    "scheduler: {} pods over {} kwok nodes",
+                    figures.pods, figures.nodes
+                );
+                println!(
+                    "  created pending pods in   {:>8.2} s",
+                    figures.create_seconds
+                );
+                println!(
+                    "  scheduled and bound all in {:>7.2} s",
+                    figures.schedule_seconds
+                );
+                println!(
+                    "  ... and their Events in   {:>8.2} s",
+                    figures.with_events_seconds
+                );
                 println!(
                     "  throughput                {:>8.0} pods/s (goal >= 500)",
                     figures.pods_per_second

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements,
-    Taint,
+    Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -46,6 +45,8 @@ pub struct BenchFigures {
     pub create_seconds: f64,
     /// From the scheduler's start (incl. its initial list) to the last pod bound.
     pub schedule_seconds: f64,
+    /// Until the last `Scheduled` Event was written too.
+    pub with_events_seconds: f64,
     pub pods_per_second: f64,
     /// The most pods any node got, and the fewest (spreading).
     pub max_pods_per_node: usize,
@@ -194,7 +195,11 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
         .map(|i| {
             let client = client.clone();
             async move {
-                let node = kwok_node(&format!("kwok-{i:04}"), &format!("zone-{}", i % 3), Vec::new());
+                let node = kwok_node(
+                    &format!("kwok-{i:04}"),
+                    &format!("zone-{}", i % 3),
+                    Vec::new(),
+                );
                 register_node(&client, node, node_status("32", "128Gi", "110")).await
             }
         })
@@ -219,7 +224,12 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
             let pods = pods.clone();
             let owner = owner.clone();
             async move {
-                let mut pod = pending_pod(&format!("bench-{i:05}"), "100m", "128Mi", &[("app", "bench")]);
+                let mut pod = pending_pod(
+                    &format!("bench-{i:05}"),
+                    "100m",
+                    "128Mi",
+                    &[("app", "bench")],
+                );
                 pod.metadata.owner_references = Some(vec![owner]);
                 pods.create(&PostParams::default(), &pod).await.map(|_| ())
             }
@@ -242,7 +252,10 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
             futures::pin_mut!(stream);
             while let Some(Ok(pod)) = stream.next().await {
                 if let Some(node) = crate::node_name(&pod) {
-                    let _ = tx.send((pod.metadata.name.clone().unwrap_or_default(), node.to_string()));
+                    let _ = tx.send((
+                        pod.metadata.name.clone().unwrap_or_default(),
+                        node.to_string(),
+                    ));
                 }
             }
         }
@@ -277,6 +290,8 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
     }
     let schedule_seconds = started.elapsed().as_secs_f64();
     counter.abort();
+    scheduler.wait_idle().await;
+    let with_events_seconds = started.elapsed().as_secs_f64();
     let binding_errors = scheduler.metrics.binding_errors.get();
     drop(scheduler);
     drop(server);
@@ -285,6 +300,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
         nodes: config.nodes,
         create_seconds,
         schedule_seconds,
+        with_events_seconds,
         pods_per_second: config.pods as f64 / schedule_seconds.max(1e-9),
         max_pods_per_node: per_node.values().copied().max().unwrap_or(0),
         min_pods_per_node: if per_node.len() < config.nodes {

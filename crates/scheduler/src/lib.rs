@@ -123,11 +123,18 @@ impl Metrics {
 /// A running scheduler; dropping it stops it (and its campaign for the Lease).
 pub struct RunningScheduler {
     pub metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
+    max_in_flight: u32,
     task: tokio::task::JoinHandle<()>,
     _election: Option<LeaderElection>,
 }
 
 impl RunningScheduler {
+    /// Waits until no binding, status patch or Event write is in flight.
+    pub async fn wait_idle(&self) {
+        let _all = self.slots.acquire_many(self.max_in_flight).await;
+    }
+
     /// Whether this replica currently leads (always true without leader election).
     pub fn is_leader(&self) -> bool {
         self._election
@@ -157,9 +164,19 @@ pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler 
             (None, rx)
         }
     };
-    let task = tokio::spawn(run(client, config, metrics.clone(), is_leader));
+    let max_in_flight = u32::try_from(config.max_in_flight.max(1)).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(max_in_flight as usize));
+    let task = tokio::spawn(run(
+        client,
+        config,
+        metrics.clone(),
+        is_leader,
+        slots.clone(),
+    ));
     RunningScheduler {
         metrics,
+        slots,
+        max_in_flight,
         task,
         _election: election,
     }
@@ -201,7 +218,8 @@ impl Queue {
             return;
         }
         self.seq += 1;
-        self.order.insert((Reverse(priority), self.seq, key.clone()));
+        self.order
+            .insert((Reverse(priority), self.seq, key.clone()));
         self.members.insert(key, (priority, self.seq));
     }
     fn remove(&mut self, key: &str) {
@@ -273,6 +291,7 @@ async fn run(
     config: SchedulerConfig,
     metrics: Arc<Metrics>,
     mut is_leader: watch::Receiver<bool>,
+    bind_slots: Arc<Semaphore>,
 ) {
     let pods: Api<Pod> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
@@ -287,7 +306,7 @@ async fn run(
         .unwrap_or(0x9e37_79b9_7f4a_7c15);
     let mut state = State {
         client,
-        bind_slots: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+        bind_slots,
         config,
         metrics,
         nodes: BTreeMap::new(),
@@ -369,8 +388,12 @@ impl State {
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = self.relist_pods.take() {
-                    let gone: Vec<String> =
-                        self.pods.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                    let gone: Vec<String> = self
+                        .pods
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
                     for key in gone {
                         self.remove_pod(&key);
                     }
@@ -492,8 +515,11 @@ impl State {
 
     fn snapshot(&mut self) -> &mut (Vec<NodeInfo>, HashMap<String, usize>) {
         if self.snapshot.is_none() {
-            let mut infos: Vec<NodeInfo> =
-                self.nodes.values().map(|n| NodeInfo::new(n.clone())).collect();
+            let mut infos: Vec<NodeInfo> = self
+                .nodes
+                .values()
+                .map(|n| NodeInfo::new(n.clone()))
+                .collect();
             let index: HashMap<String, usize> = infos
                 .iter()
                 .enumerate()
@@ -572,7 +598,8 @@ impl State {
     }
 
     fn assume_and_bind(&mut self, key: String, pod: Arc<Pod>, node: String) {
-        self.assumed.insert(key.clone(), (node.clone(), Instant::now()));
+        self.assumed
+            .insert(key.clone(), (node.clone(), Instant::now()));
         if let Some((infos, index)) = self.snapshot.as_mut() {
             if let Some(i) = index.get(&node) {
                 infos[*i].add_pod(pod.clone());
@@ -612,7 +639,15 @@ impl State {
             });
             if ok {
                 let message = format!("Successfully assigned {ns}/{name} to {node}");
-                let event = new_event(&pod, "Normal", "Scheduled", "Binding", &message, &scheduler, &identity);
+                let event = new_event(
+                    &pod,
+                    "Normal",
+                    "Scheduled",
+                    "Binding",
+                    &message,
+                    &scheduler,
+                    &identity,
+                );
                 if let Err(e) = Api::<Event>::namespaced(client, &ns)
                     .create(&PostParams::default(), &event)
                     .await
@@ -634,7 +669,8 @@ impl State {
                 self.metrics.binding_errors.inc();
                 self.assumed.remove(&res.key);
                 self.invalidate();
-                let gone_or_bound = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+                let gone_or_bound =
+                    matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
                 tracing::warn!(pod = %res.key, node = %res.node, error = %e, "binding failed");
                 if !gone_or_bound && self.pods.contains_key(&res.key) {
                     let message = format!("Binding rejected: {e}");
@@ -722,9 +758,20 @@ impl State {
             }
             let events: Api<Event> = Api::namespaced(client, &ns);
             let result = if count == 1 {
-                let mut event = new_event(&pod, "Warning", "FailedScheduling", "Scheduling", &message, &scheduler, &identity);
+                let mut event = new_event(
+                    &pod,
+                    "Warning",
+                    "FailedScheduling",
+                    "Scheduling",
+                    &message,
+                    &scheduler,
+                    &identity,
+                );
                 event.metadata.name = Some(event_name);
-                events.create(&PostParams::default(), &event).await.map(|_| ())
+                events
+                    .create(&PostParams::default(), &event)
+                    .await
+                    .map(|_| ())
             } else {
                 let patch = json!({
                     "count": count,

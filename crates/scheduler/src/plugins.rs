@@ -233,7 +233,12 @@ impl NodeInfo {
 
 // ---------------------------------------------------------------- label selectors
 
-fn requirement_matches(labels: &BTreeMap<String, String>, key: &str, op: &str, values: &[String]) -> bool {
+fn requirement_matches(
+    labels: &BTreeMap<String, String>,
+    key: &str,
+    op: &str,
+    values: &[String],
+) -> bool {
     let value = labels.get(key);
     match op {
         "In" => value.is_some_and(|v| values.contains(v)),
@@ -266,7 +271,12 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
         .flatten()
         .all(|(k, v)| labels.get(k) == Some(v))
         && selector.match_expressions.iter().flatten().all(|e| {
-            requirement_matches(labels, &e.key, &e.operator, e.values.as_deref().unwrap_or_default())
+            requirement_matches(
+                labels,
+                &e.key,
+                &e.operator,
+                e.values.as_deref().unwrap_or_default(),
+            )
         })
 }
 
@@ -281,8 +291,16 @@ fn namespace(pod: &Pod) -> &str {
 
 // ---------------------------------------------------------------- node affinity
 
-fn node_requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    requirement_matches(labels, &r.key, &r.operator, r.values.as_deref().unwrap_or_default())
+fn node_requirement_matches(
+    r: &NodeSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    requirement_matches(
+        labels,
+        &r.key,
+        &r.operator,
+        r.values.as_deref().unwrap_or_default(),
+    )
 }
 
 /// A node selector term: all expressions and fields match; an empty term matches no node.
@@ -326,8 +344,10 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
-    {
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }) {
         Some(required) => required
             .node_selector_terms
             .iter()
@@ -352,7 +372,10 @@ pub fn score_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
         .into_iter()
         .flatten()
         .filter(|t| t.weight != 0 && term_matches(&t.preference, &node.node))
@@ -440,11 +463,17 @@ pub fn filter_taints(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
 pub fn count_prefer_no_schedule(pod: &Pod, node: &NodeInfo) -> i64 {
     let tols: Vec<&Toleration> = tolerations(pod)
         .iter()
-        .filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"))
+        .filter(|t| {
+            t.effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+        })
         .collect();
     node.taints()
         .iter()
-        .filter(|taint| taint.effect == "PreferNoSchedule" && !tols.iter().any(|t| tolerates(t, taint)))
+        .filter(|taint| {
+            taint.effect == "PreferNoSchedule" && !tols.iter().any(|t| tolerates(t, taint))
+        })
         .count() as i64
 }
 
@@ -465,7 +494,11 @@ fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
             let port = p.host_port.filter(|p| *p > 0)?;
-            let ip = p.host_ip.clone().filter(|i| !i.is_empty()).unwrap_or("0.0.0.0".into());
+            let ip = p
+                .host_ip
+                .clone()
+                .filter(|i| !i.is_empty())
+                .unwrap_or("0.0.0.0".into());
             Some((p.protocol.clone().unwrap_or("TCP".into()), ip, port))
         })
         .collect()
@@ -503,7 +536,12 @@ pub fn filter_resources(req: &Resources, node: &NodeInfo) -> Result<(), Vec<Reas
     for (name, want, have, taken) in [
         ("cpu", req.cpu, alloc.cpu, used.cpu),
         ("memory", req.memory, alloc.memory, used.memory),
-        ("ephemeral-storage", req.ephemeral, alloc.ephemeral, used.ephemeral),
+        (
+            "ephemeral-storage",
+            req.ephemeral,
+            alloc.ephemeral,
+            used.ephemeral,
+        ),
     ] {
         if want > 0 && want > have - taken {
             reasons.push(Reason::new(format!("Insufficient {name}")));
@@ -738,11 +776,10 @@ pub fn spread_raw(spreads: &[Spread], node: &NodeInfo) -> Option<f64> {
 fn term_namespaces(term: &PodAffinityTerm, owner: &Pod) -> Option<HashSet<String>> {
     // An empty namespaceSelector selects every namespace (namespace labels are not
     // consulted; a non-empty selector falls back to the listed namespaces).
-    if term
-        .namespace_selector
-        .as_ref()
-        .is_some_and(|s| s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()))
-    {
+    if term.namespace_selector.as_ref().is_some_and(|s| {
+        s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+    }) {
         return None;
     }
     let listed: HashSet<String> = term.namespaces.iter().flatten().cloned().collect();
@@ -776,11 +813,15 @@ pub struct Affinity {
 fn required_terms(pod: &Pod, anti: bool) -> &[PodAffinityTerm] {
     let a = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
     let terms = if anti {
-        a.and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_deref())
+        a.and_then(|a| a.pod_anti_affinity.as_ref()).and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
     } else {
-        a.and_then(|a| a.pod_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_deref())
+        a.and_then(|a| a.pod_affinity.as_ref()).and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
     };
     terms.unwrap_or_default()
 }
@@ -790,8 +831,14 @@ impl Affinity {
         let aff_terms = required_terms(pod, false);
         let anti_terms = required_terms(pod, true);
         let mut out = Affinity {
-            affinity: aff_terms.iter().map(|t| (t.topology_key.clone(), HashSet::new())).collect(),
-            anti: anti_terms.iter().map(|t| (t.topology_key.clone(), HashSet::new())).collect(),
+            affinity: aff_terms
+                .iter()
+                .map(|t| (t.topology_key.clone(), HashSet::new()))
+                .collect(),
+            anti: anti_terms
+                .iter()
+                .map(|t| (t.topology_key.clone(), HashSet::new()))
+                .collect(),
             ..Default::default()
         };
         let mut any_affinity_match = false;
@@ -819,7 +866,8 @@ impl Affinity {
                 for t in required_terms(other, true) {
                     if term_matches_pod(t, other, pod) {
                         if let Some(v) = labels.get(&t.topology_key) {
-                            out.existing_anti.insert((t.topology_key.clone(), v.clone()));
+                            out.existing_anti
+                                .insert((t.topology_key.clone(), v.clone()));
                         }
                     }
                 }
@@ -857,9 +905,7 @@ impl Affinity {
             .iter()
             .any(|(key, values)| labels.get(key).is_some_and(|v| values.contains(v)))
         {
-            return Err(Reason::new(
-                "node(s) didn't match pod anti-affinity rules",
-            ));
+            return Err(Reason::new("node(s) didn't match pod anti-affinity rules"));
         }
         Ok(())
     }
@@ -906,7 +952,10 @@ impl<'a> PodContext<'a> {
     /// Weighted, normalised scores of the feasible nodes (upstream's default weights:
     /// fit 1, balanced 1, node affinity 2, taints 3, spreading 2).
     pub fn score(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
-        let affinity: Vec<i64> = nodes.iter().map(|n| score_node_affinity(self.pod, n)).collect();
+        let affinity: Vec<i64> = nodes
+            .iter()
+            .map(|n| score_node_affinity(self.pod, n))
+            .collect();
         let max_affinity = affinity.iter().copied().max().unwrap_or(0);
         let taints: Vec<i64> = nodes
             .iter()
@@ -939,7 +988,10 @@ impl<'a> PodContext<'a> {
                     match spread[i] {
                         None => 0,
                         Some(_) if max_spread == 0.0 => MAX_NODE_SCORE,
-                        Some(s) => (MAX_NODE_SCORE as f64 * (max_spread + min_spread - s) / max_spread) as i64,
+                        Some(s) => {
+                            (MAX_NODE_SCORE as f64 * (max_spread + min_spread - s) / max_spread)
+                                as i64
+                        }
                     }
                 };
                 fit + balanced + 2 * aff + 3 * taint + 2 * spr
@@ -975,11 +1027,15 @@ pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
     // Preemption is not implemented: every node where it could help has no victims.
     let mut pre = Vec::new();
     if unresolvable > 0 {
-        pre.push(format!("{unresolvable} Preemption is not helpful for scheduling"));
+        pre.push(format!(
+            "{unresolvable} Preemption is not helpful for scheduling"
+        ));
     }
     let resolvable = per_node.len() - unresolvable;
     if resolvable > 0 {
-        pre.push(format!("{resolvable} No preemption victims found for incoming pod"));
+        pre.push(format!(
+            "{resolvable} No preemption victims found for incoming pod"
+        ));
     }
     pre.sort();
     if !pre.is_empty() {
@@ -997,7 +1053,8 @@ mod tests {
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {
-        let mut base = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": []}});
+        let mut base =
+            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": []}});
         merge(&mut base, v);
         serde_json::from_value(base).unwrap()
     }
@@ -1028,7 +1085,9 @@ mod tests {
     }
 
     fn labelled(name: &str, labels: serde_json::Value, node_name: &str) -> Arc<Pod> {
-        Arc::new(pod(json!({"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node_name}})))
+        Arc::new(pod(
+            json!({"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node_name}}),
+        ))
     }
 
     #[test]
@@ -1073,10 +1132,18 @@ mod tests {
     #[test]
     fn resources_fit_counts_assigned_pods() {
         let mut n = node("n", json!({}), json!({}));
-        n.add_pod(Arc::new(pod(json!({"spec": {"containers": [requests("1500m", "1Gi")]}}))));
-        let fits = pod_requests(&pod(json!({"spec": {"containers": [requests("500m", "1Gi")]}})), false);
+        n.add_pod(Arc::new(pod(
+            json!({"spec": {"containers": [requests("1500m", "1Gi")]}}),
+        )));
+        let fits = pod_requests(
+            &pod(json!({"spec": {"containers": [requests("500m", "1Gi")]}})),
+            false,
+        );
         assert!(filter_resources(&fits, &n).is_ok());
-        let big = pod_requests(&pod(json!({"spec": {"containers": [requests("600m", "4Gi")]}})), false);
+        let big = pod_requests(
+            &pod(json!({"spec": {"containers": [requests("600m", "4Gi")]}})),
+            false,
+        );
         let reasons = filter_resources(&big, &n).unwrap_err();
         let msgs: Vec<&str> = reasons.iter().map(|r| r.message.as_str()).collect();
         assert_eq!(msgs, ["Insufficient cpu", "Insufficient memory"]);
@@ -1090,52 +1157,82 @@ mod tests {
     fn node_name_and_unschedulable() {
         let n = node("a", json!({}), json!({"unschedulable": true}));
         let p = pod(json!({"spec": {"nodeName": "b"}}));
-        assert!(filter_node_name(&p, &n).unwrap_err().message.contains("requested node name"));
+        assert!(filter_node_name(&p, &n)
+            .unwrap_err()
+            .message
+            .contains("requested node name"));
         assert!(filter_node_name(&pod(json!({"spec": {"nodeName": "a"}})), &n).is_ok());
         assert_eq!(
-            filter_node_unschedulable(&pod(json!({})), &n).unwrap_err().message,
+            filter_node_unschedulable(&pod(json!({})), &n)
+                .unwrap_err()
+                .message,
             "node(s) were unschedulable"
         );
-        let tolerant = pod(json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}}));
+        let tolerant = pod(
+            json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}}),
+        );
         assert!(filter_node_unschedulable(&tolerant, &n).is_ok());
     }
 
     #[test]
     fn node_selector_and_affinity_operators() {
-        let n = node("n1", json!({"zone": "a", "gpu": "4", "disk": "ssd"}), json!({}));
-        let check = |spec: serde_json::Value| filter_node_affinity(&pod(json!({"spec": spec})), &n).is_ok();
+        let n = node(
+            "n1",
+            json!({"zone": "a", "gpu": "4", "disk": "ssd"}),
+            json!({}),
+        );
+        let check =
+            |spec: serde_json::Value| filter_node_affinity(&pod(json!({"spec": spec})), &n).is_ok();
         assert!(check(json!({"nodeSelector": {"zone": "a"}})));
         assert!(!check(json!({"nodeSelector": {"zone": "b"}})));
         let req = |exprs: serde_json::Value| json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}}});
-        assert!(check(req(json!([{"key": "zone", "operator": "In", "values": ["a", "b"]}]))));
-        assert!(!check(req(json!([{"key": "zone", "operator": "NotIn", "values": ["a"]}]))));
+        assert!(check(req(
+            json!([{"key": "zone", "operator": "In", "values": ["a", "b"]}])
+        )));
+        assert!(!check(req(
+            json!([{"key": "zone", "operator": "NotIn", "values": ["a"]}])
+        )));
         assert!(check(req(json!([{"key": "disk", "operator": "Exists"}]))));
-        assert!(!check(req(json!([{"key": "disk", "operator": "DoesNotExist"}]))));
-        assert!(check(req(json!([{"key": "gpu", "operator": "Gt", "values": ["3"]}]))));
-        assert!(!check(req(json!([{"key": "gpu", "operator": "Lt", "values": ["3"]}]))));
+        assert!(!check(req(
+            json!([{"key": "disk", "operator": "DoesNotExist"}])
+        )));
+        assert!(check(req(
+            json!([{"key": "gpu", "operator": "Gt", "values": ["3"]}])
+        )));
+        assert!(!check(req(
+            json!([{"key": "gpu", "operator": "Lt", "values": ["3"]}])
+        )));
         let fields = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]},
             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]},
         ]}}}});
         assert!(check(fields), "terms are ORed");
-        let p = pod(json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 5, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
-            {"weight": 7, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}},
-        ]}}}}));
+        let p = pod(
+            json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 5, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
+                {"weight": 7, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}},
+            ]}}}}),
+        );
         assert_eq!(score_node_affinity(&p, &n), 5);
     }
 
     #[test]
     fn taints_and_tolerations() {
-        let n = node("n", json!({}), json!({"taints": [
-            {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
-            {"key": "soft", "value": "x", "effect": "PreferNoSchedule"},
-        ]}));
+        let n = node(
+            "n",
+            json!({}),
+            json!({"taints": [
+                {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+                {"key": "soft", "value": "x", "effect": "PreferNoSchedule"},
+            ]}),
+        );
         assert_eq!(
             filter_taints(&pod(json!({})), &n).unwrap_err().message,
             "node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }"
         );
-        let tol = pod(json!({"spec": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}}));
+        let tol = pod(
+            json!({"spec": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}}),
+        );
         assert!(filter_taints(&tol, &n).is_ok());
         assert_eq!(count_prefer_no_schedule(&tol, &n), 1);
         let all = pod(json!({"spec": {"tolerations": [{"operator": "Exists"}]}}));
@@ -1149,7 +1246,9 @@ mod tests {
     fn host_ports_conflict() {
         let mut n = node("n", json!({}), json!({}));
         let with_port = |port: i32, ip: Option<&str>| {
-            pod(json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": port, "hostIP": ip}]}]}}))
+            pod(
+                json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": port, "hostIP": ip}]}]}}),
+            )
         };
         n.add_pod(Arc::new(with_port(8080, Some("10.0.0.1"))));
         assert!(filter_node_ports(&with_port(8080, None), &n).is_err());
@@ -1163,26 +1262,47 @@ mod tests {
         let b = node("b", json!({"zone": "z2"}), json!({}));
         a.add_pod(labelled("db", json!({"app": "db"}), "a"));
         let nodes = vec![a, b];
-        let term = json!([{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]);
-        let near = pod(json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}}));
+        let term =
+            json!([{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]);
+        let near = pod(
+            json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}}),
+        );
         let aff = Affinity::new(&near, &nodes);
         assert!(aff.filter(&nodes[0]).is_ok());
-        assert_eq!(aff.filter(&nodes[1]).unwrap_err().message, "node(s) didn't match pod affinity rules");
-        let far = pod(json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}}));
+        assert_eq!(
+            aff.filter(&nodes[1]).unwrap_err().message,
+            "node(s) didn't match pod affinity rules"
+        );
+        let far = pod(
+            json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term}}}}),
+        );
         let anti = Affinity::new(&far, &nodes);
-        assert_eq!(anti.filter(&nodes[0]).unwrap_err().message, "node(s) didn't match pod anti-affinity rules");
+        assert_eq!(
+            anti.filter(&nodes[0]).unwrap_err().message,
+            "node(s) didn't match pod anti-affinity rules"
+        );
         assert!(anti.filter(&nodes[1]).is_ok());
         // The first pod of a group that must be near its own kind may go anywhere.
-        let self_term = json!([{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]);
-        let first = pod(json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": self_term}}}}));
+        let self_term =
+            json!([{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]);
+        let first = pod(
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": self_term}}}}),
+        );
         assert!(Affinity::new(&first, &nodes).filter(&nodes[1]).is_ok());
         // An existing pod's anti-affinity keeps matching pods out of its zone.
         let mut c = node("c", json!({"zone": "z1"}), json!({}));
         c.add_pod(Arc::new(pod(json!({"metadata": {"name": "lonely"}, "spec": {"nodeName": "c", "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}}))));
-        let nodes = vec![c, node("d", json!({"zone": "z2"}), json!({})), node("e", json!({"zone": "z1"}), json!({}))];
+        let nodes = vec![
+            c,
+            node("d", json!({"zone": "z2"}), json!({})),
+            node("e", json!({"zone": "z1"}), json!({})),
+        ];
         let web = pod(json!({"metadata": {"labels": {"app": "web"}}}));
         let aff = Affinity::new(&web, &nodes);
-        assert_eq!(aff.filter(&nodes[2]).unwrap_err().message, "node(s) didn't satisfy existing pods anti-affinity rules");
+        assert_eq!(
+            aff.filter(&nodes[2]).unwrap_err().message,
+            "node(s) didn't satisfy existing pods anti-affinity rules"
+        );
         assert!(aff.filter(&nodes[1]).is_ok());
     }
 
@@ -1193,26 +1313,46 @@ mod tests {
         let c = node("c", json!({}), json!({}));
         a.add_pod(labelled("w1", json!({"app": "w"}), "a"));
         let nodes = vec![a, b, c];
-        let p = pod(json!({"metadata": {"labels": {"app": "w"}}, "spec": {"topologySpreadConstraints": [
-            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "w"}}},
-        ]}}));
+        let p = pod(
+            json!({"metadata": {"labels": {"app": "w"}}, "spec": {"topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "w"}}},
+            ]}}),
+        );
         let spreads = hard_spreads(&p, &nodes);
-        assert_eq!(filter_spread(&spreads, &nodes[0]).unwrap_err().message, "node(s) didn't match pod topology spread constraints");
+        assert_eq!(
+            filter_spread(&spreads, &nodes[0]).unwrap_err().message,
+            "node(s) didn't match pod topology spread constraints"
+        );
         assert!(filter_spread(&spreads, &nodes[1]).is_ok());
-        assert!(filter_spread(&spreads, &nodes[2]).unwrap_err().message.contains("missing required label"));
+        assert!(filter_spread(&spreads, &nodes[2])
+            .unwrap_err()
+            .message
+            .contains("missing required label"));
     }
 
     #[test]
     fn scores_prefer_empty_balanced_spread_nodes() {
-        let mut busy = node("busy", json!({"kubernetes.io/hostname": "busy", ZONE_LABEL: "z1"}), json!({}));
-        let idle = node("idle", json!({"kubernetes.io/hostname": "idle", ZONE_LABEL: "z2"}), json!({}));
-        busy.add_pod(Arc::new(pod(json!({"spec": {"nodeName": "busy", "containers": [requests("1", "2Gi")]}}))));
+        let mut busy = node(
+            "busy",
+            json!({"kubernetes.io/hostname": "busy", ZONE_LABEL: "z1"}),
+            json!({}),
+        );
+        let idle = node(
+            "idle",
+            json!({"kubernetes.io/hostname": "idle", ZONE_LABEL: "z2"}),
+            json!({}),
+        );
+        busy.add_pod(Arc::new(pod(
+            json!({"spec": {"nodeName": "busy", "containers": [requests("1", "2Gi")]}}),
+        )));
         let p = pod(json!({"spec": {"containers": [requests("100m", "100Mi")]}}));
         let req = pod_requests(&p, true);
         assert!(score_least_allocated(&req, &idle) > score_least_allocated(&req, &busy));
         // 1 cpu of 2 and 3 of 4 Gi memory are less balanced than 0.1 of each.
         let mut skewed = node("s", json!({}), json!({}));
-        skewed.add_pod(Arc::new(pod(json!({"spec": {"containers": [requests("100m", "3Gi")]}}))));
+        skewed.add_pod(Arc::new(pod(
+            json!({"spec": {"containers": [requests("100m", "3Gi")]}}),
+        )));
         assert!(score_balanced(&req, &idle) > score_balanced(&req, &skewed));
         // Default spreading: siblings (same labels, a controller owner) avoid each other.
         let owned = json!({"labels": {"app": "r"}, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "r", "uid": "u", "controller": true}]});
@@ -1228,7 +1368,11 @@ mod tests {
         let scores = ctx.score(&nodes.iter().collect::<Vec<_>>());
         assert!(scores[0] > scores[1], "{scores:?}");
         // PreferNoSchedule taints lower a node's score.
-        let tainted = node("t", json!({}), json!({"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}));
+        let tainted = node(
+            "t",
+            json!({}),
+            json!({"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}),
+        );
         let plain = node("u", json!({}), json!({}));
         let p = pod(json!({}));
         let ctx = PodContext::new(&p, &[]);
@@ -1238,7 +1382,9 @@ mod tests {
 
     #[test]
     fn summary_message_matches_upstream() {
-        let taint = vec![Reason::unresolvable("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }")];
+        let taint = vec![Reason::unresolvable(
+            "node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }",
+        )];
         let cpu = vec![Reason::new("Insufficient cpu")];
         let msg = unschedulable_message(3, &[taint, cpu.clone(), cpu]);
         assert_eq!(
@@ -1246,6 +1392,9 @@ mod tests {
             "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
              preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
         );
-        assert_eq!(unschedulable_message(0, &[]), "no nodes available to schedule pods");
+        assert_eq!(
+            unschedulable_message(0, &[]),
+            "no nodes available to schedule pods"
+        );
     }
 }

@@ -28,9 +28,13 @@ fn no_election(identity: &str) -> SchedulerConfig {
 }
 
 async fn node(client: &kube::Client, name: &str, zone: &str, cpu: &str, taints: Vec<Taint>) {
-    register_node(client, kwok_node(name, zone, taints), node_status(cpu, "8Gi", "110"))
-        .await
-        .unwrap();
+    register_node(
+        client,
+        kwok_node(name, zone, taints),
+        node_status(cpu, "8Gi", "110"),
+    )
+    .await
+    .unwrap();
 }
 
 fn taint(key: &str, value: &str, effect: &str) -> Taint {
@@ -68,7 +72,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -92,7 +99,9 @@ async fn events_for(client: &kube::Client, pod: &str, reason: &str) -> Vec<Event
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason))
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
+        })
         .collect()
 }
 
@@ -101,7 +110,18 @@ async fn pod_is_bound_to_the_only_node_that_fits() {
     let (_cp, client) = setup().await;
     node(&client, "small", "z1", "1", Vec::new()).await;
     node(&client, "big", "z1", "4", Vec::new()).await;
-    node(&client, "master", "z1", "8", vec![taint("node-role.kubernetes.io/control-plane", "", "NoSchedule")]).await;
+    node(
+        &client,
+        "master",
+        "z1",
+        "8",
+        vec![taint(
+            "node-role.kubernetes.io/control-plane",
+            "",
+            "NoSchedule",
+        )],
+    )
+    .await;
     let _scheduler = spawn(client.clone(), no_election("test"));
     create(&client, pending_pod("web", "2", "1Gi", &[("app", "web")])).await;
     assert_eq!(bound_node(&client, "web").await, "big");
@@ -113,10 +133,16 @@ async fn pod_is_bound_to_the_only_node_that_fits() {
         }
     })
     .await;
-    assert_eq!(events[0].message.as_deref(), Some("Successfully assigned default/web to big"));
+    assert_eq!(
+        events[0].message.as_deref(),
+        Some("Successfully assigned default/web to big")
+    );
     assert_eq!(events[0].type_.as_deref(), Some("Normal"));
     assert_eq!(
-        events[0].source.as_ref().and_then(|s| s.component.as_deref()),
+        events[0]
+            .source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
         Some("default-scheduler")
     );
     // The next pod sees the first one's 2 cpus taken: 2 more still fit on big, 3 do not.
@@ -127,7 +153,18 @@ async fn pod_is_bound_to_the_only_node_that_fits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_that_fits_nowhere_is_unschedulable_until_a_node_fits() {
     let (_cp, client) = setup().await;
-    node(&client, "master", "z1", "8", vec![taint("node-role.kubernetes.io/control-plane", "", "NoSchedule")]).await;
+    node(
+        &client,
+        "master",
+        "z1",
+        "8",
+        vec![taint(
+            "node-role.kubernetes.io/control-plane",
+            "",
+            "NoSchedule",
+        )],
+    )
+    .await;
     node(&client, "n1", "z1", "1", Vec::new()).await;
     node(&client, "n2", "z2", "1", Vec::new()).await;
     let scheduler = spawn(client.clone(), no_election("test"));
@@ -159,7 +196,10 @@ async fn pod_that_fits_nowhere_is_unschedulable_until_a_node_fits() {
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
     assert_eq!(events[0].message.as_deref(), Some(expected));
     assert_eq!(
-        events[0].source.as_ref().and_then(|s| s.component.as_deref()),
+        events[0]
+            .source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
         Some("default-scheduler")
     );
     assert!(scheduler.metrics.unschedulable.get() >= 1);
@@ -171,14 +211,33 @@ async fn pod_that_fits_nowhere_is_unschedulable_until_a_node_fits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taints_keep_pods_out_unless_tolerated() {
     let (_cp, client) = setup().await;
-    node(&client, "gpu", "z1", "4", vec![taint("dedicated", "gpu", "NoSchedule")]).await;
+    node(
+        &client,
+        "gpu",
+        "z1",
+        "4",
+        vec![taint("dedicated", "gpu", "NoSchedule")],
+    )
+    .await;
     node(&client, "plain", "z1", "4", Vec::new()).await;
     let _scheduler = spawn(client.clone(), no_election("test"));
     let to_gpu = json!({"nodeSelector": {"kubernetes.io/hostname": "gpu"}});
-    create(&client, with(pending_pod("intolerant", "100m", "10Mi", &[]), to_gpu.clone())).await;
+    create(
+        &client,
+        with(
+            pending_pod("intolerant", "100m", "10Mi", &[]),
+            to_gpu.clone(),
+        ),
+    )
+    .await;
     let mut tolerant = to_gpu.clone();
-    tolerant["tolerations"] = json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
-    create(&client, with(pending_pod("tolerant", "100m", "10Mi", &[]), tolerant)).await;
+    tolerant["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+    create(
+        &client,
+        with(pending_pod("tolerant", "100m", "10Mi", &[]), tolerant),
+    )
+    .await;
     create(&client, pending_pod("anywhere", "100m", "10Mi", &[])).await;
     assert_eq!(bound_node(&client, "tolerant").await, "gpu");
     assert_eq!(bound_node(&client, "anywhere").await, "plain");
@@ -214,7 +273,14 @@ async fn six_pods_spread_over_three_zones() {
         "labelSelector": {"matchLabels": {"app": "spread"}},
     }]});
     for i in 0..6 {
-        create(&client, with(pending_pod(&format!("s{i}"), "100m", "10Mi", &[("app", "spread")]), spread.clone())).await;
+        create(
+            &client,
+            with(
+                pending_pod(&format!("s{i}"), "100m", "10Mi", &[("app", "spread")]),
+                spread.clone(),
+            ),
+        )
+        .await;
     }
     let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..6 {
@@ -222,7 +288,10 @@ async fn six_pods_spread_over_three_zones() {
         let zone = node.split('-').next().unwrap().to_string();
         *per_zone.entry(zone).or_default() += 1;
     }
-    assert_eq!(per_zone, BTreeMap::from([("z1".into(), 2), ("z2".into(), 2), ("z3".into(), 2)]));
+    assert_eq!(
+        per_zone,
+        BTreeMap::from([("z1".into(), 2), ("z2".into(), 2), ("z3".into(), 2)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +324,10 @@ async fn only_the_leader_binds_and_another_takes_over() {
     assert_eq!(leader.metrics.scheduled.get(), 5);
     assert_eq!(follower.metrics.scheduled.get(), 0);
     let lease: k8s_openapi::api::coordination::v1::Lease =
-        Api::namespaced(client.clone(), "kube-system").get("korvet-scheduler").await.unwrap();
+        Api::namespaced(client.clone(), "kube-system")
+            .get("korvet-scheduler")
+            .await
+            .unwrap();
     let holder = lease.spec.unwrap().holder_identity.unwrap();
     // The leader stops (as a killed replica): the other takes over after the lease runs out.
     drop(leader);
@@ -264,7 +336,10 @@ async fn only_the_leader_binds_and_another_takes_over() {
     assert!(follower.is_leader());
     assert_eq!(follower.metrics.scheduled.get(), 1);
     let lease: k8s_openapi::api::coordination::v1::Lease =
-        Api::namespaced(client.clone(), "kube-system").get("korvet-scheduler").await.unwrap();
+        Api::namespaced(client.clone(), "kube-system")
+            .get("korvet-scheduler")
+            .await
+            .unwrap();
     let spec = lease.spec.unwrap();
     assert_ne!(spec.holder_identity.unwrap(), holder);
     assert_eq!(spec.lease_transitions, Some(1));
