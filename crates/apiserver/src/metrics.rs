@@ -64,6 +64,13 @@ impl Metrics {
         }
     }
 
+    /// Lets components running in this process (the scheduler, controllers) add their
+    /// metrics to this `/metrics`.
+    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        add(&mut registry);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());

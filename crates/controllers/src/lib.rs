@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod csr;
+pub mod leader;
 pub mod node_ipam;
 
 pub use client::{client_from_kubeconfig, ClientError};

@@ -85,10 +85,67 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The scheduler: pods bound per second for many pending pods over Nodes registered
+    /// without agents (as kwok does), against an API server on the embedded store.
+    Scheduler {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Pending pods to schedule.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Nodes to spread them over (3 zones).
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+    },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Scheduler { json, pods, nodes } => {
+            let figures = korvet_scheduler::bench::run(korvet_scheduler::bench::BenchConfig {
+                pods,
+                nodes,
+                work_dir: None,
+            })
+            .await
+            .context("scheduler benchmark failed")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "figures": figures,
+                        "goals": {"pods_per_second": {"goal": 500, "met": figures.pods_per_second >= 500.0}},
+                    }))?
+                );
+            } else {
+                println!(
+                    "scheduler: {} pods over {} kwok nodes",
+                    figures.pods, figures.nodes
+                );
+                println!(
+                    "  created pending pods in   {:>8.2} s",
+                    figures.create_seconds
+                );
+                println!(
+                    "  scheduled and bound all in {:>7.2} s",
+                    figures.schedule_seconds
+                );
+                println!(
+                    "  ... and their Events in   {:>8.2} s",
+                    figures.with_events_seconds
+                );
+                println!(
+                    "  throughput                {:>8.0} pods/s (goal >= 500)",
+                    figures.pods_per_second
+                );
+                println!(
+                    "  pods per node             {} to {}; binding errors {}",
+                    figures.min_pods_per_node, figures.max_pods_per_node, figures.binding_errors
+                );
+            }
+            Ok(())
+        }
         Bench::Clusters {
             json,
             concurrent,

@@ -77,6 +77,19 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the controllers")?;
+    // The scheduler campaigns for its Lease, so that of several replicas one schedules.
+    let scheduler_client = korvet_controllers::client_from_kubeconfig(&running.kubeconfig)
+        .await
+        .context("starting the scheduler")?;
+    let identity = korvet_controllers::leader::default_identity();
+    let scheduler = korvet_scheduler::spawn(
+        scheduler_client,
+        korvet_scheduler::SchedulerConfig::new(&identity),
+    );
+    running
+        .server
+        .metrics
+        .register_with(|registry| scheduler.metrics.register(registry));
     println!("serving the Kubernetes API on {}", running.url());
     println!("admin kubeconfig: {}", running.kubeconfig.display());
     println!(
@@ -85,6 +98,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     );
     crate::signals::wait_for_shutdown().await;
     eprintln!("shutting down");
+    drop(scheduler);
     drop(controllers);
     drop(running);
     Ok(())

@@ -1,0 +1,313 @@
+//! `korvet bench scheduler`: pods bound per second for many pods over Nodes registered
+//! without agents (as kwok and kubemark do), against a real API server on the embedded
+//! store in this process.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use korvet_apiserver::launch::{self, ApiServerConfig};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use serde::Serialize;
+
+use crate::SchedulerConfig;
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub pods: usize,
+    pub nodes: usize,
+    /// Directory for the API server's files (default: a temporary directory).
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            pods: 1000,
+            nodes: 100,
+            work_dir: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchFigures {
+    pub pods: usize,
+    pub nodes: usize,
+    /// Creating the pending pods (32 requests in flight), before the scheduler starts.
+    pub create_seconds: f64,
+    /// From the scheduler's start (incl. its initial list) to the last pod bound.
+    pub schedule_seconds: f64,
+    /// Until the last `Scheduled` Event was written too.
+    pub with_events_seconds: f64,
+    pub pods_per_second: f64,
+    /// The most pods any node got, and the fewest (spreading).
+    pub max_pods_per_node: usize,
+    pub min_pods_per_node: usize,
+    pub binding_errors: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("starting the API server: {0}")]
+    Launch(#[from] korvet_apiserver::launch::LaunchError),
+    #[error("creating a temporary directory: {0}")]
+    TempDir(std::io::Error),
+    #[error("building a client: {0}")]
+    Client(#[from] korvet_controllers::ClientError),
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+    #[error("only {bound} of {pods} pods were bound after {seconds} s")]
+    Timeout {
+        bound: usize,
+        pods: usize,
+        seconds: u64,
+    },
+}
+
+fn quantities(cpu: &str, memory: &str, pods: &str) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_string(), Quantity(cpu.into())),
+        ("memory".to_string(), Quantity(memory.into())),
+        ("ephemeral-storage".to_string(), Quantity("100Gi".into())),
+        ("pods".to_string(), Quantity(pods.into())),
+    ])
+}
+
+/// A Node as kwok registers one: labels (hostname, zone), optional taints; its status
+/// (allocatable, Ready) is written separately with [`node_status`].
+pub fn kwok_node(name: &str, zone: &str, taints: Vec<Taint>) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/hostname".to_string(), name.to_string()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+                (crate::plugins::ZONE_LABEL.to_string(), zone.to_string()),
+                ("type".to_string(), "kwok".to_string()),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            taints: (!taints.is_empty()).then_some(taints),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A Ready node status with the given allocatable cpu, memory and pod count.
+pub fn node_status(cpu: &str, memory: &str, pods: &str) -> NodeStatus {
+    NodeStatus {
+        capacity: Some(quantities(cpu, memory, pods)),
+        allocatable: Some(quantities(cpu, memory, pods)),
+        conditions: Some(vec![NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: Some("KubeletReady".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// Creates a kwok-style node and writes its status.
+pub async fn register_node(
+    client: &kube::Client,
+    node: Node,
+    status: NodeStatus,
+) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let name = node.metadata.name.clone().unwrap_or_default();
+    nodes.create(&PostParams::default(), &node).await?;
+    let patch = serde_json::json!({ "status": status });
+    nodes
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A pause pod with requests, optionally owned by a (fictional) ReplicaSet.
+pub fn pending_pod(name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "pause".into(),
+                image: Some("registry.k8s.io/pause:3.10".into()),
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".to_string(), Quantity(cpu.into())),
+                        ("memory".to_string(), Quantity(memory.into())),
+                    ])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
+    let temp = match &config.work_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().map_err(BenchError::TempDir)?),
+    };
+    let dir = match (&config.work_dir, &temp) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => PathBuf::from("."),
+    };
+    let server = launch::start(ApiServerConfig {
+        data_dir: dir.join("control-plane"),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: korvet_store::StoreLocation::Embedded,
+        extra_hosts: Vec::new(),
+        token_auth_file: None,
+        cluster_name: "bench".into(),
+        pki_dir: None,
+        admission: Vec::new(),
+        crds: Vec::new(),
+        service_cidr: None,
+    })
+    .await?;
+    let client = korvet_controllers::client_from_kubeconfig(&server.kubeconfig).await?;
+
+    futures::stream::iter(0..config.nodes)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let node = kwok_node(
+                    &format!("kwok-{i:04}"),
+                    &format!("zone-{}", i % 3),
+                    Vec::new(),
+                );
+                register_node(&client, node, node_status("32", "128Gi", "110")).await
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let created = Instant::now();
+    let owner = OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: "bench".into(),
+        uid: "0b7c2d7e-0000-4000-8000-000000000001".into(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    futures::stream::iter(0..config.pods)
+        .map(|i| {
+            let pods = pods.clone();
+            let owner = owner.clone();
+            async move {
+                let mut pod = pending_pod(
+                    &format!("bench-{i:05}"),
+                    "100m",
+                    "128Mi",
+                    &[("app", "bench")],
+                );
+                pod.metadata.owner_references = Some(vec![owner]);
+                pods.create(&PostParams::default(), &pod).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    let create_seconds = created.elapsed().as_secs_f64();
+
+    // Count bindings from a watch started before the scheduler.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let counter = tokio::spawn({
+        let pods = pods.clone();
+        async move {
+            let stream = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(Ok(pod)) = stream.next().await {
+                if let Some(node) = crate::node_name(&pod) {
+                    let _ = tx.send((
+                        pod.metadata.name.clone().unwrap_or_default(),
+                        node.to_string(),
+                    ));
+                }
+            }
+        }
+    });
+    let started = Instant::now();
+    let scheduler = crate::spawn(
+        client.clone(),
+        SchedulerConfig {
+            leader_election: None,
+            ..SchedulerConfig::new("bench")
+        },
+    );
+    let mut bound: HashSet<String> = HashSet::new();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    let limit = Duration::from_secs(300);
+    while bound.len() < config.pods {
+        match tokio::time::timeout_at((started + limit).into(), rx.recv()).await {
+            Ok(Some((pod, node))) => {
+                if bound.insert(pod) {
+                    *per_node.entry(node).or_default() += 1;
+                }
+            }
+            _ => {
+                counter.abort();
+                return Err(BenchError::Timeout {
+                    bound: bound.len(),
+                    pods: config.pods,
+                    seconds: limit.as_secs(),
+                });
+            }
+        }
+    }
+    let schedule_seconds = started.elapsed().as_secs_f64();
+    counter.abort();
+    scheduler.wait_idle().await;
+    let with_events_seconds = started.elapsed().as_secs_f64();
+    let binding_errors = scheduler.metrics.binding_errors.get();
+    drop(scheduler);
+    drop(server);
+    Ok(BenchFigures {
+        pods: config.pods,
+        nodes: config.nodes,
+        create_seconds,
+        schedule_seconds,
+        with_events_seconds,
+        pods_per_second: config.pods as f64 / schedule_seconds.max(1e-9),
+        max_pods_per_node: per_node.values().copied().max().unwrap_or(0),
+        min_pods_per_node: if per_node.len() < config.nodes {
+            0
+        } else {
+            per_node.values().copied().min().unwrap_or(0)
+        },
+        binding_errors,
+    })
+}

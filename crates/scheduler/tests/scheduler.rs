@@ -1,0 +1,346 @@
+//! The scheduler against a real API server (embedded store), with Nodes registered as
+//! plain objects (no agents, as kwok does).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod, Taint};
+use korvet_controllers::leader::LeaderConfig;
+use korvet_scheduler::bench::{kwok_node, node_status, pending_pod, register_node};
+use korvet_scheduler::{spawn, SchedulerConfig};
+use korvet_test_support::{StoreKind, TestControlPlane};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+async fn setup() -> (TestControlPlane, kube::Client) {
+    let cp = TestControlPlane::start(StoreKind::Embedded).await;
+    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
+        .await
+        .unwrap();
+    (cp, client)
+}
+
+fn no_election(identity: &str) -> SchedulerConfig {
+    SchedulerConfig {
+        leader_election: None,
+        ..SchedulerConfig::new(identity)
+    }
+}
+
+async fn node(client: &kube::Client, name: &str, zone: &str, cpu: &str, taints: Vec<Taint>) {
+    register_node(
+        client,
+        kwok_node(name, zone, taints),
+        node_status(cpu, "8Gi", "110"),
+    )
+    .await
+    .unwrap();
+}
+
+fn taint(key: &str, value: &str, effect: &str) -> Taint {
+    Taint {
+        key: key.into(),
+        value: (!value.is_empty()).then(|| value.into()),
+        effect: effect.into(),
+        time_added: None,
+    }
+}
+
+async fn create(client: &kube::Client, pod: Pod) {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
+fn with(pod: Pod, spec: serde_json::Value) -> Pod {
+    let mut value = serde_json::to_value(pod).unwrap();
+    for (k, v) in spec.as_object().unwrap() {
+        value["spec"][k] = v.clone();
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+/// Polls until `check` gives Some, or panics after `seconds` with `what`.
+async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn bound_node(client: &kube::Client, name: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    wait_for(20, &format!("pod {name} to be bound"), || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get(name).await.ok()?;
+            pod.spec?.node_name.filter(|n| !n.is_empty())
+        }
+    })
+    .await
+}
+
+async fn events_for(client: &kube::Client, pod: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_is_bound_to_the_only_node_that_fits() {
+    let (_cp, client) = setup().await;
+    node(&client, "small", "z1", "1", Vec::new()).await;
+    node(&client, "big", "z1", "4", Vec::new()).await;
+    node(
+        &client,
+        "master",
+        "z1",
+        "8",
+        vec![taint(
+            "node-role.kubernetes.io/control-plane",
+            "",
+            "NoSchedule",
+        )],
+    )
+    .await;
+    let _scheduler = spawn(client.clone(), no_election("test"));
+    create(&client, pending_pod("web", "2", "1Gi", &[("app", "web")])).await;
+    assert_eq!(bound_node(&client, "web").await, "big");
+    let events = wait_for(10, "the Scheduled event", || {
+        let client = client.clone();
+        async move {
+            let e = events_for(&client, "web", "Scheduled").await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(
+        events[0].message.as_deref(),
+        Some("Successfully assigned default/web to big")
+    );
+    assert_eq!(events[0].type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        events[0]
+            .source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
+        Some("default-scheduler")
+    );
+    // The next pod sees the first one's 2 cpus taken: 2 more still fit on big, 3 do not.
+    create(&client, pending_pod("second", "2", "1Gi", &[])).await;
+    assert_eq!(bound_node(&client, "second").await, "big");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_that_fits_nowhere_is_unschedulable_until_a_node_fits() {
+    let (_cp, client) = setup().await;
+    node(
+        &client,
+        "master",
+        "z1",
+        "8",
+        vec![taint(
+            "node-role.kubernetes.io/control-plane",
+            "",
+            "NoSchedule",
+        )],
+    )
+    .await;
+    node(&client, "n1", "z1", "1", Vec::new()).await;
+    node(&client, "n2", "z2", "1", Vec::new()).await;
+    let scheduler = spawn(client.clone(), no_election("test"));
+    create(&client, pending_pod("huge", "2", "1Gi", &[])).await;
+    let expected = "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
+                    preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod.";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let condition = wait_for(20, "PodScheduled=False", || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("huge").await.ok()?;
+            pod.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
+    assert_eq!(condition.message.as_deref(), Some(expected));
+    let events = wait_for(10, "the FailedScheduling event", || {
+        let client = client.clone();
+        async move {
+            let e = events_for(&client, "huge", "FailedScheduling").await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(events[0].message.as_deref(), Some(expected));
+    assert_eq!(
+        events[0]
+            .source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
+        Some("default-scheduler")
+    );
+    assert!(scheduler.metrics.unschedulable.get() >= 1);
+    // A node with room appears: the pod is retried and bound.
+    node(&client, "n3", "z3", "4", Vec::new()).await;
+    assert_eq!(bound_node(&client, "huge").await, "n3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taints_keep_pods_out_unless_tolerated() {
+    let (_cp, client) = setup().await;
+    node(
+        &client,
+        "gpu",
+        "z1",
+        "4",
+        vec![taint("dedicated", "gpu", "NoSchedule")],
+    )
+    .await;
+    node(&client, "plain", "z1", "4", Vec::new()).await;
+    let _scheduler = spawn(client.clone(), no_election("test"));
+    let to_gpu = json!({"nodeSelector": {"kubernetes.io/hostname": "gpu"}});
+    create(
+        &client,
+        with(
+            pending_pod("intolerant", "100m", "10Mi", &[]),
+            to_gpu.clone(),
+        ),
+    )
+    .await;
+    let mut tolerant = to_gpu.clone();
+    tolerant["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+    create(
+        &client,
+        with(pending_pod("tolerant", "100m", "10Mi", &[]), tolerant),
+    )
+    .await;
+    create(&client, pending_pod("anywhere", "100m", "10Mi", &[])).await;
+    assert_eq!(bound_node(&client, "tolerant").await, "gpu");
+    assert_eq!(bound_node(&client, "anywhere").await, "plain");
+    let events = wait_for(20, "FailedScheduling for the intolerant pod", || {
+        let client = client.clone();
+        async move {
+            let e = events_for(&client, "intolerant", "FailedScheduling").await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(
+        events[0].message.as_deref(),
+        Some("0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}. \
+              preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_pods_spread_over_three_zones() {
+    let (_cp, client) = setup().await;
+    for zone in ["z1", "z2", "z3"] {
+        for i in 0..2 {
+            node(&client, &format!("{zone}-{i}"), zone, "8", Vec::new()).await;
+        }
+    }
+    // Zone z1 also has a much emptier-looking node to tempt least-allocated scoring.
+    let _scheduler = spawn(client.clone(), no_election("test"));
+    let spread = json!({"topologySpreadConstraints": [{
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "spread"}},
+    }]});
+    for i in 0..6 {
+        create(
+            &client,
+            with(
+                pending_pod(&format!("s{i}"), "100m", "10Mi", &[("app", "spread")]),
+                spread.clone(),
+            ),
+        )
+        .await;
+    }
+    let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..6 {
+        let node = bound_node(&client, &format!("s{i}")).await;
+        let zone = node.split('-').next().unwrap().to_string();
+        *per_zone.entry(zone).or_default() += 1;
+    }
+    assert_eq!(
+        per_zone,
+        BTreeMap::from([("z1".into(), 2), ("z2".into(), 2), ("z3".into(), 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_binds_and_another_takes_over() {
+    let (_cp, client) = setup().await;
+    node(&client, "n1", "z1", "8", Vec::new()).await;
+    let config = |id: &str| SchedulerConfig {
+        leader_election: Some(LeaderConfig {
+            lease_duration: Duration::from_secs(3),
+            renew_every: Duration::from_millis(500),
+            ..LeaderConfig::new("korvet-scheduler", id)
+        }),
+        ..SchedulerConfig::new(id)
+    };
+    let a = spawn(client.clone(), config("replica-a"));
+    let b = spawn(client.clone(), config("replica-b"));
+    wait_for(10, "a leader", || {
+        let leading = a.is_leader() || b.is_leader();
+        async move { leading.then_some(()) }
+    })
+    .await;
+    assert!(!(a.is_leader() && b.is_leader()), "two leaders at once");
+    for i in 0..5 {
+        create(&client, pending_pod(&format!("p{i}"), "100m", "10Mi", &[])).await;
+    }
+    for i in 0..5 {
+        bound_node(&client, &format!("p{i}")).await;
+    }
+    let (leader, follower) = if a.is_leader() { (a, b) } else { (b, a) };
+    assert_eq!(leader.metrics.scheduled.get(), 5);
+    assert_eq!(follower.metrics.scheduled.get(), 0);
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        Api::namespaced(client.clone(), "kube-system")
+            .get("korvet-scheduler")
+            .await
+            .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap();
+    // The leader stops (as a killed replica): the other takes over after the lease runs out.
+    drop(leader);
+    create(&client, pending_pod("after", "100m", "10Mi", &[])).await;
+    bound_node(&client, "after").await;
+    assert!(follower.is_leader());
+    assert_eq!(follower.metrics.scheduled.get(), 1);
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        Api::namespaced(client.clone(), "kube-system")
+            .get("korvet-scheduler")
+            .await
+            .unwrap();
+    let spec = lease.spec.unwrap();
+    assert_ne!(spec.holder_identity.unwrap(), holder);
+    assert_eq!(spec.lease_transitions, Some(1));
+}
