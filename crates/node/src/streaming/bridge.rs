@@ -88,10 +88,26 @@ pub async fn run<S, R>(
 ) -> Result<(), BridgeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (mut rt_rx, mut rt_tx) = tokio::io::split(runtime);
+    // Writes to containerd go through their own task, so that this loop keeps reading
+    // its output while stdin is being written (no flow control would save a deadlock).
+    let (to_runtime, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = queued.recv().await {
+            if rt_tx.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = rt_tx.shutdown().await;
+    });
+    let send = |bytes: Vec<u8>| {
+        to_runtime
+            .send(bytes)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    };
     let mut encoder = spdy::Encoder::default();
     let mut decoder = spdy::Decoder::default();
     let (streams, syn) = open_streams(options);
@@ -99,7 +115,7 @@ where
     for frame in &syn {
         encoder.encode(frame, &mut out)?;
     }
-    rt_tx.write_all(&out).await?;
+    send(std::mem::take(&mut out))?;
     let mut status: Vec<u8> = Vec::new();
     let mut status_sent = false;
     let mut stdin_open = options.stdin;
@@ -139,7 +155,7 @@ where
                 if let Some(frame) = frame {
                     out.clear();
                     encoder.encode(&frame, &mut out)?;
-                    if let Err(e) = rt_tx.write_all(&out).await {
+                    if let Err(e) = send(std::mem::take(&mut out)) {
                         break 'session Err(e.into());
                     }
                 }
@@ -170,7 +186,7 @@ where
                         Frame::Ping(id) => {
                             out.clear();
                             encoder.encode(&Frame::Ping(id), &mut out)?;
-                            rt_tx.write_all(&out).await?;
+                            send(std::mem::take(&mut out))?;
                         }
                         Frame::GoAway { .. } => break 'session Ok(()),
                         Frame::RstStream { stream_id, .. } if streams.channel(stream_id) == Some(channel::ERROR) => {
@@ -195,7 +211,8 @@ where
             reason: "".into(),
         })))
         .await;
-    let _ = rt_tx.shutdown().await;
+    drop(to_runtime);
+    let _ = writer.await;
     result
 }
 
