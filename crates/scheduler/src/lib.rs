@@ -127,6 +127,8 @@ pub struct RunningScheduler {
     max_in_flight: u32,
     task: tokio::task::JoinHandle<()>,
     _election: Option<LeaderElection>,
+    /// Without leader election: keeps the "leading" signal alive and true.
+    _always_leader: Option<watch::Sender<bool>>,
 }
 
 impl RunningScheduler {
@@ -151,6 +153,7 @@ impl Drop for RunningScheduler {
 
 pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler {
     let metrics = Arc::new(Metrics::default());
+    let mut always_leader = None;
     let (election, is_leader) = match config.leader_election.clone() {
         Some(lc) => {
             let e = leader::spawn(client.clone(), lc);
@@ -159,8 +162,7 @@ pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler 
         }
         None => {
             let (tx, rx) = watch::channel(true);
-            // Never dropped: the receiver must stay true and quiet.
-            std::mem::forget(tx);
+            always_leader = Some(tx);
             (None, rx)
         }
     };
@@ -179,6 +181,7 @@ pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler 
         max_in_flight,
         task,
         _election: election,
+        _always_leader: always_leader,
     }
 }
 
@@ -837,5 +840,40 @@ fn new_event(
         last_timestamp: Some(Time(now)),
         count: Some(1),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_pops_higher_priority_first_then_in_order() {
+        let mut q = Queue::default();
+        q.push("a".into(), 0);
+        q.push("b".into(), 10);
+        q.push("c".into(), 0);
+        q.push("a".into(), 0);
+        q.push("d".into(), 10);
+        q.remove("c");
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, ["b", "d", "a"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn failures_wait_for_a_change_or_the_long_retry() {
+        let now = Instant::now();
+        let f = Failure {
+            attempts: 1,
+            at: now,
+            backoff_until: now + INITIAL_BACKOFF,
+            generation: 4,
+            message: String::new(),
+            event: None,
+            queued: false,
+        };
+        assert_eq!(f.due(4), now + UNSCHEDULABLE_RETRY);
+        assert_eq!(f.due(5), now + INITIAL_BACKOFF);
     }
 }
