@@ -132,6 +132,16 @@ pub struct RunningScheduler {
 }
 
 impl RunningScheduler {
+    /// Stops scheduling, lets the writes in flight finish, and hands the Lease back so
+    /// that another replica (or this one restarted) takes over at once.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        self.wait_idle().await;
+        if let Some(election) = &self._election {
+            election.release().await;
+        }
+    }
+
     /// Waits until no binding, status patch or Event write is in flight.
     pub async fn wait_idle(&self) {
         let _all = self.slots.acquire_many(self.max_in_flight).await;
