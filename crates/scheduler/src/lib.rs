@@ -435,9 +435,18 @@ impl State {
         if let Some(node) = &new_node {
             self.queue.remove(&key);
             self.failures.remove(&key);
-            // The pod is where the snapshot already has it: no rebuild needed.
+            // The pod is where the snapshot already has it, with the same labels (that
+            // affinity and spreading read): no rebuild needed.
             let known = was_assumed.as_deref() == Some(node) || old_node.as_deref() == Some(node);
-            if !known || is_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
+            let same_labels = self
+                .pods
+                .get(&key)
+                .is_some_and(|old| old.metadata.labels == pod.metadata.labels);
+            if !known
+                || !same_labels
+                || is_terminal(&pod)
+                || pod.metadata.deletion_timestamp.is_some()
+            {
                 self.invalidate();
             }
         } else {
