@@ -98,7 +98,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     );
     crate::signals::wait_for_shutdown().await;
     eprintln!("shutting down");
-    drop(scheduler);
+    scheduler.shutdown().await;
     drop(controllers);
     drop(running);
     Ok(())

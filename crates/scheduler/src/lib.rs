@@ -127,9 +127,21 @@ pub struct RunningScheduler {
     max_in_flight: u32,
     task: tokio::task::JoinHandle<()>,
     _election: Option<LeaderElection>,
+    /// Without leader election: keeps the "leading" signal alive and true.
+    _always_leader: Option<watch::Sender<bool>>,
 }
 
 impl RunningScheduler {
+    /// Stops scheduling, lets the writes in flight finish, and hands the Lease back so
+    /// that another replica (or this one restarted) takes over at once.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        self.wait_idle().await;
+        if let Some(election) = &self._election {
+            election.release().await;
+        }
+    }
+
     /// Waits until no binding, status patch or Event write is in flight.
     pub async fn wait_idle(&self) {
         let _all = self.slots.acquire_many(self.max_in_flight).await;
@@ -151,6 +163,7 @@ impl Drop for RunningScheduler {
 
 pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler {
     let metrics = Arc::new(Metrics::default());
+    let mut always_leader = None;
     let (election, is_leader) = match config.leader_election.clone() {
         Some(lc) => {
             let e = leader::spawn(client.clone(), lc);
@@ -159,8 +172,7 @@ pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler 
         }
         None => {
             let (tx, rx) = watch::channel(true);
-            // Never dropped: the receiver must stay true and quiet.
-            std::mem::forget(tx);
+            always_leader = Some(tx);
             (None, rx)
         }
     };
@@ -179,6 +191,7 @@ pub fn spawn(client: kube::Client, config: SchedulerConfig) -> RunningScheduler 
         max_in_flight,
         task,
         _election: election,
+        _always_leader: always_leader,
     }
 }
 
@@ -422,9 +435,18 @@ impl State {
         if let Some(node) = &new_node {
             self.queue.remove(&key);
             self.failures.remove(&key);
-            // The pod is where the snapshot already has it: no rebuild needed.
+            // The pod is where the snapshot already has it, with the same labels (that
+            // affinity and spreading read): no rebuild needed.
             let known = was_assumed.as_deref() == Some(node) || old_node.as_deref() == Some(node);
-            if !known || is_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
+            let same_labels = self
+                .pods
+                .get(&key)
+                .is_some_and(|old| old.metadata.labels == pod.metadata.labels);
+            if !known
+                || !same_labels
+                || is_terminal(&pod)
+                || pod.metadata.deletion_timestamp.is_some()
+            {
                 self.invalidate();
             }
         } else {
@@ -837,5 +859,40 @@ fn new_event(
         last_timestamp: Some(Time(now)),
         count: Some(1),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_pops_higher_priority_first_then_in_order() {
+        let mut q = Queue::default();
+        q.push("a".into(), 0);
+        q.push("b".into(), 10);
+        q.push("c".into(), 0);
+        q.push("a".into(), 0);
+        q.push("d".into(), 10);
+        q.remove("c");
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, ["b", "d", "a"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn failures_wait_for_a_change_or_the_long_retry() {
+        let now = Instant::now();
+        let f = Failure {
+            attempts: 1,
+            at: now,
+            backoff_until: now + INITIAL_BACKOFF,
+            generation: 4,
+            message: String::new(),
+            event: None,
+            queued: false,
+        };
+        assert_eq!(f.due(4), now + UNSCHEDULABLE_RETRY);
+        assert_eq!(f.due(5), now + INITIAL_BACKOFF);
     }
 }

@@ -343,4 +343,18 @@ async fn only_the_leader_binds_and_another_takes_over() {
     let spec = lease.spec.unwrap();
     assert_ne!(spec.holder_identity.unwrap(), holder);
     assert_eq!(spec.lease_transitions, Some(1));
+    // A graceful stop hands the Lease back: a new replica leads at once.
+    follower.shutdown().await;
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        Api::namespaced(client.clone(), "kube-system")
+            .get("korvet-scheduler")
+            .await
+            .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None);
+    let c = spawn(client.clone(), config("replica-c"));
+    wait_for(5, "replica-c to lead", || {
+        let leading = c.is_leader();
+        async move { leading.then_some(()) }
+    })
+    .await;
 }

@@ -22,7 +22,8 @@ pub enum StoreKind {
 
 /// A control plane serving on a free loopback port, with its admin kubeconfig.
 pub struct TestControlPlane {
-    // Declared first so the controllers stop before the server does.
+    // Declared first so the scheduler and controllers stop before the server does.
+    scheduler: Option<korvet_scheduler::RunningScheduler>,
     controllers: Option<korvet_controllers::RunningControllers>,
     pub server: RunningApiServer,
     store: StoreLocation,
@@ -70,6 +71,7 @@ impl TestControlPlane {
         )
         .await;
         Self {
+            scheduler: None,
             controllers: None,
             server,
             store,
@@ -78,8 +80,8 @@ impl TestControlPlane {
         }
     }
 
-    /// A control plane that also runs the controllers (CSR approval and signing), as
-    /// `korvet control-plane` does.
+    /// A control plane that also runs the controllers (CSR approval and signing, node
+    /// IPAM) and the scheduler, as `korvet control-plane` does.
     pub async fn start_with_controllers(kind: StoreKind) -> Self {
         let mut cp = Self::start(kind).await;
         let pki = cp.server.pki.clone();
@@ -92,6 +94,13 @@ impl TestControlPlane {
         .await
         .unwrap_or_else(|e| panic!("start controllers: {e}"));
         cp.controllers = Some(running);
+        let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
+            .await
+            .unwrap_or_else(|e| panic!("scheduler client: {e}"));
+        cp.scheduler = Some(korvet_scheduler::spawn(
+            client,
+            korvet_scheduler::SchedulerConfig::new("test-scheduler"),
+        ));
         cp
     }
 
