@@ -1164,5 +1164,12 @@ mod tests {
             text.contains(r#"root = "/s/machines/m/containerd/root""#),
             "{text}"
         );
+        // RuntimeClass handlers: runc by default, crun through the same shim.
+        assert!(text.contains(r#"default_runtime_name = "runc""#), "{text}");
+        assert!(
+            text.contains(r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]"#),
+            "{text}"
+        );
+        assert!(text.contains("BinaryName = \""), "{text}");
     }
 }

@@ -137,6 +137,8 @@ pub struct FsStats {
     pub inodes_free: u64,
 }
 
+// The statvfs fields are u64 here but narrower on 32-bit targets.
+#[allow(clippy::unnecessary_cast)]
 pub fn fs_stats(path: &Path) -> Option<FsStats> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

@@ -270,6 +270,33 @@ mod tests {
     }
 
     #[test]
+    fn measured_pressure_flips_its_condition_and_transition_time() {
+        let old = Time("2020-01-01T00:00:00Z".parse().unwrap());
+        let mut first = status(&config(), "unknown", Pressure::default(), None);
+        for c in first.conditions.as_mut().unwrap() {
+            c.last_transition_time = Some(old.clone());
+        }
+        let pressure = Pressure {
+            disk: true,
+            ..Default::default()
+        };
+        let second = status(&config(), "unknown", pressure, Some(&first));
+        let conditions = second.conditions.unwrap();
+        let disk = conditions
+            .iter()
+            .find(|c| c.type_ == "DiskPressure")
+            .unwrap();
+        assert_eq!(disk.status, "True");
+        assert_eq!(disk.reason.as_deref(), Some("KubeletHasDiskPressure"));
+        assert_ne!(disk.last_transition_time.as_ref(), Some(&old));
+        let memory = conditions
+            .iter()
+            .find(|c| c.type_ == "MemoryPressure")
+            .unwrap();
+        assert_eq!(memory.last_transition_time.as_ref(), Some(&old));
+    }
+
+    #[test]
     fn unchanged_conditions_keep_their_transition_time() {
         let mut first = status(&config(), "unknown", Pressure::default(), None);
         let old = Time("2020-01-01T00:00:00Z".parse().unwrap());

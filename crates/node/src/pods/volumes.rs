@@ -337,7 +337,10 @@ mod tests {
         assert_eq!((maps, secrets), (vec!["app".into()], vec!["s".into()]));
         objects.config_maps.insert("app".into(), None);
         let err = prepare(root.path(), &pod, &c, &objects).unwrap_err();
-        assert_eq!(err.to_string(), "configmap \"app\" not found");
+        assert_eq!(
+            err.to_string(),
+            "MountVolume.SetUp failed for volume \"cfg\" : configmap \"app\" not found"
+        );
 
         objects.config_maps.insert(
             "app".into(),
