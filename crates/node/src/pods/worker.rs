@@ -33,6 +33,8 @@ pub struct Shared {
 struct PullFailure {
     failures: u32,
     retry_at: Instant,
+    /// The runtime's message, repeated in the back-off message as upstream does.
+    message: String,
 }
 
 struct Worker {
@@ -834,7 +836,10 @@ impl Worker {
             if Instant::now() < f.retry_at {
                 return Err(Seen::waiting(
                     "ImagePullBackOff",
-                    Some(format!("Back-off pulling image \"{image}\"")),
+                    Some(format!(
+                        "Back-off pulling image \"{image}\": ErrImagePull: {}",
+                        f.message
+                    )),
                 ));
             }
         }
@@ -882,6 +887,7 @@ impl Worker {
                     PullFailure {
                         failures,
                         retry_at: Instant::now() + delay,
+                        message: message.clone(),
                     },
                 );
                 tracing::info!(image = %image, error = %message, "pulling an image failed");
