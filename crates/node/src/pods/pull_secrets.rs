@@ -138,7 +138,9 @@ pub fn credentials_for(image: &str, secrets: &[Secret]) -> Vec<AuthConfig> {
             let auth = AuthConfig {
                 username,
                 password,
-                server_address: host.clone(),
+                // containerd parses a non-empty one as a URL and compares its host
+                // with the host it resolved (registry-1.docker.io for docker.io):
+                // empty, as upstream sends for config entries, applies to the pull.
                 identity_token: entry.identitytoken,
                 registry_token: entry.registrytoken,
                 ..Default::default()
@@ -205,7 +207,7 @@ mod tests {
         let users: Vec<&str> = creds.iter().map(|c| c.username.as_str()).collect();
         assert_eq!(users, ["t", "u"]);
         assert_eq!(creds[0].password, "secret");
-        assert_eq!(creds[0].server_address, "10.201.0.10:5443");
+        assert_eq!(creds[0].server_address, "");
         let users = |image: &str| -> Vec<String> {
             credentials_for(image, std::slice::from_ref(&s))
                 .into_iter()
