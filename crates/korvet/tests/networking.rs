@@ -47,6 +47,22 @@ fn web(registry: &str, name: &str, node: &str) -> Value {
     )
 }
 
+/// busybox httpd on 8081 whose CGI `/cgi-bin/ip` answers `peer=<client address>`.
+fn whoami(name: &str, node: &str) -> Value {
+    let script = "mkdir -p /tmp/w/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /tmp/w/cgi-bin/ip && chmod +x /tmp/w/cgi-bin/ip && exec httpd -f -p 8081 -h /tmp/w";
+    pod(
+        name,
+        node,
+        serde_json::json!({
+            "name": "web",
+            "image": "korvet.local/busybox:latest",
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c", script],
+        }),
+        "Always",
+    )
+}
+
 /// A pod that fetches `url` once and exits with wget's status (no `-T`: busybox
 /// 1.35 wget crashes with it; unreachable destinations fail fast anyway).
 fn client(name: &str, node: &str, url: &str) -> Value {
@@ -129,9 +145,21 @@ fn fetch(
     });
     let logs = kubectl.run(&["logs", name]);
     let state = &done["status"]["containerStatuses"][0]["state"];
+    let routes: String = ip_out(&["route", "show", "table", "all"])
+        .lines()
+        .filter(|l| l.contains("10.244.") || l.contains("unreachable"))
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let nodes = kubectl.run(&["get", "nodes", "-o", "wide"]).stdout;
+    let nodes = format!("{nodes}{}", cidr_log(platform));
     (
         phase_of(&done).to_string(),
-        format!("{}{}\n(state {state})", logs.stdout, logs.stderr),
+        format!(
+            "{}{}\n(state {state})\nhost pod routes:\n{routes}nodes:\n{nodes}server log:\n{}",
+            logs.stdout,
+            logs.stderr,
+            tail(&platform.server_log(), 30)
+        ),
     )
 }
 
@@ -176,6 +204,34 @@ fn network_index(platform: &TestPlatform, name: &str) -> u32 {
         .join(format!("provider/networks/default.{name}.json"));
     let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     record["network"]["index"].as_u64().unwrap() as u32
+}
+
+/// Pod CIDR assignments and uses, from the control planes' and agents' logs.
+fn cidr_log(platform: &TestPlatform) -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for line in text.lines().filter(|l| {
+                    l.contains("pod CIDR") || l.contains("pod_cidr") || l.contains("podCIDR")
+                }) {
+                    out.push_str(&format!("{}: {line}\n", path.display()));
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(&platform.data_dir().join("clusters"), &mut out);
+    walk(&platform.data_dir().join("provider/machines"), &mut out);
+    out
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn ip_out(args: &[&str]) -> String {
@@ -249,7 +305,8 @@ fn pods_reach_pods_on_other_nodes_and_zones_and_clusters_stay_apart() {
         let net: ipnet::Ipv4Net = cidr.parse().unwrap();
         assert!(
             net.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),
-            "{ip} in {cidr}"
+            "{ip} in {cidr}: {found:?}\n{}",
+            cidr_log(&platform)
         );
     }
 
@@ -272,15 +329,30 @@ fn pods_reach_pods_on_other_nodes_and_zones_and_clusters_stay_apart() {
             !body.trim().is_empty(),
             "{client_name}: demo-web answered nothing"
         );
-        // No NAT: the server saw the client pod's own address.
-        let client_ip = k1.json(&["get", "pod", client_name])["status"]["podIP"]
+    }
+
+    // No NAT: a server on another node (in either zone) sees the client pod's address.
+    for (i, node) in [(1, a2), (2, b1)] {
+        apply(&k1, &whoami(&format!("whoami{i}"), node));
+        let ip = running_ip(&platform, &k1, &format!("whoami{i}"));
+        let client_name = format!("from-a1-to-whoami{i}");
+        let url = format!("http://{ip}:8081/cgi-bin/ip");
+        let (phase, body) = fetch(&platform, &k1, &client_name, a1, &url);
+        assert_eq!(phase, "Succeeded", "{client_name}: {body}");
+        let client_ip = k1.json(&["get", "pod", &client_name])["status"]["podIP"]
             .as_str()
-            .unwrap_or_default()
+            .unwrap()
             .to_string();
-        let server_log = k1.run(&["logs", &format!("web{to}")]).stdout;
+        // httpd listens on IPv6 too: IPv4 peers come as `[::ffff:A.B.C.D]`.
+        let peer = body
+            .lines()
+            .find_map(|l| l.strip_prefix("peer="))
+            .unwrap_or_default()
+            .trim_start_matches("[::ffff:")
+            .trim_end_matches(']');
         assert!(
-            !client_ip.is_empty() && server_log.contains(&client_ip),
-            "{client_name}: web{to} should have logged {client_ip}:\n{server_log}"
+            peer == client_ip,
+            "{client_name}: the server should have seen {client_ip}: {body}"
         );
     }
 
