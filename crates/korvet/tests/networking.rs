@@ -63,8 +63,9 @@ fn whoami(name: &str, node: &str) -> Value {
     )
 }
 
-/// A pod that fetches `url` once and exits with wget's status (no `-T`: busybox
-/// 1.35 wget crashes with it; unreachable destinations fail fast anyway).
+/// A pod that fetches `url` once and exits with wget's status, or fails after 10 s
+/// (`timeout`: busybox 1.35 wget crashes with its own `-T`; under a `sh` that stays
+/// PID 1 — no exec of a last command — since PID 1 ignores timeout's SIGTERM).
 fn client(name: &str, node: &str, url: &str) -> Value {
     pod(
         name,
@@ -73,7 +74,7 @@ fn client(name: &str, node: &str, url: &str) -> Value {
             "name": "get",
             "image": "korvet.local/busybox:latest",
             "imagePullPolicy": "Never",
-            "command": ["wget", "-q", "-O", "-", url],
+            "command": ["sh", "-c", format!("/bin/busybox timeout 10 /bin/wget -q -O - {url}; exit $?")],
         }),
         "Never",
     )
