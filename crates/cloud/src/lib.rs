@@ -43,6 +43,18 @@ pub trait Provider: Send + Sync {
     async fn delete_machine(&self, name: &str) -> Result<(), CloudError>;
     async fn get_machine(&self, name: &str) -> Result<Option<MachineInfo>, CloudError>;
     async fn list_machines(&self, cluster: Option<&str>) -> Result<Vec<MachineInfo>, CloudError>;
+    /// Makes the cluster's network forward pod traffic between its machines: `routes`
+    /// is the whole set of pod CIDRs with the machine that holds each (as a cloud's
+    /// route controller keeps VPC routes); routes not in it are removed (idempotent).
+    /// Traffic of the cluster never reaches another cluster's machines or the uplink.
+    async fn sync_routes(&self, cluster: &str, routes: &[PodRoute]) -> Result<(), CloudError>;
+}
+
+/// A pod network route: `pod_cidr` is reached through the machine at `node`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodRoute {
+    pub pod_cidr: Ipv4Net,
+    pub node: Ipv4Addr,
 }
 
 /// A cluster's private network: a control-plane segment holding the API endpoint and
@@ -134,6 +146,8 @@ pub enum CloudError {
     Conflict { what: String, detail: String },
     #[error("machine {0} does not exist")]
     NotFound(String),
+    #[error("cluster {0} has no network: create it (or one of its machines) first")]
+    NoNetwork(String),
     #[error("address pool {pool} is exhausted: delete clusters or configure a larger pool")]
     PoolExhausted { pool: Ipv4Net },
     #[error("invalid address pool {pool}: {reason}")]

@@ -37,7 +37,8 @@ use tokio::sync::Mutex;
 use crate::cgroup::{CgroupPath, Limits};
 use crate::process::{read_json, spawn_detached, write_json_atomic, ProcessRecord, ProcessSpec};
 use crate::{
-    BootSpec, CloudError, MachineInfo, MachineSpec, MachineState, Network, Provider, Segment,
+    BootSpec, CloudError, MachineInfo, MachineSpec, MachineState, Network, PodRoute, Provider,
+    Segment,
 };
 
 /// The default address pool, 10.200.0.0/13.
@@ -52,6 +53,10 @@ const MAX_SLOTS: u32 = 240;
 const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const PIDS_MAX: u64 = 16_384;
+/// Network N routes its forwarded traffic with policy routing table `ROUTE_TABLE_BASE + N`.
+const ROUTE_TABLE_BASE: u32 = 1000;
+/// Preference of the rules that send a cluster's traffic to its table (before `main`).
+const ROUTE_RULE_PREF: u32 = 5000;
 
 /// What is known of a cluster network: the network and which machine holds which slot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +64,9 @@ struct NetworkRecord {
     network: Network,
     /// slot -> machine name
     slots: BTreeMap<u32, String>,
+    /// Pod routes last asked for; `None` until routing was first set up.
+    #[serde(default)]
+    routes: Option<Vec<PodRoute>>,
 }
 
 /// What is known of a machine; written before each of its objects is made.
@@ -121,6 +129,8 @@ struct Inner {
     snapshots: StdMutex<HashMap<String, MachineRecord>>,
     /// Networks whose kernel objects were checked since open.
     verified: StdMutex<std::collections::HashSet<String>>,
+    /// Pod routes applied to the kernel since open, per network.
+    routed: StdMutex<HashMap<String, Vec<PodRoute>>>,
     /// `ip netns add` mounts /run/netns on first use; concurrent first uses race.
     netns_lock: Mutex<()>,
 }
@@ -168,6 +178,7 @@ impl LocalProvider {
                 machines: StdMutex::new(HashMap::new()),
                 snapshots: StdMutex::new(HashMap::new()),
                 verified: StdMutex::new(Default::default()),
+                routed: StdMutex::new(HashMap::new()),
                 netns_lock: Mutex::new(()),
             }),
         };
@@ -387,6 +398,7 @@ impl LocalProvider {
                 let rec = NetworkRecord {
                     network: this.network_for(&cluster, index),
                     slots: BTreeMap::new(),
+                    routes: None,
                 };
                 let rec_path = this.network_path(&cluster);
                 write_json_atomic(&rec_path, &rec).map_err(CloudError::io(format!("write {}", rec_path.display())))?;
@@ -606,6 +618,127 @@ impl LocalProvider {
         Ok(())
     }
 
+    // ---- pod routes ----
+
+    /// Makes the kernel route what enters the cluster's bridges (and what the host
+    /// sends from the cluster's addresses) through the cluster's own table: its
+    /// segments, its pod CIDRs via their machines, and `unreachable` for everything
+    /// else. Forwarding is enabled on the zone bridges only, never globally.
+    async fn apply_routing(
+        &self,
+        network: &Network,
+        routes: &[PodRoute],
+    ) -> Result<(), CloudError> {
+        let table = (ROUTE_TABLE_BASE + network.index).to_string();
+        let pref = ROUTE_RULE_PREF.to_string();
+        let plan = routing_plan(network, routes);
+        for (route, why) in &plan.skipped {
+            tracing::warn!(cluster = %network.cluster, pod_cidr = %route.pod_cidr, node = %route.node, "no pod route: {why}");
+        }
+        for args in &plan.routes {
+            let mut full: Vec<&str> = vec!["route", "replace"];
+            full.extend(args.iter().map(String::as_str));
+            full.extend(["table", &table]);
+            self.run_ip(&full).await?;
+        }
+        // Whatever else is in the table (pod CIDRs of removed nodes, leftovers) goes.
+        let existing = self
+            .ip_json(&["-4", "route", "show", "table", &table])
+            .await?;
+        for entry in existing {
+            let Some(dst) = entry["dst"].as_str() else {
+                continue;
+            };
+            if plan.destinations.contains(&normalize_dst(dst)) {
+                continue;
+            }
+            let mut args = vec!["route", "del"];
+            if let Some(kind) = entry["type"].as_str() {
+                args.push(kind);
+            }
+            args.extend([dst, "table", &table]);
+            self.run_ip_tolerate(&args, "No such process").await?;
+        }
+        let existing = self
+            .ip_json(&["-4", "rule", "show", "table", &table])
+            .await?;
+        let mut present = Vec::new();
+        for entry in &existing {
+            let selector = rule_selector(entry);
+            let wanted = plan.rules.contains(&selector)
+                && entry["priority"].as_u64() == Some(u64::from(ROUTE_RULE_PREF));
+            if wanted {
+                present.push(selector);
+                continue;
+            }
+            let prio = entry["priority"].as_u64().unwrap_or_default().to_string();
+            let mut args = vec!["rule", "del", "pref", &prio];
+            args.extend(selector.iter().map(String::as_str));
+            args.extend(["table", &table]);
+            self.run_ip_tolerate(&args, "No such file").await?;
+        }
+        for selector in &plan.rules {
+            if present.contains(selector) {
+                continue;
+            }
+            let mut args = vec!["rule", "add"];
+            args.extend(selector.iter().map(String::as_str));
+            args.extend(["lookup", &table, "pref", &pref]);
+            self.run_ip(&args).await?;
+        }
+        for seg in network.segments.iter().filter(|s| !s.zone.is_empty()) {
+            let path = format!("/proc/sys/net/ipv4/conf/{}/forwarding", seg.bridge);
+            tokio::fs::write(&path, "1")
+                .await
+                .map_err(CloudError::io(format!("write {path}")))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the rules and routes of network `index`'s table (all tolerant of their
+    /// absence).
+    async fn remove_routing(&self, index: u32) -> Result<(), CloudError> {
+        let table = (ROUTE_TABLE_BASE + index).to_string();
+        let rules = self
+            .ip_json(&["-4", "rule", "show", "table", &table])
+            .await?;
+        for _ in 0..rules.len() {
+            self.run_ip_tolerate(&["rule", "del", "table", &table], "No such file")
+                .await?;
+        }
+        self.run_ip_tolerate(&["route", "flush", "table", &table], "does not exist")
+            .await
+    }
+
+    /// `ip -j ARGS` as JSON entries; a table that does not exist is empty.
+    async fn ip_json(&self, args: &[&str]) -> Result<Vec<serde_json::Value>, CloudError> {
+        let out = tokio::process::Command::new(&self.inner.ip)
+            .arg("-j")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(CloudError::io(format!("run {}", self.inner.ip.display())))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !out.status.success() {
+            if stderr.contains("does not exist") {
+                return Ok(Vec::new());
+            }
+            return Err(CloudError::Command {
+                command: format!("ip -j {}", args.join(" ")),
+                stderr,
+            });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(&text).map_err(|e| CloudError::Command {
+            command: format!("ip -j {}", args.join(" ")),
+            stderr: format!("unexpected output: {e}"),
+        })
+    }
+
     // ---- ip ----
 
     async fn run_ip(&self, args: &[&str]) -> Result<(), CloudError> {
@@ -659,6 +792,8 @@ impl Provider for LocalProvider {
         if guard.is_none() {
             let rec = self.claim_network(cluster).await?;
             tracing::info!(%cluster, index = rec.network.index, "network claimed");
+            // A crashed earlier holder of the index may have left its routing behind.
+            self.remove_routing(rec.network.index).await?;
             *guard = Some(rec);
         }
         let Some(rec) = guard.as_ref() else {
@@ -668,6 +803,8 @@ impl Provider for LocalProvider {
         if !lock(&self.inner.verified).contains(cluster) {
             ensure_claim(&self.inner.state_dir, cluster, network.index)?;
             self.ensure_bridges(&network).await?;
+            // Bridges made again lost their forwarding sysctls: routing is applied anew.
+            lock(&self.inner.routed).remove(cluster);
             lock(&self.inner.verified).insert(cluster.to_string());
         }
         Ok(network)
@@ -689,6 +826,9 @@ impl Provider for LocalProvider {
             });
         }
         lock(&self.inner.verified).remove(cluster);
+        lock(&self.inner.routed).remove(cluster);
+        self.remove_routing(rec.network.index).await?;
+        // The bridges' forwarding sysctls go with the bridges.
         for seg in &rec.network.segments {
             self.run_ip_tolerate(&["link", "del", &seg.bridge], "Cannot find device")
                 .await?;
@@ -838,6 +978,37 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    async fn sync_routes(&self, cluster: &str, routes: &[PodRoute]) -> Result<(), CloudError> {
+        let mut routes = routes.to_vec();
+        routes.sort();
+        routes.dedup();
+        if lock(&self.inner.networks).get(cluster).is_none() {
+            return Err(CloudError::NoNetwork(cluster.to_string()));
+        }
+        // Bridges missing after a host reboot are made again first.
+        self.ensure_network(cluster).await?;
+        if lock(&self.inner.routed).get(cluster) == Some(&routes) {
+            return Ok(());
+        }
+        let slot = self.network_slot(cluster);
+        let mut guard = slot.lock().await;
+        let Some(rec) = guard.as_mut() else {
+            return Err(CloudError::NoNetwork(cluster.to_string()));
+        };
+        if rec.routes.as_ref() != Some(&routes) {
+            // Recorded first: delete and a restarted provider then know routing exists.
+            rec.routes = Some(routes.clone());
+            let path = self.network_path(cluster);
+            write_json_atomic(&path, rec)
+                .map_err(CloudError::io(format!("write {}", path.display())))?;
+        }
+        let network = rec.network.clone();
+        self.apply_routing(&network, &routes).await?;
+        lock(&self.inner.routed).insert(cluster.to_string(), routes);
+        tracing::info!(%cluster, "pod routes synced");
+        Ok(())
+    }
+
     async fn get_machine(&self, name: &str) -> Result<Option<MachineInfo>, CloudError> {
         Ok(lock(&self.inner.snapshots).get(name).map(|r| r.info()))
     }
@@ -851,6 +1022,105 @@ impl Provider for LocalProvider {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+/// What a cluster's routing table and rules should hold.
+#[derive(Debug, Default)]
+struct RoutingPlan {
+    /// `ip route replace` arguments (without the table).
+    routes: Vec<Vec<String>>,
+    /// Every destination of `routes`.
+    destinations: Vec<Ipv4Net>,
+    /// Rule selectors (`iif BRIDGE`, `from NETWORK`).
+    rules: Vec<Vec<String>>,
+    skipped: Vec<(PodRoute, String)>,
+}
+
+fn routing_plan(network: &Network, routes: &[PodRoute]) -> RoutingPlan {
+    let mut plan = RoutingPlan::default();
+    let own = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    for seg in &network.segments {
+        let cidr = seg.cidr.trunc();
+        plan.routes.push(own(&[
+            &cidr.to_string(),
+            "dev",
+            &seg.bridge,
+            "scope",
+            "link",
+            "src",
+            &seg.gateway.to_string(),
+        ]));
+        plan.destinations.push(cidr);
+        plan.rules.push(own(&["iif", &seg.bridge]));
+    }
+    // Replies the host sends from the cluster's addresses (its gateways, the API
+    // endpoint) to pod IPs follow the cluster's table too, never the uplink.
+    if let Some(first) = network.segments.first() {
+        let prefix = first.cidr.prefix_len().saturating_sub(2);
+        if let Ok(all) = Ipv4Net::new(first.cidr.network(), prefix) {
+            plan.rules.push(own(&["from", &all.trunc().to_string()]));
+        }
+    }
+    for route in routes {
+        let cidr = route.pod_cidr.trunc();
+        let Some(seg) = network
+            .segments
+            .iter()
+            .find(|s| !s.zone.is_empty() && s.cidr.contains(&route.node))
+        else {
+            plan.skipped.push((
+                *route,
+                "the node is not on a zone segment of the cluster".into(),
+            ));
+            continue;
+        };
+        if network
+            .segments
+            .iter()
+            .any(|s| s.cidr.contains(&cidr) || cidr.contains(&s.cidr))
+            || plan.destinations.contains(&cidr)
+        {
+            plan.skipped.push((
+                *route,
+                "the pod CIDR overlaps the cluster network or another pod CIDR".into(),
+            ));
+            continue;
+        }
+        plan.routes.push(own(&[
+            &cidr.to_string(),
+            "via",
+            &route.node.to_string(),
+            "dev",
+            &seg.bridge,
+        ]));
+        plan.destinations.push(cidr);
+    }
+    plan.routes.push(own(&["unreachable", "default"]));
+    plan.destinations.push(Ipv4Net::default());
+    plan
+}
+
+/// A route's `dst` as `ip -j` prints it (`default`, `10.1.2.3`, `10.1.0.0/16`).
+fn normalize_dst(dst: &str) -> Ipv4Net {
+    if dst == "default" {
+        return Ipv4Net::default();
+    }
+    dst.parse::<Ipv4Net>()
+        .or_else(|_| dst.parse::<Ipv4Addr>().map(Ipv4Net::from))
+        .unwrap_or_else(|_| Ipv4Net::new(Ipv4Addr::BROADCAST, 32).unwrap_or_default())
+}
+
+/// The selector of a rule as `ip -j rule show` prints it (`iif X` or `from NET`).
+fn rule_selector(entry: &serde_json::Value) -> Vec<String> {
+    let mut selector = Vec::new();
+    if let Some(iif) = entry["iif"].as_str() {
+        selector.extend(["iif".to_string(), iif.to_string()]);
+    }
+    if let Some(src) = entry["src"].as_str().filter(|s| *s != "all") {
+        let len = entry["srclen"].as_u64().unwrap_or(32);
+        selector.extend(["from".to_string(), format!("{src}/{len}")]);
+    }
+    selector
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -922,6 +1192,24 @@ fn write_boot_files(dir: &Path, boot: &BootSpec) -> Result<(), CloudError> {
     Ok(())
 }
 
+/// Where a machine's containerd looks for registry host configuration, relative to the
+/// machine directory (files a [`BootSpec`] may write).
+pub const REGISTRY_HOSTS_DIR: &str = "containerd/certs.d";
+
+/// Boot files that make a machine's containerd trust `ca_pem` for the registry at
+/// `host` (`HOST:PORT`), as containerd's `hosts.toml` registry configuration.
+pub fn registry_ca_files(host: &str, ca_pem: &[u8]) -> Vec<(String, Vec<u8>, u32)> {
+    let dir = format!("{REGISTRY_HOSTS_DIR}/{host}");
+    // A relative `ca` is resolved against the host's directory.
+    let hosts = format!(
+        "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"ca.crt\"\n"
+    );
+    vec![
+        (format!("{dir}/hosts.toml"), hosts.into_bytes(), 0o644),
+        (format!("{dir}/ca.crt"), ca_pem.to_vec(), 0o644),
+    ]
+}
+
 /// containerd with everything it keeps under the machine directory, except its sockets
 /// (unix socket paths are limited to 108 bytes).
 fn containerd_config(dir: &Path, socket_dir: &Path) -> String {
@@ -971,6 +1259,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
     BinaryName = {crun}
 
+# Registry hosts (CAs, mirrors) of the machine: `REGISTRY_HOSTS_DIR/HOST:PORT/hosts.toml`.
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = {hosts}
+
 # Each machine has its own CNI configuration (written by its node agent).
 [plugins."io.containerd.grpc.v1.cri".cni]
   conf_dir = {cni}
@@ -983,6 +1275,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         opt = q(c.join("opt")),
         cni = q(dir.join("cni/net.d")),
         crun = q(which("crun").unwrap_or_else(|| PathBuf::from("/usr/bin/crun"))),
+        hosts = q(dir.join(REGISTRY_HOSTS_DIR)),
     )
 }
 
@@ -1141,6 +1434,7 @@ mod tests {
                 segments: vec![],
             },
             slots: BTreeMap::new(),
+            routes: None,
         };
         write_json_atomic(&state.join("networks/c1.json"), &rec).unwrap();
         assert!(!claim_is_stale(&claim, 7));
@@ -1171,5 +1465,104 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("BinaryName = \""), "{text}");
+        assert!(
+            text.contains(r#"config_path = "/s/machines/m/containerd/certs.d""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn registry_files_name_the_host_and_its_ca() {
+        let files = registry_ca_files("10.201.0.10:5443", b"PEM");
+        assert_eq!(files[0].0, "containerd/certs.d/10.201.0.10:5443/hosts.toml");
+        let hosts = String::from_utf8(files[0].1.clone()).unwrap();
+        assert!(
+            hosts.contains(r#"[host."https://10.201.0.10:5443"]"#),
+            "{hosts}"
+        );
+        assert!(hosts.contains(r#"ca = "ca.crt""#), "{hosts}");
+        assert_eq!(
+            files[1],
+            (
+                "containerd/certs.d/10.201.0.10:5443/ca.crt".into(),
+                b"PEM".to_vec(),
+                0o644
+            )
+        );
+        assert!(files.iter().all(|(p, _, _)| relative_path(p).is_ok()));
+    }
+
+    fn net() -> Network {
+        LocalProviderForTest::network(3)
+    }
+
+    struct LocalProviderForTest;
+    impl LocalProviderForTest {
+        fn network(index: u32) -> Network {
+            let base = u32::from(Ipv4Addr::new(10, 201, 0, 0)) + index * 1024;
+            let segment = |i: u32, zone: &str, suffix: &str| Segment {
+                zone: zone.into(),
+                cidr: Ipv4Net::new(Ipv4Addr::from(base + i * 256), 24).unwrap(),
+                gateway: Ipv4Addr::from(base + i * 256 + 1),
+                bridge: format!("korvet{index}-{suffix}"),
+            };
+            Network {
+                cluster: "c".into(),
+                index,
+                api_endpoint: Ipv4Addr::from(base + 10),
+                segments: vec![
+                    segment(0, "", "cp"),
+                    segment(1, "zone-a", "za"),
+                    segment(2, "zone-b", "zb"),
+                ],
+            }
+        }
+    }
+
+    #[test]
+    fn routing_plan_routes_pod_cidrs_via_nodes_and_refuses_the_rest() {
+        let route = |cidr: &str, node: [u8; 4]| PodRoute {
+            pod_cidr: cidr.parse().unwrap(),
+            node: Ipv4Addr::from(node),
+        };
+        let plan = routing_plan(
+            &net(),
+            &[
+                route("10.244.0.0/24", [10, 201, 13, 10]),
+                route("10.244.1.0/24", [10, 201, 14, 11]),
+                route("10.244.2.0/24", [10, 9, 9, 9]),
+                route("10.201.12.0/23", [10, 201, 13, 10]),
+                route("10.244.0.0/24", [10, 201, 14, 12]),
+            ],
+        );
+        let lines: Vec<String> = plan.routes.iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "10.201.12.0/24 dev korvet3-cp scope link src 10.201.12.1",
+                "10.201.13.0/24 dev korvet3-za scope link src 10.201.13.1",
+                "10.201.14.0/24 dev korvet3-zb scope link src 10.201.14.1",
+                "10.244.0.0/24 via 10.201.13.10 dev korvet3-za",
+                "10.244.1.0/24 via 10.201.14.11 dev korvet3-zb",
+                "unreachable default",
+            ]
+        );
+        assert_eq!(plan.skipped.len(), 3, "{:?}", plan.skipped);
+        let rules: Vec<String> = plan.rules.iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            rules,
+            [
+                "iif korvet3-cp",
+                "iif korvet3-za",
+                "iif korvet3-zb",
+                "from 10.201.12.0/22"
+            ]
+        );
+        assert_eq!(normalize_dst("default"), Ipv4Net::default());
+        assert_eq!(normalize_dst("10.1.2.3"), "10.1.2.3/32".parse().unwrap());
+        let rule = serde_json::json!({"priority": 5000, "src": "10.201.12.0", "srclen": 22, "table": "1003"});
+        assert_eq!(rule_selector(&rule), ["from", "10.201.12.0/22"]);
+        let rule = serde_json::json!({"priority": 5000, "src": "all", "iif": "korvet3-za", "table": "1003"});
+        assert_eq!(rule_selector(&rule), ["iif", "korvet3-za"]);
     }
 }

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use korvet_cloud::local::default_pool;
-use korvet_cloud::{BootSpec, CloudError, LocalProvider, MachineSpec, MachineState, Provider};
+use korvet_cloud::{
+    BootSpec, CloudError, LocalProvider, MachineSpec, MachineState, PodRoute, Provider,
+};
 
 /// Destroys everything recorded in the state directory, also when the test failed.
 struct Cleanup {
@@ -455,4 +457,206 @@ async fn many_machines_at_once_and_clear_errors() {
 
     p.destroy_all().await.unwrap();
     assert!(p.list_machines(None).await.unwrap().is_empty());
+}
+
+/// A TCP connection from `source` in namespace `from` to a listener on `addr` in `to`:
+/// the peer address the listener saw, `None` when the handshake failed.
+fn tcp_peer(from: &str, source: Ipv4Addr, to: Option<&str>, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+    let listener = in_netns(to, move || {
+        TcpListener::bind(SocketAddr::from((addr, 0))).unwrap()
+    });
+    let target = listener.local_addr().unwrap();
+    let connected = in_netns(Some(from), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from((source, 0))).unwrap();
+            let connect = socket.connect(target);
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), connect).await,
+                Ok(Ok(_))
+            )
+        })
+    });
+    if !connected {
+        return None;
+    }
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept().unwrap().1 {
+        SocketAddr::V4(peer) => Some(*peer.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A "pod network" on a machine: the pod CIDR's first address on its loopback.
+fn add_pod_range(ns: &str, cidr: &str) -> Ipv4Addr {
+    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+    let first = Ipv4Addr::from(u32::from(net.network()) + 1);
+    let status = Command::new("ip")
+        .args([
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{first}/{}", net.prefix_len()),
+            "dev",
+            "lo",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    first
+}
+
+fn route(cidr: &str, node: Ipv4Addr) -> PodRoute {
+    PodRoute {
+        pod_cidr: cidr.parse().unwrap(),
+        node,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_routes_forward_within_a_cluster_only_and_are_removed_with_its_network() {
+    let cleanup = Cleanup::new();
+    let p = LocalProvider::open(cleanup.path(), default_pool()).unwrap();
+    let (c1, c2) = (cluster("routes1"), cluster("routes2"));
+    let (a, b, c, d) = (
+        format!("{c1}-a"),
+        format!("{c1}-b"),
+        format!("{c1}-c"),
+        format!("{c2}-d"),
+    );
+    let ma = p.create_machine(&spec(&a, &c1, "zone-a")).await.unwrap();
+    let mb = p.create_machine(&spec(&b, &c1, "zone-b")).await.unwrap();
+    let mc = p.create_machine(&spec(&c, &c1, "zone-a")).await.unwrap();
+    let md = p.create_machine(&spec(&d, &c2, "zone-b")).await.unwrap();
+    let ns = |name: &str| p.machine_sandbox(name).unwrap().0;
+    let (nsa, nsb, nsc, nsd) = (ns(&a), ns(&b), ns(&c), ns(&d));
+    let pa = add_pod_range(&nsa, "10.244.1.0/24");
+    let pb = add_pod_range(&nsb, "10.244.2.0/24");
+    let pc = add_pod_range(&nsc, "10.244.3.0/24");
+    // The second cluster uses the same pod CIDR as the first.
+    let pd = add_pod_range(&nsd, "10.244.1.0/24");
+
+    assert!(
+        matches!(
+            p.sync_routes("no-such-cluster", &[]).await,
+            Err(CloudError::NoNetwork(_))
+        ),
+        "a cluster without network"
+    );
+    assert_eq!(tcp_peer(&nsa, pa, Some(&nsb), pb), None, "no routes yet");
+
+    let routes1 = [
+        route("10.244.1.0/24", ma.address),
+        route("10.244.2.0/24", mb.address),
+        route("10.244.3.0/24", mc.address),
+    ];
+    p.sync_routes(&c1, &routes1).await.unwrap();
+    p.sync_routes(&c2, &[route("10.244.1.0/24", md.address)])
+        .await
+        .unwrap();
+    let n1 = p.get_network(&c1).await.unwrap().index;
+    let n2 = p.get_network(&c2).await.unwrap().index;
+    let (t1, t2) = ((1000 + n1).to_string(), (1000 + n2).to_string());
+
+    // Across zones and within one, both ways, with the pods' own source addresses.
+    assert_eq!(tcp_peer(&nsa, pa, Some(&nsb), pb), Some(pa), "a -> b");
+    assert_eq!(tcp_peer(&nsb, pb, Some(&nsa), pa), Some(pb), "b -> a");
+    assert_eq!(
+        tcp_peer(&nsa, pa, Some(&nsc), pc),
+        Some(pa),
+        "a -> c (same zone)"
+    );
+    assert_eq!(tcp_peer(&nsc, pc, Some(&nsb), pb), Some(pc), "c -> b");
+    // The host's replies from the cluster's addresses to pod IPs use the cluster's table.
+    let za = p.get_network(&c1).await.unwrap();
+    let gateway = za.segment("zone-b").unwrap().gateway;
+    assert_eq!(
+        tcp_peer(&nsb, pb, None, gateway),
+        Some(pb),
+        "b's pod -> host"
+    );
+    assert_eq!(
+        tcp_peer(&nsb, pb, None, za.api_endpoint),
+        Some(pb),
+        "b's pod -> API endpoint"
+    );
+    // The other cluster, same pod CIDR: its own pods only; no way into the first.
+    assert_eq!(
+        tcp_peer(&nsd, pd, Some(&nsb), pb),
+        None,
+        "d -> b (other cluster)"
+    );
+    assert_eq!(
+        tcp_peer(&nsd, md.address, Some(&nsa), ma.address),
+        None,
+        "d -> a's machine"
+    );
+    assert_eq!(
+        tcp_peer(&nsb, mb.address, Some(&nsd), md.address),
+        None,
+        "b -> d's machine"
+    );
+    assert_eq!(
+        tcp_peer(&nsb, pb, Some(&nsd), pd),
+        None,
+        "b -> d's pod IP is a's"
+    );
+
+    // Forwarding is per bridge, never global.
+    let global = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(global.trim(), "0");
+    let zb = &za.segment("zone-b").unwrap().bridge;
+    let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{zb}/forwarding")).unwrap();
+    assert_eq!(fwd.trim(), "1");
+
+    // Idempotent: the same routes change nothing.
+    let (rules, table) = (
+        ip_out(&["rule", "show", "table", &t1]),
+        ip_out(&["route", "show", "table", &t1]),
+    );
+    assert_eq!(rules.lines().count(), 5, "{rules}");
+    p.sync_routes(&c1, &routes1).await.unwrap();
+    let reopened = LocalProvider::open(cleanup.path(), default_pool()).unwrap();
+    reopened.sync_routes(&c1, &routes1).await.unwrap();
+    assert_eq!(ip_out(&["rule", "show", "table", &t1]), rules);
+    assert_eq!(ip_out(&["route", "show", "table", &t1]), table);
+
+    // A node gone: its route goes.
+    p.sync_routes(&c1, &routes1[..2]).await.unwrap();
+    assert_eq!(
+        tcp_peer(&nsa, pa, Some(&nsc), pc),
+        None,
+        "a -> c after its route went"
+    );
+    assert_eq!(tcp_peer(&nsa, pa, Some(&nsb), pb), Some(pa));
+    assert!(!ip_out(&["route", "show", "table", &t1]).contains("10.244.3.0/24"));
+
+    // Deleting the networks removes rules and tables.
+    for name in [&a, &b, &c, &d] {
+        p.delete_machine(name).await.unwrap();
+    }
+    p.delete_network(&c1).await.unwrap();
+    p.delete_network(&c2).await.unwrap();
+    for t in [&t1, &t2] {
+        assert_eq!(
+            ip_out(&["rule", "show", "table", t]),
+            "",
+            "rules of table {t}"
+        );
+        assert_eq!(
+            ip_out(&["route", "show", "table", t]),
+            "",
+            "routes of table {t}"
+        );
+    }
 }

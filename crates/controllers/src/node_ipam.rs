@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 
 /// Prefix length of each node's range, as upstream's default `--node-cidr-mask-size`.
@@ -63,8 +63,8 @@ pub fn next_free(cluster: Cidr, taken: &BTreeSet<String>) -> Option<String> {
 /// Gives every Node without a podCIDR one, until the task is aborted.
 pub async fn run_node_ipam(client: kube::Client, cluster: Cidr) {
     let nodes: Api<Node> = Api::all(client);
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
+    // The watch only says when to look; what is taken is listed afresh each time.
+    let stream = watcher(nodes.clone(), watcher::Config::default())
         .default_backoff()
         .touched_objects();
     futures::pin_mut!(stream);
@@ -73,10 +73,19 @@ pub async fn run_node_ipam(client: kube::Client, cluster: Cidr) {
             tracing::warn!(error = %e, "watching Nodes for IPAM");
             continue;
         }
-        // Assign in a loop: each patch changes what is taken.
+        // Assign in a loop: each patch changes what is taken. What is taken comes from a
+        // fresh list, not the watch cache: a cache that lags behind the patches made
+        // here would hand one range to two Nodes.
         loop {
-            let all = reader.state();
-            let mut taken: BTreeSet<String> = all
+            let all = match nodes.list(&Default::default()).await {
+                Ok(list) => list.items,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing Nodes for IPAM");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            };
+            let taken: BTreeSet<String> = all
                 .iter()
                 .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
                 .collect();
@@ -100,32 +109,13 @@ pub async fn run_node_ipam(client: kube::Client, cluster: Cidr) {
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
-                    tracing::info!(node = %name, pod_cidr = %cidr, "assigned a pod CIDR");
-                    taken.insert(cidr);
-                }
+                Ok(_) => tracing::info!(node = %name, pod_cidr = %cidr, "assigned a pod CIDR"),
                 Err(e) => {
                     // A conflict or outage: the next event (or resync) tries again.
                     tracing::debug!(node = %name, error = %e, "assigning a pod CIDR");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
-            }
-            // Wait until the store shows the change, so it counts as taken.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while tokio::time::Instant::now() < deadline
-                && reader.state().iter().any(|n| {
-                    n.metadata.name.as_deref() == Some(&name)
-                        && n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none()
-                })
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if reader.state().iter().any(|n| {
-                n.metadata.name.as_deref() == Some(&name)
-                    && n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none()
-            }) {
-                break;
             }
         }
     }

@@ -146,6 +146,10 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         data_dir: args.data_dir.clone(),
         binaries: binaries()?,
         provider: provider.clone(),
+        registry: Some(korvet_platform::RegistryAccess {
+            host: registry_url.trim_start_matches("https://").to_string(),
+            ca_pem: api.pki.ca_cert_pem().to_string(),
+        }),
     };
     let controllers = tokio::spawn(korvet_platform::run(client, config));
     Ok(RunningServer {

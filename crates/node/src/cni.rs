@@ -1,10 +1,10 @@
 //! The node's CNI configuration: pods on a `cni0` bridge with addresses from the
 //! Node's `spec.podCIDR` (host-local IPAM), plus port mappings and loopback.
 //!
-//! The bridge holds the CIDR's first address (`isGateway`), so the node itself reaches
-//! its pods (probes, kubelet-style checks). No masquerading and no default route out of
-//! the machine: pods reach what the machine reaches through its own routes. Routing
-//! between nodes' pod CIDRs is not set up yet.
+//! The bridge holds the CIDR's first address and is the pods' default gateway, so the
+//! node itself reaches its pods (probes, kubelet-style checks) and pods reach other
+//! nodes' pods through the machine's own default route (the provider routes pod CIDRs
+//! between the cluster's machines). No masquerading: pods keep their addresses.
 
 use std::path::Path;
 
@@ -24,7 +24,7 @@ pub fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": true,
-                "isDefaultGateway": false,
+                "isDefaultGateway": true,
                 "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
@@ -67,7 +67,7 @@ mod tests {
         );
         assert_eq!(c["plugins"][0]["ipMasq"], false);
         assert_eq!(c["plugins"][0]["isGateway"], true);
-        assert_eq!(c["plugins"][0]["isDefaultGateway"], false);
+        assert_eq!(c["plugins"][0]["isDefaultGateway"], true);
         assert_eq!(c["plugins"][2]["type"], "loopback");
         let dir = tempfile::tempdir().unwrap();
         let cidr = "10.244.3.0/24".parse().unwrap();

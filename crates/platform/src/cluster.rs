@@ -273,6 +273,17 @@ async fn run(
             if let Err(e) = crate::tenant::housekeeping(&tenant, &live).await {
                 tracing::warn!(cluster = %key, error = %e, "cluster housekeeping failed");
             }
+            // The route controller: pods reach pods on other nodes through the network.
+            match crate::tenant::pod_routes(&tenant).await {
+                Ok(routes) => {
+                    if let Err(e) = ctx.provider.sync_routes(key, &routes).await {
+                        tracing::warn!(cluster = %key, error = %e, "syncing pod routes failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %key, error = %e, "listing nodes for pod routes failed")
+                }
+            }
         }
     }
     let nodes_ready = ready_nodes >= desired_nodes && machines.len() as i32 == desired_nodes;

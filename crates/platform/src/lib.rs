@@ -56,6 +56,17 @@ pub struct PlatformConfig {
     pub data_dir: PathBuf,
     pub binaries: Binaries,
     pub provider: Arc<dyn Provider>,
+    /// The platform's image registry, which every machine's container runtime trusts.
+    pub registry: Option<RegistryAccess>,
+}
+
+/// The platform's image registry as machines reach it.
+#[derive(Clone, Debug)]
+pub struct RegistryAccess {
+    /// `HOST:PORT`, as image references name it.
+    pub host: String,
+    /// The CA its serving certificate chains to.
+    pub ca_pem: String,
 }
 
 /// What every reconciler shares.
@@ -65,6 +76,7 @@ pub struct Context {
     supervisor: Supervisor,
     binaries: Binaries,
     data_dir: PathBuf,
+    registry: Option<RegistryAccess>,
     tenants: tenant::Tenants,
     recorder: Recorder,
     /// Each cluster's PKI and admin TLS configuration, loaded once.
@@ -288,6 +300,7 @@ pub async fn run(client: kube::Client, config: PlatformConfig) {
         supervisor: Supervisor::default(),
         binaries: config.binaries,
         data_dir: config.data_dir,
+        registry: config.registry,
         tenants: tenant::Tenants::default(),
         recorder: Recorder::new(client.clone(), reporter),
         credentials: Default::default(),

@@ -219,6 +219,17 @@ async fn machine_spec(
             ));
         }
     }
+    let mut files = vec![(
+        BOOTSTRAP_KUBECONFIG.to_string(),
+        bootstrap.into_bytes(),
+        0o600,
+    )];
+    if let Some(registry) = &ctx.registry {
+        files.extend(korvet_cloud::local::registry_ca_files(
+            &registry.host,
+            registry.ca_pem.as_bytes(),
+        ));
+    }
     Ok(MachineSpec {
         name: provider_name.to_string(),
         cluster: cluster_key.to_string(),
@@ -227,11 +238,7 @@ async fn machine_spec(
         memory_bytes: memory as u64,
         disk_bytes: disk as u64,
         boot: BootSpec {
-            files: vec![(
-                BOOTSTRAP_KUBECONFIG.to_string(),
-                bootstrap.into_bytes(),
-                0o600,
-            )],
+            files,
             program: ctx.binaries.korvet.clone(),
             args,
             env: vec![("KORVET_LOG".into(), "info".into())],

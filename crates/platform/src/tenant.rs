@@ -141,6 +141,32 @@ pub async fn node_ready(tenant: &Tenant, name: &str) -> Result<bool, PlatformErr
         .any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Every Node's pod CIDR with the Node's InternalIP: the routes the cluster's network
+/// needs so that pods reach pods on other nodes.
+pub async fn pod_routes(tenant: &Tenant) -> Result<Vec<korvet_cloud::PodRoute>, PlatformError> {
+    let nodes: Api<Node> = Api::all(tenant.client.clone());
+    let mut routes = Vec::new();
+    for node in nodes.list(&Default::default()).await?.items {
+        let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
+        let address = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.as_str());
+        let (Some(cidr), Some(address)) = (cidr, address) else {
+            continue;
+        };
+        match (cidr.parse(), address.parse()) {
+            (Ok(pod_cidr), Ok(node)) => routes.push(korvet_cloud::PodRoute { pod_cidr, node }),
+            _ => {
+                tracing::warn!(node = ?node.metadata.name, cidr, address, "node with an unusable pod CIDR or address")
+            }
+        }
+    }
+    Ok(routes)
+}
+
 pub async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformError> {
     let nodes: Api<Node> = Api::all(tenant.client.clone());
     crate::not_found_is_done(nodes.delete(name, &DeleteParams::default()).await)

@@ -8,6 +8,7 @@
 
 pub mod env;
 pub mod probe;
+pub mod pull_secrets;
 pub mod runtime;
 pub mod status;
 pub mod volumes;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -36,6 +36,8 @@ pub struct Shared {
 struct PullFailure {
     failures: u32,
     retry_at: Instant,
+    /// The runtime's message, repeated in the back-off message as upstream does.
+    message: String,
 }
 
 struct Worker {
@@ -732,7 +734,7 @@ impl Worker {
                 return Seen::waiting("ContainerCreating", None);
             }
         };
-        if let Err(waiting) = self.ensure_image(c, ctx.sandbox_config).await {
+        if let Err(waiting) = self.ensure_image(ctx.pod, c, ctx.sandbox_config).await {
             return waiting;
         }
         let env = match self.environment(ctx, c).await {
@@ -889,9 +891,42 @@ impl Worker {
             .map_err(|e| e.to_string())
     }
 
+    /// Credentials for `image` from the pod's `imagePullSecrets`; a secret that cannot
+    /// be read is skipped, as upstream does.
+    async fn pull_credentials(&self, pod: &Pod, image: &str) -> Vec<cri::AuthConfig> {
+        let names: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let namespace = runtime::identity(pod).namespace.to_string();
+        let found: Vec<(String, Option<Secret>)> = match self.fetch(&namespace, names).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pod's image pull secrets");
+                return Vec::new();
+            }
+        };
+        for (name, secret) in &found {
+            if secret.is_none() {
+                tracing::warn!(secret = %name, "image pull secret not found; pulling without it");
+            }
+        }
+        let secrets: Vec<Secret> = found.into_iter().filter_map(|(_, s)| s).collect();
+        super::pull_secrets::credentials_for(image, &secrets)
+    }
+
     /// `Err` is the waiting state to report while the image is not there.
     async fn ensure_image(
         &mut self,
+        pod: &Pod,
         c: &Container,
         sandbox: &cri::PodSandboxConfig,
     ) -> Result<(), Seen> {
@@ -938,23 +973,44 @@ impl Worker {
                 self.event(c, WARNING, "Failed", "Error: ImagePullBackOff".into());
                 return Err(Seen::waiting(
                     "ImagePullBackOff",
-                    Some(format!("Back-off pulling image \"{image}\"")),
+                    Some(format!(
+                        "Back-off pulling image \"{image}\": ErrImagePull: {}",
+                        f.message
+                    )),
                 ));
             }
         }
         self.event(c, NORMAL, "Pulling", format!("Pulling image \"{image}\""));
         let pull_started = Instant::now();
-        let mut images = self.cri().images.clone();
-        let pull = images.pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: Some(sandbox.clone()),
-        });
-        match tokio::time::timeout(Duration::from_secs(300), pull).await {
-            Ok(Ok(_)) => {
+        let auths = self.pull_credentials(pod, &image).await;
+        // Without matching credentials one anonymous pull; else each in turn, as upstream.
+        let attempts: Vec<Option<cri::AuthConfig>> = if auths.is_empty() {
+            vec![None]
+        } else {
+            auths.into_iter().map(Some).collect()
+        };
+        let mut outcome = Err("no pull attempted".to_string());
+        for auth in attempts {
+            let mut images = self.cri().images.clone();
+            let pull = images.pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                auth,
+                sandbox_config: Some(sandbox.clone()),
+            });
+            outcome = match tokio::time::timeout(Duration::from_secs(300), pull).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(status.message().to_string()),
+                Err(_) => Err("pulling took more than 5 minutes".to_string()),
+            };
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(()) => {
                 self.pulls.remove(&image);
                 let took = pull_started.elapsed().as_secs_f64();
                 self.event(
@@ -965,11 +1021,7 @@ impl Worker {
                 );
                 Ok(())
             }
-            outcome => {
-                let message = match outcome {
-                    Ok(Err(status)) => status.message().to_string(),
-                    _ => "pulling took more than 5 minutes".to_string(),
-                };
+            Err(message) => {
                 let failures = self.pulls.get(&image).map_or(0, |f| f.failures) + 1;
                 let delay = backoff(
                     failures - 1,
@@ -981,6 +1033,7 @@ impl Worker {
                     PullFailure {
                         failures,
                         retry_at: Instant::now() + delay,
+                        message: message.clone(),
                     },
                 );
                 tracing::info!(image = %image, error = %message, "pulling an image failed");
