@@ -259,6 +259,48 @@ fn probes_env_sources_and_volumes() {
         json!([{"name": "cfg", "configMap": {"name": "absent"}}]),
     ));
 
+    // downwardAPI, projected (service-account token, downward API, ConfigMap) and
+    // hostPath volumes; the hostPath lives on the machine's own disk.
+    kubectl.ok(&["create", "serviceaccount", "reader"]);
+    let files = with(
+        with(
+            busybox(&[
+                "sh",
+                "-c",
+                "echo labels=$(cat /etc/podinfo/labels | tr '\\n' ' '); \
+                 echo ns=$(cat /var/run/api/namespace) color=$(cat /var/run/api/color); \
+                 cp /var/run/api/token /host/token; echo host-written > /host/mark; sleep 3600",
+            ]),
+            "volumeMounts",
+            json!([
+                {"name": "podinfo", "mountPath": "/etc/podinfo"},
+                {"name": "api", "mountPath": "/var/run/api"},
+                {"name": "host", "mountPath": "/host"},
+            ]),
+        ),
+        "name",
+        json!("main"),
+    );
+    let mut files_pod: Value = serde_json::from_str(&pod(
+        "files",
+        &node,
+        files,
+        json!([
+            {"name": "podinfo", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+            ]}},
+            {"name": "api", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                {"configMap": {"name": "app-config", "items": [{"key": "color", "path": "color"}]}},
+            ]}},
+            {"name": "host", "hostPath": {"path": "/var/lib/demo", "type": "DirectoryOrCreate"}},
+        ]),
+    ))
+    .unwrap();
+    files_pod["spec"]["serviceAccountName"] = json!("reader");
+    apply(files_pod.to_string());
+
     // Readiness: first Running but not ready, then ready.
     let seen = platform.wait_pod(&kubectl, "late-ready", 120, running);
     assert_eq!(status(&seen)["ready"], false, "{seen:#}");
@@ -307,6 +349,50 @@ fn probes_env_sources_and_volumes() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+
+    platform.wait_pod(&kubectl, "files", 90, running);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = pod_output(&platform.only_machine_dir(), "files");
+        if out.contains("labels=app=\"files\"") && out.contains("ns=default color=blue") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "downward and projected files in:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The hostPath directory is inside the machine's directory, not the host's /var/lib.
+    let host_dir = platform.only_machine_dir().join("node/host/var/lib/demo");
+    assert!(!Path::new("/var/lib/demo/mark").exists());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        let token = std::fs::read_to_string(host_dir.join("token")).unwrap_or_default();
+        if !token.is_empty() {
+            break token;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no token written to the hostPath {host_dir:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // The projected token authenticates as the pod's service account.
+    let mut config = kubectl.json(&["config", "view", "--raw"]);
+    config["users"][0]["user"] = json!({"token": token.trim()});
+    let token_config = platform.dir().join("reader.kubeconfig");
+    std::fs::write(&token_config, config.to_string()).unwrap();
+    let reader = Kubectl::new(token_config, platform.dir().join("reader-cache"));
+    let denied = reader.run(&["get", "secrets"]);
+    assert!(
+        !denied.ok
+            && denied
+                .stderr
+                .contains("system:serviceaccount:default:reader"),
+        "{}",
+        denied.stderr
+    );
 
     let seen = platform.wait_pod(&kubectl, "no-config", 60, |p| {
         status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"

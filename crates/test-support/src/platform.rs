@@ -127,6 +127,11 @@ impl TestPlatform {
     }
 
     /// The directory (disk) of the platform's only machine.
+    /// The platform's temporary directory (removed with it), for files a test writes.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn only_machine_dir(&self) -> PathBuf {
         PathBuf::from(self.only_machine()["dir"].as_str().expect("machine dir"))
     }

@@ -232,7 +232,7 @@ pub fn expand(text: &str, env: &[(String, String)]) -> String {
     out
 }
 
-fn field(pod: &Pod, path: &str, sources: &Sources) -> Result<String, EnvError> {
+pub(crate) fn field(pod: &Pod, path: &str, sources: &Sources) -> Result<String, EnvError> {
     let id = identity(pod);
     let spec = pod.spec.as_ref();
     let from_map = |map: &Option<BTreeMap<String, String>>, key: &str| {
@@ -267,7 +267,7 @@ fn field(pod: &Pod, path: &str, sources: &Sources) -> Result<String, EnvError> {
     })
 }
 
-fn resource(
+pub(crate) fn resource(
     c: &Container,
     name: &str,
     divisor: Option<&str>,

@@ -54,6 +54,11 @@ impl PodsConfig {
         self.data_dir.join("pods")
     }
 
+    /// The machine's own root for hostPath volumes (kept across pods).
+    fn host_path_root(&self) -> PathBuf {
+        self.data_dir.join("host")
+    }
+
     /// Pods' volumes, one directory per pod UID, removed with the pod.
     fn volume_root(&self) -> PathBuf {
         self.data_dir.join("volumes")

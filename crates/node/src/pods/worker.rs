@@ -853,6 +853,50 @@ impl Worker {
         Ok(found.into_iter().collect())
     }
 
+    /// A token of the pod's service account bound to the pod (TokenRequest), for a
+    /// projected volume; `Err` is the API's message.
+    async fn service_account_token(
+        &self,
+        pod: &Pod,
+        need: &volumes::TokenNeed,
+    ) -> Result<String, String> {
+        let id = runtime::identity(pod);
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": need.audience.iter().collect::<Vec<_>>(),
+                "expirationSeconds": need.expiration_seconds,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": id.name, "uid": id.uid},
+            },
+        });
+        let url = format!(
+            "/api/v1/namespaces/{}/serviceaccounts/{account}/token",
+            id.namespace
+        );
+        let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        let http = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        let reply: serde_json::Value = self
+            .shared
+            .client
+            .request(http)
+            .await
+            .map_err(|e| format!("requesting a token for service account {account}: {e}"))?;
+        reply["status"]["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("the TokenRequest for service account {account} gave no token"))
+    }
+
     /// The environment of `c`, reading the ConfigMaps and Secrets it names; `Err` is
     /// the message of `CreateContainerConfigError`.
     async fn environment(
@@ -878,14 +922,27 @@ impl Worker {
     async fn volumes(&self, ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::Mount>, String> {
         let namespace = runtime::identity(ctx.pod).namespace.to_string();
         let (maps, secrets) = volumes::referenced(ctx.pod, c);
-        let objects = volumes::Objects {
+        let mut objects = volumes::Objects {
             config_maps: self.fetch(&namespace, maps).await?,
             secrets: self.fetch(&namespace, secrets).await?,
+            tokens: Default::default(),
+            fields: Sources {
+                pod_ip: ctx.pod_ip.clone(),
+                host_ip: self.config().host_ip.clone(),
+                node_cpu_millis: node_cpu_millis(),
+                node_memory_bytes: node_memory_bytes(),
+                ..Default::default()
+            },
         };
+        for need in volumes::tokens_needed(ctx.pod, c) {
+            let token = self.service_account_token(ctx.pod, &need).await?;
+            objects.tokens.insert(need.key, token);
+        }
         let root = self.config().volume_root();
+        let host_root = self.config().host_path_root();
         let pod = ctx.pod.clone();
         let c = c.clone();
-        tokio::task::spawn_blocking(move || volumes::prepare(&root, &pod, &c, &objects))
+        tokio::task::spawn_blocking(move || volumes::prepare(&root, &host_root, &pod, &c, &objects))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
