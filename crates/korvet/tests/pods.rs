@@ -124,6 +124,30 @@ fn pods_run_through_containerd_and_report_status() {
     assert!(ready, "{sleeper:#}");
     assert_eq!(container_status(&sleeper)["restartCount"], 0);
 
+    // The Node lists the images the runtime holds, largest first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = kubectl.json(&["get", "node", &node]);
+        let images = seen["status"]["images"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let has_busybox = images.iter().any(|i| {
+            i["names"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n == "korvet.local/busybox:latest"))
+                && i["sizeBytes"].as_i64().unwrap_or(0) > 0
+        });
+        if has_busybox {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no busybox in the Node's images: {images:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     let done = platform.wait_pod(&kubectl, "done", 60, |p| {
         p["status"]["phase"] == "Succeeded"
     });

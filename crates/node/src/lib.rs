@@ -13,6 +13,7 @@ pub mod images;
 pub mod join;
 pub mod logs;
 pub mod metrics;
+pub mod node_images;
 pub mod pods;
 pub mod pressure;
 pub mod registration;
@@ -155,6 +156,11 @@ pub async fn run(
                 backoff_max: MAX_BACKOFF,
             },
         ));
+        let images = tokio::spawn(node_images::run(
+            client.clone(),
+            cri.clone(),
+            config.node_name.clone(),
+        ));
         let imagefs = image_fs(&cri)
             .await
             .unwrap_or_else(|| config.data_dir.clone());
@@ -169,6 +175,7 @@ pub async fn run(
         )
         .await;
         pods.abort();
+        images.abort();
         node_server.abort();
     }
     if let Some(server) = server {
