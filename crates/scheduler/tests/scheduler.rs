@@ -105,23 +105,18 @@ async fn events_for(client: &kube::Client, pod: &str, reason: &str) -> Vec<Event
         .collect()
 }
 
+/// A control-plane node with 8 CPUs that only tolerating pods may use.
+async fn master_node(client: &kube::Client) {
+    let no_schedule = taint("node-role.kubernetes.io/control-plane", "", "NoSchedule");
+    node(client, "master", "z1", "8", vec![no_schedule]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_is_bound_to_the_only_node_that_fits() {
     let (_cp, client) = setup().await;
     node(&client, "small", "z1", "1", Vec::new()).await;
     node(&client, "big", "z1", "4", Vec::new()).await;
-    node(
-        &client,
-        "master",
-        "z1",
-        "8",
-        vec![taint(
-            "node-role.kubernetes.io/control-plane",
-            "",
-            "NoSchedule",
-        )],
-    )
-    .await;
+    master_node(&client).await;
     let _scheduler = spawn(client.clone(), no_election("test"));
     create(&client, pending_pod("web", "2", "1Gi", &[("app", "web")])).await;
     assert_eq!(bound_node(&client, "web").await, "big");
@@ -153,18 +148,7 @@ async fn pod_is_bound_to_the_only_node_that_fits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_that_fits_nowhere_is_unschedulable_until_a_node_fits() {
     let (_cp, client) = setup().await;
-    node(
-        &client,
-        "master",
-        "z1",
-        "8",
-        vec![taint(
-            "node-role.kubernetes.io/control-plane",
-            "",
-            "NoSchedule",
-        )],
-    )
-    .await;
+    master_node(&client).await;
     node(&client, "n1", "z1", "1", Vec::new()).await;
     node(&client, "n2", "z2", "1", Vec::new()).await;
     let scheduler = spawn(client.clone(), no_election("test"));
