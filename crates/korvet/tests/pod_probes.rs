@@ -278,8 +278,8 @@ fn probes_env_sources_and_volumes() {
                 {"name": "host", "mountPath": "/host"},
             ]),
         ),
-        "name",
-        json!("main"),
+        "lifecycle",
+        json!({"preStop": {"exec": {"command": ["sh", "-c", "echo bye > /host/pre-stop"]}}}),
     );
     let mut files_pod: Value = serde_json::from_str(&pod(
         "files",
@@ -393,6 +393,13 @@ fn probes_env_sources_and_volumes() {
         "{}",
         denied.stderr
     );
+    // Deleting the pod runs its preStop hook before the container is stopped.
+    kubectl.ok(&["delete", "pod", "files", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(host_dir.join("pre-stop")).unwrap_or_default() != "bye\n" {
+        assert!(Instant::now() < deadline, "the preStop hook did not run");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     let seen = platform.wait_pod(&kubectl, "no-config", 60, |p| {
         status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"

@@ -103,8 +103,16 @@ pub async fn run(
                     .deletion_grace_period_seconds
                     .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
                     .unwrap_or(30);
+                let first = !worker.deletion_seen();
                 worker.record_killing(&pod);
-                teardown(&worker.shared, &worker.uid, grace).await;
+                let mut left = grace;
+                if first {
+                    // As upstream: what the hooks took comes off the grace period, and
+                    // the containers still get at least 2 s after them.
+                    let spent = worker.pre_stop(&pod, grace).await;
+                    left = (grace - spent).max(2);
+                }
+                teardown(&worker.shared, &worker.uid, left).await;
                 if worker.remove_from_api(&pod).await {
                     return;
                 }
@@ -249,6 +257,106 @@ impl Worker {
     }
 
     /// `Killing` for each container still running when the pod is deleted.
+    /// Whether this worker already saw the pod being deleted.
+    fn deletion_seen(&self) -> bool {
+        self.pod
+            .as_ref()
+            .and_then(|p| p.metadata.deletion_timestamp.as_ref())
+            .is_some()
+    }
+
+    /// Runs the running containers' preStop hooks (exec, httpGet, tcpSocket, sleep) at
+    /// once, for at most `grace` seconds; returns the whole seconds they took.
+    async fn pre_stop(&self, pod: &Pod, grace: i64) -> i64 {
+        let started = Instant::now();
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let hooked: Vec<(Container, k8s_openapi::api::core::v1::LifecycleHandler)> = containers
+            .into_iter()
+            .filter_map(|c| {
+                let hook = c.lifecycle.as_ref()?.pre_stop.clone()?;
+                Some((c, hook))
+            })
+            .collect();
+        if hooked.is_empty() {
+            return 0;
+        }
+        let filter = cri::ContainerFilter {
+            label_selector: HashMap::from([(POD_UID.to_string(), self.uid.clone())]),
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        };
+        let running = containers_where(self.cri(), filter)
+            .await
+            .unwrap_or_default();
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let budget = Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(1));
+        let hooks = hooked.into_iter().filter_map(|(c, hook)| {
+            let id = running
+                .iter()
+                .find(|r| r.metadata.as_ref().is_some_and(|m| m.name == c.name))?
+                .id
+                .clone();
+            let target = probe::Target {
+                cri: self.cri().clone(),
+                container_id: id,
+                pod_ip: pod_ip.clone(),
+                container: c.clone(),
+                grace,
+                wake: self.wake.clone(),
+                events: None,
+            };
+            Some(async move {
+                let outcome = match &hook.sleep {
+                    Some(sleep) => {
+                        let secs = u64::try_from(sleep.seconds.max(0)).unwrap_or(0);
+                        tokio::time::sleep(Duration::from_secs(secs).min(budget)).await;
+                        Ok(())
+                    }
+                    None => {
+                        let as_probe = k8s_openapi::api::core::v1::Probe {
+                            exec: hook.exec.clone(),
+                            http_get: hook.http_get.clone(),
+                            tcp_socket: hook.tcp_socket.clone(),
+                            timeout_seconds: i32::try_from(grace.max(1)).ok(),
+                            ..Default::default()
+                        };
+                        probe::check(&as_probe, &target).await
+                    }
+                };
+                (c.name, outcome)
+            })
+        });
+        let all = futures::future::join_all(hooks);
+        match tokio::time::timeout(budget, all).await {
+            Ok(outcomes) => {
+                for (name, outcome) in outcomes {
+                    if let Err(e) = outcome {
+                        let message = format!("PreStopHook failed: {e}");
+                        self.shared.events.container(
+                            pod,
+                            &name,
+                            WARNING,
+                            "FailedPreStopHook",
+                            message,
+                        );
+                    }
+                }
+            }
+            Err(_) => tracing::info!(pod = %self.uid, "preStop hooks ran out of the grace period"),
+        }
+        i64::try_from(started.elapsed().as_secs()).unwrap_or(grace)
+    }
+
     fn record_killing(&mut self, pod: &Pod) {
         if self
             .pod
