@@ -264,10 +264,7 @@ async fn stop_keeps_disk_and_address_start_brings_them_back() {
     assert_eq!(stopped.address, m.address);
     assert!(m.dir.join("addr.txt").exists(), "disk kept");
     for pid in &pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "pid {pid} ended"
-        );
+        assert!(ends_soon(*pid), "pid {pid} still runs");
     }
     assert!(cgroup.pids().is_empty());
 
@@ -310,10 +307,7 @@ async fn delete_leaves_nothing_behind() {
     assert!(!m.dir.exists());
     assert!(!socket.exists());
     for pid in &pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "pid {pid} ended"
-        );
+        assert!(ends_soon(*pid), "pid {pid} still runs");
     }
 
     p.delete_network(&c).await.unwrap();
@@ -658,5 +652,25 @@ async fn pod_routes_forward_within_a_cluster_only_and_are_removed_with_its_netwo
             "",
             "routes of table {t}"
         );
+    }
+}
+
+/// Whether process `pid` is gone (or only a zombie left for its parent to reap) within
+/// five seconds: a killed process takes a moment to exit.
+fn ends_soon(pid: u32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        if stat.is_empty() || state == Some("Z") {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -756,7 +756,9 @@ impl Worker {
             last,
         };
         let Some(latest) = latest else {
-            view.current = self.start(ctx, c, 0).await;
+            let mut created = None;
+            view.current = self.start(ctx, c, 0, &mut created).await;
+            view.container_id = created;
             return view;
         };
         let attempt = latest.metadata.as_ref().map_or(0, |m| m.attempt);
@@ -819,7 +821,11 @@ impl Worker {
             view.last = Some(ended);
             return view;
         }
-        let started = self.start(ctx, c, attempt + 1).await;
+        let mut created = None;
+        let started = self.start(ctx, c, attempt + 1, &mut created).await;
+        if created.is_some() {
+            view.container_id = created;
+        }
         view.last = Some(ended);
         if !matches!(started, Seen::Waiting { ref reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "ErrImageNeverPull" || reason == "CreateContainerConfigError")
         {
@@ -830,7 +836,15 @@ impl Worker {
     }
 
     /// Pulls as the pull policy says, creates and starts run `attempt` of `c`.
-    async fn start(&mut self, ctx: &Ctx<'_>, c: &Container, attempt: u32) -> Seen {
+    /// `created` gets the new run's container ID once it exists, so that the status
+    /// names the container it reports as running.
+    async fn start(
+        &mut self,
+        ctx: &Ctx<'_>,
+        c: &Container,
+        attempt: u32,
+        created: &mut Option<String>,
+    ) -> Seen {
         let mounts = match self.volumes(ctx, c).await {
             Ok(mounts) => mounts,
             Err(message) => {
@@ -853,7 +867,7 @@ impl Worker {
             }
         };
         let config = runtime::container_config(ctx.pod, c, attempt, env, mounts);
-        let created = self
+        let made = self
             .cri()
             .runtime
             .clone()
@@ -863,7 +877,7 @@ impl Worker {
                 sandbox_config: Some(ctx.sandbox_config.clone()),
             })
             .await;
-        let id = match created {
+        let id = match made {
             Ok(reply) => reply.into_inner().container_id,
             Err(status) => {
                 let message = status.message().to_string();
@@ -871,6 +885,7 @@ impl Worker {
                 return Seen::waiting("CreateContainerError", Some(message));
             }
         };
+        *created = Some(format!("containerd://{id}"));
         self.event(
             c,
             NORMAL,
