@@ -30,8 +30,17 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq
-  # Debian starts etcd as a service on install; Korvet runs its own members instead.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts etcd and docker-registry as services on install (the registry on every
+  # interface); Korvet runs its own instances of both, so the ones installed here stop.
+  if [ -d /run/systemd/system ]; then
+    for pkg in "${missing[@]}"; do
+      case "$pkg" in
+        etcd-server) as_root systemctl disable --now etcd >/dev/null 2>&1 || true ;;
+        docker-registry) as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true ;;
+      esac
+    done
+  fi
 fi
 
 # crun refuses the hybrid cgroup layout (v1 hierarchies plus `unified`) while the v2
