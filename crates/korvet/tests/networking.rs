@@ -11,12 +11,8 @@ use korvet_test_support::platform::TestPlatform;
 use korvet_test_support::Kubectl;
 use serde_json::Value;
 
-/// The binary under test; `KORVET_TEST_BINARY` overrides it (a private copy, when other
-/// builds share the target directory).
 fn korvet_binary() -> PathBuf {
-    std::env::var_os("KORVET_TEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_korvet")))
+    korvet_test_support::platform::korvet_binary(env!("CARGO_BIN_EXE_korvet"))
 }
 
 fn pod(name: &str, node: &str, container: Value, restart_policy: &str) -> Value {

@@ -12,12 +12,8 @@ use serde_json::{json, Value};
 
 const BUSYBOX: &str = "korvet.local/busybox:latest";
 
-/// The binary under test: `KORVET_BIN` when set (a copy of this build, when other
-/// builds share the target directory), else the one cargo built.
 fn korvet() -> PathBuf {
-    std::env::var_os("KORVET_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_korvet")))
+    korvet_test_support::platform::korvet_binary(env!("CARGO_BIN_EXE_korvet"))
 }
 
 fn pod(name: &str, node: &str, containers: Value, extra: Value) -> String {

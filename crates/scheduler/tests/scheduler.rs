@@ -92,6 +92,24 @@ async fn bound_node(client: &kube::Client, name: &str) -> String {
     .await
 }
 
+/// The pod's events of `reason`, once there is one (panics after `seconds`).
+async fn events_eventually(
+    client: &kube::Client,
+    pod: &str,
+    reason: &str,
+    seconds: u64,
+) -> Vec<Event> {
+    let what = format!("a {reason} event for {pod}");
+    wait_for(seconds, &what, || {
+        let client = client.clone();
+        async move {
+            let e = events_for(&client, pod, reason).await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await
+}
+
 async fn events_for(client: &kube::Client, pod: &str, reason: &str) -> Vec<Event> {
     Api::<Event>::namespaced(client.clone(), "default")
         .list(&ListParams::default())
@@ -120,14 +138,7 @@ async fn pod_is_bound_to_the_only_node_that_fits() {
     let _scheduler = spawn(client.clone(), no_election("test"));
     create(&client, pending_pod("web", "2", "1Gi", &[("app", "web")])).await;
     assert_eq!(bound_node(&client, "web").await, "big");
-    let events = wait_for(10, "the Scheduled event", || {
-        let client = client.clone();
-        async move {
-            let e = events_for(&client, "web", "Scheduled").await;
-            (!e.is_empty()).then_some(e)
-        }
-    })
-    .await;
+    let events = events_eventually(&client, "web", "Scheduled", 10).await;
     assert_eq!(
         events[0].message.as_deref(),
         Some("Successfully assigned default/web to big")
@@ -169,14 +180,7 @@ async fn pod_that_fits_nowhere_is_unschedulable_until_a_node_fits() {
     .await;
     assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
     assert_eq!(condition.message.as_deref(), Some(expected));
-    let events = wait_for(10, "the FailedScheduling event", || {
-        let client = client.clone();
-        async move {
-            let e = events_for(&client, "huge", "FailedScheduling").await;
-            (!e.is_empty()).then_some(e)
-        }
-    })
-    .await;
+    let events = events_eventually(&client, "huge", "FailedScheduling", 10).await;
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
     assert_eq!(events[0].message.as_deref(), Some(expected));
     assert_eq!(
@@ -225,14 +229,7 @@ async fn taints_keep_pods_out_unless_tolerated() {
     create(&client, pending_pod("anywhere", "100m", "10Mi", &[])).await;
     assert_eq!(bound_node(&client, "tolerant").await, "gpu");
     assert_eq!(bound_node(&client, "anywhere").await, "plain");
-    let events = wait_for(20, "FailedScheduling for the intolerant pod", || {
-        let client = client.clone();
-        async move {
-            let e = events_for(&client, "intolerant", "FailedScheduling").await;
-            (!e.is_empty()).then_some(e)
-        }
-    })
-    .await;
+    let events = events_eventually(&client, "intolerant", "FailedScheduling", 20).await;
     assert_eq!(
         events[0].message.as_deref(),
         Some("0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}. \

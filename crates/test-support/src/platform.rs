@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::Kubectl;
 
+/// The `korvet` binary a test runs: `KORVET_TEST_BINARY` when set (a private copy, when
+/// other builds share the target directory and may relink `built` mid-run), else `built`.
+pub fn korvet_binary(built: &str) -> PathBuf {
+    std::env::var_os("KORVET_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(built))
+}
+
 pub struct TestPlatform {
     korvet: PathBuf,
     dir: tempfile::TempDir,
