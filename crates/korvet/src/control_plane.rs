@@ -69,19 +69,23 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     .await?;
     // The admin identity may approve and sign CSRs; the CA signs node certificates.
     let pki = running.pki.clone();
+    // The controllers and the scheduler each campaign for their Lease, so that of
+    // several replicas one acts.
+    let identity = korvet_controllers::leader::default_identity();
     let controllers = korvet_controllers::spawn_all(
         &running.kubeconfig,
-        pki.ca_cert_pem().to_string(),
-        pki.ca_key_pem(),
-        Some(args.cluster_cidr),
+        korvet_controllers::ControllersConfig {
+            ca_cert_pem: pki.ca_cert_pem().to_string(),
+            ca_key_pem: pki.ca_key_pem(),
+            cluster_cidr: Some(args.cluster_cidr),
+            leader_identity: Some(identity.clone()),
+        },
     )
     .await
     .context("starting the controllers")?;
-    // The scheduler campaigns for its Lease, so that of several replicas one schedules.
     let scheduler_client = korvet_controllers::client_from_kubeconfig(&running.kubeconfig)
         .await
         .context("starting the scheduler")?;
-    let identity = korvet_controllers::leader::default_identity();
     let scheduler = korvet_scheduler::spawn(
         scheduler_client,
         korvet_scheduler::SchedulerConfig::new(&identity),
@@ -99,7 +103,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     crate::signals::wait_for_shutdown().await;
     eprintln!("shutting down");
     scheduler.shutdown().await;
-    drop(controllers);
+    controllers.shutdown().await;
     drop(running);
     Ok(())
 }

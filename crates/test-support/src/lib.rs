@@ -87,9 +87,12 @@ impl TestControlPlane {
         let pki = cp.server.pki.clone();
         let running = korvet_controllers::spawn_all(
             cp.kubeconfig(),
-            pki.ca_cert_pem().to_string(),
-            pki.ca_key_pem(),
-            korvet_controllers::node_ipam::parse_cidr("10.244.0.0/16"),
+            korvet_controllers::ControllersConfig {
+                ca_cert_pem: pki.ca_cert_pem().to_string(),
+                ca_key_pem: pki.ca_key_pem(),
+                cluster_cidr: korvet_controllers::node_ipam::parse_cidr("10.244.0.0/16"),
+                leader_identity: None,
+            },
         )
         .await
         .unwrap_or_else(|e| panic!("start controllers: {e}"));

@@ -1,0 +1,151 @@
+//! What the workload controllers share: pods made from templates, controller
+//! references, and pod readiness and availability as upstream's `podutil` judges them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+/// The owner reference a controller puts on what it creates: `controller: true` and
+/// `blockOwnerDeletion: true`, as upstream's `NewControllerRef`.
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+    owner.controller_owner_ref(&())
+}
+
+/// The reference among `meta`'s owners that has `controller: true`.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_deref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// Whether `meta` is controlled by the object with `uid`.
+pub fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    controller_of(meta).is_some_and(|r| r.uid == uid)
+}
+
+/// A new pod from `template`, owned by `owner`, named `name` or (when `None`) generated
+/// from `generate_name` by the API server.
+pub fn pod_from_template(
+    template: &PodTemplateSpec,
+    owner: OwnerReference,
+    namespace: &str,
+    name: Option<String>,
+    generate_name: &str,
+) -> Pod {
+    let source = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            name: name.clone(),
+            generate_name: name.is_none().then(|| generate_name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: source.labels,
+            annotations: source.annotations,
+            finalizers: source.finalizers,
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Upstream's `generateName` prefix for pods of `owner`: its name and a dash, cut so the
+/// generated name stays within 63 characters.
+pub fn generate_name_prefix(owner: &str) -> String {
+    const MAX: usize = 58;
+    let mut prefix: String = owner.chars().take(MAX - 1).collect();
+    prefix.push('-');
+    prefix
+}
+
+/// Neither finished nor being deleted: a pod that counts towards replicas.
+pub fn is_pod_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The pod's `Ready` condition is `True`.
+pub fn is_pod_ready(pod: &Pod) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// When the pod last became ready, if it is.
+pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(
+        condition
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(jiff::Timestamp::now),
+    )
+}
+
+/// Ready for at least `min_ready_seconds` at `now` (upstream's `IsPodAvailable`).
+pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+    let Some(since) = ready_since(pod) else {
+        return false;
+    };
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    since + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) <= now
+}
+
+/// Whether every `key: value` of `selector` (matchLabels form) is among `labels`.
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ready_pod(seconds_ago: i64) -> Pod {
+        let at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(seconds_ago);
+        Pod {
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(Time(at)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn availability_waits_for_min_ready_seconds() {
+        let now = jiff::Timestamp::now();
+        assert!(is_pod_available(&ready_pod(5), 0, now));
+        assert!(is_pod_available(&ready_pod(5), 3, now));
+        assert!(!is_pod_available(&ready_pod(5), 10, now));
+        assert!(!is_pod_available(&Pod::default(), 0, now));
+    }
+
+    #[test]
+    fn generated_names_stay_short() {
+        assert_eq!(generate_name_prefix("web"), "web-");
+        assert_eq!(generate_name_prefix(&"x".repeat(80)).len(), 58);
+    }
+}
