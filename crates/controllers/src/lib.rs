@@ -10,6 +10,7 @@ pub mod client;
 pub mod csr;
 pub mod events;
 pub mod leader;
+pub mod metrics;
 pub mod node_ipam;
 pub mod workload;
 

@@ -90,10 +90,10 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         scheduler_client,
         korvet_scheduler::SchedulerConfig::new(&identity),
     );
-    running
-        .server
-        .metrics
-        .register_with(|registry| scheduler.metrics.register(registry));
+    running.server.metrics.register_with(|registry| {
+        scheduler.metrics.register(registry);
+        korvet_controllers::metrics::register(registry);
+    });
     println!("serving the Kubernetes API on {}", running.url());
     println!("admin kubeconfig: {}", running.kubeconfig.display());
     println!(
