@@ -508,6 +508,8 @@ fn translate(event: &korvet_store::Event, filter: &Filter) -> Option<(&'static s
 pub enum Part {
     Main,
     Status,
+    /// `pods/binding`: the spec's node and the `PodScheduled` condition in one write.
+    Binding,
     /// `namespaces/NAME/finalize`: only `spec.finalizers`.
     Finalize,
     /// `certificatesigningrequests/NAME/approval`: only `status.conditions`.
@@ -812,7 +814,7 @@ pub async fn write_with_retry(
             next["metadata"]["namespace"] = json!(ns);
         }
         let mut next = match part {
-            Part::Main => next,
+            Part::Main | Part::Binding => next,
             Part::Status if call.resource.kind == "CertificateSigningRequest" => {
                 let mut merged = strategy::prepare_status_update(&current, &next);
                 crate::certificates::status_update(&current, &mut merged);
@@ -830,6 +832,10 @@ pub async fn write_with_retry(
         admit_plugins(call, Some(part), &next, Some(&current)).await?;
         if part == Part::Main {
             strategy::prepare_update(&call.resource, &current, &mut next);
+        } else if part == Part::Binding {
+            let status = next["status"].clone();
+            strategy::prepare_update(&call.resource, &current, &mut next);
+            next["status"] = status;
         } else {
             for field in [
                 "uid",

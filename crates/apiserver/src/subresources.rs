@@ -119,6 +119,28 @@ pub async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
     })
 }
 
+/// Sets the pod's `PodScheduled` condition to `True` (keeping its transition time when
+/// it already was).
+fn mark_scheduled(pod: &mut Value) {
+    if !pod["status"]["conditions"].is_array() {
+        pod["status"]["conditions"] = json!([]);
+    }
+    let Some(conditions) = pod["status"]["conditions"].as_array_mut() else {
+        return;
+    };
+    let scheduled = json!({
+        "type": "PodScheduled",
+        "status": "True",
+        "lastProbeTime": null,
+        "lastTransitionTime": crate::strategy::now_rfc3339(),
+    });
+    match conditions.iter_mut().find(|c| c["type"] == "PodScheduled") {
+        Some(c) if c["status"] == "True" => {}
+        Some(c) => *c = scheduled,
+        None => conditions.push(scheduled),
+    }
+}
+
 /// `pods/binding`: assigns a node to a pod that has none (what the scheduler does).
 pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
     let binding = body::decode_object(call.headers, &call.body)?;
@@ -128,7 +150,7 @@ pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
         .ok_or_else(|| ApiError::bad_request("the Binding must name a target node in target.name"))?
         .to_string();
     let name = call.request.name.clone().unwrap_or_default();
-    write_with_retry(call, Part::Main, None, |current| {
+    write_with_retry(call, Part::Binding, None, |current| {
         if current["spec"]["nodeName"]
             .as_str()
             .is_some_and(|n| !n.is_empty())
@@ -143,6 +165,14 @@ pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
         }
         let mut next = current.clone();
         next["spec"]["nodeName"] = json!(node);
+        // As upstream's binding storage: the Binding's annotations go to the pod, and the
+        // pod is marked scheduled in the same write.
+        if let Some(annotations) = binding["metadata"]["annotations"].as_object() {
+            for (key, value) in annotations {
+                next["metadata"]["annotations"][key] = value.clone();
+            }
+        }
+        mark_scheduled(&mut next);
         Ok(next)
     })
     .await?;

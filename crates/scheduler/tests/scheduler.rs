@@ -138,6 +138,17 @@ async fn pod_is_bound_to_the_only_node_that_fits() {
     let _scheduler = spawn(client.clone(), no_election("test"));
     create(&client, pending_pod("web", "2", "1Gi", &[("app", "web")])).await;
     assert_eq!(bound_node(&client, "web").await, "big");
+    // The binding marks the pod scheduled in the same write, as upstream's.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let bound = pods.get("web").await.unwrap();
+    let scheduled = bound
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .expect("a PodScheduled condition");
+    assert_eq!(scheduled.status, "True");
     let events = events_eventually(&client, "web", "Scheduled", 10).await;
     assert_eq!(
         events[0].message.as_deref(),
