@@ -728,6 +728,9 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
         hook(&mut object, call.user);
     }
     let warnings = admit(call, &mut object, None)?;
+    if call.resource.kind == "Pod" && call.resource.group.is_empty() {
+        crate::priority::admit_pod(call.server, &mut object).await?;
+    }
     admit_plugins(call, None, &object, None).await?;
     strategy::prepare_create(&call.resource, &mut object);
     crate::allocation::before_create(call, &mut object).await?;

@@ -28,6 +28,7 @@ mod patching;
 pub mod pki;
 pub mod pod_logs;
 pub mod pod_streams;
+pub mod priority;
 pub mod protobuf;
 pub mod query;
 pub mod rbac;

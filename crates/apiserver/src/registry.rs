@@ -492,6 +492,9 @@ fn builtins() -> Vec<ResourceType> {
                 from_storage: crate::conversion::event_from_core,
             }),
         builtin::<node::v1::RuntimeClass>(&[], &[]),
+        builtin::<scheduling::v1::PriorityClass>(&["pc"], &[])
+            .with_defaults(crate::priority::defaults)
+            .with_validation(crate::priority::validate),
         builtin::<certificates::v1::CertificateSigningRequest>(&["csr"], &["status", "approval"])
             .on_create(crate::certificates::record_requester)
             .with_validation(crate::certificates::validate)

@@ -91,6 +91,21 @@ impl ApiServer {
                 .create(&namespaces.key(None, name), &ns)
                 .await?;
         }
+        if let Some(classes) = self
+            .registry
+            .get("scheduling.k8s.io", "v1", "priorityclasses")
+        {
+            for mut class in crate::priority::bootstrap_classes() {
+                let name = class["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                crate::strategy::prepare_create(&classes, &mut class);
+                self.objects
+                    .create(&classes.key(None, &name), &class)
+                    .await?;
+            }
+        }
         for (plural, mut object) in crate::rbac::bootstrap_policy() {
             let Some(resource) = self
                 .registry

@@ -318,12 +318,8 @@ pub fn pod_defaults(pod: &mut Value) {
         pod_spec_defaults(&mut pod["spec"]);
         set_default(pod, &["spec", "serviceAccountName"], json!("default"));
         set_default(pod, &["spec", "enableServiceLinks"], json!(true));
-        set_default(pod, &["spec", "priority"], json!(0));
-        set_default(
-            pod,
-            &["spec", "preemptionPolicy"],
-            json!("PreemptLowerPriority"),
-        );
+        // spec.priority and spec.preemptionPolicy come from the Priority admission
+        // plugin (crate::priority), which refuses values that disagree with the class.
         set_default(
             pod,
             &["spec", "tolerations"],

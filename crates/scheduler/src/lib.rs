@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod plugins;
+pub mod preemption;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -71,6 +72,7 @@ pub struct Metrics {
     pub unschedulable: Counter,
     pub binding_errors: Counter,
     pub binding_seconds: Histogram,
+    pub preemption_victims: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,7 @@ impl Default for Metrics {
             unschedulable: Counter::default(),
             binding_errors: Counter::default(),
             binding_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            preemption_victims: Counter::default(),
         }
     }
 }
@@ -105,6 +108,11 @@ impl Metrics {
             "scheduler_binding_duration_seconds",
             "Time to write a binding",
             self.binding_seconds.clone(),
+        );
+        registry.register(
+            "scheduler_preemption_victims",
+            "Pods deleted to make room for higher-priority pods",
+            self.preemption_victims.clone(),
         );
     }
 
@@ -586,15 +594,15 @@ impl State {
             let (infos, _) = self.snapshot();
             let ctx = PodContext::new(&pod, infos);
             let mut feasible = Vec::new();
-            let mut failed: Vec<Vec<Reason>> = Vec::new();
-            for node in infos.iter() {
+            let mut failed: Vec<(usize, Vec<Reason>)> = Vec::new();
+            for (i, node) in infos.iter().enumerate() {
                 match ctx.filter(node) {
                     Ok(()) => feasible.push(node),
-                    Err(reasons) => failed.push(reasons),
+                    Err(reasons) => failed.push((i, reasons)),
                 }
             }
             if feasible.is_empty() {
-                Err(plugins::unschedulable_message(infos.len(), &failed))
+                Err(Self::post_filter(&ctx, infos, &failed))
             } else {
                 let scores = ctx.score(&feasible);
                 let best = scores.iter().copied().max().unwrap_or(0);
@@ -615,8 +623,120 @@ impl State {
                 };
                 self.assume_and_bind(key, pod, node);
             }
-            Err(message) => self.unschedulable(key, pod, message),
+            Err((message, candidate)) => {
+                if let Some(candidate) = candidate {
+                    self.preempt(&pod, candidate);
+                }
+                self.unschedulable(key, pod, message)
+            }
         }
+    }
+
+    /// After every filter failed: the message for the pod, and the victims to evict
+    /// when preemption can make room (upstream's PostFilter).
+    fn post_filter(
+        ctx: &PodContext,
+        infos: &[NodeInfo],
+        failed: &[(usize, Vec<Reason>)],
+    ) -> (String, Option<preemption::Candidate>) {
+        let reasons: Vec<Vec<Reason>> = failed.iter().map(|(_, r)| r.clone()).collect();
+        if infos.is_empty() {
+            return (plugins::unschedulable_message(0, &reasons), None);
+        }
+        if let Err(why) = preemption::eligible(ctx.pod, infos) {
+            let message = format!(
+                "{} preemption: {why}",
+                plugins::filter_message(infos.len(), &reasons)
+            );
+            return (message, None);
+        }
+        match preemption::select_candidate(ctx, infos, failed) {
+            Some(candidate) => (
+                plugins::filter_message(infos.len(), &reasons),
+                Some(candidate),
+            ),
+            None => (plugins::unschedulable_message(infos.len(), &reasons), None),
+        }
+    }
+
+    /// Deletes the victims and nominates their node for `pod`; the pod is retried when
+    /// the victims' deletions show in the watch.
+    fn preempt(&mut self, pod: &Arc<Pod>, candidate: preemption::Candidate) {
+        let preemptor = pod.metadata.name.clone().unwrap_or_default();
+        let preemptor_ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        tracing::info!(
+            pod = %format!("{preemptor_ns}/{preemptor}"),
+            node = %candidate.node,
+            victims = candidate.victims.len(),
+            "preempting"
+        );
+        self.metrics
+            .preemption_victims
+            .inc_by(candidate.victims.len() as u64);
+        let client = self.client.clone();
+        let identity = self.config.identity.clone();
+        let scheduler = self.config.scheduler_name.clone();
+        tokio::spawn(async move {
+            for victim in &candidate.victims {
+                let ns = victim.metadata.namespace.clone().unwrap_or_default();
+                let name = victim.metadata.name.clone().unwrap_or_default();
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                // As upstream: the victim learns why before it goes.
+                let condition = json!({"status": {"conditions": [{
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "PreemptionByScheduler",
+                    "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+                    "lastTransitionTime": Time(jiff::Timestamp::now()),
+                }]}});
+                if let Err(e) = pods
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&condition),
+                    )
+                    .await
+                {
+                    tracing::debug!(pod = %name, error = %e, "marking a preemption victim");
+                }
+                match pods.delete(&name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                    Err(e) => {
+                        tracing::warn!(pod = %name, error = %e, "deleting a preemption victim");
+                        continue;
+                    }
+                }
+                let message = format!("Preempted by pod {uid} on node {}", candidate.node);
+                let event = new_event(
+                    victim,
+                    "Normal",
+                    "Preempted",
+                    "Preempting",
+                    &message,
+                    &scheduler,
+                    &identity,
+                );
+                if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &event)
+                    .await
+                {
+                    tracing::debug!(pod = %name, error = %e, "writing the Preempted event");
+                }
+            }
+            let nominate = json!({"status": {"nominatedNodeName": candidate.node}});
+            if let Err(e) = Api::<Pod>::namespaced(client, &preemptor_ns)
+                .patch_status(
+                    &preemptor,
+                    &PatchParams::default(),
+                    &Patch::Merge(&nominate),
+                )
+                .await
+            {
+                tracing::debug!(pod = %preemptor, error = %e, "nominating a node");
+            }
+        });
     }
 
     fn assume_and_bind(&mut self, key: String, pod: Arc<Pod>, node: String) {

@@ -1006,25 +1006,12 @@ pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
     if total == 0 {
         return "no nodes available to schedule pods".into();
     }
-    let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut unresolvable = 0;
-    for reasons in per_node {
-        for r in reasons {
-            *histogram.entry(r.message.as_str()).or_default() += 1;
-        }
-        if reasons.iter().any(|r| r.unresolvable) {
-            unresolvable += 1;
-        }
-    }
-    let mut parts: Vec<String> = histogram.iter().map(|(m, n)| format!("{n} {m}")).collect();
-    parts.sort();
-    let mut msg = format!("0/{total} nodes are available");
-    if !parts.is_empty() {
-        msg.push_str(": ");
-        msg.push_str(&parts.join(", "));
-    }
-    msg.push('.');
-    // Preemption is not implemented: every node where it could help has no victims.
+    let mut msg = filter_message(total, per_node);
+    let unresolvable = per_node
+        .iter()
+        .filter(|reasons| reasons.iter().any(|r| r.unresolvable))
+        .count();
+    // Preemption found no node where evicting pods would help.
     let mut pre = Vec::new();
     if unresolvable > 0 {
         pre.push(format!(
@@ -1044,6 +1031,26 @@ pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
             pre.join(", ")
         ));
     }
+    msg
+}
+
+/// The filters' part of upstream's message: "0/3 nodes are available: 1 node(s) had
+/// untolerated taint ..., 2 Insufficient cpu."
+pub fn filter_message(total: usize, per_node: &[Vec<Reason>]) -> String {
+    let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
+    for reasons in per_node {
+        for r in reasons {
+            *histogram.entry(r.message.as_str()).or_default() += 1;
+        }
+    }
+    let mut parts: Vec<String> = histogram.iter().map(|(m, n)| format!("{n} {m}")).collect();
+    parts.sort();
+    let mut msg = format!("0/{total} nodes are available");
+    if !parts.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(&parts.join(", "));
+    }
+    msg.push('.');
     msg
 }
 

@@ -350,3 +350,104 @@ async fn only_the_leader_binds_and_another_takes_over() {
     })
     .await;
 }
+
+async fn priority_class(client: &kube::Client, name: &str, value: i64, policy: &str) {
+    let class: k8s_openapi::api::scheduling::v1::PriorityClass = serde_json::from_value(json!({
+        "metadata": {"name": name}, "value": value, "preemptionPolicy": policy,
+    }))
+    .unwrap();
+    Api::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_pod_preempts_the_fewest_lower_ones() {
+    let (_cp, client) = setup().await;
+    node(&client, "only", "z1", "3", Vec::new()).await;
+    master_node(&client).await;
+    priority_class(&client, "low", 10, "PreemptLowerPriority").await;
+    priority_class(&client, "high", 1000, "PreemptLowerPriority").await;
+    priority_class(&client, "polite", 1000, "Never").await;
+    let _scheduler = spawn(client.clone(), no_election("test"));
+    // Victims go at once when deleted: nothing runs them on these agentless nodes.
+    let class = |name: &str| json!({"priorityClassName": name, "terminationGracePeriodSeconds": 0});
+    for name in ["low-a", "low-b", "low-c"] {
+        create(
+            &client,
+            with(pending_pod(name, "1", "1Gi", &[]), class("low")),
+        )
+        .await;
+        assert_eq!(bound_node(&client, name).await, "only");
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let low = pods.get("low-a").await.unwrap();
+    assert_eq!(
+        low.spec.as_ref().unwrap().priority,
+        Some(10),
+        "resolved by admission"
+    );
+
+    // preemptionPolicy Never waits instead, and says so.
+    create(
+        &client,
+        with(pending_pod("polite", "1", "1Gi", &[]), class("polite")),
+    )
+    .await;
+    let events = events_eventually(&client, "polite", "FailedScheduling", 10).await;
+    let message = events[0].message.clone().unwrap_or_default();
+    assert!(
+        message.ends_with("preemption: not eligible due to preemptionPolicy=Never."),
+        "{message}"
+    );
+    pods.delete("polite", &Default::default()).await.unwrap();
+
+    // Two cpus are needed: two low pods go, the third stays.
+    create(
+        &client,
+        with(pending_pod("vip", "2", "1Gi", &[]), class("high")),
+    )
+    .await;
+    assert_eq!(bound_node(&client, "vip").await, "only");
+    let left: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| n.starts_with("low-"))
+        .collect();
+    assert_eq!(left.len(), 1, "one low pod is left: {left:?}");
+    let preempted: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Preempted"))
+        .collect();
+    assert_eq!(preempted.len(), 2, "{preempted:?}");
+    assert!(preempted[0]
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .ends_with("on node only"));
+
+    // A pod naming a class that does not exist is refused, as upstream.
+    let missing = Api::<Pod>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &with(
+                pending_pod("lost", "1", "1Gi", &[]),
+                json!({"priorityClassName": "nope"}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, kube::Error::Api(s) if s.code == 403 && s.message.contains("no PriorityClass with name nope was found")),
+        "{missing:?}"
+    );
+}
