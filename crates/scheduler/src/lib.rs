@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod plugins;
 pub mod preemption;
+pub mod volumes;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -288,8 +289,20 @@ struct BindResult {
     outcome: Result<Duration, kube::Error>,
 }
 
+/// Tasks that end with the scheduler's loop.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 struct State {
     client: kube::Client,
+    volumes: volumes::VolumeCaches,
     config: SchedulerConfig,
     metrics: Arc<Metrics>,
     nodes: BTreeMap<String, Arc<Node>>,
@@ -321,6 +334,9 @@ async fn run(
     futures::pin_mut!(pod_events);
     futures::pin_mut!(node_events);
     let (tx, mut results) = mpsc::unbounded_channel();
+    let (volumes_changed, mut volume_changes) = mpsc::unbounded_channel();
+    let (volumes, _volume_tasks) = volumes::VolumeCaches::spawn(&client, volumes_changed);
+    let _volume_tasks = AbortOnDrop(_volume_tasks);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -339,6 +355,7 @@ async fn run(
         snapshot: None,
         relist_pods: None,
         relist_nodes: None,
+        volumes,
         rng: seed | 1,
         results: tx,
     };
@@ -357,6 +374,8 @@ async fn run(
                 if state.on_node_event(ev) { synced.1 = true; }
             }
             Some(res) = results.recv() => state.on_bind_result(res),
+            // A claim bound or a volume appeared: pods waiting on one may fit now.
+            Some(()) = volume_changes.recv() => state.generation += 1,
             changed = is_leader.changed(), if leader_alive => {
                 if changed.is_err() { leader_alive = false; }
             }
@@ -590,9 +609,10 @@ impl State {
         if node_name(&pod).is_some() || self.assumed.contains_key(&key) {
             return;
         }
+        let pod_volumes = self.volumes.for_pod(&pod);
         let decision = {
             let (infos, _) = self.snapshot();
-            let ctx = PodContext::new(&pod, infos);
+            let ctx = PodContext::new(&pod, infos).with_volumes(pod_volumes);
             let mut feasible = Vec::new();
             let mut failed: Vec<(usize, Vec<Reason>)> = Vec::new();
             for (i, node) in infos.iter().enumerate() {

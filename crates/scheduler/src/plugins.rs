@@ -35,7 +35,7 @@ impl Reason {
             unresolvable: false,
         }
     }
-    fn unresolvable(message: impl Into<String>) -> Self {
+    pub(crate) fn unresolvable(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             unresolvable: true,
@@ -921,6 +921,7 @@ pub struct PodContext<'a> {
     pub hard: Vec<Spread>,
     pub soft: Vec<Spread>,
     pub affinity: Affinity,
+    pub volumes: crate::volumes::PodVolumes,
 }
 
 impl<'a> PodContext<'a> {
@@ -932,7 +933,14 @@ impl<'a> PodContext<'a> {
             hard: hard_spreads(pod, nodes),
             soft: soft_spreads(pod, nodes),
             affinity: Affinity::new(pod, nodes),
+            volumes: Default::default(),
         }
+    }
+
+    /// With what the pod's claims require (see [`crate::volumes`]).
+    pub fn with_volumes(mut self, volumes: crate::volumes::PodVolumes) -> Self {
+        self.volumes = volumes;
+        self
     }
 
     /// Every filter in upstream's order, stopping at the first that fails.
@@ -944,6 +952,7 @@ impl<'a> PodContext<'a> {
         one(filter_node_affinity(self.pod, node))?;
         one(filter_node_ports(self.pod, node))?;
         filter_resources(&self.requests, node)?;
+        one(self.volumes.filter(node))?;
         one(filter_spread(&self.hard, node))?;
         one(self.affinity.filter(node))?;
         Ok(())

@@ -451,3 +451,73 @@ async fn a_higher_priority_pod_preempts_the_fewest_lower_ones() {
         "{missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_must_exist_be_bound_and_their_volume_zone_admit_the_node() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let (_cp, client) = setup().await;
+    node(&client, "in-a", "zone-a", "4", Vec::new()).await;
+    node(&client, "in-b", "zone-b", "4", Vec::new()).await;
+    master_node(&client).await;
+    let _scheduler = spawn(client.clone(), no_election("test"));
+    let claim_volume =
+        json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]});
+    create(
+        &client,
+        with(pending_pod("db", "1", "1Gi", &[]), claim_volume),
+    )
+    .await;
+    let events = events_eventually(&client, "db", "FailedScheduling", 10).await;
+    let message = events[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("persistentvolumeclaim \"data\" not found"),
+        "{message}"
+    );
+
+    // A volume in zone-b, and the claim bound to it: only the zone-b node will do.
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "pv-b", "labels": {"topology.kubernetes.io/zone": "zone-b"}},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "hostPath": {"path": "/tmp/pv-b"}},
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .unwrap();
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv-b", "storageClassName": "",
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &claim)
+        .await
+        .unwrap();
+    assert_eq!(bound_node(&client, "db").await, "in-b");
+
+    // A claim nobody binds (no class waiting for a consumer) keeps its pod pending.
+    let unbound: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "scratch"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &unbound)
+        .await
+        .unwrap();
+    let scratch =
+        json!({"volumes": [{"name": "s", "persistentVolumeClaim": {"claimName": "scratch"}}]});
+    create(
+        &client,
+        with(pending_pod("worker", "1", "1Gi", &[]), scratch),
+    )
+    .await;
+    let events = events_eventually(&client, "worker", "FailedScheduling", 10).await;
+    let message = events[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("pod has unbound immediate PersistentVolumeClaims"),
+        "{message}"
+    );
+}
