@@ -808,6 +808,39 @@ pub struct Affinity {
     anti: Vec<(String, HashSet<String>)>,
     /// (topologyKey, value) pairs where an existing pod's anti-affinity rejects the pod.
     existing_anti: HashSet<(String, String)>,
+    /// InterPodAffinity scoring: weight per (topologyKey, value), from the pod's preferred
+    /// terms and existing pods' preferred (and required affinity) terms matching it.
+    preferred: HashMap<(String, String), i64>,
+}
+
+/// Upstream's `hardPodAffinityWeight`: an existing pod's required affinity counts as a
+/// preference of this weight for pods it matches.
+const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
+
+/// The preferred terms of `pod` with their signed weights (anti-affinity negative).
+fn preferred_terms(pod: &Pod) -> Vec<(&PodAffinityTerm, i64)> {
+    let Some(a) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
+        return Vec::new();
+    };
+    let affinity = a
+        .pod_affinity
+        .iter()
+        .flat_map(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .flatten()
+        })
+        .map(|w| (&w.pod_affinity_term, i64::from(w.weight)));
+    let anti = a
+        .pod_anti_affinity
+        .iter()
+        .flat_map(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .flatten()
+        })
+        .map(|w| (&w.pod_affinity_term, -i64::from(w.weight)));
+    affinity.chain(anti).collect()
 }
 
 fn required_terms(pod: &Pod, anti: bool) -> &[PodAffinityTerm] {
@@ -842,6 +875,7 @@ impl Affinity {
             ..Default::default()
         };
         let mut any_affinity_match = false;
+        let own_preferred = preferred_terms(pod);
         for node in nodes {
             let labels = node.labels();
             for other in &node.pods {
@@ -871,12 +905,41 @@ impl Affinity {
                         }
                     }
                 }
+                let theirs = preferred_terms(other).into_iter().chain(
+                    required_terms(other, false)
+                        .iter()
+                        .map(|t| (t, HARD_POD_AFFINITY_WEIGHT)),
+                );
+                // Both directions: the pod's preferences about `other`, and `other`'s
+                // preferences about pods like this one.
+                let mine = own_preferred
+                    .iter()
+                    .filter(|(t, _)| term_matches_pod(t, pod, other));
+                let theirs = theirs.filter(|(t, _)| term_matches_pod(t, other, pod));
+                for (t, weight) in mine.copied().chain(theirs) {
+                    if let Some(v) = labels.get(&t.topology_key) {
+                        *out.preferred
+                            .entry((t.topology_key.clone(), v.clone()))
+                            .or_default() += weight;
+                    }
+                }
             }
         }
         out.affinity_self_ok = !aff_terms.is_empty()
             && !any_affinity_match
             && aff_terms.iter().all(|t| term_matches_pod(t, pod, pod));
         out
+    }
+
+    /// The node's raw InterPodAffinity score: the weights of the topology domains it is in.
+    pub fn preferred_score(&self, node: &NodeInfo) -> i64 {
+        if self.preferred.is_empty() {
+            return 0;
+        }
+        node.labels()
+            .iter()
+            .filter_map(|(k, v)| self.preferred.get(&(k.clone(), v.clone())))
+            .sum()
     }
 
     pub fn filter(&self, node: &NodeInfo) -> Result<(), Reason> {
@@ -959,7 +1022,7 @@ impl<'a> PodContext<'a> {
     }
 
     /// Weighted, normalised scores of the feasible nodes (upstream's default weights:
-    /// fit 1, balanced 1, node affinity 2, taints 3, spreading 2).
+    /// fit 1, balanced 1, node affinity 2, taints 3, spreading 2, inter-pod affinity 2).
     pub fn score(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
         let affinity: Vec<i64> = nodes
             .iter()
@@ -972,6 +1035,13 @@ impl<'a> PodContext<'a> {
             .collect();
         let max_taints = taints.iter().copied().max().unwrap_or(0);
         let spread: Vec<Option<f64>> = nodes.iter().map(|n| spread_raw(&self.soft, n)).collect();
+        let pod_affinity: Vec<i64> = nodes
+            .iter()
+            .map(|n| self.affinity.preferred_score(n))
+            .collect();
+        let (min_pa, max_pa) = pod_affinity
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
         let known = spread.iter().flatten();
         let max_spread = known.clone().copied().fold(0.0f64, f64::max);
         let min_spread = known.copied().fold(f64::MAX, f64::min);
@@ -1003,7 +1073,13 @@ impl<'a> PodContext<'a> {
                         }
                     }
                 };
-                fit + balanced + 2 * aff + 3 * taint + 2 * spr
+                // Normalised between the lowest and highest node, as upstream.
+                let pa = if max_pa > min_pa {
+                    (pod_affinity[i] - min_pa) * MAX_NODE_SCORE / (max_pa - min_pa)
+                } else {
+                    0
+                };
+                fit + balanced + 2 * aff + 3 * taint + 2 * spr + 2 * pa
             })
             .collect()
     }
@@ -1270,6 +1346,27 @@ mod tests {
         assert!(filter_node_ports(&with_port(8080, None), &n).is_err());
         assert!(filter_node_ports(&with_port(8080, Some("10.0.0.2")), &n).is_ok());
         assert!(filter_node_ports(&with_port(9090, None), &n).is_ok());
+    }
+
+    #[test]
+    fn preferred_pod_affinity_scores_towards_and_away_from_pods() {
+        let host = |n: &str| json!({"kubernetes.io/hostname": n});
+        let mut a = node("a", host("a"), json!({}));
+        let b = node("b", host("b"), json!({}));
+        a.add_pod(labelled("cache", json!({"app": "cache"}), "a"));
+        let nodes = vec![a, b];
+        let term = json!({"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app": "cache"}},
+            "topologyKey": "kubernetes.io/hostname"}});
+        let near = pod(json!({"spec": {"affinity": {"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [term.clone()]}}}}));
+        let far = pod(json!({"spec": {"affinity": {"podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [term]}}}}));
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let near_scores = PodContext::new(&near, &nodes).score(&refs);
+        assert!(near_scores[0] > near_scores[1], "{near_scores:?}");
+        let far_scores = PodContext::new(&far, &nodes).score(&refs);
+        assert!(far_scores[0] < far_scores[1], "{far_scores:?}");
     }
 
     #[test]
