@@ -23,6 +23,7 @@ pub mod launch;
 pub mod metrics;
 mod namespaces;
 pub mod openapi;
+pub mod openapi_proto;
 pub mod patch;
 mod patching;
 pub mod pki;

@@ -304,7 +304,7 @@ impl ApiServer {
         }
     }
 
-    async fn non_resource(&self, path: &str, _headers: &http::HeaderMap) -> ApiResult<Reply> {
+    async fn non_resource(&self, path: &str, headers: &http::HeaderMap) -> ApiResult<Reply> {
         if path == "/metrics" {
             return Ok(Reply {
                 status: StatusCode::OK,
@@ -316,10 +316,21 @@ impl ApiServer {
             });
         }
         if path == "/openapi/v2" {
-            return Ok(Reply::json(
-                StatusCode::OK,
-                crate::openapi::v2_document(&self.registry, &custom_schema),
-            ));
+            let document = crate::openapi::v2_document(&self.registry, &custom_schema);
+            let accept = headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            if crate::openapi_proto::wanted(accept) {
+                return Ok(Reply {
+                    status: StatusCode::OK,
+                    headers: Vec::new(),
+                    body: body::ReplyBody::Raw(
+                        crate::openapi_proto::CONTENT_TYPE,
+                        bytes::Bytes::from(crate::openapi_proto::document(&document)),
+                    ),
+                });
+            }
+            return Ok(Reply::json(StatusCode::OK, document));
         }
         if path == "/openapi/v3" || path == "/openapi/v3/" {
             return Ok(Reply::json(
