@@ -873,7 +873,11 @@ items:
     // Client-side validation sees the definitions: a field of the wrong type is refused.
     let bad = list.replace("data: {a: \"1\"}", "data: [1]");
     let run = k.run_with_input(&["apply", "-f", "-"], &bad);
-    assert!(!run.ok, "a list with a malformed item applied:\n{}", run.stdout);
+    assert!(
+        !run.ok,
+        "a list with a malformed item applied:\n{}",
+        run.stdout
+    );
 }
 
 on_every_store!(

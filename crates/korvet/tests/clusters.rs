@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use korvet_test_support::platform::TestPlatform;
+use korvet_test_support::platform::{control_plane_pid, kill9, TestPlatform};
 use serde_json::Value;
 
 fn platform() -> TestPlatform {
@@ -101,20 +101,6 @@ fn processes_with(needle: &str) -> Vec<u32> {
         }
     }
     pids
-}
-
-fn recorded_pid(record: &Path) -> u32 {
-    let text = std::fs::read_to_string(record).expect("process record");
-    let value: Value = serde_json::from_str(&text).expect("record JSON");
-    value["process"]["pid"].as_u64().expect("pid") as u32
-}
-
-fn kill9(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 /// Everything Korvet made for network `n` (or a cluster directory) that still exists.
@@ -321,9 +307,8 @@ fn three_master_cluster_survives_losing_a_master_and_an_etcd_member() {
     ]);
     let kubectl = platform.cluster_kubectl("ha");
     assert_eq!(ready_nodes(&kubectl).len(), 1);
-    let processes = platform.data_dir().join("clusters/default.ha/processes");
-    kill9(recorded_pid(&processes.join("master-0.json")));
-    kill9(recorded_pid(&processes.join("etcd-1.json")));
+    kill9(control_plane_pid(&platform, "ha", "master-0"));
+    kill9(control_plane_pid(&platform, "ha", "etcd-1"));
     for i in 0..10 {
         let name = format!("after-kill-{i}");
         kubectl.ok(&["create", "configmap", &name, "--from-literal=k=v"]);

@@ -309,6 +309,27 @@ impl Drop for TestPlatform {
     }
 }
 
+/// The PID the platform recorded for a cluster's control-plane process, e.g.
+/// `control_plane_pid(&platform, "ha", "master-0")` or `"etcd-1"`.
+pub fn control_plane_pid(platform: &TestPlatform, cluster: &str, process: &str) -> u32 {
+    let record = platform.data_dir().join(format!(
+        "clusters/default.{cluster}/processes/{process}.json"
+    ));
+    let text = std::fs::read_to_string(&record)
+        .unwrap_or_else(|e| panic!("process record {}: {e}", record.display()));
+    let value: serde_json::Value = serde_json::from_str(&text).expect("record JSON");
+    value["process"]["pid"].as_u64().expect("pid") as u32
+}
+
+/// Sends SIGKILL to `pid` (a process the test's platform started).
+pub fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -9 {pid}");
+}
+
 /// Stops every hosted control plane and removes every machine and network a platform
 /// with this data directory made (for tests, after its server is gone).
 pub fn remove_everything(data_dir: &Path) {
