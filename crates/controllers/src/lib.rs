@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod csr;
+pub mod deployment;
 pub mod events;
 pub mod leader;
 pub mod metrics;
@@ -106,6 +107,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         }));
     }
     loops.push(controller("replicaset", replicaset::run));
+    loops.push(controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());
