@@ -554,7 +554,7 @@ async fn invalid_deployments_are_refused_with_field_causes() {
     );
     assert!(
         run.stderr
-            .contains("selector does not match template labels"),
+            .contains("`selector` does not match template `labels`"),
         "{}",
         run.stderr
     );
