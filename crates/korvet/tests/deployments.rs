@@ -3,7 +3,6 @@
 //! checks on the ReplicaSets and pods), rollout status/history/undo/restart/pause/resume,
 //! Recreate, and a broken image running into the progress deadline. Runs as root.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,7 +155,8 @@ fn eventually(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn deployments_roll_out_scale_and_roll_back_on_real_nodes() {
-    let platform = TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")));
+    let korvet = korvet_test_support::platform::korvet_binary(env!("CARGO_BIN_EXE_korvet"));
+    let platform = TestPlatform::start(&korvet);
     platform.ok(&[
         "cluster",
         "create",
