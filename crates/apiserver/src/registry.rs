@@ -463,8 +463,12 @@ fn builtins() -> Vec<ResourceType> {
             .all_category()
             .with_defaults(strategy::daemon_set_defaults),
         builtin::<apps::v1::ControllerRevision>(&[], &[]),
-        builtin::<batch::v1::Job>(&[], &["status"]).all_category(),
-        builtin::<batch::v1::CronJob>(&["cj"], &["status"]).all_category(),
+        builtin::<batch::v1::Job>(&[], &["status"])
+            .all_category()
+            .with_defaults(strategy::job_defaults),
+        builtin::<batch::v1::CronJob>(&["cj"], &["status"])
+            .all_category()
+            .with_defaults(strategy::cron_job_defaults),
         builtin::<coordination::v1::Lease>(&[], &[]),
         builtin::<discovery::v1::EndpointSlice>(&[], &[]),
         builtin::<networking::v1::Ingress>(&["ing"], &["status"]),

@@ -7,11 +7,15 @@
 //! controllers, so that of three masters exactly one acts.
 
 pub mod client;
+pub mod cron;
+pub mod cronjob;
 pub mod csr;
 pub mod events;
+pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod owned;
 pub mod workload;
 
 use std::future::Future;
@@ -113,6 +117,8 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             }
         }
     }));
+    loops.push(controller("job", job::run));
+    loops.push(controller("cronjob", cronjob::run));
     loops
 }
 
