@@ -500,7 +500,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
                 held.extend(
                     pods.iter()
                         .filter(|p| p.metadata.deletion_timestamp.is_some())
-                        .filter_map(|p| pod_index(p)),
+                        .filter_map(pod_index),
                 );
             }
             let want = parallelism.min(count - completed.len() as i32);
