@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use crate::events::EventRecorder;
@@ -42,11 +42,50 @@ pub async fn run(client: kube::Client) {
         client: client.clone(),
         events: EventRecorder::new(client.clone(), "job-controller"),
     });
-    Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client), watcher::Config::default())
+    let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .run(reconcile, owned::retry_soon, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::join!(jobs, release_orphans(client));
+}
+
+/// Takes the tracking finalizer off pods whose Job is gone: a deleted Job is never
+/// synced again, and its pods would otherwise stay terminating for ever.
+async fn release_orphans(client: kube::Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let config = watcher::Config::default().labels("batch.kubernetes.io/controller-uid");
+    let stream = watcher(pods, config).default_backoff().applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let Ok(pod) = event else { continue };
+        if !owned::has_finalizer(&pod.metadata, TRACKING_FINALIZER) {
+            continue;
+        }
+        let ns = pod.namespace().unwrap_or_default();
+        let owner = workload::controller_of(&pod.metadata).cloned();
+        let orphaned = match &owner {
+            Some(owner) if owner.kind == "Job" => {
+                match Api::<Job>::namespaced(client.clone(), &ns)
+                    .get_opt(&owner.name)
+                    .await
+                {
+                    Ok(Some(job)) => job.uid().as_deref() != Some(owner.uid.as_str()),
+                    Ok(None) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "looking up a pod's Job");
+                        false
+                    }
+                }
+            }
+            _ => true,
+        };
+        if orphaned {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            if let Err(e) = owned::remove_finalizer(&api, &pod, TRACKING_FINALIZER).await {
+                tracing::debug!(pod = %pod.name_any(), error = %e, "releasing an orphaned job pod");
+            }
+        }
+    }
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {

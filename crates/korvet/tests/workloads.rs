@@ -270,6 +270,232 @@ fn check_cronjob_fired(kubectl: &Kubectl) {
     });
 }
 
+fn pod_names(kubectl: &Kubectl, selector: &str) -> Vec<String> {
+    let list = kubectl.json(&["get", "pods", "-l", selector]);
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn ready_since(pod: &Value) -> Option<jiff::Timestamp> {
+    condition(pod, "Ready")?["lastTransitionTime"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+fn created(pod: &Value) -> jiff::Timestamp {
+    pod["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn stateful_set(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name}, "spec": spec})
+}
+
+fn check_statefulset(kubectl: &Kubectl) {
+    let mut main = container("sleep 3600");
+    main["readinessProbe"] =
+        json!({"exec": {"command": ["true"]}, "initialDelaySeconds": 2, "periodSeconds": 1});
+    apply(
+        kubectl,
+        stateful_set(
+            "web",
+            json!({"replicas": 3, "serviceName": "web",
+                   "selector": {"matchLabels": {"app": "web"}},
+                   "template": {"metadata": {"labels": {"app": "web"}},
+                                "spec": {"terminationGracePeriodSeconds": 1, "containers": [main]}}}),
+        ),
+    );
+    kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
+    assert_eq!(pod_names(kubectl, "app=web"), ["web-0", "web-1", "web-2"]);
+    // In order: each pod was made only after the one before it was ready.
+    let pods: Vec<Value> = (0..3)
+        .map(|i| kubectl.json(&["get", "pod", &format!("web-{i}")]))
+        .collect();
+    for i in 1..3 {
+        let before = ready_since(&pods[i - 1]).expect("ready");
+        assert!(
+            created(&pods[i]) >= before,
+            "web-{i} was made before web-{} was ready",
+            i - 1
+        );
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        assert_eq!(pod["spec"]["hostname"], format!("web-{i}"));
+        assert_eq!(pod["spec"]["subdomain"], "web");
+        assert_eq!(
+            pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+            format!("web-{i}")
+        );
+        assert_eq!(
+            pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"],
+            i.to_string()
+        );
+    }
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]);
+    assert!(
+        events.contains("create Pod web-0 in StatefulSet web successful"),
+        "{events}"
+    );
+
+    // A rolling update replaces every pod and leaves two revisions.
+    kubectl.ok(&["set", "env", "statefulset/web", "VERSION=2"]);
+    kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
+    let sts = kubectl.json(&["get", "statefulset", "web"]);
+    let revision = sts["status"]["updateRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        sts["status"]["currentRevision"],
+        revision.as_str(),
+        "{sts:#}"
+    );
+    assert_eq!(sts["status"]["updatedReplicas"], 3, "{sts:#}");
+    for i in 0..3 {
+        let pod = kubectl.json(&["get", "pod", &format!("web-{i}")]);
+        assert_eq!(
+            pod["metadata"]["labels"]["controller-revision-hash"],
+            revision.as_str()
+        );
+    }
+    let history = kubectl.ok(&["rollout", "history", "statefulset/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Scaling down removes the highest ordinal first, one at a time.
+    kubectl.ok(&["scale", "statefulset/web", "--replicas=1"]);
+    eventually(60, || {
+        let pods = kubectl.json(&["get", "pods", "-l", "app=web"]);
+        let items = pods["items"].as_array().unwrap();
+        let find = |n: &str| items.iter().find(|p| p["metadata"]["name"] == n);
+        let leaving =
+            |n: &str| find(n).is_none_or(|p| p["metadata"]["deletionTimestamp"].is_string());
+        assert!(
+            !leaving("web-1") || find("web-2").is_none(),
+            "web-1 is leaving while web-2 is still there: {pods:#}"
+        );
+        if find("web-1").is_none() && find("web-2").is_none() && find("web-0").is_some() {
+            Ok(())
+        } else {
+            Err("web-1 and web-2 are not gone yet".to_string())
+        }
+    });
+
+    // Claims from templates, made before their pods, all at once with Parallel.
+    apply(
+        kubectl,
+        stateful_set(
+            "db",
+            json!({"replicas": 2, "serviceName": "db", "podManagementPolicy": "Parallel",
+                   "selector": {"matchLabels": {"app": "db"}},
+                   "template": {"metadata": {"labels": {"app": "db"}},
+                                "spec": {"terminationGracePeriodSeconds": 1,
+                                         "containers": [container("sleep 3600")]}},
+                   "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                       "spec": {"accessModes": ["ReadWriteOnce"],
+                                "resources": {"requests": {"storage": "1Gi"}}}}]}),
+        ),
+    );
+    eventually(30, || {
+        let names = pod_names(kubectl, "app=db");
+        if names == ["db-0", "db-1"] {
+            Ok(())
+        } else {
+            Err(format!("db pods: {names:?}"))
+        }
+    });
+    for i in 0..2 {
+        let claim = kubectl.json(&["get", "pvc", &format!("data-db-{i}")]);
+        assert_eq!(claim["metadata"]["labels"]["app"], "db");
+        let pod = kubectl.json(&["get", "pod", &format!("db-{i}")]);
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "data")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            volume["persistentVolumeClaim"]["claimName"],
+            format!("data-db-{i}")
+        );
+    }
+    kubectl.ok(&["delete", "statefulset", "db", "--wait=false"]);
+}
+
+fn check_daemonset(platform: &TestPlatform, kubectl: &Kubectl) {
+    apply(
+        kubectl,
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+               "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                        "template": {"metadata": {"labels": {"app": "agent"}},
+                                     "spec": {"terminationGracePeriodSeconds": 1,
+                                              "containers": [container("sleep 3600")]}}}}),
+    );
+    let covers = |count: usize| {
+        eventually(90, || {
+            let nodes = kubectl.json(&["get", "nodes"]);
+            let mut node_names: Vec<String> = nodes["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            node_names.sort();
+            let pods = kubectl.json(&["get", "pods", "-l", "app=agent"]);
+            let mut on: Vec<String> = pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+                .collect();
+            on.sort();
+            let ds = kubectl.json(&["get", "daemonset", "agent"]);
+            let status = &ds["status"];
+            if node_names.len() == count
+                && on == node_names
+                && status["desiredNumberScheduled"] == count
+                && status["numberReady"] == count
+                && status["updatedNumberScheduled"] == count
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "nodes {node_names:?}, daemon pods running on {on:?}, status {status:#}"
+                ))
+            }
+        })
+    };
+    covers(3);
+    let pod = &kubectl.json(&["get", "pods", "-l", "app=agent"])["items"][0];
+    let term = &pod["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0];
+    assert_eq!(term["matchFields"][0]["key"], "metadata.name", "{pod:#}");
+    let tolerations = pod["spec"]["tolerations"].to_string();
+    assert!(
+        tolerations.contains("node.kubernetes.io/unreachable"),
+        "{tolerations}"
+    );
+
+    platform.ok(&["cluster", "scale", "wl", "--pool", "w", "--replicas", "4"]);
+    covers(4);
+}
+
 #[test]
 fn workload_controllers_on_a_three_node_cluster() {
     let platform = TestPlatform::start(Path::new(env!("CARGO_BIN_EXE_korvet")));
@@ -284,5 +510,7 @@ fn workload_controllers_on_a_three_node_cluster() {
     let kubectl = platform.cluster_kubectl("wl");
     start_cronjob(&kubectl);
     check_jobs(&kubectl);
+    check_statefulset(&kubectl);
+    check_daemonset(&platform, &kubectl);
     check_cronjob_fired(&kubectl);
 }
