@@ -522,6 +522,12 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
         } else {
             active.len() as i32
         };
+        // Failed pods are replaced after upstream's back-off, not at once.
+        let backoff = backoff_left(failed, last_failure(&pods), now);
+        if let Some(wait) = backoff {
+            requeue = Some(requeue.map_or(wait, |r| r.min(wait)) + Duration::from_millis(50));
+        }
+        let can_create = backoff.is_none();
         if indexed {
             let count = completions.unwrap_or(0);
             let mut held = BTreeSet::new();
@@ -546,7 +552,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             let room = (want - busy).max(0) as usize;
             let missing: Vec<i32> = (0..count)
                 .filter(|i| !completed.contains(i) && !held.contains(i))
-                .take(room)
+                .take(if can_create { room } else { 0 })
                 .collect();
             for i in missing {
                 create_pod(ctx, &pods_api, job, Some(i)).await?;
@@ -559,7 +565,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
                 None => parallelism,
             };
             if busy < want {
-                for _ in 0..(want - busy) {
+                for _ in 0..(if can_create { want - busy } else { 0 }) {
                     create_pod(ctx, &pods_api, job, None).await?;
                     active_count += 1;
                 }
@@ -592,6 +598,39 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             .await?;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Upstream's pod failure back-off: 10 s doubling with each failure, at most 10 min,
+/// counted from the last failure; `None` when a pod may be made now.
+pub fn backoff_left(
+    failures: i32,
+    last_failure: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Duration> {
+    if failures <= 0 {
+        return None;
+    }
+    let last = last_failure?;
+    let delay = 10i64.saturating_mul(1 << (failures - 1).min(10)).min(600);
+    let until = last + SignedDuration::from_secs(delay);
+    (until > now).then(|| Duration::from_millis(until.duration_since(now).as_millis() as u64))
+}
+
+/// When the latest failed pod of the Job stopped.
+fn last_failure(pods: &[Pod]) -> Option<Timestamp> {
+    pods.iter()
+        .filter(|p| phase(p) == "Failed" || p.metadata.deletion_timestamp.is_some())
+        .filter_map(|p| {
+            let finished = p
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                .map(|t| t.0)
+                .max();
+            finished.or_else(|| p.metadata.deletion_timestamp.as_ref().map(|t| t.0))
+        })
+        .max()
 }
 
 async fn create_pod(
@@ -638,6 +677,26 @@ async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, job: &Job, pod: &Pod) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_pods_are_replaced_after_a_growing_back_off() {
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
+        assert_eq!(backoff_left(0, at("2026-01-01T00:01:00Z"), now), None);
+        assert_eq!(
+            backoff_left(1, at("2026-01-01T00:00:55Z"), now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(backoff_left(1, at("2026-01-01T00:00:50Z"), now), None);
+        assert_eq!(
+            backoff_left(3, at("2026-01-01T00:00:50Z"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            backoff_left(30, at("2026-01-01T00:01:00Z"), now),
+            Some(Duration::from_secs(600))
+        );
+    }
 
     #[test]
     fn completed_indexes_round_trip() {
