@@ -657,4 +657,39 @@ mod tests {
         let bad = json!({"metadata": {"name": "x", "labels": {"-bad": "v", "k": "bad value"}}});
         assert_eq!(validate_metadata(&cms, &bad).len(), 2);
     }
+
+    #[test]
+    fn jobs_get_defaults_and_a_selector_from_their_uid() {
+        let registry = crate::registry::Registry::with_builtins();
+        let jobs = registry.get("batch", "v1", "jobs").unwrap();
+        let mut job = json!({"metadata": {"name": "pi"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        job_defaults(&mut job);
+        prepare_create(&jobs, &mut job);
+        let uid = job["metadata"]["uid"].clone();
+        assert_eq!(job["spec"]["completions"], 1);
+        assert_eq!(job["spec"]["parallelism"], 1);
+        assert_eq!(job["spec"]["backoffLimit"], 6);
+        assert_eq!(job["spec"]["completionMode"], "NonIndexed");
+        assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            uid
+        );
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["controller-uid"], uid);
+
+        let mut manual = json!({"metadata": {"name": "m"},
+            "spec": {"manualSelector": true, "parallelism": 2,
+                     "selector": {"matchLabels": {"a": "b"}}, "template": {}}});
+        job_defaults(&mut manual);
+        prepare_create(&jobs, &mut manual);
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"a": "b"}})
+        );
+        // Only parallelism given: a work queue without completions.
+        assert!(manual["spec"]["completions"].is_null());
+    }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{
+    Job, JobCondition, JobStatus, PodFailurePolicy, UncountedTerminatedPods,
+};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -204,6 +206,77 @@ pub fn parse_indexes(text: &str) -> BTreeSet<i32> {
     set
 }
 
+/// What a matching `podFailurePolicy` rule says about a failed pod.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// Fail the Job, with upstream's message.
+    FailJob(String),
+    /// Replace the pod without counting the failure.
+    Ignore,
+    Count,
+}
+
+/// The first rule of `policy` matching failed `pod`, as upstream's `matchPodFailurePolicy`.
+pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<PolicyAction> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let status = pod.status.as_ref();
+    let containers: Vec<(&str, i32)> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .filter_map(|c| {
+            let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+            Some((c.name.as_str(), code))
+        })
+        .collect();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let mut matched: Option<String> = None;
+        if let Some(req) = &rule.on_exit_codes {
+            matched = containers
+                .iter()
+                .filter(|(c, _)| req.container_name.as_deref().is_none_or(|n| n == *c))
+                .find(|(_, code)| match req.operator.as_str() {
+                    "In" => req.values.contains(code),
+                    "NotIn" => *code != 0 && !req.values.contains(code),
+                    _ => false,
+                })
+                .map(|(c, code)| {
+                    format!(
+                        "Container {c} for pod {ns}/{name} failed with exit code {code} matching {} rule at index {index}",
+                        rule.action
+                    )
+                });
+        }
+        if let Some(patterns) = &rule.on_pod_conditions {
+            let conditions = status.and_then(|s| s.conditions.as_ref());
+            matched = patterns.iter().find_map(|p| {
+                conditions?
+                    .iter()
+                    .find(|c| c.type_ == p.type_ && c.status == p.status)
+                    .map(|c| {
+                        format!(
+                            "Pod {ns}/{name} has condition {} matching {} rule at index {index}",
+                            c.type_, rule.action
+                        )
+                    })
+            });
+        }
+        if let Some(message) = matched {
+            return Some(match rule.action.as_str() {
+                "FailJob" => PolicyAction::FailJob(message),
+                "Ignore" => PolicyAction::Ignore,
+                _ => PolicyAction::Count,
+            });
+        }
+    }
+    None
+}
+
 fn new_pod(job: &Job, index: Option<i32>) -> Result<Pod, SyncError> {
     let name = job.name_any();
     let spec = job
@@ -314,6 +387,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
     let mut completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
     let mut releasing: Vec<&Pod> = Vec::new();
     let mut recorded = false;
+    let mut policy_failure: Option<String> = None;
     for pod in &pods {
         if !owned::has_finalizer(&pod.metadata, TRACKING_FINALIZER) {
             continue;
@@ -337,7 +411,32 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             }
             releasing.push(pod);
             recorded = true;
-        } else if phase(pod) == "Failed" || pod.metadata.deletion_timestamp.is_some() {
+        } else if phase(pod) == "Failed" {
+            match spec
+                .pod_failure_policy
+                .as_ref()
+                .and_then(|p| match_pod_failure_policy(p, pod))
+            {
+                Some(PolicyAction::Ignore) => {}
+                Some(PolicyAction::FailJob(message)) => {
+                    if condition_true(&status, "FailureTarget").is_none() {
+                        set_condition(
+                            &mut status,
+                            "FailureTarget",
+                            true,
+                            "PodFailurePolicy",
+                            &message,
+                        );
+                        policy_failure = Some(message);
+                    }
+                    unc_failed.push(pod_uid);
+                }
+                _ => unc_failed.push(pod_uid),
+            }
+            releasing.push(pod);
+            recorded = true;
+        } else if pod.metadata.deletion_timestamp.is_some() && spec.pod_failure_policy.is_none() {
+            // With a pod failure policy a deleted pod counts once it has failed.
             unc_failed.push(pod_uid);
             releasing.push(pod);
             recorded = true;
@@ -376,6 +475,9 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
     let succeeded = status.succeeded.unwrap_or(0);
     let failed = status.failed.unwrap_or(0);
 
+    if let Some(message) = policy_failure {
+        ctx.events.warning(job, "PodFailurePolicy", message).await;
+    }
     let released: BTreeSet<String> = releasing.iter().filter_map(|p| p.uid()).collect();
     let active: Vec<&Pod> = pods.iter().filter(|p| workload::is_pod_active(p)).collect();
     let terminating = pods
@@ -696,6 +798,43 @@ mod tests {
             backoff_left(30, at("2026-01-01T00:01:00Z"), now),
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn pod_failure_policy_rules_match_in_order() {
+        let policy: PodFailurePolicy = serde_json::from_value(serde_json::json!({"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+            {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1]}},
+        ]}))
+        .unwrap();
+        let pod = |code: i32, disrupted: bool| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns"},
+                "status": {"phase": "Failed",
+                    "conditions": if disrupted {
+                        serde_json::json!([{"type": "DisruptionTarget", "status": "True"}])
+                    } else { serde_json::json!([]) },
+                    "containerStatuses": [{"name": "main", "image": "i", "imageID": "", "ready": false,
+                        "restartCount": 0, "state": {"terminated": {"exitCode": code}}}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            match_pod_failure_policy(&policy, &pod(42, false)),
+            Some(PolicyAction::FailJob(
+                "Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1".into()
+            ))
+        );
+        assert_eq!(
+            match_pod_failure_policy(&policy, &pod(42, true)),
+            Some(PolicyAction::Ignore)
+        );
+        assert_eq!(
+            match_pod_failure_policy(&policy, &pod(3, false)),
+            Some(PolicyAction::Count)
+        );
+        assert_eq!(match_pod_failure_policy(&policy, &pod(1, false)), None);
     }
 
     #[test]

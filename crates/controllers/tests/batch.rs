@@ -377,3 +377,48 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         let _ = nodes.delete(name, &DeleteParams::default()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_failure_policy_fails_the_job_on_a_matching_exit_code() {
+    let (_cp, client) = setup().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    create(
+        &jobs,
+        json!({"metadata": {"name": "policy"},
+               "spec": {"backoffLimit": 6, "template": template(json!({})),
+                        "podFailurePolicy": {"rules": [
+                            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}}]}}}),
+    )
+    .await;
+    let selector = "batch.kubernetes.io/job-name=policy";
+    let pod = eventually(10, "a pod", || async {
+        pods(&pod_api, selector).await.into_iter().next()
+    })
+    .await;
+    let failed = json!({"status": {"phase": "Failed", "containerStatuses": [
+        {"name": "main", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 42}}}]}});
+    pod_api
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&failed),
+        )
+        .await
+        .unwrap();
+    let job = eventually(10, "the job fails by its policy", || async {
+        let job = jobs.get("policy").await.unwrap();
+        (condition(&job, "Failed").map(|c| c.0).as_deref() == Some("True")).then_some(job)
+    })
+    .await;
+    assert_eq!(
+        condition(&job, "Failed"),
+        Some(("True".into(), "PodFailurePolicy".into()))
+    );
+    assert_eq!(
+        job.spec.unwrap().pod_replacement_policy.as_deref(),
+        Some("Failed")
+    );
+    assert_eq!(job.status.unwrap().failed, Some(1));
+}

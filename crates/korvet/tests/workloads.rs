@@ -115,6 +115,11 @@ fn check_jobs(kubectl: &Kubectl) {
         "{count:#}"
     );
     assert!(count["status"]["completionTime"].is_string(), "{count:#}");
+    let table = kubectl.ok(&["get", "job", "count"]);
+    assert!(
+        table.contains("COMPLETIONS") && table.contains("Complete") && table.contains("3/3"),
+        "{table}"
+    );
     let pods = pods_of_job(kubectl, "count");
     assert_eq!(pods.len(), 3, "exactly three pods ran: {pods:#?}");
     for pod in &pods {
@@ -233,6 +238,11 @@ fn check_cronjob_fired(kubectl: &Kubectl) {
             .ok_or_else(|| format!("the CronJob did not fire: {jobs:#}"))
     });
     let name = scheduled["metadata"]["name"].as_str().unwrap();
+    let table = kubectl.ok(&["get", "cronjob", "tick"]);
+    assert!(
+        table.contains("* * * * *") && table.contains("LAST SCHEDULE"),
+        "{table}"
+    );
     let at: jiff::Timestamp = scheduled["metadata"]["annotations"]
         ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
         .as_str()
@@ -317,6 +327,8 @@ fn check_statefulset(kubectl: &Kubectl) {
     );
     kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
     assert_eq!(pod_names(kubectl, "app=web"), ["web-0", "web-1", "web-2"]);
+    let table = kubectl.ok(&["get", "statefulset", "web"]);
+    assert!(table.contains("3/3"), "{table}");
     // In order: each pod was made only after the one before it was ready.
     let pods: Vec<Value> = (0..3)
         .map(|i| kubectl.json(&["get", "pod", &format!("web-{i}")]))
@@ -492,6 +504,11 @@ fn check_daemonset(platform: &TestPlatform, kubectl: &Kubectl) {
         "{tolerations}"
     );
 
+    let table = kubectl.ok(&["get", "daemonset", "agent"]);
+    assert!(
+        table.contains("UP-TO-DATE") && table.contains("NODE SELECTOR"),
+        "{table}"
+    );
     platform.ok(&["cluster", "scale", "wl", "--pool", "w", "--replicas", "4"]);
     covers(4);
 }
