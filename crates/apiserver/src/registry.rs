@@ -460,13 +460,21 @@ fn builtins() -> Vec<ResourceType> {
             .with_columns(table::replica_set_columns()),
         builtin::<apps::v1::StatefulSet>(&["sts"], &["status", "scale"])
             .all_category()
-            .with_defaults(strategy::stateful_set_defaults),
+            .with_defaults(strategy::stateful_set_defaults)
+            .with_columns(table::stateful_set_columns()),
         builtin::<apps::v1::DaemonSet>(&["ds"], &["status"])
             .all_category()
-            .with_defaults(strategy::daemon_set_defaults),
+            .with_defaults(strategy::daemon_set_defaults)
+            .with_columns(table::daemon_set_columns()),
         builtin::<apps::v1::ControllerRevision>(&[], &[]),
-        builtin::<batch::v1::Job>(&[], &["status"]).all_category(),
-        builtin::<batch::v1::CronJob>(&["cj"], &["status"]).all_category(),
+        builtin::<batch::v1::Job>(&[], &["status"])
+            .all_category()
+            .with_defaults(strategy::job_defaults)
+            .with_columns(table::job_columns()),
+        builtin::<batch::v1::CronJob>(&["cj"], &["status"])
+            .all_category()
+            .with_defaults(strategy::cron_job_defaults)
+            .with_columns(table::cron_job_columns()),
         builtin::<coordination::v1::Lease>(&[], &[]),
         builtin::<discovery::v1::EndpointSlice>(&[], &[]),
         builtin::<networking::v1::Ingress>(&["ing"], &["status"]),

@@ -165,6 +165,9 @@ pub fn prepare_create(resource: &ResourceType, object: &mut Value) {
     } else {
         meta.remove("generation");
     }
+    if resource.kind == "Job" && resource.group == "batch" {
+        job_selector(object);
+    }
     if resource.has_status() && resource.kind != "Namespace" {
         // Status is written through the status subresource only (upstream drops it on
         // create for resources with a status subresource).
@@ -465,6 +468,73 @@ pub fn daemon_set_defaults(ds: &mut Value) {
     template_defaults(ds);
 }
 
+pub fn job_defaults(job: &mut Value) {
+    job_spec_defaults(&mut job["spec"]);
+}
+
+fn job_spec_defaults(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    let indexed = spec["completionMode"] == json!("Indexed");
+    if spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism").is_none_or(Value::is_null)
+    {
+        spec["completions"] = json!(1);
+        spec["parallelism"] = json!(1);
+    }
+    set_default(spec, &["parallelism"], json!(1));
+    if indexed || spec.get("backoffLimitPerIndex").is_none_or(Value::is_null) {
+        set_default(spec, &["backoffLimit"], json!(6));
+    }
+    set_default(spec, &["completionMode"], json!("NonIndexed"));
+    set_default(spec, &["suspend"], json!(false));
+    set_default(spec, &["manualSelector"], json!(false));
+    let replacement = if spec.get("podFailurePolicy").is_some_and(Value::is_object) {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
+    set_default(spec, &["podReplacementPolicy"], json!(replacement));
+    if spec["template"]["spec"].is_object() {
+        pod_spec_defaults(&mut spec["template"]["spec"]);
+    }
+}
+
+/// As upstream's Job strategy: unless `manualSelector`, the selector is the Job's uid
+/// and the pod template carries it (plus the job-name labels), so pods of two Jobs never
+/// overlap.
+fn job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == json!(true) || !job["spec"].is_object() {
+        return;
+    }
+    let uid = job["metadata"]["uid"].clone();
+    let name = job["metadata"]["name"].clone();
+    let labels = object_map(&mut job["spec"]["template"], "metadata");
+    if !labels.get("labels").is_some_and(Value::is_object) {
+        labels.insert("labels".into(), json!({}));
+    }
+    if let Some(labels) = labels.get_mut("labels").and_then(Value::as_object_mut) {
+        labels.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
+        labels.insert("batch.kubernetes.io/job-name".into(), name.clone());
+        labels.insert("controller-uid".into(), uid.clone());
+        labels.insert("job-name".into(), name);
+    }
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+}
+
+pub fn cron_job_defaults(cj: &mut Value) {
+    set_default(cj, &["spec", "concurrencyPolicy"], json!("Allow"));
+    set_default(cj, &["spec", "suspend"], json!(false));
+    set_default(cj, &["spec", "successfulJobsHistoryLimit"], json!(3));
+    set_default(cj, &["spec", "failedJobsHistoryLimit"], json!(1));
+    // Upstream defaults only the pod spec inside the template; the Job made from it is
+    // defaulted when it is created.
+    if cj["spec"]["jobTemplate"]["spec"]["template"]["spec"].is_object() {
+        pod_spec_defaults(&mut cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]);
+    }
+}
+
 /// Field selector lookups per kind.
 pub mod fields {
     use serde_json::Value;
@@ -582,5 +652,40 @@ mod tests {
         assert!(validate_metadata(&cms, &ok).is_empty());
         let bad = json!({"metadata": {"name": "x", "labels": {"-bad": "v", "k": "bad value"}}});
         assert_eq!(validate_metadata(&cms, &bad).len(), 2);
+    }
+
+    #[test]
+    fn jobs_get_defaults_and_a_selector_from_their_uid() {
+        let registry = crate::registry::Registry::with_builtins();
+        let jobs = registry.get("batch", "v1", "jobs").unwrap();
+        let mut job = json!({"metadata": {"name": "pi"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        job_defaults(&mut job);
+        prepare_create(&jobs, &mut job);
+        let uid = job["metadata"]["uid"].clone();
+        assert_eq!(job["spec"]["completions"], 1);
+        assert_eq!(job["spec"]["parallelism"], 1);
+        assert_eq!(job["spec"]["backoffLimit"], 6);
+        assert_eq!(job["spec"]["completionMode"], "NonIndexed");
+        assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            uid
+        );
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["controller-uid"], uid);
+
+        let mut manual = json!({"metadata": {"name": "m"},
+            "spec": {"manualSelector": true, "parallelism": 2,
+                     "selector": {"matchLabels": {"a": "b"}}, "template": {}}});
+        job_defaults(&mut manual);
+        prepare_create(&jobs, &mut manual);
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"a": "b"}})
+        );
+        // Only parallelism given: a work queue without completions.
+        assert!(manual["spec"]["completions"].is_null());
     }
 }

@@ -421,6 +421,158 @@ pub fn replica_set_columns() -> Vec<Column> {
     )
 }
 
+pub fn stateful_set_columns() -> Vec<Column> {
+    framed(
+        vec![column("Ready", "string", |o| {
+            json!(format!(
+                "{}/{}",
+                int(&o["status"]["readyReplicas"]),
+                int(&o["spec"]["replicas"])
+            ))
+        })],
+        vec![
+            wide("Containers", |o| containers_and_images(o).0),
+            wide("Images", |o| containers_and_images(o).1),
+        ],
+    )
+}
+
+pub fn daemon_set_columns() -> Vec<Column> {
+    framed(
+        vec![
+            column("Desired", "integer", |o| {
+                json!(int(&o["status"]["desiredNumberScheduled"]))
+            }),
+            column("Current", "integer", |o| {
+                json!(int(&o["status"]["currentNumberScheduled"]))
+            }),
+            column("Ready", "integer", |o| {
+                json!(int(&o["status"]["numberReady"]))
+            }),
+            column("Up-to-date", "integer", |o| {
+                json!(int(&o["status"]["updatedNumberScheduled"]))
+            }),
+            column("Available", "integer", |o| {
+                json!(int(&o["status"]["numberAvailable"]))
+            }),
+            column("Node Selector", "string", |o| {
+                or_none(&json!(selector_string(
+                    &o["spec"]["template"]["spec"]["nodeSelector"]
+                )))
+            }),
+        ],
+        vec![
+            wide("Containers", |o| containers_and_images(o).0),
+            wide("Images", |o| containers_and_images(o).1),
+            wide("Selector", |o| {
+                json!(selector_string(&o["spec"]["selector"]["matchLabels"]))
+            }),
+        ],
+    )
+}
+
+fn has_condition(o: &Value, type_: &str) -> bool {
+    o["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == type_ && c["status"] == "True")
+    })
+}
+
+/// Upstream's Job status column (1.32).
+fn job_status(o: &Value) -> Value {
+    let status = if has_condition(o, "Complete") {
+        "Complete"
+    } else if has_condition(o, "Failed") {
+        "Failed"
+    } else if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating"
+    } else if has_condition(o, "Suspended") {
+        "Suspended"
+    } else if has_condition(o, "FailureTarget") {
+        "FailureTarget"
+    } else if has_condition(o, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    json!(status)
+}
+
+fn job_completions(o: &Value) -> Value {
+    let succeeded = int(&o["status"]["succeeded"]);
+    if let Some(c) = o["spec"]["completions"].as_i64() {
+        return json!(format!("{succeeded}/{c}"));
+    }
+    let parallelism = int(&o["spec"]["parallelism"]);
+    if parallelism > 1 {
+        json!(format!("{succeeded}/1 of {parallelism}"))
+    } else {
+        json!(format!("{succeeded}/1"))
+    }
+}
+
+fn job_duration(o: &Value) -> Value {
+    let time = |f: &str| o["status"][f].as_str()?.parse::<jiff::Timestamp>().ok();
+    let Some(start) = time("startTime") else {
+        return json!("");
+    };
+    let end = time("completionTime").unwrap_or_else(jiff::Timestamp::now);
+    json!(human_duration(end.duration_since(start).as_secs()))
+}
+
+pub fn job_columns() -> Vec<Column> {
+    framed(
+        vec![
+            column("Status", "string", job_status),
+            column("Completions", "string", job_completions),
+            column("Duration", "string", job_duration),
+        ],
+        vec![
+            wide("Containers", |o| containers_and_images(o).0),
+            wide("Images", |o| containers_and_images(o).1),
+            wide("Selector", |o| {
+                json!(selector_string(&o["spec"]["selector"]["matchLabels"]))
+            }),
+        ],
+    )
+}
+
+fn cron_job_template(o: &Value) -> Value {
+    json!({"spec": {"template": o["spec"]["jobTemplate"]["spec"]["template"]}})
+}
+
+pub fn cron_job_columns() -> Vec<Column> {
+    framed(
+        vec![
+            column("Schedule", "string", |o| o["spec"]["schedule"].clone()),
+            column("Timezone", "string", |o| or_none(&o["spec"]["timeZone"])),
+            column("Suspend", "boolean", |o| {
+                json!(o["spec"]["suspend"].as_bool().unwrap_or(false))
+            }),
+            column("Active", "integer", |o| {
+                json!(count(&o["status"]["active"]))
+            }),
+            column("Last Schedule", "string", |o| {
+                match o["status"]["lastScheduleTime"].as_str() {
+                    Some(t) => json!(age(Some(t))),
+                    None => json!("<none>"),
+                }
+            }),
+        ],
+        vec![
+            wide("Containers", |o| {
+                containers_and_images(&cron_job_template(o)).0
+            }),
+            wide("Images", |o| containers_and_images(&cron_job_template(o)).1),
+            wide("Selector", |o| {
+                or_none(&json!(selector_string(
+                    &o["spec"]["jobTemplate"]["spec"]["selector"]["matchLabels"]
+                )))
+            }),
+        ],
+    )
+}
+
 pub fn data_columns() -> Vec<Column> {
     framed(
         vec![column("Data", "integer", |o| {

@@ -7,13 +7,21 @@
 //! controllers, so that of three masters exactly one acts.
 
 pub mod client;
+pub mod cron;
+pub mod cronjob;
 pub mod csr;
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
+pub mod history;
+pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod owned;
 pub mod replicaset;
+pub mod statefulset;
+pub mod ttl_after_finished;
 pub mod workload;
 
 use std::future::Future;
@@ -117,6 +125,11 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             }
         }
     }));
+    loops.push(controller("job", job::run));
+    loops.push(controller("cronjob", cronjob::run));
+    loops.push(controller("ttl-after-finished", ttl_after_finished::run));
+    loops.push(controller("statefulset", statefulset::run));
+    loops.push(controller("daemonset", daemonset::run));
     loops
 }
 

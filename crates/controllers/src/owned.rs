@@ -1,0 +1,162 @@
+//! What the Job, CronJob, StatefulSet and DaemonSet controllers share: label selectors
+//! as query strings, the sync error, finalizer removal, and upstream's name hash.
+//!
+//! These controllers list what they own afresh from the API at each sync (the watch only
+//! says when to look): a fresh list already holds this controller's own writes, so a
+//! quick second sync cannot create a pod twice (upstream needs "expectations" for that
+//! because it reads from an informer cache).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Retries a failed sync soon (upstream's rate-limited requeue, simplified).
+pub fn retry_soon<K, C>(_object: Arc<K>, error: &SyncError, _ctx: Arc<C>) -> Action {
+    tracing::debug!(%error, "sync failed; retrying");
+    Action::requeue(Duration::from_millis(500))
+}
+
+/// `selector` as a `labelSelector` query (`a=b,c in (d,e),!f`).
+pub fn selector_string(selector: &LabelSelector) -> String {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k));
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => get(&e.key).is_some(),
+            "DoesNotExist" => get(&e.key).is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+pub fn is_already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_already_exists())
+}
+
+pub fn has_finalizer(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    f: &str,
+) -> bool {
+    meta.finalizers.iter().flatten().any(|x| x == f)
+}
+
+/// Takes `finalizer` off `pod`; a pod already gone is fine.
+pub async fn remove_finalizer(
+    api: &Api<Pod>,
+    pod: &Pod,
+    finalizer: &str,
+) -> Result<(), kube::Error> {
+    let rest: Vec<&String> = pod
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .collect();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let patch = json!({"metadata": {"finalizers": rest}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// FNV-1a, 32 bits: upstream's hash for revision and template names.
+pub fn fnv32a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Upstream's `rand.SafeEncodeString` of a hash's decimal form: each byte mapped to
+/// letters and digits that spell no words.
+pub fn safe_encode(hash: u32) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    hash.to_string()
+        .bytes()
+        .map(|b| char::from(ALPHABET[usize::from(b) % ALPHABET.len()]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn selectors_render_and_match() {
+        let sel = LabelSelector {
+            match_labels: Some([("app".to_string(), "web".to_string())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into(), "b".into()]),
+            }]),
+        };
+        assert_eq!(selector_string(&sel), "app=web,tier in (a,b)");
+        let labels: BTreeMap<String, String> =
+            [("app".into(), "web".into()), ("tier".into(), "b".into())].into();
+        assert!(selector_matches(&sel, Some(&labels)));
+        assert!(!selector_matches(&sel, None));
+    }
+
+    #[test]
+    fn hashes_as_upstream() {
+        assert_eq!(fnv32a(b""), 0x811c_9dc5);
+        assert_eq!(fnv32a(b"a"), 0xe40c_292c);
+        assert_eq!(safe_encode(0), "4");
+    }
+}
