@@ -9,6 +9,7 @@
 pub mod client;
 pub mod csr;
 pub mod events;
+pub mod garbage_collector;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
@@ -104,6 +105,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             node_ipam::run_node_ipam(client, cidr)
         }));
     }
+    loops.push(controller("garbage-collector", garbage_collector::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());
