@@ -13,6 +13,7 @@ pub mod garbage_collector;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod service_accounts;
 pub mod workload;
 
 use std::future::Future;
@@ -106,6 +107,14 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         }));
     }
     loops.push(controller("garbage-collector", garbage_collector::run));
+    loops.push(controller(
+        "serviceaccount",
+        service_accounts::run_service_accounts,
+    ));
+    let ca = config.ca_cert_pem.clone();
+    loops.push(controller("root-ca-cert-publisher", move |client| {
+        service_accounts::run_root_ca_publisher(client, ca.clone())
+    }));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());

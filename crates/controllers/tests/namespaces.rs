@@ -1,0 +1,134 @@
+//! What every namespace gets (a `default` ServiceAccount, the `kube-root-ca.crt`
+//! ConfigMap, pods with a service-account token volume) and how a namespace is deleted,
+//! against a real API server (embedded store) with the controllers running.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use korvet_test_support::{StoreKind, TestControlPlane};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn setup() -> (TestControlPlane, kube::Client) {
+    let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
+    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
+        .await
+        .unwrap();
+    (cp, client)
+}
+
+/// Polls until `check` gives Some, or panics after `seconds` with `what`.
+async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_namespace_gets_a_default_account_and_the_root_ca() {
+    let (cp, client) = setup().await;
+    let ca = std::fs::read_to_string(cp.pki_dir().join("ca.crt")).unwrap();
+    namespace(&client, "team").await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    let first = wait_for(20, "the default ServiceAccount", || async {
+        accounts.get_opt("default").await.unwrap()
+    })
+    .await;
+    let published = wait_for(20, "kube-root-ca.crt", || async {
+        config_maps.get_opt("kube-root-ca.crt").await.unwrap()
+    })
+    .await;
+    assert_eq!(published.data.unwrap()["ca.crt"], ca);
+
+    // Deleted or changed, both come back.
+    accounts
+        .delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        20,
+        "the default ServiceAccount to be re-created",
+        || async {
+            let sa = accounts.get_opt("default").await.unwrap()?;
+            (sa.metadata.uid != first.metadata.uid).then_some(())
+        },
+    )
+    .await;
+    config_maps
+        .patch(
+            "kube-root-ca.crt",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ca.crt": "forged", "extra": "x"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(20, "kube-root-ca.crt to be repaired", || async {
+        let cm = config_maps.get("kube-root-ca.crt").await.unwrap();
+        let data = cm.data.unwrap_or_default();
+        (data.len() == 1 && data.get("ca.crt") == Some(&ca)).then_some(())
+    })
+    .await;
+
+    // Pods get the token volume, mounted where clients look for it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    let volume = &spec.volumes.unwrap()[0];
+    assert!(volume.name.starts_with("kube-api-access-"));
+    let sources = volume.projected.as_ref().unwrap().sources.clone().unwrap();
+    assert_eq!(
+        sources[1].config_map.as_ref().unwrap().name,
+        "kube-root-ca.crt"
+    );
+    let mounts = spec.containers[0].volume_mounts.clone().unwrap();
+    assert_eq!(
+        mounts[0].mount_path,
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    assert_eq!(mounts[0].name, volume.name);
+
+    // An account that opts out keeps its pods free of the volume.
+    let robot: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "robot"},
+        "automountServiceAccountToken": false,
+    }))
+    .unwrap();
+    accounts
+        .create(&PostParams::default(), &robot)
+        .await
+        .unwrap();
+    let mut quiet: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "q"},
+        "spec": {"serviceAccountName": "robot", "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    quiet = pods.create(&PostParams::default(), &quiet).await.unwrap();
+    assert_eq!(quiet.spec.unwrap().volumes, None);
+}
