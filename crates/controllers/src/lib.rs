@@ -8,12 +8,14 @@
 
 pub mod client;
 pub mod csr;
+pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
 pub mod service_accounts;
+pub mod work_queue;
 pub mod workload;
 
 use std::future::Future;
@@ -107,6 +109,8 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         }));
     }
     loops.push(controller("garbage-collector", garbage_collector::run));
+    loops.push(controller("endpoint", endpoints::run_endpoints));
+    loops.push(controller("endpointslice", endpoints::run_endpoint_slices));
     loops.push(controller(
         "serviceaccount",
         service_accounts::run_service_accounts,

@@ -13,8 +13,6 @@
 //! Whether an owner exists is always asked of the API server, never of the graph, so a
 //! graph that lags behind (or has not synced a type yet) never gets something deleted.
 
-mod queue;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -31,7 +29,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use queue::WorkQueue;
+use crate::work_queue::WorkQueue;
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
