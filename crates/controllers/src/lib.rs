@@ -9,6 +9,7 @@
 pub mod client;
 pub mod csr;
 pub mod endpoints;
+pub mod event_ttl;
 pub mod events;
 pub mod garbage_collector;
 pub mod leader;
@@ -111,6 +112,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     loops.push(controller("garbage-collector", garbage_collector::run));
     loops.push(controller("endpoint", endpoints::run_endpoints));
     loops.push(controller("endpointslice", endpoints::run_endpoint_slices));
+    loops.push(controller("event-ttl", event_ttl::run));
     loops.push(controller(
         "serviceaccount",
         service_accounts::run_service_accounts,

@@ -132,3 +132,34 @@ async fn a_new_namespace_gets_a_default_account_and_the_root_ca() {
     quiet = pods.create(&PostParams::default(), &quiet).await.unwrap();
     assert_eq!(quiet.spec.unwrap().volumes, None);
 }
+
+#[tokio::test]
+async fn events_expire_after_their_ttl() {
+    let (_cp, client) = setup().await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let create = |name: &'static str| {
+        let events = events.clone();
+        async move {
+            let now = jiff::Timestamp::now().to_string();
+            let event = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+                "reason": "Test", "message": "m", "type": "Normal",
+                "firstTimestamp": now, "lastTimestamp": now,
+            }))
+            .unwrap();
+            events.create(&PostParams::default(), &event).await.unwrap();
+        }
+    };
+    // The TTL counts from an Event's last write; a short one stands in for the hour.
+    create("old").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    create("fresh").await;
+    let ttl = Duration::from_millis(1500);
+    let deleted = korvet_controllers::event_ttl::sweep(&client, ttl)
+        .await
+        .unwrap();
+    assert!(deleted >= 1);
+    assert!(events.get_opt("old").await.unwrap().is_none());
+    assert!(events.get_opt("fresh").await.unwrap().is_some());
+}
