@@ -163,3 +163,90 @@ async fn events_expire_after_their_ttl() {
     assert!(events.get_opt("old").await.unwrap().is_none());
     assert!(events.get_opt("fresh").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn deleting_a_namespace_empties_and_removes_it() {
+    let (_cp, client) = setup().await;
+    namespace(&client, "doomed").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    for (name, finalizers) in [("a", json!(null)), ("held", json!(["example.com/hold"]))] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "finalizers": finalizers}}))
+                .unwrap();
+        config_maps
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "labels": {"app": "x"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "s"},
+        "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "doomed")
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "doomed");
+    wait_for(20, "the default ServiceAccount", || async {
+        accounts.get_opt("default").await.unwrap()
+    })
+    .await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Everything but the held ConfigMap goes; the namespace says what it waits for.
+    let ns = wait_for(20, "the namespace to wait for the finalizer", || async {
+        let ns = namespaces.get("doomed").await.unwrap();
+        let status = ns.status.clone()?;
+        let waiting = status.conditions.as_ref()?.iter().any(|c| {
+            c.type_ == "NamespaceFinalizersRemaining"
+                && c.status == "True"
+                && c.message.as_deref()
+                    == Some("Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances")
+        });
+        (waiting && pods.get_opt("p").await.unwrap().is_none()).then_some(ns)
+    })
+    .await;
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert!(config_maps.get_opt("a").await.unwrap().is_none());
+    assert!(accounts.get_opt("default").await.unwrap().is_none());
+    let held = config_maps.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    // Nothing new may be made inside, not even by the controllers.
+    assert!(config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "late"}})).unwrap()
+        )
+        .await
+        .is_err());
+
+    config_maps
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    wait_for(20, "the namespace to be removed", || async {
+        namespaces
+            .get_opt("doomed")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
