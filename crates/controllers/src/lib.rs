@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod csr;
+pub mod deployment;
 pub mod endpoints;
 pub mod event_ttl;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod garbage_collector;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod replicaset;
 pub mod service_accounts;
 pub mod work_queue;
 pub mod workload;
@@ -121,6 +123,8 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     loops.push(controller("root-ca-cert-publisher", move |client| {
         service_accounts::run_root_ca_publisher(client, ca.clone())
     }));
+    loops.push(controller("replicaset", replicaset::run));
+    loops.push(controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());
