@@ -727,6 +727,14 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
     if let Some(hook) = call.resource.on_create {
         hook(&mut object, call.user);
     }
+    if call.resource.group.is_empty()
+        && call.resource.kind == "Pod"
+        && call.request.subresource.is_none()
+    {
+        if let Some(ns) = call.namespace() {
+            crate::service_account_admission::mutate_pod(call.server, ns, &mut object).await?;
+        }
+    }
     let warnings = admit(call, &mut object, None)?;
     if call.resource.kind == "Pod" && call.resource.group.is_empty() {
         crate::priority::admit_pod(call.server, &mut object).await?;

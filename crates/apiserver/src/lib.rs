@@ -41,6 +41,7 @@ pub mod runtime_class;
 pub mod sa_tokens;
 pub mod selectors;
 pub mod server;
+pub mod service_account_admission;
 pub mod storage;
 pub mod strategy;
 mod subresources;

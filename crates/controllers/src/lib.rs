@@ -12,7 +12,10 @@ pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod event_ttl;
 pub mod events;
+pub mod garbage_collector;
 pub mod history;
 pub mod job;
 pub mod leader;
@@ -20,8 +23,10 @@ pub mod metrics;
 pub mod node_ipam;
 pub mod owned;
 pub mod replicaset;
+pub mod service_accounts;
 pub mod statefulset;
 pub mod ttl_after_finished;
+pub mod work_queue;
 pub mod workload;
 
 use std::future::Future;
@@ -114,6 +119,18 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             node_ipam::run_node_ipam(client, cidr)
         }));
     }
+    loops.push(controller("garbage-collector", garbage_collector::run));
+    loops.push(controller("endpoint", endpoints::run_endpoints));
+    loops.push(controller("endpointslice", endpoints::run_endpoint_slices));
+    loops.push(controller("event-ttl", event_ttl::run));
+    loops.push(controller(
+        "serviceaccount",
+        service_accounts::run_service_accounts,
+    ));
+    let ca = config.ca_cert_pem.clone();
+    loops.push(controller("root-ca-cert-publisher", move |client| {
+        service_accounts::run_root_ca_publisher(client, ca.clone())
+    }));
     loops.push(controller("replicaset", replicaset::run));
     loops.push(controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
