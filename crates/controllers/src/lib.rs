@@ -12,6 +12,7 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod workload;
 
 use std::future::Future;
@@ -113,6 +114,11 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             }
         }
     }));
+    loops.push(controller("node-lifecycle", node_lifecycle::run));
+    loops.push(controller(
+        "taint-eviction",
+        node_lifecycle::taint_eviction::run,
+    ));
     loops
 }
 
