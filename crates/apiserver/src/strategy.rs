@@ -564,7 +564,10 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]
+            [
+                "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable"
+            ]
         );
         assert_eq!(pod["spec"]["tolerations"][1]["tolerationSeconds"], 300);
         // A pod's own toleration of `unreachable` stays; `not-ready` is still added.
