@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod csr;
+pub mod disruption;
 pub mod events;
 pub mod leader;
 pub mod metrics;
