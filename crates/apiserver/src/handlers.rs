@@ -143,7 +143,7 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
             crate::subresources::bind_pod(&call).await
         }
         (Verb::Create, Some("eviction")) if call.resource.kind == "Pod" => {
-            crate::subresources::evict_pod(&call).await
+            crate::eviction::evict_pod(&call).await
         }
         (Verb::Get, Some("proxy")) if call.resource.kind == "Node" => {
             crate::pod_logs::node_proxy(&call).await
@@ -960,7 +960,7 @@ fn delete_options(call: &Call<'_>) -> ApiResult<Value> {
     body::decode_object(call.headers, &call.body)
 }
 
-async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
     let options = delete_options(call)?;
     let key = call.key();
     for _ in 0..WRITE_RETRIES {

@@ -19,6 +19,7 @@ mod crd;
 mod custom_schema;
 pub mod discovery;
 pub mod error;
+mod eviction;
 mod handlers;
 pub mod launch;
 pub mod metrics;

@@ -323,17 +323,44 @@ pub fn pod_defaults(pod: &mut Value) {
         set_default(pod, &["spec", "enableServiceLinks"], json!(true));
         // spec.priority and spec.preemptionPolicy come from the Priority admission
         // plugin (crate::priority), which refuses values that disagree with the class.
-        set_default(
-            pod,
-            &["spec", "tolerations"],
-            json!([
-                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
-            ]),
-        );
+        default_toleration_seconds(&mut pod["spec"]);
     }
     set_default(pod, &["status", "phase"], json!("Pending"));
     set_default(pod, &["status", "qosClass"], json!("BestEffort"));
+}
+
+/// Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate the
+/// `not-ready` (or `unreachable`) NoExecute taint gets a toleration of it for 300 s.
+fn default_toleration_seconds(spec: &mut Value) {
+    const DEFAULT_SECONDS: i64 = 300;
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerated = spec["tolerations"].as_array().is_some_and(|list| {
+            list.iter().any(|t| {
+                let effect = t["effect"].as_str().unwrap_or_default();
+                let t_key = t["key"].as_str().unwrap_or_default();
+                let operator = t["operator"].as_str().unwrap_or("Equal");
+                (effect.is_empty() || effect == "NoExecute")
+                    && (t_key == key || (t_key.is_empty() && operator == "Exists"))
+            })
+        });
+        if tolerated {
+            continue;
+        }
+        if !spec["tolerations"].is_array() {
+            spec["tolerations"] = json!([]);
+        }
+        if let Some(list) = spec["tolerations"].as_array_mut() {
+            list.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_SECONDS,
+            }));
+        }
+    }
 }
 
 pub fn validate_pod(pod: &Value, _old: Option<&Value>) -> Vec<Cause> {
@@ -590,6 +617,38 @@ pub mod fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_toleration_seconds_fills_only_what_is_missing() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "x"}]}});
+        pod_defaults(&mut pod);
+        let keys: Vec<&str> = pod["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable"
+            ]
+        );
+        assert_eq!(pod["spec"]["tolerations"][1]["tolerationSeconds"], 300);
+        // A pod's own toleration of `unreachable` stays; `not-ready` is still added.
+        let own = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 5});
+        let mut pod = json!({"spec": {"containers": [], "tolerations": [own.clone()]}});
+        pod_defaults(&mut pod);
+        assert_eq!(pod["spec"]["tolerations"][0], own);
+        assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+        // Tolerating everything needs nothing more; defaulting twice adds nothing.
+        let mut pod = json!({"spec": {"containers": [], "tolerations": [{"operator": "Exists"}]}});
+        pod_defaults(&mut pod);
+        pod_defaults(&mut pod);
+        assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
 
     #[test]
     fn names() {

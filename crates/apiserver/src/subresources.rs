@@ -1,5 +1,5 @@
-//! Subresources with their own shape: `scale`, `pods/binding`, `pods/eviction`,
-//! `serviceaccounts/token`.
+//! Subresources with their own shape: `scale`, `pods/binding`, `serviceaccounts/token`
+//! (`pods/eviction` is `eviction.rs`).
 
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -176,23 +176,6 @@ pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
         Ok(next)
     })
     .await?;
-    Ok(Reply::json(
-        StatusCode::CREATED,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    ))
-}
-
-/// `pods/eviction`: deletes the pod. Disruption budgets are checked by the eviction
-/// logic of the controllers issue; until then every eviction is allowed.
-pub async fn evict_pod(call: &Call<'_>) -> ApiResult<Reply> {
-    let (_, revision) = load(call).await?;
-    let key = call.resource.key(
-        call.request.namespace.as_deref(),
-        call.request.name.as_deref().unwrap_or_default(),
-    );
-    if !call.query.dry_run {
-        let _ = call.server.objects.delete(&key, revision).await?;
-    }
     Ok(Reply::json(
         StatusCode::CREATED,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -12,6 +12,7 @@ pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod event_ttl;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod owned;
 pub mod replicaset;
 pub mod service_accounts;
@@ -147,6 +149,11 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     loops.push(controller("ttl-after-finished", ttl_after_finished::run));
     loops.push(controller("statefulset", statefulset::run));
     loops.push(controller("daemonset", daemonset::run));
+    loops.push(controller("node-lifecycle", node_lifecycle::run));
+    loops.push(controller(
+        "taint-eviction",
+        node_lifecycle::taint_eviction::run,
+    ));
     loops
 }
 
