@@ -33,6 +33,7 @@ pub mod query;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 mod reviews;
 pub mod runtime_class;
 pub mod sa_tokens;

@@ -372,7 +372,7 @@ fn builtins() -> Vec<ResourceType> {
     use k8s_openapi::api::*;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     use strategy::fields;
-    vec![
+    let mut all = vec![
         builtin::<core::v1::Namespace>(&["ns"], &["status", "finalize"])
             .names(NameRule::Label)
             .with_defaults(strategy::namespace_defaults)
@@ -502,7 +502,9 @@ fn builtins() -> Vec<ResourceType> {
         computed::<authorization::v1::SubjectAccessReview>(),
         computed::<authentication::v1::TokenReview>(),
         computed::<authentication::v1::SelfSubjectReview>(),
-    ]
+    ];
+    all.extend(crate::resource_metrics::resources());
+    all
 }
 
 #[cfg(test)]
