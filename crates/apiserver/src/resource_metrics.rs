@@ -88,7 +88,7 @@ pub fn cpu_quantity(nano_cores: u64) -> String {
         return "0".to_string();
     }
     for (divisor, suffix) in [(1_000_000_000, ""), (1_000_000, "m"), (1_000, "u")] {
-        if nano_cores % divisor == 0 {
+        if nano_cores.is_multiple_of(divisor) {
             return format!("{}{suffix}", nano_cores / divisor);
         }
     }
@@ -101,7 +101,7 @@ pub fn memory_quantity(bytes: u64) -> String {
         return "0".to_string();
     }
     for (shift, suffix) in [(50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
-        if bytes % (1u64 << shift) == 0 {
+        if bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", bytes >> shift);
         }
     }
@@ -113,7 +113,7 @@ fn go_duration(d: Duration) -> String {
     let millis = d.as_millis();
     if millis < 1000 {
         format!("{millis}ms")
-    } else if millis % 1000 == 0 {
+    } else if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         let s = format!("{:.3}", d.as_secs_f64());

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod csr;
 pub mod events;
+pub mod horizontal;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
@@ -113,6 +114,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             }
         }
     }));
+    loops.push(controller("horizontal-pod-autoscaler", horizontal::run));
     loops
 }
 
