@@ -8,11 +8,13 @@
 
 pub mod client;
 pub mod csr;
+pub mod deployment;
 pub mod events;
 pub mod horizontal;
 pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
+pub mod replicaset;
 pub mod workload;
 
 use std::future::Future;
@@ -105,6 +107,8 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             node_ipam::run_node_ipam(client, cidr)
         }));
     }
+    loops.push(controller("replicaset", replicaset::run));
+    loops.push(controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());
