@@ -624,6 +624,7 @@ async fn admit_plugins(
         object,
         old,
         user: call.user,
+        dry_run: call.query.dry_run,
     };
     crate::admission::run(call.server, &request).await
 }

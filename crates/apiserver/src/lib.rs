@@ -30,6 +30,7 @@ pub mod pod_logs;
 pub mod pod_streams;
 pub mod protobuf;
 pub mod query;
+pub mod quota;
 pub mod rbac;
 pub mod registry;
 pub mod request;

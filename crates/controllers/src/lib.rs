@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
 pub mod replicaset;
+pub mod resource_quota;
 pub mod workload;
 
 use std::future::Future;
@@ -119,6 +120,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         }
     }));
     loops.push(controller("horizontal-pod-autoscaler", horizontal::run));
+    loops.push(controller("resourcequota", resource_quota::run));
     loops
 }
 
