@@ -478,9 +478,12 @@ fn builtins() -> Vec<ResourceType> {
         builtin::<storage::v1::StorageClass>(&["sc"], &[]),
         builtin::<storage::v1::VolumeAttachment>(&[], &["status"]),
         builtin::<storage::v1::CSIDriver>(&[], &[]),
-        builtin::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], &["status"]).all_category(),
+        builtin::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], &["status"])
+            .all_category()
+            .with_columns(table::hpa_columns()),
         builtin::<autoscaling::v1::HorizontalPodAutoscaler>(&["hpa"], &["status"])
             .all_category()
+            .with_columns(table::hpa_columns())
             .converted(Conversion {
                 to_storage: crate::conversion::hpa_v1_to_v2,
                 from_storage: crate::conversion::hpa_v2_to_v1,

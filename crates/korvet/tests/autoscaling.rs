@@ -192,6 +192,11 @@ fn top_and_an_hpa_scale_a_cpu_burner_up_and_down() {
         ),
         "{events}"
     );
+    let listed = kubectl.ok(&["get", "hpa", "burn"]);
+    assert!(
+        listed.contains("Deployment/burn") && listed.contains("cpu: ") && listed.contains("/50%"),
+        "{listed}"
+    );
     let described = kubectl.ok(&["describe", "hpa", "burn"]);
     assert!(described.contains("ValidMetricFound"), "{described}");
 
