@@ -29,6 +29,8 @@ pub struct AdmissionRequest<'a> {
     pub object: &'a Value,
     pub old: Option<&'a Value>,
     pub user: &'a UserInfo,
+    /// A dry run is checked but changes nothing (no quota is charged).
+    pub dry_run: bool,
 }
 
 #[async_trait]
@@ -46,15 +48,15 @@ pub type Plugins = Vec<Arc<dyn Admission>>;
 pub(crate) async fn run(server: &ApiServer, request: &AdmissionRequest<'_>) -> ApiResult<()> {
     // Built-in plugins every server has, as upstream enables them by default.
     crate::runtime_class::validate(server, request).await?;
-    let Some(plugins) = server.admission.get() else {
-        return Ok(());
-    };
-    for plugin in plugins.iter() {
-        if plugin.handles(&request.resource.group) {
-            plugin.validate(server, request).await?;
+    if let Some(plugins) = server.admission.get() {
+        for plugin in plugins.iter() {
+            if plugin.handles(&request.resource.group) {
+                plugin.validate(server, request).await?;
+            }
         }
     }
-    Ok(())
+    // Last, as upstream orders ResourceQuota: it charges what the others admitted.
+    crate::quota::admit(server, request).await
 }
 
 impl ApiServer {

@@ -121,6 +121,8 @@ pub fn subresource_info(parent: &ResourceType, name: &str) -> SubresourceInfo {
 pub fn resource_verbs(resource: &ResourceType) -> &'static [&'static str] {
     if resource.virtual_create {
         &["create"]
+    } else if crate::resource_metrics::is_metrics(resource) {
+        &crate::resource_metrics::VERBS
     } else {
         &RESOURCE_VERBS
     }

@@ -96,6 +96,9 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
     {
         return Err(ApiError::not_found(&call.resource.target(call.name())));
     }
+    if crate::resource_metrics::is_metrics(&call.resource) {
+        return crate::resource_metrics::serve(&call).await;
+    }
     if call.resource.virtual_create {
         return match call.request.verb {
             Verb::Create => crate::reviews::create(&call).await,
@@ -623,6 +626,7 @@ async fn admit_plugins(
         object,
         old,
         user: call.user,
+        dry_run: call.query.dry_run,
     };
     crate::admission::run(call.server, &request).await
 }

@@ -205,6 +205,12 @@ pub(crate) async fn kubelet_address(call: &Call<'_>, node: &str) -> ApiResult<(S
         .get(&nodes.key(None, node))
         .await?
         .ok_or_else(|| ApiError::new(404, "NotFound", format!("nodes \"{node}\" not found")))?;
+    kubelet_endpoint(&object)
+}
+
+/// `(INTERNAL-IP, PORT)` of a Node object's kubelet (InternalIP first).
+pub(crate) fn kubelet_endpoint(object: &Value) -> ApiResult<(String, u16)> {
+    let node = object["metadata"]["name"].as_str().unwrap_or_default();
     let addresses = object["status"]["addresses"]
         .as_array()
         .cloned()
@@ -336,7 +342,7 @@ pub async fn node_proxy(call: &Call<'_>) -> ApiResult<Reply> {
 }
 
 /// GETs `path` from the kubelet; a non-200 answer becomes an error with its text.
-async fn fetch(
+pub(crate) async fn fetch(
     tls: Arc<rustls::ClientConfig>,
     address: &str,
     port: u16,

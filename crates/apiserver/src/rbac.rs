@@ -831,10 +831,18 @@ fn kube_controller_manager_rules() -> Vec<Value> {
 
 /// The default cluster roles and bindings, each as `(plural, object)` with plural
 /// `clusterroles` or `clusterrolebindings`; roles come first.
+/// metrics-server's `system:aggregated-metrics-reader`, labelled into view, edit and
+/// admin: `metrics.k8s.io` is served here, so its role is part of the default policy.
+fn metrics_reader_rules() -> Vec<Value> {
+    vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])]
+}
+
 pub fn bootstrap_policy() -> Vec<(String, Value)> {
     let view = aggregate_to_view_rules();
+    let mut view_all = view.clone();
+    view_all.extend(metrics_reader_rules());
     let mut edit = aggregate_to_edit_rules();
-    edit.extend(view.iter().cloned());
+    edit.extend(view_all.iter().cloned());
     let mut admin = aggregate_to_admin_rules();
     admin.extend(edit.iter().cloned());
 
@@ -891,7 +899,7 @@ pub fn bootstrap_policy() -> Vec<(String, Value)> {
             "view",
             &[(AGGREGATE_TO_EDIT, "true")],
             AGGREGATE_TO_VIEW,
-            view.clone(),
+            view_all,
         ),
         labelled_role(
             "system:aggregate-to-admin",
@@ -904,6 +912,15 @@ pub fn bootstrap_policy() -> Vec<(String, Value)> {
             aggregate_to_edit_rules(),
         ),
         labelled_role("system:aggregate-to-view", AGGREGATE_TO_VIEW, view),
+        json!({
+            "apiVersion": API_VERSION,
+            "kind": "ClusterRole",
+            "metadata": default_metadata(
+                "system:aggregated-metrics-reader",
+                &[(AGGREGATE_TO_ADMIN, "true"), (AGGREGATE_TO_EDIT, "true"), (AGGREGATE_TO_VIEW, "true")],
+            ),
+            "rules": metrics_reader_rules(),
+        }),
         cluster_role(
             "system:monitoring",
             vec![url_rule(

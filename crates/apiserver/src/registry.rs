@@ -372,7 +372,7 @@ fn builtins() -> Vec<ResourceType> {
     use k8s_openapi::api::*;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     use strategy::fields;
-    vec![
+    let mut all = vec![
         builtin::<core::v1::Namespace>(&["ns"], &["status", "finalize"])
             .names(NameRule::Label)
             .with_defaults(strategy::namespace_defaults)
@@ -488,9 +488,12 @@ fn builtins() -> Vec<ResourceType> {
         builtin::<storage::v1::StorageClass>(&["sc"], &[]),
         builtin::<storage::v1::VolumeAttachment>(&[], &["status"]),
         builtin::<storage::v1::CSIDriver>(&[], &[]),
-        builtin::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], &["status"]).all_category(),
+        builtin::<autoscaling::v2::HorizontalPodAutoscaler>(&["hpa"], &["status"])
+            .all_category()
+            .with_columns(table::hpa_columns()),
         builtin::<autoscaling::v1::HorizontalPodAutoscaler>(&["hpa"], &["status"])
             .all_category()
+            .with_columns(table::hpa_columns())
             .converted(Conversion {
                 to_storage: crate::conversion::hpa_v1_to_v2,
                 from_storage: crate::conversion::hpa_v2_to_v1,
@@ -515,7 +518,9 @@ fn builtins() -> Vec<ResourceType> {
         computed::<authorization::v1::SubjectAccessReview>(),
         computed::<authentication::v1::TokenReview>(),
         computed::<authentication::v1::SelfSubjectReview>(),
-    ]
+    ];
+    all.extend(crate::resource_metrics::resources());
+    all
 }
 
 #[cfg(test)]

@@ -400,6 +400,108 @@ pub fn deployment_columns() -> Vec<Column> {
     )
 }
 
+/// Upstream's `TARGETS` of an HPA (v2, or v1's single CPU target): `cpu: 40%/50%`,
+/// `memory: 12Mi/100Mi`, `<unknown>` before a measurement, at most two then `+ N more...`.
+pub fn hpa_targets(o: &Value) -> String {
+    if let Some(target) = o["spec"]["targetCPUUtilizationPercentage"].as_i64() {
+        let current = o["status"]["currentCPUUtilizationPercentage"]
+            .as_i64()
+            .map_or("<unknown>".to_string(), |c| format!("{c}%"));
+        return format!("cpu: {current}/{target}%");
+    }
+    let specs = o["spec"]["metrics"].as_array().cloned().unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".to_string();
+    }
+    let statuses = o["status"]["currentMetrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    for spec in specs.iter().take(2) {
+        let kind = spec["type"].as_str().unwrap_or_default();
+        let source = match kind {
+            "Resource" => &spec["resource"],
+            "ContainerResource" => &spec["containerResource"],
+            _ => {
+                let field = match kind {
+                    "Pods" => "pods",
+                    "Object" => "object",
+                    _ => "external",
+                };
+                let target = &spec[field]["target"];
+                let wanted = target["averageValue"]
+                    .as_str()
+                    .or(target["value"].as_str())
+                    .unwrap_or("<unknown>");
+                parts.push(format!("<unknown>/{wanted}"));
+                continue;
+            }
+        };
+        let name = source["name"].as_str().unwrap_or_default();
+        let status = statuses.iter().find(|s| {
+            s["type"] == kind
+                && (s["resource"]["name"] == name || s["containerResource"]["name"] == name)
+        });
+        let current = status.map(|s| {
+            if kind == "Resource" {
+                &s["resource"]["current"]
+            } else {
+                &s["containerResource"]["current"]
+            }
+        });
+        let target = &source["target"];
+        let text = if let Some(util) = target["averageUtilization"].as_i64() {
+            let now = current
+                .and_then(|c| c["averageUtilization"].as_i64())
+                .map_or("<unknown>".to_string(), |c| format!("{c}%"));
+            format!("{name}: {now}/{util}%")
+        } else {
+            let now = current
+                .and_then(|c| c["averageValue"].as_str())
+                .unwrap_or("<unknown>");
+            format!(
+                "{name}: {now}/{}",
+                target["averageValue"].as_str().unwrap_or("<unknown>")
+            )
+        };
+        parts.push(text);
+    }
+    let mut text = parts.join(", ");
+    if specs.len() > 2 {
+        text.push_str(&format!(" + {} more...", specs.len() - 2));
+    }
+    text
+}
+
+pub fn hpa_columns() -> Vec<Column> {
+    framed(
+        vec![
+            column("Reference", "string", |o| {
+                let r = &o["spec"]["scaleTargetRef"];
+                json!(format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default()
+                ))
+            }),
+            column("Targets", "string", |o| json!(hpa_targets(o))),
+            column("MinPods", "string", |o| {
+                json!(o["spec"]["minReplicas"]
+                    .as_i64()
+                    .map_or("<unset>".to_string(), |m| m.to_string()))
+            }),
+            column("MaxPods", "integer", |o| {
+                json!(int(&o["spec"]["maxReplicas"]))
+            }),
+            column("Replicas", "integer", |o| {
+                json!(int(&o["status"]["currentReplicas"]))
+            }),
+        ],
+        Vec::new(),
+    )
+}
+
 pub fn replica_set_columns() -> Vec<Column> {
     framed(
         vec![
@@ -814,5 +916,24 @@ mod tests {
         assert_eq!(cells[3], "3");
         assert_eq!(cells[6], "n1");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn hpa_targets_as_upstream() {
+        let hpa = json!({
+            "spec": {"metrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+                {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}},
+            ]},
+            "status": {"currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 40, "averageValue": "40m"}}},
+            ]},
+        });
+        assert_eq!(
+            super::hpa_targets(&hpa),
+            "cpu: 40%/50%, memory: <unknown>/100Mi"
+        );
+        let v1 = json!({"spec": {"targetCPUUtilizationPercentage": 80}});
+        assert_eq!(super::hpa_targets(&v1), "cpu: <unknown>/80%");
     }
 }

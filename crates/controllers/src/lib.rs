@@ -18,6 +18,7 @@ pub mod event_ttl;
 pub mod events;
 pub mod garbage_collector;
 pub mod history;
+pub mod horizontal;
 pub mod job;
 pub mod leader;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owned;
 pub mod replicaset;
+pub mod resource_quota;
 pub mod service_accounts;
 pub mod statefulset;
 pub mod ttl_after_finished;
@@ -154,6 +156,8 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         "taint-eviction",
         node_lifecycle::taint_eviction::run,
     ));
+    loops.push(controller("horizontal-pod-autoscaler", horizontal::run));
+    loops.push(controller("resourcequota", resource_quota::run));
     loops
 }
 
