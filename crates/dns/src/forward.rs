@@ -60,6 +60,14 @@ pub async fn forward(
 }
 
 async fn ask(upstream: SocketAddr, query: &Query) -> std::io::Result<Message> {
+    let reply = query_udp(upstream, query).await?;
+    if !reply.truncated() {
+        return Ok(reply);
+    }
+    query_tcp(upstream, query).await
+}
+
+fn request(query: &Query) -> std::io::Result<(u16, Vec<u8>)> {
     let id: u16 = rand_id();
     let mut message = Message::new();
     message
@@ -68,28 +76,35 @@ async fn ask(upstream: SocketAddr, query: &Query) -> std::io::Result<Message> {
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
         .add_query(query.clone());
-    let bytes = message.to_vec().map_err(std::io::Error::other)?;
-    let bind: SocketAddr = if upstream.is_ipv4() {
+    Ok((id, message.to_vec().map_err(std::io::Error::other)?))
+}
+
+/// One query over UDP (no retries, no timeout: the caller bounds it).
+pub async fn query_udp(server: SocketAddr, query: &Query) -> std::io::Result<Message> {
+    let (id, bytes) = request(query)?;
+    let bind: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(bind).await?;
-    socket.connect(upstream).await?;
+    socket.connect(server).await?;
     socket.send(&bytes).await?;
     let mut buf = vec![0u8; 4096];
-    let reply = loop {
+    loop {
         let n = socket.recv(&mut buf).await?;
         match Message::from_vec(&buf[..n]) {
             // Anything else is a stray or spoofed datagram.
-            Ok(reply) if reply.id() == id => break reply,
+            Ok(reply) if reply.id() == id => return Ok(reply),
             _ => continue,
         }
-    };
-    if !reply.truncated() {
-        return Ok(reply);
     }
-    let mut stream = TcpStream::connect(upstream).await?;
+}
+
+/// One query over TCP.
+pub async fn query_tcp(server: SocketAddr, query: &Query) -> std::io::Result<Message> {
+    let (_, bytes) = request(query)?;
+    let mut stream = TcpStream::connect(server).await?;
     let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(&bytes).await?;
