@@ -5,6 +5,7 @@
 //! Records carry a TTL of 5 s (CoreDNS defaults to 30 s) so that clients follow
 //! changes quickly; the zone itself changes within one watch event.
 
+pub mod bootstrap;
 pub mod forward;
 pub mod zone;
 
