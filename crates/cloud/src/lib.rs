@@ -69,6 +69,16 @@ pub struct Network {
     pub segments: Vec<Segment>,
 }
 
+impl Network {
+    /// Host-side addresses of the masters' own services (cluster DNS), one per master
+    /// of up to three, beside the API endpoint on the control-plane segment: the
+    /// endpoint is shared behind the API load balancer, a DNS server cannot be.
+    pub fn master_addresses(&self) -> [Ipv4Addr; 3] {
+        let endpoint = u32::from(self.api_endpoint);
+        [1, 2, 3].map(|i| Ipv4Addr::from(endpoint.wrapping_add(i)))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     /// Empty for the control-plane segment.

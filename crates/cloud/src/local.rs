@@ -426,6 +426,11 @@ impl LocalProvider {
                 let api = format!("{}/32", network.api_endpoint);
                 self.run_ip(&["addr", "replace", &api, "dev", &seg.bridge])
                     .await?;
+                for addr in network.master_addresses() {
+                    let addr = format!("{addr}/32");
+                    self.run_ip(&["addr", "replace", &addr, "dev", &seg.bridge])
+                        .await?;
+                }
             }
             self.run_ip(&["link", "set", &seg.bridge, "up"]).await?;
         }

@@ -54,6 +54,13 @@ pub struct NodeArgs {
     /// Port of the node's HTTPS server (container logs for the API server), on --address.
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// Cluster DNS server address written into pods' resolv.conf (repeatable); without
+    /// one, ClusterFirst pods get the node's resolv.conf, as upstream.
+    #[arg(long = "cluster-dns", value_delimiter = ',')]
+    cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -77,6 +84,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         crash_backoff: Duration::try_from_secs_f64(args.crash_backoff_seconds)
             .context("--crash-backoff-seconds")?,
         kubelet_port: args.kubelet_port,
+        cluster_dns: korvet_node::dns::ClusterDns {
+            servers: args.cluster_dns,
+            domain: args.cluster_domain,
+        },
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

@@ -31,6 +31,8 @@ pub struct NodeConfig {
     /// Port of the node's HTTPS server (logs), on `address`; reported in the Node's
     /// `status.daemonEndpoints`.
     pub kubelet_port: u16,
+    /// The cluster DNS servers and domain written into pods' resolv.conf.
+    pub cluster_dns: crate::dns::ClusterDns,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod cni;
 pub mod config;
 pub mod cri;
+pub mod dns;
 pub mod events;
 pub mod heartbeat;
 pub mod images;
@@ -154,6 +155,7 @@ pub async fn run(
                 data_dir: config.data_dir.clone(),
                 backoff_base: config.crash_backoff,
                 backoff_max: MAX_BACKOFF,
+                cluster_dns: config.cluster_dns.clone(),
             },
         ));
         let images = tokio::spawn(node_images::run(

@@ -243,6 +243,7 @@ mod tests {
             cni_conf_dir: "/tmp/cni".into(),
             crash_backoff: std::time::Duration::from_secs(10),
             kubelet_port: 10250,
+            cluster_dns: Default::default(),
         }
     }
 

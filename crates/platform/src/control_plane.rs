@@ -94,6 +94,7 @@ fn members(
             format!("--cluster-name={cluster_name}"),
             format!("--service-cluster-ip-range={service_cidr}"),
             format!("--cluster-cidr={pod_cidr}"),
+            format!("--dns-listen={}", layout.master_dns(i)),
         ];
         args.extend(
             layout

@@ -14,6 +14,7 @@ pub const API_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
 const LB_ADMIN_PORT: u16 = 8404;
+const DNS_PORT: u16 = 53;
 
 #[derive(Clone, Debug)]
 pub struct ClusterLayout {
@@ -80,6 +81,18 @@ impl ClusterLayout {
         }
     }
 
+    /// Where master `i`'s cluster DNS serves: the endpoint with one master, else the
+    /// provider's per-master address beside it (`endpoint + 1 + i`), reachable from
+    /// the machines and distinct per cluster, so that control planes never share :53.
+    pub fn master_dns(&self, i: u8) -> SocketAddr {
+        let ip = if self.masters == 1 {
+            self.endpoint
+        } else {
+            Ipv4Addr::from(u32::from(self.endpoint).wrapping_add(1 + u32::from(i)))
+        };
+        SocketAddr::from((ip, DNS_PORT))
+    }
+
     pub fn lb_admin(&self) -> SocketAddr {
         SocketAddr::from((self.loopback(40), LB_ADMIN_PORT))
     }
@@ -131,6 +144,8 @@ mod tests {
             1,
         );
         assert_eq!(single.master_listen(0).to_string(), "10.201.8.10:6443");
+        assert_eq!(single.master_dns(0).to_string(), "10.201.8.10:53");
+        assert_eq!(a.master_dns(2).to_string(), "10.201.4.13:53");
         assert_eq!(a.serving_hosts().len(), 4);
         assert_eq!(a.dir, Path::new("/d/clusters/default.a"));
     }

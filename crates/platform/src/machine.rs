@@ -110,6 +110,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
                     &provider_name,
                     &cluster_key,
                     &tenant,
+                    Some(&cluster),
                 )
                 .await?;
                 let info = ctx.provider.create_machine(&spec).await?;
@@ -157,6 +158,11 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
     Ok(Action::requeue(requeue))
 }
 
+fn cluster_dns_ip(service_cidr: &str) -> Option<std::net::Ipv4Addr> {
+    let net: ipnet::Ipv4Net = service_cidr.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(net.network()) + 10))
+}
+
 fn record(status: &mut MachineStatus, info: &MachineInfo, name: &str) {
     status.provider_id = info.provider_id.clone();
     status.address = info.address.to_string();
@@ -172,6 +178,7 @@ async fn machine_spec(
     provider_name: &str,
     cluster_key: &str,
     tenant: &Tenant,
+    cluster: Option<&Cluster>,
 ) -> Result<MachineSpec, PlatformError> {
     let flavors: Api<Flavor> = Api::all(ctx.client.clone());
     let flavor = flavors.get(&machine.spec.flavor).await?;
@@ -208,6 +215,10 @@ async fn machine_spec(
         format!("--label={}={}", labels::INSTANCE_TYPE, machine.spec.flavor),
         format!("--label={}={}", labels::NODE_POOL, machine.spec.node_pool),
     ];
+    // The cluster DNS Service's address, the 10th of the service CIDR by convention.
+    if let Some(dns) = cluster.and_then(|c| cluster_dns_ip(&c.spec.network.service_cidr)) {
+        args.push(format!("--cluster-dns={dns}"));
+    }
     if let Some(pool) = &pool {
         for (key, value) in &pool.spec.template.labels {
             args.push(format!("--label={key}={value}"));

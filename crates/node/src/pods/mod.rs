@@ -47,6 +47,8 @@ pub struct PodsConfig {
     /// First restart delay of a crashing container, doubled up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// What pods' resolv.conf points at.
+    pub cluster_dns: crate::dns::ClusterDns,
 }
 
 impl PodsConfig {

@@ -473,8 +473,10 @@ impl Worker {
         let (sandbox_id, sandbox_config) = match ready {
             Some(s) => {
                 let a = s.metadata.as_ref().map_or(0, |m| m.attempt);
-                let config =
+                let mut config =
                     runtime::sandbox_config(pod, a, &self.config().log_root(), &cgroup_parent);
+                config.dns_config =
+                    crate::dns::sandbox_dns_config(pod, &self.config().cluster_dns);
                 (s.id.clone(), config)
             }
             None => {
@@ -487,12 +489,14 @@ impl Worker {
                         return Ok(());
                     }
                 };
-                let config = runtime::sandbox_config(
+                let mut config = runtime::sandbox_config(
                     pod,
                     attempt,
                     &self.config().log_root(),
                     &cgroup_parent,
                 );
+                config.dns_config =
+                    crate::dns::sandbox_dns_config(pod, &self.config().cluster_dns);
                 let _ = std::fs::create_dir_all(&config.log_directory);
                 let creating = self.post_waiting(pod, "ContainerCreating", None).await;
                 if let Err(e) = creating {
