@@ -347,7 +347,18 @@ async fn deployments_roll_out_roll_back_and_scale_through_kubectl() {
         .await
         .unwrap()
         .items;
-    let scaled = format!("Scaled up replica set web-{hash} from 0 to 3");
+    let down = format!("Scaled down replica set web-{hash} to 2 from 3");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.as_deref() == Some(down.as_str())),
+        "no event {down:?} in {:#?}",
+        events
+            .iter()
+            .map(|e| (&e.reason, &e.message, &e.count))
+            .collect::<Vec<_>>()
+    );
+    let scaled = format!("Scaled up replica set web-{hash} to 3");
     assert!(
         events
             .iter()

@@ -211,7 +211,7 @@ fn deployments_roll_out_scale_and_roll_back_on_real_nodes() {
     assert_eq!((revision(&sets[0]), revision(&sets[1])), ("1", "2"));
     let describe = k.ok(&["describe", "deployment", "web"]);
     assert!(
-        describe.contains(&format!("Scaled up replica set web-{hash} from 0 to 3")),
+        describe.contains(&format!("Scaled up replica set web-{hash} to 3")),
         "{describe}"
     );
 
