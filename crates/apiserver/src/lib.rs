@@ -8,6 +8,7 @@
 pub mod admission;
 mod allocation;
 pub mod apply;
+pub mod apps_validation;
 pub mod auth;
 pub mod bench;
 mod body;

@@ -451,10 +451,12 @@ fn builtins() -> Vec<ResourceType> {
         builtin::<apps::v1::Deployment>(&["deploy"], &["status", "scale"])
             .all_category()
             .with_defaults(strategy::deployment_defaults)
+            .with_validation(crate::apps_validation::validate_deployment)
             .with_columns(table::deployment_columns()),
         builtin::<apps::v1::ReplicaSet>(&["rs"], &["status", "scale"])
             .all_category()
             .with_defaults(strategy::replica_set_defaults)
+            .with_validation(crate::apps_validation::validate_replica_set)
             .with_columns(table::replica_set_columns()),
         builtin::<apps::v1::StatefulSet>(&["sts"], &["status", "scale"])
             .all_category()

@@ -718,6 +718,28 @@ mod tests {
     }
 
     #[test]
+    fn failed_creations_set_and_successes_clear_replica_failure() {
+        let mut rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 2},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}},
+        }))
+        .unwrap();
+        let error = ReplicaSetError::Manage("exceeded quota: pods".into());
+        let status = calculate_status(&rs, &[], Some(&error));
+        let failure = &status.conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (failure.type_.as_str(), failure.status.as_str()),
+            ("ReplicaFailure", "True")
+        );
+        assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
+        assert_eq!(failure.message.as_deref(), Some("exceeded quota: pods"));
+        assert_eq!(status.observed_generation, Some(2));
+        rs.status = Some(status);
+        let status = calculate_status(&rs, &[], None);
+        assert!(status.conditions.is_none());
+    }
+
+    #[test]
     fn empty_selectors_select_nothing() {
         let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
         assert!(!selector_matches(None, &labels));

@@ -347,7 +347,18 @@ async fn deployments_roll_out_roll_back_and_scale_through_kubectl() {
         .await
         .unwrap()
         .items;
-    let scaled = format!("Scaled up replica set web-{hash} from 0 to 3");
+    let down = format!("Scaled down replica set web-{hash} to 2 from 3");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.as_deref() == Some(down.as_str())),
+        "no event {down:?} in {:#?}",
+        events
+            .iter()
+            .map(|e| (&e.reason, &e.message, &e.count))
+            .collect::<Vec<_>>()
+    );
+    let scaled = format!("Scaled up replica set web-{hash} to 3");
     assert!(
         events
             .iter()
@@ -554,8 +565,70 @@ async fn invalid_deployments_are_refused_with_field_causes() {
     );
     assert!(
         run.stderr
-            .contains("selector does not match template labels"),
+            .contains("`selector` does not match template `labels`"),
         "{}",
         run.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_mid_rollout_is_proportional() {
+    let s = setup().await;
+    let k = &s.kubectl;
+    kubectl(
+        k,
+        &[
+            "create",
+            "deployment",
+            "prop",
+            "--image=korvet.local/busybox:1",
+            "--replicas=10",
+        ],
+    )
+    .await;
+    kubectl(
+        k,
+        &["rollout", "status", "deployment/prop", "--timeout=30s"],
+    )
+    .await;
+    // A stuck rollout with the default 25 % / 25 %: 13 pods at most, 8 available at
+    // least, the 5 new ones never ready: old 8, new 5.
+    kubectl(
+        k,
+        &[
+            "set",
+            "image",
+            "deployment/prop",
+            &format!("busybox={BROKEN}"),
+        ],
+    )
+    .await;
+    let sizes = || async {
+        let sets = replica_sets(&s.client).await;
+        (sets.len() == 2).then(|| (spec_replicas(&sets[0]), spec_replicas(&sets[1])))
+    };
+    wait_for(15, "old 8, new 5", || async {
+        (sizes().await == Some((8, 5))).then_some(())
+    })
+    .await;
+    // 20 replicas allow 25 pods: the 12 more go 7 to the old, 5 to the new ReplicaSet,
+    // in proportion to their sizes.
+    kubectl(k, &["scale", "deployment/prop", "--replicas=20"]).await;
+    wait_for(15, "old 15, new 10", || async {
+        (sizes().await == Some((15, 10))).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sizes().await, Some((15, 10)));
+    let sets = replica_sets(&s.client).await;
+    for rs in &sets {
+        assert_eq!(
+            rs.annotations()["deployment.kubernetes.io/desired-replicas"],
+            "20"
+        );
+        assert_eq!(
+            rs.annotations()["deployment.kubernetes.io/max-replicas"],
+            "25"
+        );
+    }
 }

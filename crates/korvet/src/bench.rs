@@ -85,6 +85,27 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Workload controllers: controller reaction times (Deployment -> ReplicaSet ->
+    /// pod), a 100-replica Deployment becoming available on two real nodes and its
+    /// rolling update, and scheduler throughput. Runs a management plane in this
+    /// process; needs root.
+    Workloads {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Deployments created one by one for the reaction times.
+        #[arg(long, default_value_t = 40)]
+        samples: usize,
+        /// Replicas of the big Deployment.
+        #[arg(long, default_value_t = 100)]
+        replicas: i32,
+        /// Pending pods for the scheduler throughput.
+        #[arg(long, default_value_t = 1000)]
+        scheduler_pods: usize,
+        /// Kwok-style nodes for the scheduler throughput.
+        #[arg(long, default_value_t = 100)]
+        scheduler_nodes: usize,
+    },
     /// The scheduler: pods bound per second for many pending pods over Nodes registered
     /// without agents (as kwok does), against an API server on the embedded store.
     Scheduler {
@@ -151,6 +172,21 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             concurrent,
             nodes_each,
         } => crate::bench_clusters::run(json, concurrent, nodes_each).await,
+        Bench::Workloads {
+            json,
+            samples,
+            replicas,
+            scheduler_pods,
+            scheduler_nodes,
+        } => {
+            let config = crate::bench_workloads::WorkloadBenchConfig {
+                samples,
+                replicas,
+                scheduler_pods,
+                scheduler_nodes,
+            };
+            crate::bench_workloads::run(json, config).await
+        }
         Bench::Pods {
             json,
             pods,

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_clusters;
 mod bench_pods;
+mod bench_workloads;
 mod cli;
 mod control_plane;
 mod image;

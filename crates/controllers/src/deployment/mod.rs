@@ -416,7 +416,7 @@ pub(crate) async fn new_and_old(
                     .normal(
                         d,
                         "ScalingReplicaSet",
-                        format!("Scaled up replica set {name} from 0 to {replicas}"),
+                        format!("Scaled up replica set {name} to {replicas}"),
                     )
                     .await;
             }
@@ -576,7 +576,7 @@ pub(crate) async fn scale_and_record(
             d,
             "ScalingReplicaSet",
             format!(
-                "Scaled {operation} replica set {} from {from} to {to}",
+                "Scaled {operation} replica set {} to {to} from {from}",
                 rs.name_any()
             ),
         )

@@ -62,10 +62,12 @@ pub fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) ->
 /// `template` without the hash label, normalised for comparison.
 fn without_hash(template: &PodTemplateSpec) -> serde_json::Value {
     let mut t = template.clone();
-    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove(HASH_LABEL);
-        if labels.is_empty() {
-            t.metadata.as_mut().map(|m| m.labels = None);
+    if let Some(meta) = t.metadata.as_mut() {
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.remove(HASH_LABEL);
+            if labels.is_empty() {
+                meta.labels = None;
+            }
         }
     }
     serde_json::to_value(t).unwrap_or_default()
