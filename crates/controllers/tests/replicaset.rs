@@ -194,7 +194,10 @@ async fn replica_sets_create_adopt_release_and_delete_pods() {
         .iter()
         .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
         .count();
-    assert!(created_events >= 3, "one event per pod created: {events:#?}");
+    assert!(
+        created_events >= 3,
+        "one event per pod created: {events:#?}"
+    );
     assert!(events
         .iter()
         .any(|e| e.reason.as_deref() == Some("SuccessfulDelete")

@@ -45,48 +45,10 @@ pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
 
 struct Ctx {
     client: kube::Client,
-    recorder: Recorders,
+    recorder: EventRecorder,
     histories: Mutex<HashMap<String, History>>,
     /// When each HPA was last synced, at which generation.
     last_sync: Mutex<HashMap<String, (Instant, Option<i64>)>>,
-}
-
-/// Event recorders by (object, reason, message). kube's `Recorder` keys its series cache
-/// without the message, so one shared recorder would show "New size: 1" as a repeat of
-/// "New size: 3"; upstream's correlator keys on the message too, which this gives.
-struct Recorders {
-    client: kube::Client,
-    by_message: Mutex<HashMap<(String, String, String), EventRecorder>>,
-}
-
-impl Recorders {
-    /// Bounds the cache; forgetting only starts a new Event series.
-    const MAX: usize = 512;
-
-    fn get(&self, hpa: &HorizontalPodAutoscaler, reason: &str, note: &str) -> EventRecorder {
-        let mut map = self.by_message.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= Self::MAX {
-            map.clear();
-        }
-        let key = (
-            hpa.uid().unwrap_or_default(),
-            reason.to_string(),
-            note.to_string(),
-        );
-        map.entry(key)
-            .or_insert_with(|| EventRecorder::new(self.client.clone(), NAME))
-            .clone()
-    }
-
-    async fn normal(&self, hpa: &HorizontalPodAutoscaler, reason: &str, note: String) {
-        self.get(hpa, reason, &note).normal(hpa, reason, note).await;
-    }
-
-    async fn warning(&self, hpa: &HorizontalPodAutoscaler, reason: &str, note: String) {
-        self.get(hpa, reason, &note)
-            .warning(hpa, reason, note)
-            .await;
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +59,7 @@ pub struct SyncError(String);
 pub async fn run(client: kube::Client) {
     let api: Api<HorizontalPodAutoscaler> = Api::all(client.clone());
     let ctx = Arc::new(Ctx {
-        recorder: Recorders {
-            client: client.clone(),
-            by_message: Mutex::new(HashMap::new()),
-        },
+        recorder: EventRecorder::new(client.clone(), NAME),
         client,
         histories: Mutex::new(HashMap::new()),
         last_sync: Mutex::new(HashMap::new()),
