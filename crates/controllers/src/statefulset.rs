@@ -212,6 +212,67 @@ fn new_pod(
     Ok(pod)
 }
 
+/// `persistentVolumeClaimRetentionPolicy` as (whenDeleted, whenScaled), `Retain` unless
+/// set.
+fn retention(sts: &StatefulSet) -> (&str, &str) {
+    let policy = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
+    (
+        policy
+            .and_then(|p| p.when_deleted.as_deref())
+            .unwrap_or("Retain"),
+        policy
+            .and_then(|p| p.when_scaled.as_deref())
+            .unwrap_or("Retain"),
+    )
+}
+
+/// With `whenScaled: Delete`, the claims of a pod removed by scaling down are given to
+/// that pod, so that they go with it (upstream's claim owner update before condemning).
+async fn hand_claims_to_pod(ctx: &Ctx, sts: &StatefulSet, pod: &Pod) -> Result<(), SyncError> {
+    let Some(spec) = sts.spec.as_ref() else {
+        return Ok(());
+    };
+    let (Some(uid), Some(name)) = (pod.uid(), pod.metadata.name.clone()) else {
+        return Ok(());
+    };
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &sts.namespace().unwrap_or_default());
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: name.clone(),
+        uid: uid.clone(),
+        controller: None,
+        block_owner_deletion: None,
+    };
+    for template in spec.volume_claim_templates.iter().flatten() {
+        let claim = format!(
+            "{}-{name}",
+            template.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(pvc) = api.get_opt(&claim).await? else {
+            continue;
+        };
+        let mut owners = pvc.metadata.owner_references.clone().unwrap_or_default();
+        if owners.iter().any(|o| o.uid == uid) {
+            continue;
+        }
+        owners.push(owner.clone());
+        let patch = serde_json::json!({"metadata": {"ownerReferences": owners,
+                                                    "resourceVersion": pvc.metadata.resource_version}});
+        api.patch(
+            &claim,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Makes the claims of pod `ordinal` that do not exist yet.
 async fn ensure_claims(ctx: &Ctx, sts: &StatefulSet, ordinal: i32) -> Result<(), SyncError> {
     let Some(spec) = sts.spec.as_ref() else {
@@ -231,12 +292,18 @@ async fn ensure_claims(ctx: &Ctx, sts: &StatefulSet, ordinal: i32) -> Result<(),
         }
         let mut labels = template.metadata.labels.clone().unwrap_or_default();
         labels.extend(spec.selector.match_labels.clone().unwrap_or_default());
+        // `whenDeleted: Delete` makes the set own its claims, so that they go with it.
+        let owners = (retention(sts).0 == "Delete")
+            .then(|| workload::controller_ref(sts))
+            .flatten()
+            .map(|r| vec![r]);
         let pvc = PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some(claim.clone()),
                 namespace: sts.namespace(),
                 labels: Some(labels),
                 annotations: template.metadata.annotations.clone(),
+                owner_references: owners,
                 ..Default::default()
             },
             spec: template.spec.clone(),
@@ -379,6 +446,11 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
             }
             Step::Recreate(i) | Step::Condemn(i) | Step::Update(i) => {
                 let name = format!("{set}-{i}");
+                if matches!(step, Step::Condemn(_)) && retention(sts).1 == "Delete" {
+                    if let Some(pod) = by_ordinal.get(&i) {
+                        hand_claims_to_pod(ctx, sts, pod).await?;
+                    }
+                }
                 match pods_api.delete(&name, &DeleteParams::default()).await {
                     Ok(_) => {
                         ctx.events

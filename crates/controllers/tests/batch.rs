@@ -490,3 +490,59 @@ async fn pod_failure_policy_fails_the_job_on_a_matching_exit_code() {
     );
     assert_eq!(job.status.unwrap().failed, Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_claims_follow_the_retention_policy() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let (_cp, client) = setup().await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let sts = create(
+        &sets,
+        json!({"metadata": {"name": "vol"},
+               "spec": {"replicas": 2, "podManagementPolicy": "Parallel",
+                        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Delete"},
+                        "selector": {"matchLabels": {"app": "vol"}},
+                        "template": template(json!({"app": "vol"})),
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                            "spec": {"accessModes": ["ReadWriteOnce"],
+                                     "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+    )
+    .await;
+    let pods = eventually(10, "two pods", || async {
+        let p = pods(&pod_api, "app=vol").await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    for (i, pod) in pods.iter().enumerate() {
+        let claim = claims.get(&format!("data-vol-{i}")).await.unwrap();
+        let owners = claim.metadata.owner_references.unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            Some(owners[0].uid.clone()),
+            sts.uid(),
+            "the set owns its claims"
+        );
+        let volume = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        assert!(volume.iter().any(|v| v
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == format!("data-vol-{i}"))));
+    }
+    let scale = json!({"spec": {"replicas": 1}});
+    sets.patch("vol", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    let condemned = pods[1].uid().unwrap();
+    eventually(10, "the condemned pod owns its claim", || async {
+        let claim = claims.get("data-vol-1").await.ok()?;
+        claim
+            .metadata
+            .owner_references?
+            .iter()
+            .any(|o| o.kind == "Pod" && o.uid == condemned)
+            .then_some(())
+    })
+    .await;
+}
