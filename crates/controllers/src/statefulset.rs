@@ -106,14 +106,18 @@ pub struct PodState {
 }
 
 /// The steps of one sync, in order, stopping where `OrderedReady` has to wait.
+/// Ordinals run from `start` (`spec.ordinals.start`) for `replicas`; the partition
+/// counts from `start`.
 pub fn plan(
     pods: &BTreeMap<i32, PodState>,
+    start: i32,
     replicas: i32,
     ordered: bool,
     rolling_partition: Option<i32>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    for i in 0..replicas {
+    let end = start + replicas;
+    for i in start..end {
         match pods.get(&i) {
             None => {
                 steps.push(Step::Create(i));
@@ -135,7 +139,8 @@ pub fn plan(
             Some(_) => {}
         }
     }
-    for (&i, p) in pods.range(replicas..).rev() {
+    let outside = pods.iter().filter(|(&i, _)| i < start || i >= end).rev();
+    for (&i, p) in outside {
         if p.terminating {
             if ordered {
                 return steps;
@@ -151,7 +156,7 @@ pub fn plan(
         if !steps.is_empty() {
             return steps;
         }
-        for i in (partition.max(0)..replicas).rev() {
+        for i in ((start + partition.max(0))..end).rev() {
             let Some(p) = pods.get(&i) else { return steps };
             if !p.updated && !p.terminating {
                 steps.push(Step::Update(i));
@@ -386,6 +391,12 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
     let current_template = history::template_of(&current).unwrap_or_else(|| spec.template.clone());
 
     let replicas = spec.replicas.unwrap_or(1).max(0);
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
     let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
     let strategy = spec.update_strategy.as_ref();
     let rolling = strategy.and_then(|s| s.type_.as_deref()) != Some("OnDelete");
@@ -408,12 +419,18 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
             )
         })
         .collect();
-    let steps = plan(&states, replicas, ordered, rolling.then_some(partition));
+    let steps = plan(
+        &states,
+        start,
+        replicas,
+        ordered,
+        rolling.then_some(partition),
+    );
     for step in steps {
         match step {
             Step::Create(i) => {
                 // Below the partition a rolling update keeps the current revision.
-                let (template, revision) = if rolling && i < partition {
+                let (template, revision) = if rolling && i - start < partition {
                     (&current_template, current_name.as_str())
                 } else {
                     (&spec.template, update_name.as_str())
@@ -569,18 +586,18 @@ mod tests {
     #[test]
     fn ordered_ready_creates_one_at_a_time_after_the_previous_is_ready() {
         let mut pods = BTreeMap::new();
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Create(0)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Create(0)]);
         pods.insert(0, pending());
-        assert_eq!(plan(&pods, 3, true, Some(0)), []);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), []);
         pods.insert(0, healthy(true));
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Create(1)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Create(1)]);
     }
 
     #[test]
     fn parallel_creates_all_at_once() {
         let pods = BTreeMap::from([(1, pending())]);
         assert_eq!(
-            plan(&pods, 3, false, None),
+            plan(&pods, 0, 3, false, None),
             [Step::Create(0), Step::Create(2)]
         );
     }
@@ -588,9 +605,9 @@ mod tests {
     #[test]
     fn scale_down_removes_the_highest_first_one_at_a_time() {
         let pods: BTreeMap<i32, PodState> = (0..4).map(|i| (i, healthy(true))).collect();
-        assert_eq!(plan(&pods, 2, true, Some(0)), [Step::Condemn(3)]);
+        assert_eq!(plan(&pods, 0, 2, true, Some(0)), [Step::Condemn(3)]);
         assert_eq!(
-            plan(&pods, 2, false, Some(0)),
+            plan(&pods, 0, 2, false, Some(0)),
             [Step::Condemn(3), Step::Condemn(2)]
         );
         let mut pods = pods;
@@ -601,20 +618,29 @@ mod tests {
                 ..healthy(true)
             },
         );
-        assert_eq!(plan(&pods, 2, true, Some(0)), []);
+        assert_eq!(plan(&pods, 0, 2, true, Some(0)), []);
     }
 
     #[test]
     fn rolling_update_goes_down_from_the_highest_ordinal_to_the_partition() {
         let mut pods: BTreeMap<i32, PodState> = (0..3).map(|i| (i, healthy(false))).collect();
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Update(2)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Update(2)]);
         pods.insert(2, pending());
-        assert_eq!(plan(&pods, 3, true, Some(0)), []);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), []);
         pods.insert(2, healthy(true));
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Update(1)]);
-        assert_eq!(plan(&pods, 3, true, Some(2)), []);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Update(1)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(2)), []);
         // OnDelete never replaces.
-        assert_eq!(plan(&pods, 3, true, None), []);
+        assert_eq!(plan(&pods, 0, 3, true, None), []);
+    }
+
+    #[test]
+    fn ordinals_can_start_above_zero() {
+        let pods = BTreeMap::from([(0, healthy(true)), (5, healthy(true))]);
+        assert_eq!(
+            plan(&pods, 5, 2, false, Some(0)),
+            [Step::Create(6), Step::Condemn(0)]
+        );
     }
 
     #[test]
@@ -626,6 +652,6 @@ mod tests {
                 ..pending()
             },
         )]);
-        assert_eq!(plan(&pods, 1, true, Some(0)), [Step::Recreate(0)]);
+        assert_eq!(plan(&pods, 0, 1, true, Some(0)), [Step::Recreate(0)]);
     }
 }
