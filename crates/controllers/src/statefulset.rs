@@ -106,14 +106,18 @@ pub struct PodState {
 }
 
 /// The steps of one sync, in order, stopping where `OrderedReady` has to wait.
+/// Ordinals run from `start` (`spec.ordinals.start`) for `replicas`; the partition
+/// counts from `start`.
 pub fn plan(
     pods: &BTreeMap<i32, PodState>,
+    start: i32,
     replicas: i32,
     ordered: bool,
     rolling_partition: Option<i32>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    for i in 0..replicas {
+    let end = start + replicas;
+    for i in start..end {
         match pods.get(&i) {
             None => {
                 steps.push(Step::Create(i));
@@ -135,7 +139,8 @@ pub fn plan(
             Some(_) => {}
         }
     }
-    for (&i, p) in pods.range(replicas..).rev() {
+    let outside = pods.iter().filter(|(&i, _)| i < start || i >= end).rev();
+    for (&i, p) in outside {
         if p.terminating {
             if ordered {
                 return steps;
@@ -151,7 +156,7 @@ pub fn plan(
         if !steps.is_empty() {
             return steps;
         }
-        for i in (partition.max(0)..replicas).rev() {
+        for i in ((start + partition.max(0))..end).rev() {
             let Some(p) = pods.get(&i) else { return steps };
             if !p.updated && !p.terminating {
                 steps.push(Step::Update(i));
@@ -212,6 +217,67 @@ fn new_pod(
     Ok(pod)
 }
 
+/// `persistentVolumeClaimRetentionPolicy` as (whenDeleted, whenScaled), `Retain` unless
+/// set.
+fn retention(sts: &StatefulSet) -> (&str, &str) {
+    let policy = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
+    (
+        policy
+            .and_then(|p| p.when_deleted.as_deref())
+            .unwrap_or("Retain"),
+        policy
+            .and_then(|p| p.when_scaled.as_deref())
+            .unwrap_or("Retain"),
+    )
+}
+
+/// With `whenScaled: Delete`, the claims of a pod removed by scaling down are given to
+/// that pod, so that they go with it (upstream's claim owner update before condemning).
+async fn hand_claims_to_pod(ctx: &Ctx, sts: &StatefulSet, pod: &Pod) -> Result<(), SyncError> {
+    let Some(spec) = sts.spec.as_ref() else {
+        return Ok(());
+    };
+    let (Some(uid), Some(name)) = (pod.uid(), pod.metadata.name.clone()) else {
+        return Ok(());
+    };
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &sts.namespace().unwrap_or_default());
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: name.clone(),
+        uid: uid.clone(),
+        controller: None,
+        block_owner_deletion: None,
+    };
+    for template in spec.volume_claim_templates.iter().flatten() {
+        let claim = format!(
+            "{}-{name}",
+            template.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(pvc) = api.get_opt(&claim).await? else {
+            continue;
+        };
+        let mut owners = pvc.metadata.owner_references.clone().unwrap_or_default();
+        if owners.iter().any(|o| o.uid == uid) {
+            continue;
+        }
+        owners.push(owner.clone());
+        let patch = serde_json::json!({"metadata": {"ownerReferences": owners,
+                                                    "resourceVersion": pvc.metadata.resource_version}});
+        api.patch(
+            &claim,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Makes the claims of pod `ordinal` that do not exist yet.
 async fn ensure_claims(ctx: &Ctx, sts: &StatefulSet, ordinal: i32) -> Result<(), SyncError> {
     let Some(spec) = sts.spec.as_ref() else {
@@ -231,12 +297,18 @@ async fn ensure_claims(ctx: &Ctx, sts: &StatefulSet, ordinal: i32) -> Result<(),
         }
         let mut labels = template.metadata.labels.clone().unwrap_or_default();
         labels.extend(spec.selector.match_labels.clone().unwrap_or_default());
+        // `whenDeleted: Delete` makes the set own its claims, so that they go with it.
+        let owners = (retention(sts).0 == "Delete")
+            .then(|| workload::controller_ref(sts))
+            .flatten()
+            .map(|r| vec![r]);
         let pvc = PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some(claim.clone()),
                 namespace: sts.namespace(),
                 labels: Some(labels),
                 annotations: template.metadata.annotations.clone(),
+                owner_references: owners,
                 ..Default::default()
             },
             spec: template.spec.clone(),
@@ -319,6 +391,12 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
     let current_template = history::template_of(&current).unwrap_or_else(|| spec.template.clone());
 
     let replicas = spec.replicas.unwrap_or(1).max(0);
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
     let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
     let strategy = spec.update_strategy.as_ref();
     let rolling = strategy.and_then(|s| s.type_.as_deref()) != Some("OnDelete");
@@ -341,12 +419,18 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
             )
         })
         .collect();
-    let steps = plan(&states, replicas, ordered, rolling.then_some(partition));
+    let steps = plan(
+        &states,
+        start,
+        replicas,
+        ordered,
+        rolling.then_some(partition),
+    );
     for step in steps {
         match step {
             Step::Create(i) => {
                 // Below the partition a rolling update keeps the current revision.
-                let (template, revision) = if rolling && i < partition {
+                let (template, revision) = if rolling && i - start < partition {
                     (&current_template, current_name.as_str())
                 } else {
                     (&spec.template, update_name.as_str())
@@ -379,6 +463,11 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
             }
             Step::Recreate(i) | Step::Condemn(i) | Step::Update(i) => {
                 let name = format!("{set}-{i}");
+                if matches!(step, Step::Condemn(_)) && retention(sts).1 == "Delete" {
+                    if let Some(pod) = by_ordinal.get(&i) {
+                        hand_claims_to_pod(ctx, sts, pod).await?;
+                    }
+                }
                 match pods_api.delete(&name, &DeleteParams::default()).await {
                     Ok(_) => {
                         ctx.events
@@ -497,18 +586,18 @@ mod tests {
     #[test]
     fn ordered_ready_creates_one_at_a_time_after_the_previous_is_ready() {
         let mut pods = BTreeMap::new();
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Create(0)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Create(0)]);
         pods.insert(0, pending());
-        assert_eq!(plan(&pods, 3, true, Some(0)), []);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), []);
         pods.insert(0, healthy(true));
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Create(1)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Create(1)]);
     }
 
     #[test]
     fn parallel_creates_all_at_once() {
         let pods = BTreeMap::from([(1, pending())]);
         assert_eq!(
-            plan(&pods, 3, false, None),
+            plan(&pods, 0, 3, false, None),
             [Step::Create(0), Step::Create(2)]
         );
     }
@@ -516,9 +605,9 @@ mod tests {
     #[test]
     fn scale_down_removes_the_highest_first_one_at_a_time() {
         let pods: BTreeMap<i32, PodState> = (0..4).map(|i| (i, healthy(true))).collect();
-        assert_eq!(plan(&pods, 2, true, Some(0)), [Step::Condemn(3)]);
+        assert_eq!(plan(&pods, 0, 2, true, Some(0)), [Step::Condemn(3)]);
         assert_eq!(
-            plan(&pods, 2, false, Some(0)),
+            plan(&pods, 0, 2, false, Some(0)),
             [Step::Condemn(3), Step::Condemn(2)]
         );
         let mut pods = pods;
@@ -529,20 +618,29 @@ mod tests {
                 ..healthy(true)
             },
         );
-        assert_eq!(plan(&pods, 2, true, Some(0)), []);
+        assert_eq!(plan(&pods, 0, 2, true, Some(0)), []);
     }
 
     #[test]
     fn rolling_update_goes_down_from_the_highest_ordinal_to_the_partition() {
         let mut pods: BTreeMap<i32, PodState> = (0..3).map(|i| (i, healthy(false))).collect();
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Update(2)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Update(2)]);
         pods.insert(2, pending());
-        assert_eq!(plan(&pods, 3, true, Some(0)), []);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), []);
         pods.insert(2, healthy(true));
-        assert_eq!(plan(&pods, 3, true, Some(0)), [Step::Update(1)]);
-        assert_eq!(plan(&pods, 3, true, Some(2)), []);
+        assert_eq!(plan(&pods, 0, 3, true, Some(0)), [Step::Update(1)]);
+        assert_eq!(plan(&pods, 0, 3, true, Some(2)), []);
         // OnDelete never replaces.
-        assert_eq!(plan(&pods, 3, true, None), []);
+        assert_eq!(plan(&pods, 0, 3, true, None), []);
+    }
+
+    #[test]
+    fn ordinals_can_start_above_zero() {
+        let pods = BTreeMap::from([(0, healthy(true)), (5, healthy(true))]);
+        assert_eq!(
+            plan(&pods, 5, 2, false, Some(0)),
+            [Step::Create(6), Step::Condemn(0)]
+        );
     }
 
     #[test]
@@ -554,6 +652,6 @@ mod tests {
                 ..pending()
             },
         )]);
-        assert_eq!(plan(&pods, 1, true, Some(0)), [Step::Recreate(0)]);
+        assert_eq!(plan(&pods, 0, 1, true, Some(0)), [Step::Recreate(0)]);
     }
 }

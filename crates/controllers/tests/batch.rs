@@ -290,6 +290,34 @@ async fn statefulset_makes_each_pod_after_the_previous_is_ready() {
     assert_eq!(status.updated_replicas, Some(3));
     assert_eq!(status.observed_generation, Some(1));
 
+    // A rolling update with partition 2 replaces only web-2.
+    let update = json!({"spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+                                 "template": {"metadata": {"annotations": {"v": "2"}}}}});
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(&update))
+        .await
+        .unwrap();
+    let revision_of = |p: &Pod| p.labels()["controller-revision-hash"].clone();
+    let old_revision = status.current_revision.clone().unwrap();
+    let new_pod = eventually(10, "web-2 remade at the new revision", || async {
+        let pod = pod_api.get_opt("web-2").await.unwrap()?;
+        (revision_of(&pod) != old_revision && pod.metadata.deletion_timestamp.is_none())
+            .then_some(pod)
+    })
+    .await;
+    set_phase(&pod_api, &new_pod.name_any(), "Running", true).await;
+    let sts = eventually(10, "one updated replica", || async {
+        let sts = sets.get("web").await.unwrap();
+        let s = sts.status.as_ref()?;
+        (s.updated_replicas == Some(1) && s.ready_replicas == Some(3)).then_some(sts)
+    })
+    .await;
+    let status = sts.status.unwrap();
+    assert_eq!(status.current_revision, Some(old_revision.clone()));
+    assert_ne!(status.update_revision, Some(old_revision.clone()));
+    for name in ["web-0", "web-1"] {
+        assert_eq!(revision_of(&pod_api.get(name).await.unwrap()), old_revision);
+    }
+
     create(
         &sets,
         json!({"metadata": {"name": "par"},
@@ -346,6 +374,46 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         (placed().await == ["ds-a", "ds-c"]).then_some(())
     })
     .await;
+    // A rolling update with maxUnavailable 1: the second old pod goes only once the
+    // first new one is ready.
+    for pod in pods(&pod_api, "app=agent").await {
+        set_phase(&pod_api, &pod.name_any(), "Running", true).await;
+    }
+    let old: Vec<String> = pods(&pod_api, "app=agent")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let update = json!({"spec": {"template": {"metadata": {"annotations": {"v": "2"}}}}});
+    sets.patch("agent", &PatchParams::default(), &Patch::Merge(&update))
+        .await
+        .unwrap();
+    let first = eventually(10, "a new daemon pod", || async {
+        pods(&pod_api, "app=agent")
+            .await
+            .into_iter()
+            .find(|p| !old.contains(&p.name_any()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let remaining: Vec<String> = pods(&pod_api, "app=agent")
+        .await
+        .iter()
+        .filter(|p| old.contains(&p.name_any()) && p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(
+        remaining.len(),
+        1,
+        "one old pod waits for the new one: {remaining:?}"
+    );
+    set_phase(&pod_api, &first.name_any(), "Running", true).await;
+    eventually(10, "the second old pod replaced", || async {
+        let now = pods(&pod_api, "app=agent").await;
+        (now.len() == 2 && now.iter().all(|p| !old.contains(&p.name_any()))).then_some(())
+    })
+    .await;
+
     create(&nodes, node("ds-d", None)).await;
     eventually(10, "a daemon on the new node", || async {
         (placed().await == ["ds-a", "ds-c", "ds-d"]).then_some(())
@@ -372,7 +440,7 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         (ds.status.as_ref()?.desired_number_scheduled == 2).then_some(ds)
     })
     .await;
-    assert_eq!(ds.status.unwrap().observed_generation, Some(1));
+    assert_eq!(ds.status.unwrap().observed_generation, Some(2));
     for name in ["ds-a", "ds-b", "ds-c", "ds-d"] {
         let _ = nodes.delete(name, &DeleteParams::default()).await;
     }
@@ -421,4 +489,60 @@ async fn pod_failure_policy_fails_the_job_on_a_matching_exit_code() {
         Some("Failed")
     );
     assert_eq!(job.status.unwrap().failed, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_claims_follow_the_retention_policy() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let (_cp, client) = setup().await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let sts = create(
+        &sets,
+        json!({"metadata": {"name": "vol"},
+               "spec": {"replicas": 2, "podManagementPolicy": "Parallel",
+                        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Delete"},
+                        "selector": {"matchLabels": {"app": "vol"}},
+                        "template": template(json!({"app": "vol"})),
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                            "spec": {"accessModes": ["ReadWriteOnce"],
+                                     "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+    )
+    .await;
+    let pods = eventually(10, "two pods", || async {
+        let p = pods(&pod_api, "app=vol").await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    for (i, pod) in pods.iter().enumerate() {
+        let claim = claims.get(&format!("data-vol-{i}")).await.unwrap();
+        let owners = claim.metadata.owner_references.unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            Some(owners[0].uid.clone()),
+            sts.uid(),
+            "the set owns its claims"
+        );
+        let volume = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        assert!(volume.iter().any(|v| v
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == format!("data-vol-{i}"))));
+    }
+    let scale = json!({"spec": {"replicas": 1}});
+    sets.patch("vol", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    let condemned = pods[1].uid().unwrap();
+    eventually(10, "the condemned pod owns its claim", || async {
+        let claim = claims.get("data-vol-1").await.ok()?;
+        claim
+            .metadata
+            .owner_references?
+            .iter()
+            .any(|o| o.kind == "Pod" && o.uid == condemned)
+            .then_some(())
+    })
+    .await;
 }
