@@ -10,7 +10,12 @@ use kube::Resource;
 /// The owner reference a controller puts on what it creates: `controller: true` and
 /// `blockOwnerDeletion: true`, as upstream's `NewControllerRef`.
 pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
-    owner.controller_owner_ref(&())
+    // kube's `controller_owner_ref` leaves blockOwnerDeletion unset, so foreground
+    // deletion of the owner would not wait for the dependent.
+    Some(OwnerReference {
+        block_owner_deletion: Some(true),
+        ..owner.controller_owner_ref(&())?
+    })
 }
 
 /// The reference among `meta`'s owners that has `controller: true`.
