@@ -64,9 +64,12 @@ async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
 {
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap())
-        .await
-        .unwrap()
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(value).unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +119,13 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         assert!(a.authoritative());
         assert_eq!(data(&a), [web_ip.clone()], "tcp={tcp}");
         assert_eq!(a.answers()[0].ttl(), 5);
-        let srv = ask(server, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV, tcp).await;
+        let srv = ask(
+            server,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+            tcp,
+        )
+        .await;
         assert_eq!(data(&srv), ["0 100 80 web.default.svc.cluster.local."]);
         let ptr_name = korvet_dns::zone::reverse_name(web_ip.parse().unwrap());
         let ptr = ask(server, &format!("{ptr_name}."), RecordType::PTR, tcp).await;
@@ -125,16 +134,34 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         assert_eq!(data(&headless), ["10.244.1.5"]);
         let host = ask(server, "pg-0.pg.db.svc.cluster.local.", RecordType::A, tcp).await;
         assert_eq!(data(&host), ["10.244.1.5"]);
-        let pg_srv = ask(server, "_pg._tcp.pg.db.svc.cluster.local.", RecordType::SRV, tcp).await;
+        let pg_srv = ask(
+            server,
+            "_pg._tcp.pg.db.svc.cluster.local.",
+            RecordType::SRV,
+            tcp,
+        )
+        .await;
         assert_eq!(data(&pg_srv), ["0 100 5432 pg-0.pg.db.svc.cluster.local."]);
         let ptr = ask(server, "5.1.244.10.in-addr.arpa.", RecordType::PTR, tcp).await;
         assert_eq!(data(&ptr), ["pg-0.pg.db.svc.cluster.local."]);
         let cname = ask(server, "ext.default.svc.cluster.local.", RecordType::A, tcp).await;
         assert_eq!(data(&cname), ["db.example.org."]);
-        let missing = ask(server, "nope.default.svc.cluster.local.", RecordType::A, tcp).await;
+        let missing = ask(
+            server,
+            "nope.default.svc.cluster.local.",
+            RecordType::A,
+            tcp,
+        )
+        .await;
         assert_eq!(missing.response_code(), ResponseCode::NXDomain);
         assert_eq!(missing.name_servers()[0].record_type(), RecordType::SOA);
-        let nodata = ask(server, "web.default.svc.cluster.local.", RecordType::AAAA, tcp).await;
+        let nodata = ask(
+            server,
+            "web.default.svc.cluster.local.",
+            RecordType::AAAA,
+            tcp,
+        )
+        .await;
         assert_eq!(nodata.response_code(), ResponseCode::NoError);
         assert!(nodata.answers().is_empty());
         assert_eq!(nodata.name_servers()[0].record_type(), RecordType::SOA);
@@ -159,7 +186,10 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         if data(&headless) == ["10.244.1.5", "10.244.2.6"] {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "change not followed: {headless:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "change not followed: {headless:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A deleted Service is gone as fast.
@@ -169,11 +199,20 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         .await
         .unwrap();
     loop {
-        let a = ask(server, "web.default.svc.cluster.local.", RecordType::A, false).await;
+        let a = ask(
+            server,
+            "web.default.svc.cluster.local.",
+            RecordType::A,
+            false,
+        )
+        .await;
         if a.response_code() == ResponseCode::NXDomain {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "deletion not followed");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "deletion not followed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let text = {
@@ -183,7 +222,10 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         out
     };
-    assert!(text.contains("dns_requests_total{type=\"A\",rcode=\"No Error\"}"), "{text}");
+    assert!(
+        text.contains("dns_requests_total{type=\"A\",rcode=\"No Error\"}"),
+        "{text}"
+    );
     dns.shutdown().await;
 }
 
@@ -200,7 +242,13 @@ async fn outside_names_are_forwarded_or_fail_fast() {
     // No upstream: SERVFAIL at once, not after a timeout.
     let isolated = start_dns(client.clone(), "cluster.local", Vec::new()).await;
     let started = Instant::now();
-    let reply = ask(isolated.local_addrs()[0], "example.org.", RecordType::A, false).await;
+    let reply = ask(
+        isolated.local_addrs()[0],
+        "example.org.",
+        RecordType::A,
+        false,
+    )
+    .await;
     assert_eq!(reply.response_code(), ResponseCode::ServFail);
     assert!(started.elapsed() < Duration::from_millis(200));
     // An upstream: a second server for another domain stands in for the host's resolver.
