@@ -40,6 +40,14 @@ pub struct ClusterServices {
 
 async fn ensure_service(api: &Api<Service>, service: serde_json::Value) -> Result<(), kube::Error> {
     let service: Service = serde_json::from_value(service).map_err(kube::Error::SerdeError)?;
+    // Look first: creating it again fails on its taken ClusterIP (422), not with 409.
+    if api
+        .get_opt(service.metadata.name.as_deref().unwrap_or_default())
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
     match api.create(&PostParams::default(), &service).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),

@@ -117,7 +117,7 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         let a = ask(server, "web.default.svc.cluster.local.", RecordType::A, tcp).await;
         assert_eq!(a.response_code(), ResponseCode::NoError);
         assert!(a.authoritative());
-        assert_eq!(data(&a), [web_ip.clone()], "tcp={tcp}");
+        assert_eq!(data(&a), [web_ip.as_str()], "tcp={tcp}");
         assert_eq!(a.answers()[0].ttl(), 5);
         let srv = ask(
             server,
@@ -269,4 +269,95 @@ async fn outside_names_are_forwarded_or_fail_fast() {
     assert!(started.elapsed() < Duration::from_secs(2));
     forwarding.shutdown().await;
     isolated.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_the_cluster_services_and_their_endpoints() {
+    let cp = TestControlPlane::start(StoreKind::Embedded).await;
+    let client = client(&cp).await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    // A replica that stopped long ago.
+    create(
+        &slices,
+        json!({"metadata": {"name": "kube-dns-10-0-0-99", "labels": {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "korvet-control-plane"},
+                "annotations": {"korvet.io/renewed-at": "2020-01-01T00:00:00Z"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.99"]}]}),
+    )
+    .await;
+    let config = |dns: &str| korvet_dns::bootstrap::ClusterServices {
+        service_cidr: ("10.96.0.0".parse().unwrap(), 12),
+        api_endpoint: "10.0.0.10:6443".parse().unwrap(),
+        dns_addresses: vec![dns.parse().unwrap()],
+    };
+    korvet_dns::bootstrap::ensure(&client, &config("10.0.0.11"))
+        .await
+        .unwrap();
+    // A second replica, and the first again: both idempotent.
+    korvet_dns::bootstrap::ensure(&client, &config("10.0.0.12"))
+        .await
+        .unwrap();
+    korvet_dns::bootstrap::ensure(&client, &config("10.0.0.11"))
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let kube_dns = services.get("kube-dns").await.unwrap();
+    let spec = kube_dns.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+    assert!(spec.selector.is_none());
+    let ports: Vec<(String, i32, String)> = spec
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.port, p.protocol.unwrap()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("dns".to_string(), 53, "UDP".to_string()),
+            ("dns-tcp".into(), 53, "TCP".into()),
+            ("metrics".into(), 9153, "TCP".into())
+        ]
+    );
+    let labels = kube_dns.metadata.labels.unwrap();
+    assert_eq!(labels["k8s-app"], "kube-dns");
+    assert_eq!(labels["kubernetes.io/name"], "CoreDNS");
+    let kubernetes: Api<Service> = Api::namespaced(client.clone(), "default");
+    let kubernetes = kubernetes.get("kubernetes").await.unwrap();
+    assert_eq!(
+        kubernetes.spec.unwrap().cluster_ip.as_deref(),
+        Some("10.96.0.1")
+    );
+    let mut names: Vec<String> = slices
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["kube-dns-10-0-0-11", "kube-dns-10-0-0-12"]);
+    // The DNS server itself answers with what the replicas wrote.
+    let dns = start_dns(client.clone(), "cluster.local", Vec::new()).await;
+    let server = dns.local_addrs()[0];
+    let a = ask(
+        server,
+        "kube-dns.kube-system.svc.cluster.local.",
+        RecordType::A,
+        false,
+    )
+    .await;
+    assert_eq!(data(&a), ["10.96.0.10"]);
+    let a = ask(
+        server,
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        true,
+    )
+    .await;
+    assert_eq!(data(&a), ["10.96.0.1"]);
+    dns.shutdown().await;
 }
