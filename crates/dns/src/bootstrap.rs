@@ -40,6 +40,14 @@ pub struct ClusterServices {
 
 async fn ensure_service(api: &Api<Service>, service: serde_json::Value) -> Result<(), kube::Error> {
     let service: Service = serde_json::from_value(service).map_err(kube::Error::SerdeError)?;
+    // Look first: creating it again fails on its taken ClusterIP (422), not with 409.
+    if api
+        .get_opt(service.metadata.name.as_deref().unwrap_or_default())
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
     match api.create(&PostParams::default(), &service).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -47,8 +55,14 @@ async fn ensure_service(api: &Api<Service>, service: serde_json::Value) -> Resul
     }
 }
 
-async fn apply_slice(api: &Api<EndpointSlice>, slice: serde_json::Value) -> Result<(), kube::Error> {
-    let name = slice["metadata"]["name"].as_str().unwrap_or_default().to_string();
+async fn apply_slice(
+    api: &Api<EndpointSlice>,
+    slice: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let name = slice["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     api.patch(
         &name,
         &PatchParams::apply(MANAGER).force(),
@@ -122,7 +136,10 @@ pub async fn ensure(client: &kube::Client, config: &ClusterServices) -> Result<(
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
     let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for ip in &config.dns_addresses {
-        by_type.entry(address_type(ip)).or_default().push(ip.to_string());
+        by_type
+            .entry(address_type(ip))
+            .or_default()
+            .push(ip.to_string());
     }
     for (kind, addresses) in by_type {
         let Some(first) = addresses.first() else {
@@ -159,9 +176,10 @@ pub async fn ensure(client: &kube::Client, config: &ClusterServices) -> Result<(
 /// Deletes kube-dns slices of replicas that stopped renewing them.
 async fn expire(slices: &Api<EndpointSlice>) -> Result<(), kube::Error> {
     let list = slices
-        .list(&ListParams::default().labels(&format!(
-            "{SERVICE_NAME}=kube-dns,{MANAGED_BY}={MANAGER}"
-        )))
+        .list(
+            &ListParams::default()
+                .labels(&format!("{SERVICE_NAME}=kube-dns,{MANAGED_BY}={MANAGER}")),
+        )
         .await?;
     let now = now();
     for slice in list.items {
@@ -171,11 +189,13 @@ async fn expire(slices: &Api<EndpointSlice>) -> Result<(), kube::Error> {
             .as_ref()
             .and_then(|a| a.get(RENEWED))
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let stale = renewed.is_none_or(|t| {
-            now.duration_since(t).as_secs() > EXPIRE.as_secs() as i64
-        });
+        let stale =
+            renewed.is_none_or(|t| now.duration_since(t).as_secs() > EXPIRE.as_secs() as i64);
         if let (true, Some(name)) = (stale, slice.metadata.name.as_deref()) {
-            tracing::info!(slice = name, "removing the DNS endpoints of a replica that stopped renewing them");
+            tracing::info!(
+                slice = name,
+                "removing the DNS endpoints of a replica that stopped renewing them"
+            );
             match slices.delete(name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}

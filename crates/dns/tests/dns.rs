@@ -64,9 +64,12 @@ async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
 {
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap())
-        .await
-        .unwrap()
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(value).unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,9 +117,15 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         let a = ask(server, "web.default.svc.cluster.local.", RecordType::A, tcp).await;
         assert_eq!(a.response_code(), ResponseCode::NoError);
         assert!(a.authoritative());
-        assert_eq!(data(&a), [web_ip.clone()], "tcp={tcp}");
+        assert_eq!(data(&a), [web_ip.as_str()], "tcp={tcp}");
         assert_eq!(a.answers()[0].ttl(), 5);
-        let srv = ask(server, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV, tcp).await;
+        let srv = ask(
+            server,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+            tcp,
+        )
+        .await;
         assert_eq!(data(&srv), ["0 100 80 web.default.svc.cluster.local."]);
         let ptr_name = korvet_dns::zone::reverse_name(web_ip.parse().unwrap());
         let ptr = ask(server, &format!("{ptr_name}."), RecordType::PTR, tcp).await;
@@ -125,16 +134,34 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         assert_eq!(data(&headless), ["10.244.1.5"]);
         let host = ask(server, "pg-0.pg.db.svc.cluster.local.", RecordType::A, tcp).await;
         assert_eq!(data(&host), ["10.244.1.5"]);
-        let pg_srv = ask(server, "_pg._tcp.pg.db.svc.cluster.local.", RecordType::SRV, tcp).await;
+        let pg_srv = ask(
+            server,
+            "_pg._tcp.pg.db.svc.cluster.local.",
+            RecordType::SRV,
+            tcp,
+        )
+        .await;
         assert_eq!(data(&pg_srv), ["0 100 5432 pg-0.pg.db.svc.cluster.local."]);
         let ptr = ask(server, "5.1.244.10.in-addr.arpa.", RecordType::PTR, tcp).await;
         assert_eq!(data(&ptr), ["pg-0.pg.db.svc.cluster.local."]);
         let cname = ask(server, "ext.default.svc.cluster.local.", RecordType::A, tcp).await;
         assert_eq!(data(&cname), ["db.example.org."]);
-        let missing = ask(server, "nope.default.svc.cluster.local.", RecordType::A, tcp).await;
+        let missing = ask(
+            server,
+            "nope.default.svc.cluster.local.",
+            RecordType::A,
+            tcp,
+        )
+        .await;
         assert_eq!(missing.response_code(), ResponseCode::NXDomain);
         assert_eq!(missing.name_servers()[0].record_type(), RecordType::SOA);
-        let nodata = ask(server, "web.default.svc.cluster.local.", RecordType::AAAA, tcp).await;
+        let nodata = ask(
+            server,
+            "web.default.svc.cluster.local.",
+            RecordType::AAAA,
+            tcp,
+        )
+        .await;
         assert_eq!(nodata.response_code(), ResponseCode::NoError);
         assert!(nodata.answers().is_empty());
         assert_eq!(nodata.name_servers()[0].record_type(), RecordType::SOA);
@@ -159,7 +186,10 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         if data(&headless) == ["10.244.1.5", "10.244.2.6"] {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "change not followed: {headless:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "change not followed: {headless:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A deleted Service is gone as fast.
@@ -169,11 +199,20 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         .await
         .unwrap();
     loop {
-        let a = ask(server, "web.default.svc.cluster.local.", RecordType::A, false).await;
+        let a = ask(
+            server,
+            "web.default.svc.cluster.local.",
+            RecordType::A,
+            false,
+        )
+        .await;
         if a.response_code() == ResponseCode::NXDomain {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "deletion not followed");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "deletion not followed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let text = {
@@ -183,7 +222,10 @@ async fn answers_for_services_endpoints_and_follows_changes() {
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         out
     };
-    assert!(text.contains("dns_requests_total{type=\"A\",rcode=\"No Error\"}"), "{text}");
+    assert!(
+        text.contains("dns_requests_total{type=\"A\",rcode=\"No Error\"}"),
+        "{text}"
+    );
     dns.shutdown().await;
 }
 
@@ -200,7 +242,13 @@ async fn outside_names_are_forwarded_or_fail_fast() {
     // No upstream: SERVFAIL at once, not after a timeout.
     let isolated = start_dns(client.clone(), "cluster.local", Vec::new()).await;
     let started = Instant::now();
-    let reply = ask(isolated.local_addrs()[0], "example.org.", RecordType::A, false).await;
+    let reply = ask(
+        isolated.local_addrs()[0],
+        "example.org.",
+        RecordType::A,
+        false,
+    )
+    .await;
     assert_eq!(reply.response_code(), ResponseCode::ServFail);
     assert!(started.elapsed() < Duration::from_millis(200));
     // An upstream: a second server for another domain stands in for the host's resolver.
@@ -221,4 +269,95 @@ async fn outside_names_are_forwarded_or_fail_fast() {
     assert!(started.elapsed() < Duration::from_secs(2));
     forwarding.shutdown().await;
     isolated.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_the_cluster_services_and_their_endpoints() {
+    let cp = TestControlPlane::start(StoreKind::Embedded).await;
+    let client = client(&cp).await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    // A replica that stopped long ago.
+    create(
+        &slices,
+        json!({"metadata": {"name": "kube-dns-10-0-0-99", "labels": {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "korvet-control-plane"},
+                "annotations": {"korvet.io/renewed-at": "2020-01-01T00:00:00Z"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.99"]}]}),
+    )
+    .await;
+    let config = |dns: &str| korvet_dns::bootstrap::ClusterServices {
+        service_cidr: ("10.96.0.0".parse().unwrap(), 12),
+        api_endpoint: "10.0.0.10:6443".parse().unwrap(),
+        dns_addresses: vec![dns.parse().unwrap()],
+    };
+    korvet_dns::bootstrap::ensure(&client, &config("10.0.0.11"))
+        .await
+        .unwrap();
+    // A second replica, and the first again: both idempotent.
+    korvet_dns::bootstrap::ensure(&client, &config("10.0.0.12"))
+        .await
+        .unwrap();
+    korvet_dns::bootstrap::ensure(&client, &config("10.0.0.11"))
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let kube_dns = services.get("kube-dns").await.unwrap();
+    let spec = kube_dns.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+    assert!(spec.selector.is_none());
+    let ports: Vec<(String, i32, String)> = spec
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.port, p.protocol.unwrap()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("dns".to_string(), 53, "UDP".to_string()),
+            ("dns-tcp".into(), 53, "TCP".into()),
+            ("metrics".into(), 9153, "TCP".into())
+        ]
+    );
+    let labels = kube_dns.metadata.labels.unwrap();
+    assert_eq!(labels["k8s-app"], "kube-dns");
+    assert_eq!(labels["kubernetes.io/name"], "CoreDNS");
+    let kubernetes: Api<Service> = Api::namespaced(client.clone(), "default");
+    let kubernetes = kubernetes.get("kubernetes").await.unwrap();
+    assert_eq!(
+        kubernetes.spec.unwrap().cluster_ip.as_deref(),
+        Some("10.96.0.1")
+    );
+    let mut names: Vec<String> = slices
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["kube-dns-10-0-0-11", "kube-dns-10-0-0-12"]);
+    // The DNS server itself answers with what the replicas wrote.
+    let dns = start_dns(client.clone(), "cluster.local", Vec::new()).await;
+    let server = dns.local_addrs()[0];
+    let a = ask(
+        server,
+        "kube-dns.kube-system.svc.cluster.local.",
+        RecordType::A,
+        false,
+    )
+    .await;
+    assert_eq!(data(&a), ["10.96.0.10"]);
+    let a = ask(
+        server,
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        true,
+    )
+    .await;
+    assert_eq!(data(&a), ["10.96.0.1"]);
+    dns.shutdown().await;
 }

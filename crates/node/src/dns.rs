@@ -151,11 +151,20 @@ mod tests {
 
     #[test]
     fn cluster_first_is_the_default() {
-        let resolv = pod_resolv(&pod(serde_json::json!({"containers": []})), &cluster(), &host());
+        let resolv = pod_resolv(
+            &pod(serde_json::json!({"containers": []})),
+            &cluster(),
+            &host(),
+        );
         assert_eq!(resolv.servers, ["10.96.0.10"]);
         assert_eq!(
             resolv.searches,
-            ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"]
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example"
+            ]
         );
         assert_eq!(resolv.options, ["ndots:5"]);
     }
@@ -166,7 +175,10 @@ mod tests {
         assert_eq!(pod_resolv(&plain, &cluster(), &host()), host());
         let with = pod(serde_json::json!({"containers": [], "hostNetwork": true,
             "dnsPolicy": "ClusterFirstWithHostNet"}));
-        assert_eq!(pod_resolv(&with, &cluster(), &host()).servers, ["10.96.0.10"]);
+        assert_eq!(
+            pod_resolv(&with, &cluster(), &host()).servers,
+            ["10.96.0.10"]
+        );
         let default = pod(serde_json::json!({"containers": [], "dnsPolicy": "Default"}));
         assert_eq!(pod_resolv(&default, &cluster(), &host()), host());
         // No cluster DNS configured: the node's, as upstream falls back.
@@ -183,7 +195,10 @@ mod tests {
             "options": [{"name": "ndots", "value": "2"}, {"name": "single-request"}]}}));
         let resolv = pod_resolv(&merged, &cluster(), &host());
         assert_eq!(resolv.servers, ["10.96.0.10", "192.0.2.1"]);
-        assert_eq!(resolv.searches.last().map(String::as_str), Some("extra.example"));
+        assert_eq!(
+            resolv.searches.last().map(String::as_str),
+            Some("extra.example")
+        );
         assert_eq!(resolv.options, ["ndots:2", "single-request"]);
         let none = pod(serde_json::json!({"containers": [], "dnsPolicy": "None",
             "dnsConfig": {"nameservers": ["1.2.3.4"]}}));

@@ -475,8 +475,7 @@ impl Worker {
                 let a = s.metadata.as_ref().map_or(0, |m| m.attempt);
                 let mut config =
                     runtime::sandbox_config(pod, a, &self.config().log_root(), &cgroup_parent);
-                config.dns_config =
-                    crate::dns::sandbox_dns_config(pod, &self.config().cluster_dns);
+                config.dns_config = crate::dns::sandbox_dns_config(pod, &self.config().cluster_dns);
                 (s.id.clone(), config)
             }
             None => {
@@ -495,8 +494,7 @@ impl Worker {
                     &self.config().log_root(),
                     &cgroup_parent,
                 );
-                config.dns_config =
-                    crate::dns::sandbox_dns_config(pod, &self.config().cluster_dns);
+                config.dns_config = crate::dns::sandbox_dns_config(pod, &self.config().cluster_dns);
                 let _ = std::fs::create_dir_all(&config.log_directory);
                 let creating = self.post_waiting(pod, "ContainerCreating", None).await;
                 if let Err(e) = creating {
