@@ -300,7 +300,13 @@ pub async fn run(client: kube::Client) {
         .default_backoff()
         .touched_objects()
         .map(|_| ());
-    let events = futures::stream::select(pdb_events, pod_events);
+    // A controller's scale changes what is expected before any pod changes.
+    let scales = futures::stream::select_all([
+        trigger::<ReplicaSet>(&client),
+        trigger::<Deployment>(&client),
+        trigger::<StatefulSet>(&client),
+    ]);
+    let events = futures::stream::select(futures::stream::select(pdb_events, pod_events), scales);
     futures::pin_mut!(events);
     let recorder = EventRecorder::new(client.clone(), "controllermanager");
     // Warnings said once per budget and cause, not on every pass.
@@ -419,6 +425,24 @@ pub async fn run(client: kube::Client) {
     }
 }
 
+/// A stream that yields whenever an object of `K` changes.
+fn trigger<K>(client: &kube::Client) -> futures::stream::BoxStream<'static, ()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ())
+        .boxed()
+}
+
 fn selector_text(selector: Option<&LabelSelector>) -> String {
     serde_json::to_string(&selector).unwrap_or_default()
 }
@@ -446,7 +470,7 @@ async fn write_status(
         Ok(_) => true,
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => true,
         Err(e) => {
-            tracing::warn!(pdb = %name, error = %e, "updating a PodDisruptionBudget's status");
+            tracing::warn!(pdb = %name, error = %e, "updating a PodDisruptionBudget status");
             false
         }
     }

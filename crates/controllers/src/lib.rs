@@ -120,6 +120,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         "taint-eviction",
         node_lifecycle::taint_eviction::run,
     ));
+    loops.push(controller("disruption", disruption::run));
     loops
 }
 
