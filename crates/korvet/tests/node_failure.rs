@@ -139,8 +139,21 @@ fn busybox_pod(name: &str, labels: Value, spec: Value) -> String {
     pod.to_string()
 }
 
-fn running(platform: &TestPlatform, kubectl: &Kubectl, name: &str) -> Value {
-    platform.wait_pod(kubectl, name, 60, |p| p["status"]["phase"] == "Running")
+fn running(kubectl: &Kubectl, name: &str) -> Value {
+    let mut last = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
+        last = serde_json::from_str(&run.stdout).unwrap_or(last);
+        if last["status"]["phase"] == "Running" {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} is not running: {last:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn taint_keys(node: &Value) -> Vec<String> {
@@ -203,8 +216,8 @@ fn a_silent_node_goes_unknown_and_its_pods_are_evicted() {
         &["apply", "-f", "-"],
         &busybox_pod("patient", json!({}), json!({"nodeName": victim})),
     );
-    running(&platform, &kubectl, "brief");
-    running(&platform, &kubectl, "patient");
+    running(&kubectl, "brief");
+    running(&kubectl, "patient");
     // DefaultTolerationSeconds added not-ready (the pod had only unreachable) for 300 s.
     let brief = kubectl.json(&["get", "pod", "brief"]);
     assert!(
@@ -284,7 +297,7 @@ fn a_silent_node_goes_unknown_and_its_pods_are_evicted() {
         &["apply", "-f", "-"],
         &busybox_pod("after", json!({}), json!({})),
     );
-    let after = running(&platform, &kubectl, "after");
+    let after = running(&kubectl, "after");
     assert_eq!(after["spec"]["nodeName"].as_str(), Some(other.as_str()));
     drop(frozen);
 }
@@ -323,8 +336,8 @@ fn cordon_and_a_drain_that_waits_on_a_disruption_budget() {
             &busybox_pod(name, json!({"app": "web"}), json!({"nodeName": node})),
         );
     }
-    running(&platform, &kubectl, "web-1");
-    running(&platform, &kubectl, "web-2");
+    running(&kubectl, "web-1");
+    running(&kubectl, "web-2");
     kubectl.ok_with_input(
         &["apply", "-f", "-"],
         &json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
