@@ -200,7 +200,7 @@ fn a_silent_node_goes_unknown_and_its_pods_are_evicted() {
         .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names.len(), 2, "{nodes:#}");
-    let (victim, other) = (&names[0], &names[1]);
+    let victim = &names[0];
     // One pod tolerating the unreachable node for 5 s, one for the default 300 s.
     let toleration = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
         "effect": "NoExecute", "tolerationSeconds": 5}]);
@@ -292,13 +292,6 @@ fn a_silent_node_goes_unknown_and_its_pods_are_evicted() {
         .unwrap();
     assert_eq!(ready["status"], "False", "{patient:#}");
 
-    // A new pod lands on the healthy node only.
-    kubectl.ok_with_input(
-        &["apply", "-f", "-"],
-        &busybox_pod("after", json!({}), json!({})),
-    );
-    let after = running(&kubectl, "after");
-    assert_eq!(after["spec"]["nodeName"].as_str(), Some(other.as_str()));
     drop(frozen);
 }
 
