@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
@@ -292,20 +292,30 @@ pub async fn run(client: kube::Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let (pdb_store, pdb_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
-    let pdb_events = reflector::reflector(pdb_writer, watcher(pdbs, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ());
-    let pod_events = reflector::reflector(pod_writer, watcher(pods, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ());
-    let events = futures::stream::select(pdb_events, pod_events);
-    futures::pin_mut!(events);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut driven = crate::node_lifecycle::Driven::new();
+    driven.drive(
+        reflector::reflector(pdb_writer, watcher(pdbs, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects(),
+        &wake,
+    );
+    driven.drive(
+        reflector::reflector(pod_writer, watcher(pods, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects(),
+        &wake,
+    );
+    // A controller's scale changes what is expected before any pod changes.
+    driven.drive(trigger::<ReplicaSet>(&client), &wake);
+    driven.drive(trigger::<Deployment>(&client), &wake);
+    driven.drive(trigger::<StatefulSet>(&client), &wake);
     let recorder = EventRecorder::new(client.clone(), "controllermanager");
     // Warnings said once per budget and cause, not on every pass.
     let mut warned: HashSet<(String, String)> = HashSet::new();
-    let mut ready = false;
+    if pdb_store.wait_until_ready().await.is_err() || pod_store.wait_until_ready().await.is_err() {
+        return;
+    }
     let mut wake_at: Option<jiff::Timestamp> = None;
     loop {
         let sleep = wake_at
@@ -317,18 +327,8 @@ pub async fn run(client: kube::Client) {
             })
             .unwrap_or(std::time::Duration::from_secs(3600));
         tokio::select! {
-            event = events.next() => if event.is_none() { return },
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
-        }
-        // Take every change already waiting before one pass over all budgets.
-        while let Some(Some(_)) = events.next().now_or_never() {}
-        if !ready {
-            if pdb_store.wait_until_ready().await.is_err()
-                || pod_store.wait_until_ready().await.is_err()
-            {
-                return;
-            }
-            ready = true;
         }
         wake_at = None;
         let all_pods = pod_store.state();
@@ -419,6 +419,24 @@ pub async fn run(client: kube::Client) {
     }
 }
 
+/// A stream that yields whenever an object of `K` changes.
+fn trigger<K>(client: &kube::Client) -> futures::stream::BoxStream<'static, ()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ())
+        .boxed()
+}
+
 fn selector_text(selector: Option<&LabelSelector>) -> String {
     serde_json::to_string(&selector).unwrap_or_default()
 }
@@ -446,7 +464,7 @@ async fn write_status(
         Ok(_) => true,
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => true,
         Err(e) => {
-            tracing::warn!(pdb = %name, error = %e, "updating a PodDisruptionBudget's status");
+            tracing::warn!(pdb = %name, error = %e, "updating a PodDisruptionBudget status");
             false
         }
     }

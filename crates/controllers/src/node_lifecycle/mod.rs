@@ -88,39 +88,37 @@ pub async fn run_with(client: kube::Client, config: Config) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let (node_store, node_writer) = reflector::store();
     let (lease_store, lease_writer) = reflector::store();
-    let node_events = reflector::reflector(
-        node_writer,
-        watcher(nodes.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ());
-    let lease_events =
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut driven = Driven::new();
+    driven.drive(
+        reflector::reflector(
+            node_writer,
+            watcher(nodes.clone(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects(),
+        &wake,
+    );
+    driven.drive(
         reflector::reflector(lease_writer, watcher(leases, watcher::Config::default()))
             .default_backoff()
-            .touched_objects()
-            .map(|_| ());
-    let events = futures::stream::select(node_events, lease_events);
-    futures::pin_mut!(events);
+            .touched_objects(),
+        &wake,
+    );
     let recorder = EventRecorder::new(client.clone(), "node-controller");
     let pods: Api<Pod> = Api::all(client);
     let mut probes: HashMap<String, Probe> = HashMap::new();
-    let mut ready = false;
+    // Judge nobody before both caches are filled: a missing Lease is no death.
+    if node_store.wait_until_ready().await.is_err() || lease_store.wait_until_ready().await.is_err()
+    {
+        return;
+    }
     let mut tick = tokio::time::interval(config.monitor_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            event = events.next() => if event.is_none() { return },
+            _ = wake.notified() => {}
             _ = tick.tick() => {}
-        }
-        if !ready {
-            // Judge nobody before both caches are filled: a missing Lease is no death.
-            if node_store.wait_until_ready().await.is_err()
-                || lease_store.wait_until_ready().await.is_err()
-            {
-                return;
-            }
-            ready = true;
         }
         let started = Instant::now();
         let mut ok = true;
@@ -156,17 +154,48 @@ pub async fn run_with(client: kube::Client, config: Config) {
                     Ok(None) => {}
                     Err(e) => {
                         ok = false;
-                        tracing::debug!(node = %name, error = %e, "marking the Node Unknown");
+                        tracing::warn!(node = %name, error = %e, "marking the Node Unknown");
                         continue;
                     }
                 }
             }
             if let Err(e) = sync_taints(&nodes, &node).await {
                 ok = false;
-                tracing::debug!(node = %name, error = %e, "updating the Node's taints");
+                tracing::warn!(node = %name, error = %e, "updating the Node taints");
             }
         }
         crate::metrics::sync_done("node-lifecycle", started, ok);
+    }
+}
+
+/// Reflector streams driven by their own tasks (so the caches fill while the controller
+/// waits for them), each change waking `wake`; the tasks end when this is dropped.
+pub(crate) struct Driven(Vec<tokio::task::JoinHandle<()>>);
+
+impl Driven {
+    pub(crate) fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    pub(crate) fn drive<S>(&mut self, stream: S, wake: &std::sync::Arc<tokio::sync::Notify>)
+    where
+        S: futures::Stream + Send + 'static,
+    {
+        let wake = wake.clone();
+        self.0.push(tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {
+                wake.notify_one();
+            }
+        }));
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -8,7 +8,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -88,16 +87,20 @@ pub async fn run(client: kube::Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let (node_store, node_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
-    let node_events = reflector::reflector(node_writer, watcher(nodes, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ());
-    let pod_events = reflector::reflector(pod_writer, watcher(pods, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ());
-    let events = futures::stream::select(node_events, pod_events);
-    futures::pin_mut!(events);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut driven = super::Driven::new();
+    driven.drive(
+        reflector::reflector(node_writer, watcher(nodes, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects(),
+        &wake,
+    );
+    driven.drive(
+        reflector::reflector(pod_writer, watcher(pods, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects(),
+        &wake,
+    );
     let recorder = EventRecorder::new(client.clone(), "taint-eviction-controller");
     // Pods this controller deleted, until the watch shows them gone or terminating
     // (upstream's expectations: a lagging cache must not delete twice).
@@ -179,7 +182,7 @@ pub async fn run(client: kube::Client) {
             })
             .unwrap_or(std::time::Duration::from_secs(3600));
         tokio::select! {
-            event = events.next() => if event.is_none() { return },
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
