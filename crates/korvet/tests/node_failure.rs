@@ -1,6 +1,6 @@
 //! Node failure and maintenance on a real platform cluster, through kubectl: a node whose
 //! agent stops goes `Unknown` and is tainted, and its pods are evicted after their
-//! toleration; cordon, uncordon, and a drain that waits on a PodDisruptionBudget. Runs as
+//! toleration (a Deployment's replaced on another node); cordon, uncordon, and a drain that waits on a PodDisruptionBudget. Runs as
 //! root.
 //!
 //! The agent is frozen (SIGSTOP, by the PID in its machine record) rather than killed: the
@@ -216,6 +216,37 @@ fn a_silent_node_goes_unknown_and_its_pods_are_evicted() {
         &["apply", "-f", "-"],
         &busybox_pod("patient", json!({}), json!({"nodeName": victim})),
     );
+    // A Deployment's pod on that node, tolerating it for 5 s too, pinned there only by
+    // a preference, so its replacement may go elsewhere.
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "tolerations": toleration,
+                    "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 100,
+                        "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [victim]}]},
+                    }]}},
+                    "containers": [{"name": "main", "image": "korvet.local/busybox:latest",
+                        "imagePullPolicy": "Never", "command": ["sleep", "3600"]}],
+                },
+            },
+        },
+    });
+    kubectl.ok_with_input(&["apply", "-f", "-"], &deployment.to_string());
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let web_pods = kubectl.json(&["get", "pods", "-l", "app=web"]);
+    assert_eq!(
+        web_pods["items"][0]["spec"]["nodeName"].as_str(),
+        Some(victim.as_str()),
+        "{web_pods:#}"
+    );
     running(&kubectl, "brief");
     running(&kubectl, "patient");
     // DefaultTolerationSeconds added not-ready (the pod had only unreachable) for 300 s.
@@ -280,6 +311,24 @@ fn a_silent_node_goes_unknown_and_its_pods_are_evicted() {
         events.contains("TaintManagerEviction")
             && events.contains("Marking for deletion Pod default/brief"),
         "{events}"
+    );
+    // The Deployment's pod is evicted too and replaced, running, on the other node.
+    let other = names[1].clone();
+    wait_for(
+        60,
+        "the Deployment's replacement to run on the other node",
+        || {
+            let pods = kubectl.json(&["get", "pods", "-l", "app=web"]);
+            pods["items"]
+                .as_array()?
+                .iter()
+                .any(|p| {
+                    p["spec"]["nodeName"].as_str() == Some(other.as_str())
+                        && p["status"]["phase"] == "Running"
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                })
+                .then_some(())
+        },
     );
     let patient = kubectl.json(&["get", "pod", "patient"]);
     assert!(
