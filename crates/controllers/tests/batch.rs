@@ -2,21 +2,19 @@
 //! store) with no node agents: pod phases and readiness are written by the test, as a
 //! kubelet would, so each step of the controllers' logic can be checked in order.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use korvet_test_support::{StoreKind, TestControlPlane};
+use korvet_test_support::{wait_for, StoreKind, TestControlPlane};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
 async fn setup() -> (TestControlPlane, kube::Client) {
     let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     (cp, client)
 }
 
@@ -36,22 +34,6 @@ where
 {
     let object: K = serde_json::from_value(object).unwrap();
     api.create(&PostParams::default(), &object).await.unwrap()
-}
-
-/// Polls `check` every 50 ms until it returns `Some`; panics after `seconds`.
-async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "after {seconds} s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn pods(api: &Api<Pod>, selector: &str) -> Vec<Pod> {
@@ -95,7 +77,7 @@ async fn job_counts_finished_pods_through_the_tracking_finalizer() {
     )
     .await;
     let selector = "batch.kubernetes.io/job-name=count";
-    let first = eventually(10, "the first pod", || async {
+    let first = wait_for(10, "the first pod", || async {
         pods(&pod_api, selector).await.into_iter().next()
     })
     .await;
@@ -105,14 +87,14 @@ async fn job_counts_finished_pods_through_the_tracking_finalizer() {
     assert_eq!(pods(&pod_api, selector).await.len(), 1, "parallelism 1");
     set_phase(&pod_api, &first.name_any(), "Succeeded", false).await;
 
-    let second = eventually(10, "a second pod after the first succeeded", || async {
+    let second = wait_for(10, "a second pod after the first succeeded", || async {
         pods(&pod_api, selector)
             .await
             .into_iter()
             .find(|p| p.name_any() != first.name_any())
     })
     .await;
-    eventually(10, "the first pod counted and released", || async {
+    wait_for(10, "the first pod counted and released", || async {
         let job = jobs.get("count").await.unwrap();
         let released = pod_api
             .get(&first.name_any())
@@ -124,7 +106,7 @@ async fn job_counts_finished_pods_through_the_tracking_finalizer() {
     })
     .await;
     set_phase(&pod_api, &second.name_any(), "Succeeded", false).await;
-    let job = eventually(10, "the job completes", || async {
+    let job = wait_for(10, "the job completes", || async {
         let job = jobs.get("count").await.unwrap();
         (condition(&job, "Complete").map(|c| c.0).as_deref() == Some("True")).then_some(job)
     })
@@ -163,7 +145,7 @@ async fn suspended_job_waits_then_runs_until_its_deadline() {
                         "activeDeadlineSeconds": 2, "template": template(json!({}))}}),
     )
     .await;
-    eventually(10, "the Suspended condition", || async {
+    wait_for(10, "the Suspended condition", || async {
         let job = jobs.get("later").await.unwrap();
         (condition(&job, "Suspended") == Some(("True".into(), "JobSuspended".into()))).then_some(())
     })
@@ -175,11 +157,11 @@ async fn suspended_job_waits_then_runs_until_its_deadline() {
     jobs.patch("later", &PatchParams::default(), &Patch::Merge(&resume))
         .await
         .unwrap();
-    eventually(10, "two pods after resuming", || async {
+    wait_for(10, "two pods after resuming", || async {
         (pods(&pod_api, selector).await.len() == 2).then_some(())
     })
     .await;
-    let job = eventually(15, "the job fails at its deadline", || async {
+    let job = wait_for(15, "the job fails at its deadline", || async {
         let job = jobs.get("later").await.unwrap();
         (condition(&job, "Failed").map(|c| c.0).as_deref() == Some("True")).then_some(job)
     })
@@ -215,7 +197,7 @@ async fn indexed_job_pods_carry_their_index() {
     )
     .await;
     let selector = "batch.kubernetes.io/job-name=idx";
-    let running = eventually(10, "two indexed pods", || async {
+    let running = wait_for(10, "two indexed pods", || async {
         let p = pods(&pod_api, selector).await;
         (p.len() == 2).then_some(p)
     })
@@ -234,7 +216,7 @@ async fn indexed_job_pods_carry_their_index() {
     }
     let one = running.iter().find(|p| index(p) == "1").unwrap();
     set_phase(&pod_api, &one.name_any(), "Succeeded", false).await;
-    let third = eventually(10, "index 2 after index 1 succeeded", || async {
+    let third = wait_for(10, "index 2 after index 1 succeeded", || async {
         pods(&pod_api, selector)
             .await
             .into_iter()
@@ -242,7 +224,7 @@ async fn indexed_job_pods_carry_their_index() {
     })
     .await;
     set_phase(&pod_api, &third.name_any(), "Succeeded", false).await;
-    eventually(10, "completedIndexes 1-2", || async {
+    wait_for(10, "completedIndexes 1-2", || async {
         let job = jobs.get("idx").await.unwrap();
         (job.status?.completed_indexes.as_deref() == Some("1-2")).then_some(())
     })
@@ -264,7 +246,7 @@ async fn statefulset_makes_each_pod_after_the_previous_is_ready() {
     .await;
     for i in 0..3 {
         let name = format!("web-{i}");
-        eventually(10, &format!("{name} is made"), || async {
+        wait_for(10, &format!("{name} is made"), || async {
             pod_api.get_opt(&name).await.unwrap()
         })
         .await;
@@ -278,7 +260,7 @@ async fn statefulset_makes_each_pod_after_the_previous_is_ready() {
         assert_eq!(names, expected);
         set_phase(&pod_api, &name, "Running", true).await;
     }
-    let sts = eventually(10, "three ready replicas", || async {
+    let sts = wait_for(10, "three ready replicas", || async {
         let sts = sets.get("web").await.unwrap();
         (sts.status.as_ref()?.ready_replicas == Some(3)).then_some(sts)
     })
@@ -298,14 +280,14 @@ async fn statefulset_makes_each_pod_after_the_previous_is_ready() {
         .unwrap();
     let revision_of = |p: &Pod| p.labels()["controller-revision-hash"].clone();
     let old_revision = status.current_revision.clone().unwrap();
-    let new_pod = eventually(10, "web-2 remade at the new revision", || async {
+    let new_pod = wait_for(10, "web-2 remade at the new revision", || async {
         let pod = pod_api.get_opt("web-2").await.unwrap()?;
         (revision_of(&pod) != old_revision && pod.metadata.deletion_timestamp.is_none())
             .then_some(pod)
     })
     .await;
     set_phase(&pod_api, &new_pod.name_any(), "Running", true).await;
-    let sts = eventually(10, "one updated replica", || async {
+    let sts = wait_for(10, "one updated replica", || async {
         let sts = sets.get("web").await.unwrap();
         let s = sts.status.as_ref()?;
         (s.updated_replicas == Some(1) && s.ready_replicas == Some(3)).then_some(sts)
@@ -326,7 +308,7 @@ async fn statefulset_makes_each_pod_after_the_previous_is_ready() {
                         "template": template(json!({"app": "par"}))}}),
     )
     .await;
-    eventually(10, "all Parallel pods at once", || async {
+    wait_for(10, "all Parallel pods at once", || async {
         (pods(&pod_api, "app=par").await.len() == 3).then_some(())
     })
     .await;
@@ -370,7 +352,7 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         on.sort();
         on
     };
-    eventually(10, "daemons on ds-a and ds-c", || async {
+    wait_for(10, "daemons on ds-a and ds-c", || async {
         (placed().await == ["ds-a", "ds-c"]).then_some(())
     })
     .await;
@@ -388,7 +370,7 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
     sets.patch("agent", &PatchParams::default(), &Patch::Merge(&update))
         .await
         .unwrap();
-    let first = eventually(10, "a new daemon pod", || async {
+    let first = wait_for(10, "a new daemon pod", || async {
         pods(&pod_api, "app=agent")
             .await
             .into_iter()
@@ -408,14 +390,14 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         "one old pod waits for the new one: {remaining:?}"
     );
     set_phase(&pod_api, &first.name_any(), "Running", true).await;
-    eventually(10, "the second old pod replaced", || async {
+    wait_for(10, "the second old pod replaced", || async {
         let now = pods(&pod_api, "app=agent").await;
         (now.len() == 2 && now.iter().all(|p| !old.contains(&p.name_any()))).then_some(())
     })
     .await;
 
     create(&nodes, node("ds-d", None)).await;
-    eventually(10, "a daemon on the new node", || async {
+    wait_for(10, "a daemon on the new node", || async {
         (placed().await == ["ds-a", "ds-c", "ds-d"]).then_some(())
     })
     .await;
@@ -425,7 +407,7 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         .patch("ds-d", &PatchParams::default(), &Patch::Merge(&taint))
         .await
         .unwrap();
-    eventually(10, "no daemon left on ds-d", || async {
+    wait_for(10, "no daemon left on ds-d", || async {
         let live: Vec<String> = pods(&pod_api, "app=agent")
             .await
             .iter()
@@ -435,7 +417,7 @@ async fn daemonset_covers_eligible_nodes_including_new_ones() {
         (!live.contains(&"ds-d".to_string())).then_some(())
     })
     .await;
-    let ds = eventually(10, "status counts", || async {
+    let ds = wait_for(10, "status counts", || async {
         let ds = sets.get("agent").await.unwrap();
         (ds.status.as_ref()?.desired_number_scheduled == 2).then_some(ds)
     })
@@ -460,7 +442,7 @@ async fn pod_failure_policy_fails_the_job_on_a_matching_exit_code() {
     )
     .await;
     let selector = "batch.kubernetes.io/job-name=policy";
-    let pod = eventually(10, "a pod", || async {
+    let pod = wait_for(10, "a pod", || async {
         pods(&pod_api, selector).await.into_iter().next()
     })
     .await;
@@ -475,7 +457,7 @@ async fn pod_failure_policy_fails_the_job_on_a_matching_exit_code() {
         )
         .await
         .unwrap();
-    let job = eventually(10, "the job fails by its policy", || async {
+    let job = wait_for(10, "the job fails by its policy", || async {
         let job = jobs.get("policy").await.unwrap();
         (condition(&job, "Failed").map(|c| c.0).as_deref() == Some("True")).then_some(job)
     })
@@ -510,7 +492,7 @@ async fn statefulset_claims_follow_the_retention_policy() {
                                      "resources": {"requests": {"storage": "1Gi"}}}}]}}),
     )
     .await;
-    let pods = eventually(10, "two pods", || async {
+    let pods = wait_for(10, "two pods", || async {
         let p = pods(&pod_api, "app=vol").await;
         (p.len() == 2).then_some(p)
     })
@@ -535,7 +517,7 @@ async fn statefulset_claims_follow_the_retention_policy() {
         .await
         .unwrap();
     let condemned = pods[1].uid().unwrap();
-    eventually(10, "the condemned pod owns its claim", || async {
+    wait_for(10, "the condemned pod owns its claim", || async {
         let claim = claims.get("data-vol-1").await.ok()?;
         claim
             .metadata

@@ -3,7 +3,6 @@
 //! Ready soon after it is made, unless its image is `korvet.local/broken:1` (a pod that
 //! never starts), as kwok does.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
-use korvet_test_support::{Kubectl, StoreKind, TestControlPlane};
+use korvet_test_support::{wait_for, Kubectl, StoreKind, TestControlPlane};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
@@ -34,9 +33,7 @@ impl Drop for Setup {
 
 async fn setup() -> Setup {
     let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     let kubelet = tokio::spawn(play_kubelet(client.clone()));
     Setup {
         kubectl: cp.kubectl(),
@@ -79,24 +76,6 @@ async fn play_kubelet(client: kube::Client) {
                 )
                 .await;
         });
-    }
-}
-
-async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

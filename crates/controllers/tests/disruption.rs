@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use korvet_test_support::{StoreKind, TestControlPlane};
+use korvet_test_support::{wait_for, StoreKind, TestControlPlane};
 use kube::api::{Api, EvictParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -20,25 +20,6 @@ async fn setup() -> (TestControlPlane, kube::Client) {
         .unwrap();
     config.default_retry = false;
     (cp, kube::Client::try_from(config).unwrap())
-}
-
-/// Polls until `check` gives Some, or panics after `seconds` with `what`.
-async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A running pod labelled `app=web` (ready or not), optionally owned by `owner`.

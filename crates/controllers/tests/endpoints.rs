@@ -2,19 +2,16 @@
 //! controllers running. Nodes and pod statuses are written by the test, as kwok does: the
 //! controllers only read them.
 
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use korvet_test_support::{StoreKind, TestControlPlane};
+use korvet_test_support::{wait_for, StoreKind, TestControlPlane};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn setup() -> (TestControlPlane, kube::Client) {
     let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
     }))
@@ -24,25 +21,6 @@ async fn setup() -> (TestControlPlane, kube::Client) {
         .await
         .unwrap();
     (cp, client)
-}
-
-/// Polls until `check` gives Some, or panics after `seconds` with `what`.
-async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A pod on n1 with IP `ip`, its port 8080 named `http`, ready or not.

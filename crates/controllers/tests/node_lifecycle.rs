@@ -36,9 +36,7 @@ async fn wait_taints(nodes: &Api<Node>, name: &str, wanted: &[&str]) {
 #[tokio::test]
 async fn cordon_and_pressure_taint_the_node() {
     let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     let nodes: Api<Node> = Api::all(client);
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": "kwok-1"},

@@ -11,9 +11,7 @@ use serde_json::json;
 
 async fn setup(namespace: &str) -> (TestControlPlane, kube::Client) {
     let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)

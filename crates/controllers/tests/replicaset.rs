@@ -1,40 +1,19 @@
 //! The ReplicaSet controller against a real API server (embedded store). No kubelet
 //! runs: the test plays one by patching pod status to Running and Ready, as kwok does.
 
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use korvet_test_support::{StoreKind, TestControlPlane};
+use korvet_test_support::{wait_for, StoreKind, TestControlPlane};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 
 async fn setup() -> (TestControlPlane, kube::Client) {
     let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     (cp, client)
-}
-
-async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn replica_set(name: &str, replicas: i32, app: &str) -> ReplicaSet {

@@ -8,15 +8,13 @@ use k8s_openapi::api::core::v1::{Event, Pod, Taint};
 use korvet_controllers::leader::LeaderConfig;
 use korvet_scheduler::bench::{kwok_node, node_status, pending_pod, register_node};
 use korvet_scheduler::{spawn, SchedulerConfig};
-use korvet_test_support::{StoreKind, TestControlPlane};
+use korvet_test_support::{wait_for, StoreKind, TestControlPlane};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 async fn setup() -> (TestControlPlane, kube::Client) {
     let cp = TestControlPlane::start(StoreKind::Embedded).await;
-    let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
-        .await
-        .unwrap();
+    let client = cp.client().await;
     (cp, client)
 }
 
@@ -59,25 +57,6 @@ fn with(pod: Pod, spec: serde_json::Value) -> Pod {
         value["spec"][k] = v.clone();
     }
     serde_json::from_value(value).unwrap()
-}
-
-/// Polls until `check` gives Some, or panics after `seconds` with `what`.
-async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn bound_node(client: &kube::Client, name: &str) -> String {

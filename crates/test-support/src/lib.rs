@@ -32,7 +32,34 @@ pub struct TestControlPlane {
     dir: tempfile::TempDir,
 }
 
+/// Polls `check` every 50 ms until it gives `Some`; panics after `seconds`, naming
+/// `what`.
+pub async fn wait_for<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 impl TestControlPlane {
+    /// A `kube` client with the admin's identity.
+    pub async fn client(&self) -> kube::Client {
+        korvet_controllers::client_from_kubeconfig(self.kubeconfig())
+            .await
+            .unwrap_or_else(|e| panic!("admin client: {e}"))
+    }
+
     pub async fn start(kind: StoreKind) -> Self {
         Self::start_with_tokens(kind, None).await
     }
