@@ -28,9 +28,14 @@ const VALIDATION_SET: [&str; 6] = [
 /// How often a charge is retried when another write changed the quota meanwhile.
 const CHARGE_RETRIES: usize = 16;
 
-/// `500m` → 500, `2` → 2000, `64Mi` → 67108864000 (rounded up as upstream's MilliValue).
+/// `500m` → 500, `2` → 2000, `64Mi` → 67108864000, `123456n` → 124 (rounded up, as upstream's
+/// MilliValue); signs and exponents (`1e3`) too.
 pub fn parse_milli(text: &str) -> Option<i128> {
     let text = text.trim();
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -39,6 +44,7 @@ pub fn parse_milli(text: &str) -> Option<i128> {
     if int_part.is_empty() && frac_part.is_empty() {
         return None;
     }
+    // (multiplier, power of ten) of the suffix.
     let (mult, exp10): (i128, i32) = match suffix {
         "" => (1, 0),
         "n" => (1, -9),
@@ -56,17 +62,24 @@ pub fn parse_milli(text: &str) -> Option<i128> {
         "Ti" => (1 << 40, 0),
         "Pi" => (1 << 50, 0),
         "Ei" => (1 << 60, 0),
+        s if s.starts_with(['e', 'E']) => (1, s[1..].parse().ok()?),
         _ => return None,
     };
-    let value: i128 = format!("{int_part}{frac_part}").parse().ok()?;
+    let digits = format!("{int_part}{frac_part}");
+    let value: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     let scale = exp10 + 3 - i32::try_from(frac_part.len()).ok()?;
     let scaled = value.checked_mul(mult)?;
-    if scale >= 0 {
-        scaled.checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)
+    let out = if scale >= 0 {
+        scaled.checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?
     } else {
         let div = 10i128.checked_pow(u32::try_from(-scale).ok()?)?;
-        Some((scaled + div - 1) / div)
-    }
+        (scaled + div - 1) / div
+    };
+    Some(if negative { -out } else { out })
 }
 
 /// A milli-value of resource `name` as upstream prints it: counts and CPU in decimal

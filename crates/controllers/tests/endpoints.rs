@@ -2,7 +2,6 @@
 //! controllers running. Nodes and pod statuses are written by the test, as kwok does: the
 //! controllers only read them.
 
-
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use korvet_test_support::{wait_for, StoreKind, TestControlPlane};

@@ -1,58 +1,8 @@
 //! Kubernetes quantities as milli-units (upstream's `MilliValue`, rounded up), which is
 //! what the HPA's arithmetic and ResourceQuota's sums work in.
 
-/// `500m` → 500, `2` → 2000, `64Mi` → 67108864000, `123456n` → 124 (rounded up).
-pub fn parse_milli(text: &str) -> Option<i128> {
-    let text = text.trim();
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
-    };
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if int_part.is_empty() && frac_part.is_empty() {
-        return None;
-    }
-    // (multiplier, power of ten) of the suffix.
-    let (mult, exp10): (i128, i32) = match suffix {
-        "" => (1, 0),
-        "n" => (1, -9),
-        "u" => (1, -6),
-        "m" => (1, -3),
-        "k" => (1, 3),
-        "M" => (1, 6),
-        "G" => (1, 9),
-        "T" => (1, 12),
-        "P" => (1, 15),
-        "E" => (1, 18),
-        "Ki" => (1 << 10, 0),
-        "Mi" => (1 << 20, 0),
-        "Gi" => (1 << 30, 0),
-        "Ti" => (1 << 40, 0),
-        "Pi" => (1 << 50, 0),
-        "Ei" => (1 << 60, 0),
-        s if s.starts_with(['e', 'E']) => (1, s[1..].parse().ok()?),
-        _ => return None,
-    };
-    let digits = format!("{int_part}{frac_part}");
-    let value: i128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
-    let scale = exp10 + 3 - i32::try_from(frac_part.len()).ok()?;
-    let scaled = value.checked_mul(mult)?;
-    let out = if scale >= 0 {
-        scaled.checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?
-    } else {
-        let div = 10i128.checked_pow(u32::try_from(-scale).ok()?)?;
-        (scaled + div - 1) / div
-    };
-    Some(if negative { -out } else { out })
-}
+/// The quantity parser is the API server's, shared with ResourceQuota admission.
+pub use korvet_apiserver::quota::parse_milli;
 
 /// A milli-value as upstream's canonical decimal quantity: `250m`, `2`, `1500m`, `9764k`.
 pub fn format_milli(milli: i128) -> String {
