@@ -5,7 +5,7 @@
 //! beyond the history limits. It sleeps until the next scheduled time (no polling).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::tz::TimeZone;
@@ -19,23 +19,14 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::cron::Schedule;
-use crate::events::EventRecorder;
-use crate::owned::{self, SyncError};
+use crate::owned::{self, Ctx, SyncError};
 use crate::workload;
 
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
-struct Ctx {
-    client: kube::Client,
-    events: EventRecorder,
-}
-
 /// Runs the CronJob controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        events: EventRecorder::new(client.clone(), "cronjob-controller"),
-    });
+    let ctx = Ctx::new(&client, "cronjob-controller");
     Controller::new(
         Api::<CronJob>::all(client.clone()),
         watcher::Config::default(),
@@ -47,10 +38,7 @@ pub async fn run(client: kube::Client) {
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {
-    let started = Instant::now();
-    let result = sync(&cj, &ctx).await;
-    crate::metrics::sync_done("cronjob", started, result.is_ok());
-    result
+    owned::timed("cronjob", sync(&cj, &ctx)).await
 }
 
 fn job_condition(job: &Job) -> Option<&'static str> {

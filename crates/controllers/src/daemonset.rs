@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
@@ -23,24 +23,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use crate::events::EventRecorder;
-use crate::owned::{self, SyncError};
+use crate::owned::{self, Ctx, SyncError};
 use crate::{history, workload};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 
-struct Ctx {
-    client: kube::Client,
-    events: EventRecorder,
-}
-
 /// Runs the DaemonSet controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        events: EventRecorder::new(client.clone(), "daemonset-controller"),
-    });
+    let ctx = Ctx::new(&client, "daemonset-controller");
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
@@ -65,10 +56,7 @@ pub async fn run(client: kube::Client) {
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {
-    let started = Instant::now();
-    let result = sync(&ds, &ctx).await;
-    crate::metrics::sync_done("daemonset", started, result.is_ok());
-    result
+    owned::timed("daemonset", sync(&ds, &ctx)).await
 }
 
 fn toleration(key: &str, effect: &str) -> Toleration {

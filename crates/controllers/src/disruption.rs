@@ -318,14 +318,7 @@ pub async fn run(client: kube::Client) {
     }
     let mut wake_at: Option<jiff::Timestamp> = None;
     loop {
-        let sleep = wake_at
-            .map(|at| {
-                let ms = (at - jiff::Timestamp::now())
-                    .total(jiff::Unit::Millisecond)
-                    .unwrap_or(0.0);
-                std::time::Duration::from_millis(ms.max(0.0) as u64 + 10)
-            })
-            .unwrap_or(std::time::Duration::from_secs(3600));
+        let sleep = crate::workload::sleep_until(wake_at);
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}

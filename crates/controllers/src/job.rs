@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
@@ -26,24 +26,15 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
-use crate::events::EventRecorder;
-use crate::owned::{self, SyncError};
+use crate::owned::{self, Ctx, SyncError};
 use crate::workload;
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
-struct Ctx {
-    client: kube::Client,
-    events: EventRecorder,
-}
-
 /// Runs the Job controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        events: EventRecorder::new(client.clone(), "job-controller"),
-    });
+    let ctx = Ctx::new(&client, "job-controller");
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .run(reconcile, owned::retry_soon, ctx)
@@ -91,10 +82,7 @@ async fn release_orphans(client: kube::Client) {
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {
-    let started = Instant::now();
-    let result = sync(&job, &ctx).await;
-    crate::metrics::sync_done("job", started, result.is_ok());
-    result
+    owned::timed("job", sync(&job, &ctx)).await
 }
 
 /// Whether the Job has its terminal `Complete` or `Failed` condition.

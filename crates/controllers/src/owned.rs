@@ -24,6 +24,33 @@ pub enum SyncError {
     Invalid(String),
 }
 
+/// What each of these controllers' syncs gets: the client and its Event recorder.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub events: crate::events::EventRecorder,
+}
+
+impl Ctx {
+    /// A context recording Events as `reporter` (e.g. `job-controller`).
+    pub fn new(client: &kube::Client, reporter: &str) -> Arc<Self> {
+        Arc::new(Self {
+            client: client.clone(),
+            events: crate::events::EventRecorder::new(client.clone(), reporter),
+        })
+    }
+}
+
+/// Runs one sync and records it in the controllers' metrics as `controller`.
+pub async fn timed(
+    controller: &'static str,
+    sync: impl std::future::Future<Output = Result<Action, SyncError>>,
+) -> Result<Action, SyncError> {
+    let started = std::time::Instant::now();
+    let result = sync.await;
+    crate::metrics::sync_done(controller, started, result.is_ok());
+    result
+}
+
 /// Retries a failed sync soon (upstream's rate-limited requeue, simplified).
 pub fn retry_soon<K, C>(_object: Arc<K>, error: &SyncError, _ctx: Arc<C>) -> Action {
     tracing::debug!(%error, "sync failed; retrying");

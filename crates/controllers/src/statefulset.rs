@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
@@ -20,25 +20,16 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use crate::events::EventRecorder;
-use crate::owned::{self, SyncError};
+use crate::owned::{self, Ctx, SyncError};
 use crate::{history, workload};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
-struct Ctx {
-    client: kube::Client,
-    events: EventRecorder,
-}
-
 /// Runs the StatefulSet controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        events: EventRecorder::new(client.clone(), "statefulset-controller"),
-    });
+    let ctx = Ctx::new(&client, "statefulset-controller");
     Controller::new(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
@@ -50,10 +41,7 @@ pub async fn run(client: kube::Client) {
 }
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {
-    let started = Instant::now();
-    let result = sync(&sts, &ctx).await;
-    crate::metrics::sync_done("statefulset", started, result.is_ok());
-    result
+    owned::timed("statefulset", sync(&sts, &ctx)).await
 }
 
 /// The ordinal of pod `pod_name` of set `set`, if it is one of its names.

@@ -106,6 +106,18 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
     since + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) <= now
 }
 
+/// How long to sleep until `at` (10 ms past it, so the time has surely come), or an hour
+/// when nothing is due.
+pub fn sleep_until(at: Option<jiff::Timestamp>) -> std::time::Duration {
+    at.map(|at| {
+        let ms = (at - jiff::Timestamp::now())
+            .total(jiff::Unit::Millisecond)
+            .unwrap_or(0.0);
+        std::time::Duration::from_millis(ms.max(0.0) as u64 + 10)
+    })
+    .unwrap_or(std::time::Duration::from_secs(3600))
+}
+
 /// Whether every `key: value` of `selector` (matchLabels form) is among `labels`.
 pub fn labels_match(
     selector: &BTreeMap<String, String>,

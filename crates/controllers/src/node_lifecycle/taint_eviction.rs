@@ -173,14 +173,7 @@ pub async fn run(client: kube::Client) {
         }
         scheduled = still_scheduled;
         crate::metrics::sync_done("taint-eviction", started, ok);
-        let sleep = next_wake
-            .map(|at| {
-                let ms = (at - jiff::Timestamp::now())
-                    .total(jiff::Unit::Millisecond)
-                    .unwrap_or(0.0);
-                std::time::Duration::from_millis(ms.max(0.0) as u64 + 10)
-            })
-            .unwrap_or(std::time::Duration::from_secs(3600));
+        let sleep = crate::workload::sleep_until(next_wake);
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
