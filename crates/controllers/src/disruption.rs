@@ -35,26 +35,7 @@ pub fn selects(
     selector: Option<&LabelSelector>,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {
-    let Some(selector) = selector else {
-        return false;
-    };
-    let match_labels = selector.match_labels.as_ref().filter(|m| !m.is_empty());
-    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
-    if match_labels.is_none() && expressions.is_empty() {
-        return false;
-    }
-    let get = |k: &str| labels.and_then(|l| l.get(k));
-    match_labels.is_none_or(|m| m.iter().all(|(k, v)| get(k) == Some(v)))
-        && expressions.iter().all(|e| {
-            let values = e.values.as_deref().unwrap_or_default();
-            match e.operator.as_str() {
-                "In" => get(&e.key).is_some_and(|v| values.contains(v)),
-                "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
-                "Exists" => get(&e.key).is_some(),
-                "DoesNotExist" => get(&e.key).is_none(),
-                _ => false,
-            }
-        })
+    crate::owned::selects_some(selector, labels)
 }
 
 /// Upstream's `GetScaledValueFromIntOrPercent`, rounding up.

@@ -101,6 +101,19 @@ pub fn selector_matches(
     labels_ok && exprs_ok
 }
 
+/// As [`selector_matches`], but a missing or empty selector selects nothing (what
+/// ReplicaSets and PodDisruptionBudgets need; an empty selector elsewhere selects all).
+pub fn selects_some(
+    selector: Option<&LabelSelector>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    selector.is_some_and(|s| {
+        let empty = s.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+            && s.match_expressions.as_ref().is_none_or(Vec::is_empty);
+        !empty && selector_matches(s, labels)
+    })
+}
+
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_not_found())
 }
