@@ -223,7 +223,9 @@ fn retention(sts: &StatefulSet) -> (&str, &str) {
 }
 
 /// With `whenScaled: Delete`, the claims of a pod removed by scaling down are given to
-/// that pod, so that they go with it (upstream's claim owner update before condemning).
+/// that pod alone, so that they go with it (upstream's claim owner update before
+/// condemning). The set's reference goes: with it left in, the garbage collector would
+/// only drop the deleted pod's reference and keep the claim.
 async fn hand_claims_to_pod(ctx: &Ctx, sts: &StatefulSet, pod: &Pod) -> Result<(), SyncError> {
     let Some(spec) = sts.spec.as_ref() else {
         return Ok(());
@@ -231,6 +233,7 @@ async fn hand_claims_to_pod(ctx: &Ctx, sts: &StatefulSet, pod: &Pod) -> Result<(
     let (Some(uid), Some(name)) = (pod.uid(), pod.metadata.name.clone()) else {
         return Ok(());
     };
+    let set_uid = sts.uid().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &sts.namespace().unwrap_or_default());
     let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
@@ -250,9 +253,10 @@ async fn hand_claims_to_pod(ctx: &Ctx, sts: &StatefulSet, pod: &Pod) -> Result<(
             continue;
         };
         let mut owners = pvc.metadata.owner_references.clone().unwrap_or_default();
-        if owners.iter().any(|o| o.uid == uid) {
+        if owners.iter().any(|o| o.uid == uid) && !owners.iter().any(|o| o.uid == set_uid) {
             continue;
         }
+        owners.retain(|o| o.uid != set_uid && o.uid != uid);
         owners.push(owner.clone());
         let patch = serde_json::json!({"metadata": {"ownerReferences": owners,
                                                     "resourceVersion": pvc.metadata.resource_version}});

@@ -161,32 +161,38 @@ async fn replica_sets_create_adopt_release_and_delete_pods() {
         "the pending pod was deleted first"
     );
 
-    let events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("web"))
-        .collect();
-    let created_events = events
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
-        .count();
-    assert!(
-        created_events >= 3,
-        "one event per pod created: {events:#?}"
-    );
-    assert!(events
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("SuccessfulDelete")
-            && e.message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("Deleted pod: web-"))));
-    assert!(events.iter().any(|e| e
-        .message
-        .as_deref()
-        .is_some_and(|m| m.starts_with("Created pod: web-"))));
+    // The events are written after the writes they report: wait for them.
+    let event_api = Api::<Event>::namespaced(client.clone(), "default");
+    wait_for(
+        10,
+        "one create event per pod and a delete event",
+        || async {
+            let events: Vec<Event> = event_api
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some("web"))
+                .collect();
+            let message_starts = |reason: &str, prefix: &str| {
+                events.iter().any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.message.as_deref().is_some_and(|m| m.starts_with(prefix))
+                })
+            };
+            let created: i32 = events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+                .map(|e| e.count.unwrap_or(1))
+                .sum();
+            (created >= 3
+                && message_starts("SuccessfulCreate", "Created pod: web-")
+                && message_starts("SuccessfulDelete", "Deleted pod: web-"))
+            .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

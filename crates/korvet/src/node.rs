@@ -61,6 +61,11 @@ pub struct NodeArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Hard eviction thresholds behind the pressure conditions, as upstream's kubelet:
+    /// e.g. memory.available<100Mi,nodefs.available<10%,imagefs.available<1Gi; signals
+    /// left out keep upstream's defaults.
+    #[arg(long, env = "KORVET_EVICTION_HARD", default_value = "")]
+    eviction_hard: String,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -88,6 +93,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             servers: args.cluster_dns,
             domain: args.cluster_domain,
         },
+        eviction_hard: korvet_node::pressure::Thresholds::parse(&args.eviction_hard)
+            .context("--eviction-hard")?,
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

@@ -24,6 +24,10 @@ impl Agent {
         let stderr = std::fs::File::create(&log).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_korvet"))
             .args(["node", "--data-dir"])
+            .env(
+                "KORVET_EVICTION_HARD",
+                korvet_test_support::platform::EVICTION_HARD,
+            )
             .arg(data_dir)
             .arg("--bootstrap-kubeconfig")
             .arg(bootstrap)

@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub kubelet_port: u16,
     /// The cluster DNS servers and domain written into pods' resolv.conf.
     pub cluster_dns: crate::dns::ClusterDns,
+    /// Hard eviction thresholds behind the pressure conditions.
+    pub eviction_hard: crate::pressure::Thresholds,
 }
 
 #[derive(Debug, thiserror::Error)]

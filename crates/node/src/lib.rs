@@ -166,7 +166,11 @@ pub async fn run(
         let imagefs = image_fs(&cri)
             .await
             .unwrap_or_else(|| config.data_dir.clone());
-        let monitor = pressure::Monitor::new(config.data_dir.clone(), imagefs);
+        let monitor = pressure::Monitor::new(
+            config.data_dir.clone(),
+            imagefs,
+            config.eviction_hard.clone(),
+        );
         heartbeat::run(
             client,
             &config,

@@ -1,24 +1,143 @@
 //! The Node's MemoryPressure, DiskPressure and PIDPressure conditions from what the
-//! machine measures, with upstream's default hard eviction thresholds:
-//! `memory.available<100Mi` (scaled down for small machines), `nodefs.available<10%`,
-//! `nodefs.inodesFree<5%`, `imagefs.available<15%`, `imagefs.inodesFree<5%`, and (no
-//! upstream default) fewer than 5% of the machine's PIDs left. As upstream, a pressure
-//! condition stays True for the pressure transition period (5 min) after the last
-//! observation over its threshold, so that it does not flap.
+//! machine measures, against hard eviction thresholds given as upstream's
+//! `--eviction-hard` (`memory.available<100Mi,nodefs.available<10%,...`). The defaults
+//! are upstream's: `memory.available<100Mi` (scaled down for small machines),
+//! `nodefs.available<10%`, `nodefs.inodesFree<5%`, `imagefs.available<15%`,
+//! `imagefs.inodesFree<5%`, and (no upstream default) `pid.available<5%`. As upstream,
+//! a pressure condition stays True for the pressure transition period (5 min) after
+//! the last observation over its threshold, so that it does not flap.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cgroups::{self, FsStats, Layout};
+use crate::config::ParseError;
 
 const MEMORY_AVAILABLE_MIN: u64 = 100 << 20;
 /// Small machines would be under pressure from the start with a flat 100 Mi.
 const MEMORY_AVAILABLE_FRACTION: f64 = 0.05;
-const NODEFS_AVAILABLE: f64 = 0.10;
-const IMAGEFS_AVAILABLE: f64 = 0.15;
-const INODES_FREE: f64 = 0.05;
-const PIDS_AVAILABLE: f64 = 0.05;
 pub const TRANSITION_PERIOD: Duration = Duration::from_secs(300);
+
+/// One signal's threshold: an absolute amount or a fraction of the total.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Amount(u64),
+    Fraction(f64),
+}
+
+impl Threshold {
+    /// Whether `value` of `total` is under the threshold (a zero total never is).
+    fn under(self, value: u64, total: u64) -> bool {
+        total > 0
+            && match self {
+                Threshold::Amount(min) => value < min,
+                Threshold::Fraction(f) => (value as f64) < total as f64 * f,
+            }
+    }
+}
+
+/// The hard eviction thresholds; `memory: None` is upstream's default of 100 Mi
+/// (scaled down for small machines).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    pub memory: Option<Threshold>,
+    pub nodefs_available: Threshold,
+    pub nodefs_inodes_free: Threshold,
+    pub imagefs_available: Threshold,
+    pub imagefs_inodes_free: Threshold,
+    pub pid_available: Threshold,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            memory: None,
+            nodefs_available: Threshold::Fraction(0.10),
+            nodefs_inodes_free: Threshold::Fraction(0.05),
+            imagefs_available: Threshold::Fraction(0.15),
+            imagefs_inodes_free: Threshold::Fraction(0.05),
+            pid_available: Threshold::Fraction(0.05),
+        }
+    }
+}
+
+impl Thresholds {
+    /// Upstream's `--eviction-hard` syntax: `signal<quantity|percent` separated by
+    /// commas; signals left out keep their default.
+    pub fn parse(text: &str) -> Result<Thresholds, ParseError> {
+        let mut t = Thresholds::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (signal, value) = item.split_once('<').ok_or_else(|| {
+                ParseError(format!(
+                    "eviction threshold {item:?} must be signal<value (for example nodefs.available<10% or memory.available<100Mi)"
+                ))
+            })?;
+            let threshold = parse_threshold(value.trim()).ok_or_else(|| {
+                ParseError(format!(
+                    "eviction threshold {item:?}: {value:?} is neither a percentage (0-100%) nor a quantity (for example 1Gi)"
+                ))
+            })?;
+            let slot = match signal.trim() {
+                "memory.available" => {
+                    t.memory = Some(threshold);
+                    continue;
+                }
+                "nodefs.available" => &mut t.nodefs_available,
+                "nodefs.inodesFree" => &mut t.nodefs_inodes_free,
+                "imagefs.available" => &mut t.imagefs_available,
+                "imagefs.inodesFree" => &mut t.imagefs_inodes_free,
+                "pid.available" => &mut t.pid_available,
+                other => {
+                    return Err(ParseError(format!(
+                        "eviction signal {other:?} is unknown; use memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree or pid.available"
+                    )))
+                }
+            };
+            *slot = threshold;
+        }
+        Ok(t)
+    }
+
+    /// The memory.available threshold in bytes for a machine of `capacity` bytes.
+    pub fn memory_bytes(&self, capacity: u64) -> u64 {
+        match self.memory {
+            None => MEMORY_AVAILABLE_MIN.min((capacity as f64 * MEMORY_AVAILABLE_FRACTION) as u64),
+            Some(Threshold::Amount(bytes)) => bytes,
+            Some(Threshold::Fraction(f)) => (capacity as f64 * f) as u64,
+        }
+    }
+
+    /// Over a threshold right now (a measurement that failed counts as no pressure).
+    pub fn evaluate(&self, o: &Observation) -> Pressure {
+        let fs = |fs: &FsStats, available: Threshold, inodes: Threshold| {
+            available.under(fs.available, fs.capacity) || inodes.under(fs.inodes_free, fs.inodes)
+        };
+        Pressure {
+            memory: o
+                .memory
+                .is_some_and(|(available, capacity)| available < self.memory_bytes(capacity)),
+            disk: o
+                .nodefs
+                .is_some_and(|n| fs(&n, self.nodefs_available, self.nodefs_inodes_free))
+                || o.imagefs
+                    .is_some_and(|i| fs(&i, self.imagefs_available, self.imagefs_inodes_free)),
+            pid: o.pids.is_some_and(|(current, max)| {
+                self.pid_available.under(max.saturating_sub(current), max)
+            }),
+        }
+    }
+}
+
+fn parse_threshold(value: &str) -> Option<Threshold> {
+    if let Some(percent) = value.strip_suffix('%') {
+        let p: f64 = percent.parse().ok()?;
+        return (0.0..=100.0)
+            .contains(&p)
+            .then_some(Threshold::Fraction(p / 100.0));
+    }
+    let bytes = crate::pods::runtime::parse_bytes(value)?;
+    u64::try_from(bytes).ok().map(Threshold::Amount)
+}
 
 /// One measurement of the machine; `None` where it could not be measured.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,53 +158,25 @@ pub struct Pressure {
     pub pid: bool,
 }
 
-/// The memory.available threshold for a machine of `capacity` bytes.
-pub fn memory_threshold(capacity: u64) -> u64 {
-    MEMORY_AVAILABLE_MIN.min((capacity as f64 * MEMORY_AVAILABLE_FRACTION) as u64)
-}
-
-fn below(value: u64, total: u64, fraction: f64) -> bool {
-    total > 0 && (value as f64) < total as f64 * fraction
-}
-
-fn fs_pressure(fs: &FsStats, available: f64) -> bool {
-    below(fs.available, fs.capacity, available) || below(fs.inodes_free, fs.inodes, INODES_FREE)
-}
-
-/// Over a threshold right now (a measurement that failed counts as no pressure).
-pub fn evaluate(o: &Observation) -> Pressure {
-    Pressure {
-        memory: o
-            .memory
-            .is_some_and(|(available, capacity)| available < memory_threshold(capacity)),
-        disk: o
-            .nodefs
-            .is_some_and(|fs| fs_pressure(&fs, NODEFS_AVAILABLE))
-            || o.imagefs
-                .is_some_and(|fs| fs_pressure(&fs, IMAGEFS_AVAILABLE)),
-        pid: o
-            .pids
-            .is_some_and(|(current, max)| below(max.saturating_sub(current), max, PIDS_AVAILABLE)),
-    }
-}
-
 /// Measures the machine and keeps each pressure for the transition period.
 pub struct Monitor {
     layout: Layout,
     cgroup: String,
     nodefs: PathBuf,
     imagefs: PathBuf,
+    thresholds: Thresholds,
     last_seen: [Option<Instant>; 3],
 }
 
 impl Monitor {
     /// `nodefs`: the agent's data directory; `imagefs`: where the runtime keeps images.
-    pub fn new(nodefs: PathBuf, imagefs: PathBuf) -> Monitor {
+    pub fn new(nodefs: PathBuf, imagefs: PathBuf, thresholds: Thresholds) -> Monitor {
         Monitor {
             layout: Layout::detect(),
             cgroup: cgroups::own_cgroup(),
             nodefs,
             imagefs,
+            thresholds,
             last_seen: [None; 3],
         }
     }
@@ -111,7 +202,7 @@ impl Monitor {
     /// Measures and says which pressures hold (with the transition period).
     pub fn pressure(&mut self) -> Pressure {
         let now = Instant::now();
-        let seen = evaluate(&self.observe());
+        let seen = self.thresholds.evaluate(&self.observe());
         self.hold(seen, now)
     }
 
@@ -200,15 +291,16 @@ mod tests {
 
     #[test]
     fn memory_threshold_is_100mi_scaled_for_small_machines() {
-        assert_eq!(memory_threshold(4096 * MI), 100 * MI);
-        assert_eq!(memory_threshold(2048 * MI), 100 * MI);
-        assert_eq!(memory_threshold(512 * MI), (512 * MI) / 20);
+        let t = Thresholds::default();
+        assert_eq!(t.memory_bytes(4096 * MI), 100 * MI);
+        assert_eq!(t.memory_bytes(2048 * MI), 100 * MI);
+        assert_eq!(t.memory_bytes(512 * MI), (512 * MI) / 20);
         let o = |available| Observation {
             memory: Some((available, 4096 * MI)),
             ..Default::default()
         };
-        assert!(!evaluate(&o(100 * MI)).memory);
-        assert!(evaluate(&o(99 * MI)).memory);
+        assert!(!Thresholds::default().evaluate(&o(100 * MI)).memory);
+        assert!(Thresholds::default().evaluate(&o(99 * MI)).memory);
     }
 
     #[test]
@@ -218,13 +310,32 @@ mod tests {
             imagefs: Some(imagefs),
             ..Default::default()
         };
-        assert!(!evaluate(&o(fs(100, 10), fs(100, 15))).disk);
-        assert!(evaluate(&o(fs(100, 9), fs(100, 50))).disk);
-        assert!(evaluate(&o(fs(100, 50), fs(100, 14))).disk);
+        assert!(
+            !Thresholds::default()
+                .evaluate(&o(fs(100, 10), fs(100, 15)))
+                .disk
+        );
+        assert!(
+            Thresholds::default()
+                .evaluate(&o(fs(100, 9), fs(100, 50)))
+                .disk
+        );
+        assert!(
+            Thresholds::default()
+                .evaluate(&o(fs(100, 50), fs(100, 14)))
+                .disk
+        );
         let mut few_inodes = fs(100, 50);
         few_inodes.inodes_free = 49;
-        assert!(evaluate(&o(few_inodes, fs(100, 50))).disk);
-        assert_eq!(evaluate(&Observation::default()), Pressure::default());
+        assert!(
+            Thresholds::default()
+                .evaluate(&o(few_inodes, fs(100, 50)))
+                .disk
+        );
+        assert_eq!(
+            Thresholds::default().evaluate(&Observation::default()),
+            Pressure::default()
+        );
     }
 
     #[test]
@@ -233,13 +344,13 @@ mod tests {
             pids: Some((current, 1000)),
             ..Default::default()
         };
-        assert!(!evaluate(&o(950)).pid);
-        assert!(evaluate(&o(951)).pid);
+        assert!(!Thresholds::default().evaluate(&o(950)).pid);
+        assert!(Thresholds::default().evaluate(&o(951)).pid);
     }
 
     #[test]
     fn pressure_holds_for_the_transition_period() {
-        let mut m = Monitor::new("/".into(), "/".into());
+        let mut m = Monitor::new("/".into(), "/".into(), Thresholds::default());
         let t0 = Instant::now();
         let on = Pressure {
             memory: true,
@@ -267,10 +378,38 @@ mod tests {
 
     #[test]
     fn observes_this_process_cgroup() {
-        let o = Monitor::new("/".into(), "/".into()).observe();
+        let o = Monitor::new("/".into(), "/".into(), Thresholds::default()).observe();
         assert!(o.nodefs.is_some());
         if let Some((available, capacity)) = o.memory {
             assert!(available <= capacity);
+        }
+    }
+
+    #[test]
+    fn eviction_hard_is_parsed_as_upstream() {
+        let t =
+            Thresholds::parse("nodefs.available<1Gi, imagefs.available<5%,memory.available<200Mi")
+                .unwrap();
+        assert_eq!(t.nodefs_available, Threshold::Amount(1 << 30));
+        assert_eq!(t.imagefs_available, Threshold::Fraction(0.05));
+        assert_eq!(t.memory_bytes(4096 * MI), 200 * MI);
+        assert_eq!(t.pid_available, Thresholds::default().pid_available);
+        // An absolute threshold ignores how big the shared disk is.
+        let o = Observation {
+            nodefs: Some(fs(1 << 40, 2 << 30)),
+            imagefs: Some(fs(1 << 40, 1 << 39)),
+            ..Default::default()
+        };
+        assert!(!t.evaluate(&o).disk);
+        assert!(Thresholds::default().evaluate(&o).disk);
+        for bad in [
+            "nodefs.available",
+            "nodefs.available<lots",
+            "disk.free<1Gi",
+            "pid.available<120%",
+        ] {
+            let e = Thresholds::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("eviction"), "{bad}: {e}");
         }
     }
 }

@@ -244,6 +244,7 @@ mod tests {
             crash_backoff: std::time::Duration::from_secs(10),
             kubelet_port: 10250,
             cluster_dns: Default::default(),
+            eviction_hard: Default::default(),
         }
     }
 

@@ -16,6 +16,12 @@ pub fn korvet_binary(built: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(built))
 }
 
+/// The test machines' hard eviction thresholds. Every machine's disk is the host's, so
+/// upstream's percentages (imagefs.available<15%) would put every node of every test
+/// under DiskPressure whenever the shared build host is 85 % full; an absolute floor
+/// still reports a truly full disk.
+pub const EVICTION_HARD: &str = "nodefs.available<1Gi,imagefs.available<1Gi";
+
 pub struct TestPlatform {
     korvet: PathBuf,
     dir: tempfile::TempDir,
@@ -70,6 +76,8 @@ impl TestPlatform {
             .args(["server", "--data-dir"])
             .arg(self.data_dir())
             .args(["--listen", &self.listen])
+            // Inherited by the machines' agents.
+            .env("KORVET_EVICTION_HARD", EVICTION_HARD)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
