@@ -14,6 +14,7 @@ pub mod images;
 pub mod join;
 pub mod logs;
 pub mod metrics;
+pub mod netpol;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
@@ -163,6 +164,11 @@ pub async fn run(
             cri.clone(),
             config.node_name.clone(),
         ));
+        let netpol = tokio::spawn(netpol::run(
+            client.clone(),
+            config.node_name.clone(),
+            metrics.clone(),
+        ));
         let imagefs = image_fs(&cri)
             .await
             .unwrap_or_else(|| config.data_dir.clone());
@@ -182,6 +188,7 @@ pub async fn run(
         .await;
         pods.abort();
         images.abort();
+        netpol.abort();
         node_server.abort();
     }
     if let Some(server) = server {
