@@ -596,3 +596,245 @@ fn peers_of<'a>(
     }
     Some(Some((set, pods)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ns: &str, labels: serde_json::Value, ip: &str, node: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "c",
+                "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn ns(name: &str, labels: serde_json::Value) -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    }
+
+    fn np(ns: &str, spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": ns}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn set(ips: &[&str]) -> Option<AddressSet> {
+        Some(AddressSet::from_ranges(
+            ips.iter()
+                .map(|s| (u32::from(ip(s)), u32::from(ip(s))))
+                .collect(),
+        ))
+    }
+
+    /// web (local, ns a), x in ns a, y in ns b (team=blue), z in ns c, w in ns b on n2.
+    fn world() -> (Vec<Endpoint>, Vec<Namespace>) {
+        let pods = vec![
+            pod("web", "a", json!({"app": "web"}), "10.0.0.1", "n1"),
+            pod("x", "a", json!({"role": "client"}), "10.0.0.2", "n1"),
+            pod("y", "b", json!({"role": "client"}), "10.0.0.3", "n1"),
+            pod("z", "c", json!({"role": "other"}), "10.0.0.4", "n1"),
+            pod("w", "b", json!({"role": "other"}), "10.0.1.5", "n2"),
+        ];
+        let namespaces = vec![
+            ns("a", json!({})),
+            ns("b", json!({"team": "blue"})),
+            ns("c", json!({})),
+        ];
+        (endpoints_of_pods(&pods), namespaces)
+    }
+
+    fn build(policies: &[NetworkPolicy]) -> Model {
+        let (endpoints, namespaces) = world();
+        Model::build(&Inputs {
+            node_name: "n1",
+            policies,
+            namespaces: &namespaces,
+            endpoints: &endpoints,
+        })
+    }
+
+    fn ingress_peers(model: &Model, pod: &str) -> Vec<Option<AddressSet>> {
+        model.ingress[&ip(pod)]
+            .iter()
+            .map(|r| r.peers.clone())
+            .collect()
+    }
+
+    #[test]
+    fn empty_pod_selector_selects_every_pod_of_the_namespace_and_isolates_for_ingress() {
+        let m = build(&[np("a", json!({"podSelector": {}}))]);
+        assert_eq!(
+            m.ingress.keys().copied().collect::<Vec<_>>(),
+            [ip("10.0.0.1"), ip("10.0.0.2")]
+        );
+        assert!(
+            m.ingress.values().all(|r| r.is_empty()),
+            "no rules: deny all"
+        );
+        assert!(m.egress.is_empty(), "policyTypes defaults to Ingress only");
+    }
+
+    #[test]
+    fn policy_types_default_adds_egress_when_egress_rules_exist() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "egress": [{}]}),
+        )]);
+        assert!(m.ingress.contains_key(&ip("10.0.0.1")));
+        assert_eq!(
+            m.egress[&ip("10.0.0.1")],
+            [Rule {
+                peers: None,
+                ports: None
+            }]
+        );
+    }
+
+    #[test]
+    fn pod_selector_peer_stays_in_the_policy_namespace() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}),
+        )]);
+        assert_eq!(ingress_peers(&m, "10.0.0.1"), [set(&["10.0.0.2"])]);
+    }
+
+    #[test]
+    fn empty_namespace_selector_means_every_namespace_and_combines_with_pod_selector() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"namespaceSelector": {},
+                "podSelector": {"matchLabels": {"role": "client"}}}]}]}),
+        )]);
+        assert_eq!(
+            ingress_peers(&m, "10.0.0.1"),
+            [set(&["10.0.0.2", "10.0.0.3"])]
+        );
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}]}]}),
+        )]);
+        assert_eq!(
+            ingress_peers(&m, "10.0.0.1"),
+            [set(&["10.0.0.3", "10.0.1.5"])]
+        );
+        // AND, not OR: team=blue and role=client is only y.
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}},
+                "podSelector": {"matchLabels": {"role": "client"}}}]}]}),
+        )]);
+        assert_eq!(ingress_peers(&m, "10.0.0.1"), [set(&["10.0.0.3"])]);
+        // Selecting by the automatic name label.
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels":
+                {"kubernetes.io/metadata.name": "c"}}}]}]}),
+        )]);
+        assert_eq!(ingress_peers(&m, "10.0.0.1"), [set(&["10.0.0.4"])]);
+    }
+
+    #[test]
+    fn a_rule_whose_peers_select_nothing_allows_nothing() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "none"}}}]}]}),
+        )]);
+        assert!(m.ingress[&ip("10.0.0.1")].is_empty());
+    }
+
+    #[test]
+    fn ip_blocks_subtract_their_exceptions() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "10.1.0.0/16",
+                "except": ["10.1.2.0/24", "10.1.255.255/32"]}}]}]}),
+        )]);
+        let peers = ingress_peers(&m, "10.0.0.1")[0].clone().unwrap();
+        let r = |a: &str, b: &str| (u32::from(ip(a)), u32::from(ip(b)));
+        assert_eq!(
+            peers.0,
+            [r("10.1.0.0", "10.1.1.255"), r("10.1.3.0", "10.1.255.254")]
+        );
+    }
+
+    #[test]
+    fn ports_ranges_and_named_ports_resolve_per_pod() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {},
+            "ingress": [{"ports": [{"port": 80, "endPort": 90}, {"port": 85},
+                {"port": "http"}, {"protocol": "UDP", "port": "http"}]}]}),
+        )]);
+        let tcp = |r: Vec<(u16, u16)>| Ports {
+            protocol: Protocol::Tcp,
+            ranges: Some(r),
+        };
+        assert_eq!(
+            m.ingress[&ip("10.0.0.1")],
+            [Rule {
+                peers: None,
+                ports: Some(vec![tcp(vec![(80, 90), (8080, 8080)])])
+            }],
+            "UDP http does not resolve, 85 merges into 80-90"
+        );
+    }
+
+    #[test]
+    fn egress_named_ports_resolve_against_each_peer() {
+        let m = build(&[np(
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}],
+                "ports": [{"port": "http"}]}]}),
+        )]);
+        assert!(m.ingress.is_empty());
+        let rules = &m.egress[&ip("10.0.0.1")];
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].peers, set(&["10.0.0.3", "10.0.1.5"]));
+    }
+
+    #[test]
+    fn dns_endpoints_are_kube_system_pods_labelled_like_the_service() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns-1", "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": "kube-dns"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.200.0.2"]}],
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+        }))
+        .unwrap();
+        let labels = [("k8s-app".to_string(), "kube-dns".to_string())].into();
+        let dns = endpoints_of_dns(&[slice], &labels);
+        assert_eq!(dns.len(), 1);
+        assert_eq!(dns[0].namespace, "kube-system");
+        assert_eq!(dns[0].ip, ip("10.200.0.2"));
+        assert_eq!(dns[0].ports, [("dns".to_string(), Protocol::Udp, 53)]);
+    }
+
+    #[test]
+    fn address_set_minus() {
+        let s = AddressSet::from_ranges(vec![(0, 10), (20, 30)]);
+        let holes = AddressSet::from_ranges(vec![(5, 22), (30, 40)]);
+        assert_eq!(s.minus(&holes).0, [(0, 4), (23, 29)]);
+        assert!(AddressSet::from_ranges(vec![(0, u32::MAX)])
+            .minus(&AddressSet::from_ranges(vec![(0, u32::MAX)]))
+            .is_empty());
+    }
+}
