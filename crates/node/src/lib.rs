@@ -1,7 +1,8 @@
 //! The node agent (`korvet node`): joins a cluster with a bootstrap token
 //! ([`join`]), registers its Node ([`registration`]) and keeps it alive with a Lease and
 //! status updates ([`heartbeat`]), and runs the pods bound to it through containerd's
-//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]).
+//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]),
+//! and enforces NetworkPolicies for them on nftables ([`netpol`]).
 
 pub mod cgroups;
 pub mod cni;
