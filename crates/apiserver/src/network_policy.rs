@@ -143,7 +143,11 @@ fn validate_port(field: &str, port: &Value, causes: &mut Vec<Cause>) {
             None
         }
         other => {
-            causes.push(Cause::invalid(format!("{field}.port"), other, "must be a number or a name"));
+            causes.push(Cause::invalid(
+                format!("{field}.port"),
+                other,
+                "must be a number or a name",
+            ));
             None
         }
     };
@@ -225,12 +229,18 @@ fn validate_ip_block(field: &str, block: &Value, causes: &mut Vec<Cause>) {
             )),
             (Some((oa, ol)), Some((ia, il))) => {
                 if il <= ol || (ia & mask(ol)) != (oa & mask(ol)) {
-                    causes.push(Cause::invalid(f, except, "must be a strict subset of `cidr`"));
+                    causes.push(Cause::invalid(
+                        f,
+                        except,
+                        "must be a strict subset of `cidr`",
+                    ));
                 }
             }
-            (None, Some(_)) => {
-                causes.push(Cause::invalid(f, except, "must be a strict subset of `cidr`"))
-            }
+            (None, Some(_)) => causes.push(Cause::invalid(
+                f,
+                except,
+                "must be a strict subset of `cidr`",
+            )),
         }
     }
 }
@@ -239,9 +249,9 @@ fn validate_peer(field: &str, peer: &Value, causes: &mut Vec<Cause>) {
     let selectors = !peer["podSelector"].is_null() || !peer["namespaceSelector"].is_null();
     let block = !peer["ipBlock"].is_null();
     match (selectors, block) {
-        (false, false) => causes.push(
-            Cause::required(field.to_string()).with_message("must specify a peer"),
-        ),
+        (false, false) => {
+            causes.push(Cause::required(field.to_string()).with_message("must specify a peer"))
+        }
         (true, true) => causes.push(Cause::new(
             "FieldValueForbidden",
             field,
@@ -249,7 +259,11 @@ fn validate_peer(field: &str, peer: &Value, causes: &mut Vec<Cause>) {
         )),
         _ => {}
     }
-    validate_selector(&format!("{field}.podSelector"), &peer["podSelector"], causes);
+    validate_selector(
+        &format!("{field}.podSelector"),
+        &peer["podSelector"],
+        causes,
+    );
     validate_selector(
         &format!("{field}.namespaceSelector"),
         &peer["namespaceSelector"],
@@ -300,7 +314,10 @@ mod tests {
     use super::*;
 
     fn fields(policy: Value) -> Vec<String> {
-        validate(&policy, None).into_iter().map(|c| c.field).collect()
+        validate(&policy, None)
+            .into_iter()
+            .map(|c| c.field)
+            .collect()
     }
 
     #[test]

@@ -77,8 +77,19 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
             "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 8080 -h /www",
         ),
     );
-    apply(&kubectl, &busybox("client", &node, json!({"role": "client"}), "exec sleep 3600"));
-    apply(&kubectl, &busybox("other", &node, json!({"role": "other"}), "exec sleep 3600"));
+    apply(
+        &kubectl,
+        &busybox(
+            "client",
+            &node,
+            json!({"role": "client"}),
+            "exec sleep 3600",
+        ),
+    );
+    apply(
+        &kubectl,
+        &busybox("other", &node, json!({"role": "other"}), "exec sleep 3600"),
+    );
     let mut server_ip = String::new();
     for name in ["server", "client", "other"] {
         let pod = platform.wait_pod(&kubectl, name, 60, |p| {
@@ -99,7 +110,10 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
     // Default deny of ingress in the namespace.
     apply(
         &kubectl,
-        &policy("default-deny", json!({"podSelector": {}, "policyTypes": ["Ingress"]})),
+        &policy(
+            "default-deny",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
     );
     eventually(&platform, &kubectl, "client", &web, false);
     assert!(!succeeds(&kubectl, "other", &web), "other blocked too");
@@ -127,7 +141,10 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
         ),
     );
     eventually(&platform, &kubectl, "client", &dns, false);
-    assert!(!succeeds(&kubectl, "client", &web), "egress deny blocks the web too");
+    assert!(
+        !succeeds(&kubectl, "client", &web),
+        "egress deny blocks the web too"
+    );
 
     // ... until a policy allows kube-dns; the web stays blocked.
     apply(
