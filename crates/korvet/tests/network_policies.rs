@@ -102,6 +102,21 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
     let web = format!("wget -q -O - http://{server_ip}:8080/");
     let dns = format!("nslookup kubernetes.default.svc.cluster.local {dns_ip}");
 
+    // Bad input is refused with field causes; good input gets upstream's defaults.
+    let bad = policy(
+        "bad",
+        json!({"podSelector": {}, "ingress": [{"from": [{}],
+            "ports": [{"port": "http", "endPort": 90}]}]}),
+    );
+    let run = kubectl.run_with_input(&["apply", "-f", "-"], &bad.to_string());
+    assert!(!run.ok, "a bad policy was accepted: {}", run.stdout);
+    let refused = run.stderr;
+    assert!(
+        refused.contains("spec.ingress[0].ports[0].endPort"),
+        "{refused}"
+    );
+    assert!(refused.contains("spec.ingress[0].from[0]"), "{refused}");
+
     // No policy: everything open.
     eventually(&platform, &kubectl, "client", &web, true);
     eventually(&platform, &kubectl, "other", &web, true);
@@ -130,6 +145,13 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
     );
     eventually(&platform, &kubectl, "client", &web, true);
     assert!(!succeeds(&kubectl, "other", &web), "other still blocked");
+    // Stored with upstream's default policyTypes.
+    let stored = kubectl.json(&["get", "networkpolicy", "allow-clients"]);
+    assert_eq!(
+        stored["spec"]["policyTypes"],
+        json!(["Ingress"]),
+        "{stored:#}"
+    );
 
     // Egress deny for the client blocks DNS (and the web server) ...
     apply(
@@ -161,6 +183,23 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
     );
     eventually(&platform, &kubectl, "client", &dns, true);
     assert!(!succeeds(&kubectl, "client", &web), "only DNS re-opened");
+
+    // The agent's metrics count the policies (fetched from a pod: the node's own
+    // address is not behind the forward hook).
+    let host_ip = kubectl.json(&["get", "pod", "other"])["status"]["hostIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let line = format!("/bin/busybox timeout 3 wget -q -O - http://{host_ip}:10249/metrics");
+    let metrics = kubectl.ok(&["exec", "other", "--", "sh", "-c", &line]);
+    assert!(
+        metrics.contains("korvet_node_netpol_policies 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("korvet_node_netpol_sync_duration_seconds_count"),
+        "{metrics}"
+    );
 
     // Deleting the policies opens everything again.
     kubectl.ok(&["delete", "networkpolicy", "--all"]);
