@@ -1,7 +1,9 @@
 //! NetworkPolicies on a real platform cluster, with kubectl and busybox pods: traffic is
 //! open before any policy, a default-deny policy blocks, an allow rule re-opens exactly
-//! what it names, and an egress deny blocks DNS until a policy allows kube-dns. Runs as
-//! root.
+//! what it names, and an egress deny blocks DNS until a policy allows kube-dns. Two
+//! nodes: the allowed client sits on the other node than the server (pod CIDRs routed
+//! between machines, source addresses kept), the refused one on the same node (bridged
+//! traffic). Runs as root.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,39 @@ fn succeeds(kubectl: &Kubectl, from: &str, command: &str) -> bool {
         .contains("YES")
 }
 
+/// The last lines of every machine's agent log, for failure messages.
+fn agent_logs(platform: &TestPlatform) -> String {
+    let machines = platform.data_dir().join("provider/machines");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(machines).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!(
+            "--- {}\n{}\n",
+            entry.file_name().to_string_lossy(),
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        ));
+    }
+    out
+}
+
+fn wait_running(platform: &TestPlatform, kubectl: &Kubectl, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let run = kubectl.run(&["get", "pod", name, "-o", "json"]);
+        let pod: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        if pod["status"]["phase"] == "Running" && pod["status"]["podIP"].is_string() {
+            return pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} is not running: {pod:#}\n{}",
+            agent_logs(platform)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Waits until `command` in `from` succeeds (`want`) or fails; rules load asynchronously.
 fn eventually(platform: &TestPlatform, kubectl: &Kubectl, from: &str, command: &str, want: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -46,7 +81,7 @@ fn eventually(platform: &TestPlatform, kubectl: &Kubectl, from: &str, command: &
             Instant::now() < deadline,
             "`{command}` in {from} should {}succeed; agent log:\n{}",
             if want { "" } else { "not " },
-            platform.machine_log("agent.log")
+            agent_logs(platform)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -55,10 +90,29 @@ fn eventually(platform: &TestPlatform, kubectl: &Kubectl, from: &str, command: &
 #[test]
 fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
     let platform = TestPlatform::start(&korvet_binary(env!("CARGO_BIN_EXE_korvet")));
-    let (kubectl, node) = platform.one_node_cluster("netpol");
+    platform.ok(&[
+        "cluster",
+        "create",
+        "netpol",
+        "--pool",
+        "w:small:zone-a:2",
+        "--wait",
+    ]);
+    platform.wait_cluster("netpol", 240, |c| {
+        c["status"]["phase"] == "Running" && c["status"]["nodes"] == "2/2"
+    });
+    let kubectl = platform.cluster_kubectl("netpol");
+    let nodes = kubectl.json(&["get", "nodes"]);
+    let node_names: Vec<String> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let (near, far) = (&node_names[0], &node_names[1]);
     let cluster: Value =
         serde_json::from_str(&platform.ok(&["cluster", "get", "netpol", "-o", "json"])).unwrap();
-    // https://ADDRESS:6443 → the single master serves DNS on ADDRESS:53.
+    // https://ADDRESS:6443 → the master serves DNS on ADDRESS:53.
     let dns_ip = cluster["status"]["endpoint"]
         .as_str()
         .unwrap()
@@ -72,29 +126,22 @@ fn default_deny_blocks_and_allow_rules_reopen_exactly_what_they_name() {
         &kubectl,
         &busybox(
             "server",
-            &node,
+            near,
             json!({"app": "web"}),
             "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 8080 -h /www",
         ),
     );
     apply(
         &kubectl,
-        &busybox(
-            "client",
-            &node,
-            json!({"role": "client"}),
-            "exec sleep 3600",
-        ),
+        &busybox("client", far, json!({"role": "client"}), "exec sleep 3600"),
     );
     apply(
         &kubectl,
-        &busybox("other", &node, json!({"role": "other"}), "exec sleep 3600"),
+        &busybox("other", near, json!({"role": "other"}), "exec sleep 3600"),
     );
     let mut server_ip = String::new();
     for name in ["server", "client", "other"] {
-        let pod = platform.wait_pod(&kubectl, name, 60, |p| {
-            p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
-        });
+        let pod = wait_running(&platform, &kubectl, name);
         if name == "server" {
             server_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
         }
