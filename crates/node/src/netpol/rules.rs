@@ -153,8 +153,3 @@ pub fn render(model: &Model) -> String {
     );
     out
 }
-
-/// The script that removes the table (the agent stopping enforcement).
-pub fn remove() -> String {
-    format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
-}
