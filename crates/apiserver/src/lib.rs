@@ -24,6 +24,7 @@ mod handlers;
 pub mod launch;
 pub mod metrics;
 mod namespaces;
+pub mod network_policy;
 pub mod openapi;
 pub mod openapi_proto;
 pub mod patch;

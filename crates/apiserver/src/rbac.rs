@@ -695,6 +695,10 @@ fn node_rules() -> Vec<Value> {
             &["csinodes"],
         ),
         rule(READ, &[NODE], &["runtimeclasses"]),
+        // Network policy enforcement: policies, namespace labels and the DNS endpoints.
+        rule(READ, &[NETWORKING], &["networkpolicies"]),
+        rule(READ, &[CORE], &["namespaces"]),
+        rule(READ, &[DISCOVERY], &["endpointslices"]),
     ]
 }
 

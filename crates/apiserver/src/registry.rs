@@ -479,7 +479,9 @@ fn builtins() -> Vec<ResourceType> {
         builtin::<discovery::v1::EndpointSlice>(&[], &[]),
         builtin::<networking::v1::Ingress>(&["ing"], &["status"]),
         builtin::<networking::v1::IngressClass>(&[], &[]),
-        builtin::<networking::v1::NetworkPolicy>(&["netpol"], &[]),
+        builtin::<networking::v1::NetworkPolicy>(&["netpol"], &[])
+            .with_defaults(crate::network_policy::defaults)
+            .with_validation(crate::network_policy::validate),
         builtin::<policy::v1::PodDisruptionBudget>(&["pdb"], &["status"]),
         builtin::<rbac::v1::Role>(&[], &[]).names(NameRule::PathSegment),
         builtin::<rbac::v1::RoleBinding>(&[], &[]).names(NameRule::PathSegment),

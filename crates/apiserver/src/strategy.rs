@@ -78,7 +78,7 @@ pub fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {
     }
 }
 
-fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
+pub(crate) fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -100,7 +100,7 @@ fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
     })
 }
 
-fn validate_label_value(field: &str, value: &str) -> Option<Cause> {
+pub(crate) fn validate_label_value(field: &str, value: &str) -> Option<Cause> {
     let ok = value.is_empty()
         || (value.len() <= 63
             && value

@@ -1,7 +1,8 @@
 //! The node agent (`korvet node`): joins a cluster with a bootstrap token
 //! ([`join`]), registers its Node ([`registration`]) and keeps it alive with a Lease and
 //! status updates ([`heartbeat`]), and runs the pods bound to it through containerd's
-//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]).
+//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]),
+//! and enforces NetworkPolicies for them on nftables ([`netpol`]).
 
 pub mod cgroups;
 pub mod cni;
@@ -14,6 +15,7 @@ pub mod images;
 pub mod join;
 pub mod logs;
 pub mod metrics;
+pub mod netpol;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
@@ -163,6 +165,11 @@ pub async fn run(
             cri.clone(),
             config.node_name.clone(),
         ));
+        let netpol = tokio::spawn(netpol::run(
+            client.clone(),
+            config.node_name.clone(),
+            metrics.clone(),
+        ));
         let imagefs = image_fs(&cri)
             .await
             .unwrap_or_else(|| config.data_dir.clone());
@@ -182,6 +189,7 @@ pub async fn run(
         .await;
         pods.abort();
         images.abort();
+        netpol.abort();
         node_server.abort();
     }
     if let Some(server) = server {

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -20,6 +21,10 @@ pub struct Metrics {
     pub errors: Counter,
     /// 1 once the Node is registered and reporting Ready.
     pub ready: Gauge,
+    /// Time to build and load the network policy rules.
+    pub netpol_sync_duration: Histogram,
+    pub netpol_policies: Gauge,
+    pub netpol_sync_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -51,12 +56,33 @@ impl Metrics {
             errors.clone(),
         );
         registry.register("ready", "Whether the node reports Ready", ready.clone());
+        let netpol_sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let netpol_policies = Gauge::default();
+        let netpol_sync_errors = Counter::default();
+        registry.register(
+            "netpol_sync_duration_seconds",
+            "Time to compute and load the network policy rules",
+            netpol_sync_duration.clone(),
+        );
+        registry.register(
+            "netpol_policies",
+            "NetworkPolicies in the cluster",
+            netpol_policies.clone(),
+        );
+        registry.register(
+            "netpol_sync_errors",
+            "Network policy rule loads that failed (they are retried)",
+            netpol_sync_errors.clone(),
+        );
         Self {
             registry,
             lease_renewals,
             status_updates,
             errors,
             ready,
+            netpol_sync_duration,
+            netpol_policies,
+            netpol_sync_errors,
         }
     }
 
