@@ -66,6 +66,9 @@ pub struct NodeArgs {
     /// left out keep upstream's defaults.
     #[arg(long, env = "KORVET_EVICTION_HARD", default_value = "")]
     eviction_hard: String,
+    /// Do not run the service proxy (another proxy owns Service traffic on this host).
+    #[arg(long)]
+    no_service_proxy: bool,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -95,6 +98,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
         eviction_hard: korvet_node::pressure::Thresholds::parse(&args.eviction_hard)
             .context("--eviction-hard")?,
+        service_proxy: !args.no_service_proxy,
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub cluster_dns: crate::dns::ClusterDns,
     /// Hard eviction thresholds behind the pressure conditions.
     pub eviction_hard: crate::pressure::Thresholds,
+    /// Run the service proxy (nftables rules for Services in this network namespace).
+    pub service_proxy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

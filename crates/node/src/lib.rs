@@ -1,7 +1,8 @@
 //! The node agent (`korvet node`): joins a cluster with a bootstrap token
 //! ([`join`]), registers its Node ([`registration`]) and keeps it alive with a Lease and
 //! status updates ([`heartbeat`]), and runs the pods bound to it through containerd's
-//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]).
+//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]);
+//! its service proxy ([`proxy`]) keeps the node's nftables rules for Services.
 
 pub mod cgroups;
 pub mod cni;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
+pub mod proxy;
 pub mod registration;
 pub mod server;
 pub mod stats;
@@ -158,6 +160,13 @@ pub async fn run(
                 cluster_dns: config.cluster_dns.clone(),
             },
         ));
+        let service_proxy = config.service_proxy.then(|| {
+            tokio::spawn(proxy::run(
+                client.clone(),
+                config.node_name.clone(),
+                metrics.clone(),
+            ))
+        });
         let images = tokio::spawn(node_images::run(
             client.clone(),
             cri.clone(),
@@ -183,6 +192,15 @@ pub async fn run(
         pods.abort();
         images.abort();
         node_server.abort();
+        if let Some(task) = service_proxy {
+            task.abort();
+            let _ = task.await;
+            match tokio::task::spawn_blocking(|| proxy::nft::delete_table(None)).await {
+                Ok(Ok(())) => tracing::info!("service proxy rules removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
+                Err(e) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
+            }
+        }
     }
     if let Some(server) = server {
         server.abort();

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -20,6 +21,12 @@ pub struct Metrics {
     pub errors: Counter,
     /// 1 once the Node is registered and reporting Ready.
     pub ready: Gauge,
+    /// Service proxy: time to render and apply one nft transaction.
+    pub proxy_sync_duration: Histogram,
+    /// Service ports with rules (ClusterIP, NodePort, external IPs).
+    pub proxy_rules_services: Gauge,
+    pub proxy_rules_endpoints: Gauge,
+    pub proxy_sync_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -51,12 +58,40 @@ impl Metrics {
             errors.clone(),
         );
         registry.register("ready", "Whether the node reports Ready", ready.clone());
+        let proxy_sync_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        let proxy_rules_services = Gauge::default();
+        let proxy_rules_endpoints = Gauge::default();
+        let proxy_sync_errors = Counter::default();
+        registry.register(
+            "proxy_sync_duration_seconds",
+            "Time the service proxy took to render and apply its nft rules",
+            proxy_sync_duration.clone(),
+        );
+        registry.register(
+            "proxy_rules_services",
+            "Service ports the service proxy has rules for",
+            proxy_rules_services.clone(),
+        );
+        registry.register(
+            "proxy_rules_endpoints",
+            "Endpoints the service proxy's rules send traffic to",
+            proxy_rules_endpoints.clone(),
+        );
+        registry.register(
+            "proxy_sync_errors",
+            "nft transactions of the service proxy that failed (retried in full)",
+            proxy_sync_errors.clone(),
+        );
         Self {
             registry,
             lease_renewals,
             status_updates,
             errors,
             ready,
+            proxy_sync_duration,
+            proxy_rules_services,
+            proxy_rules_endpoints,
+            proxy_sync_errors,
         }
     }
 
