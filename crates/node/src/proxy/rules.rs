@@ -185,6 +185,8 @@ fn chain_order(objects: &PortObjects) -> Vec<(&String, &Vec<String>)> {
     chains
 }
 
+/// Rejects happen before DNAT and routing (prerouting, and output for the node's own
+/// clients), so a client gets its answer even where no route covers the ClusterIP.
 fn base(out: &mut String) {
     let t = TABLE;
     let mark = MASQUERADE_MARK;
@@ -201,7 +203,7 @@ fn base(out: &mut String) {
          add rule ip {t} services fib daddr type local meta l4proto . th dport vmap @service-nodeports\n\
          add chain ip {t} nat-prerouting {{ type nat hook prerouting priority dstnat; }}\n\
          add rule ip {t} nat-prerouting jump services\n\
-         add chain ip {t} nat-output {{ type nat hook output priority dstnat; }}\n\
+         add chain ip {t} nat-output {{ type nat hook output priority -100; }}\n\
          add rule ip {t} nat-output jump services\n\
          add chain ip {t} nat-postrouting {{ type nat hook postrouting priority srcnat; }}\n\
          add rule ip {t} nat-postrouting meta mark & {mark:#x} == 0 return\n\
@@ -210,10 +212,8 @@ fn base(out: &mut String) {
          add chain ip {t} reject-chain\n\
          add rule ip {t} reject-chain ip daddr . meta l4proto . th dport @no-endpoint-services reject\n\
          add rule ip {t} reject-chain fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject\n\
-         add chain ip {t} filter-input {{ type filter hook input priority -1; }}\n\
-         add rule ip {t} filter-input ct state new jump reject-chain\n\
-         add chain ip {t} filter-forward {{ type filter hook forward priority -1; }}\n\
-         add rule ip {t} filter-forward ct state new jump reject-chain\n\
+         add chain ip {t} filter-prerouting {{ type filter hook prerouting priority -110; }}\n\
+         add rule ip {t} filter-prerouting ct state new jump reject-chain\n\
          add chain ip {t} filter-output {{ type filter hook output priority -1; }}\n\
          add rule ip {t} filter-output ct state new jump reject-chain"
     );
