@@ -66,9 +66,17 @@ pub struct NodeArgs {
     /// left out keep upstream's defaults.
     #[arg(long, env = "KORVET_EVICTION_HARD", default_value = "")]
     eviction_hard: String,
-    /// Do not run the service proxy (another proxy owns Service traffic on this host).
-    #[arg(long)]
-    no_service_proxy: bool,
+    /// The service proxy (nftables rules for Services): `auto` runs it only inside a
+    /// network namespace of its own (a machine), never in the host's.
+    #[arg(long, value_enum, default_value = "auto")]
+    service_proxy: ServiceProxy,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ServiceProxy {
+    Auto,
+    Always,
+    Never,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -98,7 +106,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
         eviction_hard: korvet_node::pressure::Thresholds::parse(&args.eviction_hard)
             .context("--eviction-hard")?,
-        service_proxy: !args.no_service_proxy,
+        service_proxy: match args.service_proxy {
+            ServiceProxy::Auto => !korvet_node::proxy::in_initial_netns(),
+            ServiceProxy::Always => true,
+            ServiceProxy::Never => false,
+        },
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

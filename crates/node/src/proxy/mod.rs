@@ -21,6 +21,18 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use model::Model;
 
+/// Whether this process shares PID 1's network namespace (the host's); unknown counts
+/// as yes, so that the proxy never NATs in a host namespace by accident.
+pub fn in_initial_netns() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/net"),
+        std::fs::read_link("/proc/1/ns/net"),
+    ) {
+        (Ok(own), Ok(init)) => own == init,
+        _ => true,
+    }
+}
+
 /// Bridged pod-to-pod traffic must pass the IP hooks (conntrack, DNAT replies on the
 /// same bridge, hairpin); br_netfilter defaults to 1 but a namespace may say otherwise.
 fn enable_bridge_netfilter() {
