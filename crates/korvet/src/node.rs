@@ -67,7 +67,7 @@ pub struct NodeArgs {
     #[arg(long, env = "KORVET_EVICTION_HARD", default_value = "")]
     eviction_hard: String,
     /// The service proxy (nftables rules for Services): `auto` runs it only inside a
-    /// network namespace of its own (a machine), never in the host's.
+    /// network namespace of its own (a machine's), never in the host's.
     #[arg(long, value_enum, default_value = "auto")]
     service_proxy: ServiceProxy,
 }
@@ -107,7 +107,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         eviction_hard: korvet_node::pressure::Thresholds::parse(&args.eviction_hard)
             .context("--eviction-hard")?,
         service_proxy: match args.service_proxy {
-            ServiceProxy::Auto => !korvet_node::proxy::in_initial_netns(),
+            ServiceProxy::Auto => korvet_node::proxy::in_own_netns(),
             ServiceProxy::Always => true,
             ServiceProxy::Never => false,
         },

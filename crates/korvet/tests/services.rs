@@ -124,15 +124,56 @@ fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
+/// The proxy tables of this platform's machines (every `korvet-*` netns; a test runs
+/// alone on its platform) and the agents' proxy log lines, for failure messages.
 fn agent_logs(platform: &TestPlatform) -> String {
+    let mut out = String::new();
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        let ns = line.split(' ').next().unwrap_or_default();
+        if !ns.starts_with("korvet-") {
+            continue;
+        }
+        let table = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                "korvet-proxy",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&table.stdout).into_owned()
+            + &String::from_utf8_lossy(&table.stderr);
+        out.push_str(&format!(
+            "--- nft in {ns}\n{}\n",
+            &text[..text.len().min(6000)]
+        ));
+    }
+    out + &agent_log_lines(platform)
+}
+
+fn agent_log_lines(platform: &TestPlatform) -> String {
     let machines = platform.data_dir().join("provider/machines");
     let mut out = String::new();
     for entry in std::fs::read_dir(machines).into_iter().flatten().flatten() {
         let text = std::fs::read_to_string(entry.path().join("agent.log")).unwrap_or_default();
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("proxy") || l.contains("WARN"))
+            .filter(|l| l.contains("proxy") || l.contains("WARN") || l.contains("rules"))
             .collect();
+        let lines = if lines.is_empty() {
+            text.lines().collect()
+        } else {
+            lines
+        };
         out.push_str(&format!(
             "--- {}\n{}\n",
             entry.file_name().to_string_lossy(),
@@ -242,11 +283,24 @@ fn services_spread_over_ready_pods_on_every_node() {
     // Through the cluster DNS (on its ClusterIP 10.96.0.10) and the web ClusterIP.
     let url = "http://web.default.svc.cluster.local/";
     let mut answers = Vec::new();
-    wait_until("every replica answers", 30, || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         answers.extend(fetch_in(&kubectl, "client", url, 30));
         let seen: BTreeSet<String> = answers.iter().cloned().collect();
-        seen.is_superset(&replicas)
-    });
+        if seen.is_superset(&replicas) {
+            break;
+        }
+        let resolv = kubectl.run(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+        let wget = kubectl.run(&["exec", "client", "--", "wget", "-O", "-", url]);
+        assert!(
+            Instant::now() < deadline,
+            "not every replica of {replicas:?} answers: {answers:?}\n{}\n{}{}\n{}",
+            resolv.stdout,
+            wget.stdout,
+            wget.stderr,
+            agent_logs(&platform)
+        );
+    }
     let seen: BTreeSet<String> = answers.iter().cloned().collect();
     assert!(
         seen.is_subset(

@@ -442,3 +442,11 @@ fn thousand_services_apply_in_full_and_incrementally() {
     let chains = nft::list(Some(&node.0), &["list", "table", "ip", rules::TABLE]).unwrap();
     assert_eq!(chains.matches("chain ep-").count(), 5000);
 }
+
+#[test]
+fn the_proxy_runs_by_default_only_in_a_namespace_of_its_own() {
+    assert!(!korvet_node::proxy::in_own_netns());
+    let pid = std::process::id();
+    let ns = Netns::new(format!("kpx-{pid}-own"));
+    assert!(in_netns(&ns.0, korvet_node::proxy::in_own_netns));
+}

@@ -21,16 +21,26 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use model::Model;
 
-/// Whether this process shares PID 1's network namespace (the host's); unknown counts
-/// as yes, so that the proxy never NATs in a host namespace by accident.
-pub fn in_initial_netns() -> bool {
-    match (
-        std::fs::read_link("/proc/self/ns/net"),
-        std::fs::read_link("/proc/1/ns/net"),
-    ) {
-        (Ok(own), Ok(init)) => own == init,
-        _ => true,
+/// Whether this process runs in a network namespace of its own, as a Korvet machine's
+/// agent does: one other than PID 1's, or a named one (`/run/netns/NAME`, what the local
+/// provider makes; PID 1's may be unreadable in a container). Unknown counts as no, so
+/// that the proxy never NATs in a host's namespace by accident.
+pub fn in_own_netns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata("/proc/thread-self/ns/net") else {
+        return false;
+    };
+    if let Ok(init) = std::fs::metadata("/proc/1/ns/net") {
+        if (init.dev(), init.ino()) != (own.dev(), own.ino()) {
+            return true;
+        }
     }
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::metadata(entry.path()).ok())
+        .any(|named| (named.dev(), named.ino()) == (own.dev(), own.ino()))
 }
 
 /// Bridged pod-to-pod traffic must pass the IP hooks (conntrack, DNAT replies on the
