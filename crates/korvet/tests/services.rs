@@ -323,6 +323,7 @@ fn services_spread_over_ready_pods_on_every_node() {
         "exec",
         "client",
         "--",
+        "/bin/busybox",
         "nslookup",
         "kubernetes.default.svc.cluster.local",
         "10.96.0.10",
@@ -399,8 +400,9 @@ fn services_spread_over_ready_pods_on_every_node() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["localEndpoints"], 3, "{body}");
     assert_eq!(body["service"]["name"], "web-local", "{body}");
-    let (status, _) = http_get(&format!("{b_ip}:{health_port}"), "/healthz").unwrap();
-    assert_eq!(status, 503);
+    wait_until("health check 503 on node b", 10, || {
+        http_get(&format!("{b_ip}:{health_port}"), "/healthz").is_ok_and(|(s, _)| s == 503)
+    });
 
     // Scaling to one: only the survivor answers, soon after the API says so.
     kubectl.ok(&["scale", "deployment", "web", "--replicas", "1"]);
