@@ -101,3 +101,38 @@ async fn serve(port: u16, state: watch::Receiver<HealthCheck>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_as_upstream() {
+        let mut check = HealthCheck {
+            namespace: "default".into(),
+            name: "web".into(),
+            local_endpoints: 2,
+        };
+        let (status, body) = answer(&check);
+        assert_eq!(status, 200);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["service"]["namespace"], "default");
+        assert_eq!(body["service"]["name"], "web");
+        assert_eq!(body["localEndpoints"], 2);
+        check.local_endpoints = 0;
+        assert_eq!(answer(&check).0, 503);
+    }
+
+    #[test]
+    fn metrics_are_registered() {
+        let text = crate::metrics::Metrics::new().encode();
+        for name in [
+            "korvet_node_proxy_sync_duration_seconds",
+            "korvet_node_proxy_rules_services",
+            "korvet_node_proxy_rules_endpoints",
+            "korvet_node_proxy_sync_errors_total",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+    }
+}
