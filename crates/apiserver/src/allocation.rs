@@ -1,4 +1,4 @@
-//! Service ClusterIP and NodePort allocation.
+//! Service ClusterIP, NodePort and health-check node port allocation.
 //!
 //! Each allocated address or port is a key under `/registry/ranges/` claimed with a
 //! create-if-absent transaction, naming its owner Service by uid. A claim whose owner no
@@ -149,6 +149,13 @@ pub fn before_update(call: &Call<'_>, old: &Value, object: &mut Value) -> ApiRes
         }
         _ => {}
     }
+    // The health-check node port stays while the policy stays Local.
+    if object["spec"]["healthCheckNodePort"].is_null()
+        && object["spec"]["externalTrafficPolicy"] == "Local"
+        && !old["spec"]["healthCheckNodePort"].is_null()
+    {
+        object["spec"]["healthCheckNodePort"] = old["spec"]["healthCheckNodePort"].clone();
+    }
     // Ports keep their node ports across updates (kubectl apply omits them).
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
     if let Some(ports) = object["spec"]["ports"].as_array_mut() {
@@ -255,6 +262,29 @@ async fn allocate(call: &Call<'_>, _old: Option<&Value>, object: &mut Value) -> 
                 None => allocate_port(call, &owner).await?,
             };
             object["spec"]["ports"][i]["nodePort"] = json!(port);
+        }
+        if object["spec"]["externalTrafficPolicy"] == "Local" {
+            let port = match object["spec"]["healthCheckNodePort"].as_i64() {
+                Some(p) => {
+                    let in_range =
+                        (i64::from(NODE_PORT_RANGE.0)..=i64::from(NODE_PORT_RANGE.1)).contains(&p);
+                    if !in_range || !claim(call, &format!("{PORT_PREFIX}{p}"), &owner).await? {
+                        return Err(invalid(
+                            call,
+                            object,
+                            Cause::invalid(
+                                "spec.healthCheckNodePort",
+                                &json!(p),
+                                "provided port is out of range or already allocated",
+                            ),
+                        ));
+                    }
+                    p as u16
+                }
+                // The node agents serve it for load balancers to probe.
+                None => allocate_port(call, &owner).await?,
+            };
+            object["spec"]["healthCheckNodePort"] = json!(port);
         }
     }
     Ok(())

@@ -1016,7 +1016,11 @@ pub fn bootstrap_policy() -> Vec<(String, Value)> {
             "system:node-bootstrapper",
             vec![group(crate::bootstrap_tokens::BOOTSTRAPPERS_GROUP)],
         ),
-        cluster_role_binding("system:node-proxier", vec![user("system:kube-proxy")]),
+        // The node agent is Korvet's kube-proxy.
+        cluster_role_binding(
+            "system:node-proxier",
+            vec![user("system:kube-proxy"), group("system:nodes")],
+        ),
         cluster_role_binding(
             "system:kube-dns",
             vec![service_account("kube-system", "kube-dns")],

@@ -66,6 +66,32 @@ pub struct NodeArgs {
     /// left out keep upstream's defaults.
     #[arg(long, env = "KORVET_EVICTION_HARD", default_value = "")]
     eviction_hard: String,
+    /// The service proxy (nftables rules for Services): `auto` runs it only inside a
+    /// network namespace of its own (a machine's), never in the host's.
+    #[arg(long, value_enum, default_value = "auto")]
+    service_proxy: InOwnNetns,
+    /// NetworkPolicy enforcement (nftables rules filtering pod traffic): `auto` runs it
+    /// only inside a network namespace of its own (a machine's), never in the host's.
+    #[arg(long, value_enum, default_value = "auto")]
+    network_policy: InOwnNetns,
+}
+
+/// Whether a part that writes nftables rules into the agent's network namespace runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InOwnNetns {
+    Auto,
+    Always,
+    Never,
+}
+
+impl InOwnNetns {
+    fn enabled(self) -> bool {
+        match self {
+            InOwnNetns::Auto => korvet_node::proxy::in_own_netns(),
+            InOwnNetns::Always => true,
+            InOwnNetns::Never => false,
+        }
+    }
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -95,6 +121,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
         eviction_hard: korvet_node::pressure::Thresholds::parse(&args.eviction_hard)
             .context("--eviction-hard")?,
+        service_proxy: args.service_proxy.enabled(),
+        network_policy: args.network_policy.enabled(),
     };
     korvet_node::run(config, crate::signals::wait_for_shutdown()).await?;
     Ok(())

@@ -35,6 +35,10 @@ pub struct NodeConfig {
     pub cluster_dns: crate::dns::ClusterDns,
     /// Hard eviction thresholds behind the pressure conditions.
     pub eviction_hard: crate::pressure::Thresholds,
+    /// Run the service proxy (nftables rules for Services in this network namespace).
+    pub service_proxy: bool,
+    /// Enforce NetworkPolicies (nftables rules in this network namespace).
+    pub network_policy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

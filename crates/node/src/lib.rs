@@ -1,8 +1,9 @@
 //! The node agent (`korvet node`): joins a cluster with a bootstrap token
 //! ([`join`]), registers its Node ([`registration`]) and keeps it alive with a Lease and
 //! status updates ([`heartbeat`]), and runs the pods bound to it through containerd's
-//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]),
-//! and enforces NetworkPolicies for them on nftables ([`netpol`]).
+//! CRI ([`pods`]), with built-in images ([`images`]) and its CNI configuration ([`cni`]);
+//! its service proxy ([`proxy`]) keeps the node's nftables rules for Services, and
+//! [`netpol`] enforces NetworkPolicies for its pods on nftables.
 
 pub mod cgroups;
 pub mod cni;
@@ -19,6 +20,7 @@ pub mod netpol;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
+pub mod proxy;
 pub mod registration;
 pub mod server;
 pub mod stats;
@@ -160,16 +162,25 @@ pub async fn run(
                 cluster_dns: config.cluster_dns.clone(),
             },
         ));
+        let service_proxy = config.service_proxy.then(|| {
+            tokio::spawn(proxy::run(
+                client.clone(),
+                config.node_name.clone(),
+                metrics.clone(),
+            ))
+        });
         let images = tokio::spawn(node_images::run(
             client.clone(),
             cri.clone(),
             config.node_name.clone(),
         ));
-        let netpol = tokio::spawn(netpol::run(
-            client.clone(),
-            config.node_name.clone(),
-            metrics.clone(),
-        ));
+        let netpol = config.network_policy.then(|| {
+            tokio::spawn(netpol::run(
+                client.clone(),
+                config.node_name.clone(),
+                metrics.clone(),
+            ))
+        });
         let imagefs = image_fs(&cri)
             .await
             .unwrap_or_else(|| config.data_dir.clone());
@@ -189,8 +200,19 @@ pub async fn run(
         .await;
         pods.abort();
         images.abort();
-        netpol.abort();
+        if let Some(task) = netpol {
+            task.abort();
+        }
         node_server.abort();
+        if let Some(task) = service_proxy {
+            task.abort();
+            let _ = task.await;
+            match tokio::task::spawn_blocking(|| proxy::nft::delete_table(None)).await {
+                Ok(Ok(())) => tracing::info!("service proxy rules removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
+                Err(e) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
+            }
+        }
     }
     if let Some(server) = server {
         server.abort();

@@ -25,6 +25,12 @@ pub struct Metrics {
     pub netpol_sync_duration: Histogram,
     pub netpol_policies: Gauge,
     pub netpol_sync_errors: Counter,
+    /// Service proxy: time to render and apply one nft transaction.
+    pub proxy_sync_duration: Histogram,
+    /// Service ports with rules (ClusterIP, NodePort, external IPs).
+    pub proxy_rules_services: Gauge,
+    pub proxy_rules_endpoints: Gauge,
+    pub proxy_sync_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +80,30 @@ impl Metrics {
             "Network policy rule loads that failed (they are retried)",
             netpol_sync_errors.clone(),
         );
+        let proxy_sync_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        let proxy_rules_services = Gauge::default();
+        let proxy_rules_endpoints = Gauge::default();
+        let proxy_sync_errors = Counter::default();
+        registry.register(
+            "proxy_sync_duration_seconds",
+            "Time the service proxy took to render and apply its nft rules",
+            proxy_sync_duration.clone(),
+        );
+        registry.register(
+            "proxy_rules_services",
+            "Service ports the service proxy has rules for",
+            proxy_rules_services.clone(),
+        );
+        registry.register(
+            "proxy_rules_endpoints",
+            "Endpoints the service proxy's rules send traffic to",
+            proxy_rules_endpoints.clone(),
+        );
+        registry.register(
+            "proxy_sync_errors",
+            "nft transactions of the service proxy that failed (retried in full)",
+            proxy_sync_errors.clone(),
+        );
         Self {
             registry,
             lease_renewals,
@@ -83,6 +113,10 @@ impl Metrics {
             netpol_sync_duration,
             netpol_policies,
             netpol_sync_errors,
+            proxy_sync_duration,
+            proxy_rules_services,
+            proxy_rules_endpoints,
+            proxy_sync_errors,
         }
     }
 

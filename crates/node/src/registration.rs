@@ -245,6 +245,8 @@ mod tests {
             kubelet_port: 10250,
             cluster_dns: Default::default(),
             eviction_hard: Default::default(),
+            service_proxy: false,
+            network_policy: false,
         }
     }
 
