@@ -106,6 +106,33 @@ pub enum Bench {
         #[arg(long, default_value_t = 100)]
         scheduler_nodes: usize,
     },
+    /// The service proxy: nftables update time with many Services, EndpointSlice change
+    /// to traffic following it on a real cluster, and a bulk transfer through a
+    /// ClusterIP against the pod directly. Runs a management plane in this process;
+    /// needs root.
+    Services {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// EndpointSlice changes timed on the cluster.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Services in the nftables table.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Endpoints per Service in the nftables table.
+        #[arg(long, default_value_t = 5)]
+        endpoints_per_service: usize,
+        /// Single-Service changes applied after the whole table.
+        #[arg(long, default_value_t = 200)]
+        updates: usize,
+        /// Size of the bulk transfer, MiB.
+        #[arg(long, default_value_t = 256)]
+        transfer_mib: u64,
+        /// Bulk transfer rounds per path (the best counts).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The scheduler: pods bound per second for many pending pods over Nodes registered
     /// without agents (as kwok does), against an API server on the embedded store.
     Scheduler {
@@ -186,6 +213,25 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 scheduler_nodes,
             };
             crate::bench_workloads::run(json, config).await
+        }
+        Bench::Services {
+            json,
+            samples,
+            services,
+            endpoints_per_service,
+            updates,
+            transfer_mib,
+            rounds,
+        } => {
+            let config = crate::bench_services::ServiceBenchConfig {
+                samples,
+                services,
+                endpoints_per_service,
+                updates,
+                transfer_mib,
+                rounds,
+            };
+            crate::bench_services::run(json, config).await
         }
         Bench::Pods {
             json,

@@ -136,7 +136,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn latency(mut values: Vec<f64>) -> Latency {
+pub(crate) fn latency(mut values: Vec<f64>) -> Latency {
     values.sort_by(f64::total_cmp);
     Latency {
         samples: values.len(),

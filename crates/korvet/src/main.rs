@@ -3,6 +3,8 @@
 mod bench;
 mod bench_clusters;
 mod bench_pods;
+mod bench_services;
+mod bench_services_nft;
 mod bench_workloads;
 mod cli;
 mod control_plane;
