@@ -23,10 +23,12 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
+use crate::pod_cache::{Expect, PodCache};
 use crate::workload;
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
@@ -34,9 +36,19 @@ pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Runs the Job controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Ctx::new(&client, "job-controller");
+    let (pods, writer) = reflector::store();
+    let pod_events = reflector::reflector(
+        writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Ctx::with_pods(&client, "job-controller", PodCache::new(pods));
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .watches_stream(pod_events, |pod| {
+            let owner = workload::controller_of(&pod.metadata).filter(|o| o.kind == "Job")?;
+            Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
+        })
         .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {});
     tokio::join!(jobs, release_orphans(client));
@@ -336,17 +348,22 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut params = ListParams::default();
-    if let Some(selector) = &spec.selector {
-        params = params.labels(&owned::selector_string(selector));
-    }
-    let pods: Vec<Pod> = pods_api
-        .list(&params)
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| workload::is_controlled_by(&p.metadata, &uid))
-        .collect();
+    let pods: Vec<Pod> = match ctx.pods.controlled(&ns, &uid, spec.selector.as_ref()).await {
+        Some(pods) => pods,
+        None => {
+            let mut params = ListParams::default();
+            if let Some(selector) = &spec.selector {
+                params = params.labels(&owned::selector_string(selector));
+            }
+            pods_api
+                .list(&params)
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| workload::is_controlled_by(&p.metadata, &uid))
+                .collect()
+        }
+    };
 
     // A finished or deleted Job only lets its pods go.
     if is_finished(job) || job.metadata.deletion_timestamp.is_some() {
@@ -354,7 +371,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             .iter()
             .filter(|p| owned::has_finalizer(&p.metadata, TRACKING_FINALIZER))
         {
-            owned::remove_finalizer(&pods_api, pod, TRACKING_FINALIZER).await?;
+            release(ctx, &pods_api, &uid, pod).await?;
         }
         return Ok(Action::await_change());
     }
@@ -444,7 +461,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             .await?;
     }
     for pod in &releasing {
-        owned::remove_finalizer(&pods_api, pod, TRACKING_FINALIZER).await?;
+        release(ctx, &pods_api, &uid, pod).await?;
     }
     let succeeded_before = status.succeeded.unwrap_or(0);
     status.succeeded = Some(if indexed {
@@ -723,6 +740,16 @@ fn last_failure(pods: &[Pod]) -> Option<Timestamp> {
         .max()
 }
 
+/// Takes the tracking finalizer off a pod of the Job `job_uid`.
+async fn release(ctx: &Ctx, api: &Api<Pod>, job_uid: &str, pod: &Pod) -> Result<(), SyncError> {
+    owned::remove_finalizer(api, pod, TRACKING_FINALIZER).await?;
+    ctx.pods.expect(
+        job_uid,
+        Expect::Unfinalized(pod.uid().unwrap_or_default(), TRACKING_FINALIZER.into()),
+    );
+    Ok(())
+}
+
 async fn create_pod(
     ctx: &Ctx,
     api: &Api<Pod>,
@@ -732,6 +759,10 @@ async fn create_pod(
     let pod = new_pod(job, index)?;
     match api.create(&PostParams::default(), &pod).await {
         Ok(created) => {
+            ctx.pods.expect(
+                &job.uid().unwrap_or_default(),
+                Expect::Created(created.name_any()),
+            );
             ctx.events
                 .normal(
                     job,
@@ -754,6 +785,10 @@ async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, job: &Job, pod: &Pod) -> Result<(
     let name = pod.name_any();
     match api.delete(&name, &DeleteParams::default()).await {
         Ok(_) => {
+            ctx.pods.expect(
+                &job.uid().unwrap_or_default(),
+                Expect::Deleted(pod.uid().unwrap_or_default()),
+            );
             ctx.events
                 .normal(job, "SuccessfulDelete", format!("Deleted pod: {name}"))
                 .await;
