@@ -23,12 +23,11 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
-use crate::pod_cache::{Expect, PodCache};
+use crate::pod_cache::{self, Expect};
 use crate::workload;
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
@@ -36,19 +35,10 @@ pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Runs the Job controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let (pods, writer) = reflector::store();
-    let pod_events = reflector::reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let ctx = Ctx::with_pods(&client, "job-controller", PodCache::new(pods));
+    let (pods, pod_events) = pod_cache::watch(&client);
+    let ctx = Ctx::with_pods(&client, "job-controller", pods);
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .watches_stream(pod_events, |pod| {
-            let owner = workload::controller_of(&pod.metadata).filter(|o| o.kind == "Job")?;
-            Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
-        })
+        .watches_stream(pod_events, pod_cache::controller_of_pod::<Job>)
         .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {});
     tokio::join!(jobs, release_orphans(client));

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::runtime::reflector::Store;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::WatchStreamExt;
 use kube::ResourceExt;
 
 use crate::workload::is_controlled_by;
@@ -64,6 +66,33 @@ type Pending = Vec<(Expect, Instant)>;
 pub struct PodCache {
     store: Option<Store<Pod>>,
     pending: std::sync::Arc<Mutex<HashMap<String, Pending>>>,
+}
+
+/// A cache of all pods and the stream of pod changes that feeds it, for a Controller's
+/// `watches_stream` (the store is written before each change is passed on).
+pub fn watch(
+    client: &kube::Client,
+) -> (
+    PodCache,
+    impl futures::Stream<Item = Result<Pod, kube::runtime::watcher::Error>> + Send + 'static,
+) {
+    let (store, writer) = kube::runtime::reflector::store();
+    let events = kube::runtime::reflector::reflector(
+        writer,
+        kube::runtime::watcher(Api::<Pod>::all(client.clone()), Default::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    (PodCache::new(store), events)
+}
+
+/// The object of kind `K` that controls `pod`, for a Controller's `watches_stream`.
+pub fn controller_of_pod<K>(pod: Pod) -> Option<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let owner = crate::workload::controller_of(&pod.metadata).filter(|o| o.kind == K::kind(&()))?;
+    Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
 }
 
 impl PodCache {
