@@ -187,6 +187,51 @@ mod tests {
         Arc::new(serde_json::from_value(value).unwrap())
     }
 
+    fn owned_pod(name: &str, uid: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {
+            "name": name, "namespace": "ns", "uid": uid,
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j",
+                                 "uid": "owner", "controller": true}]}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_store_is_read_only_while_it_shows_every_write() {
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let cache = PodCache::new(store);
+        assert!(
+            cache.controlled("ns", "owner", None).await.is_none(),
+            "not filled yet"
+        );
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(owned_pod("a", "1")));
+        writer.apply_watcher_event(&Event::InitDone);
+        let names = |pods: Vec<Pod>| pods.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+        assert_eq!(
+            names(cache.controlled("ns", "owner", None).await.unwrap()),
+            ["a"]
+        );
+
+        // A creation the store does not show yet: list instead, until it does.
+        cache.expect("owner", Expect::Created("b".into()));
+        assert!(cache.controlled("ns", "owner", None).await.is_none());
+        writer.apply_watcher_event(&Event::Apply(owned_pod("b", "2")));
+        let mut seen = names(cache.controlled("ns", "owner", None).await.unwrap());
+        seen.sort();
+        assert_eq!(seen, ["a", "b"]);
+
+        // The same for a deletion; other owners are not held up.
+        cache.expect("owner", Expect::Deleted("1".into()));
+        assert!(cache.controlled("ns", "owner", None).await.is_none());
+        assert!(cache.controlled("ns", "other", None).await.is_some());
+        writer.apply_watcher_event(&Event::Delete(owned_pod("a", "1")));
+        assert_eq!(
+            names(cache.controlled("ns", "owner", None).await.unwrap()),
+            ["b"]
+        );
+    }
+
     #[test]
     fn expectations_are_met_by_what_the_store_shows() {
         let f = "batch.kubernetes.io/job-tracking";
