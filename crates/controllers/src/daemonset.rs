@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -19,11 +19,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
+use crate::pod_cache::{self, Expect};
 use crate::{history, workload};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -31,32 +32,44 @@ pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 
 /// Runs the DaemonSet controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Ctx::new(&client, "daemonset-controller");
+    let (pods, pod_events) = pod_cache::watch(&client);
+    let ctx = Ctx::with_pods(&client, "daemonset-controller", pods);
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
     );
     let sets = controller.store();
+    let (nodes, node_writer) = reflector::store();
+    let node_events = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
     controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .watches_stream(pod_events, pod_cache::controller_of_pod::<DaemonSet>)
         // Any Node change may change where daemons belong.
-        .watches(
-            Api::<Node>::all(client),
-            watcher::Config::default(),
-            move |_| {
-                sets.state()
-                    .iter()
-                    .map(|ds| ObjectRef::from_obj(ds.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+        .watches_stream(node_events, move |_| {
+            sets.state()
+                .iter()
+                .map(|ds| ObjectRef::from_obj(ds.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(
+            move |ds, ctx| reconcile(ds, ctx, nodes.clone()),
+            owned::retry_soon,
+            ctx,
         )
-        .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {})
         .await;
 }
 
-async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {
-    owned::timed("daemonset", sync(&ds, &ctx)).await
+async fn reconcile(
+    ds: Arc<DaemonSet>,
+    ctx: Arc<Ctx>,
+    nodes: Store<Node>,
+) -> Result<Action, SyncError> {
+    owned::timed("daemonset", sync(&ds, &ctx, &nodes)).await
 }
 
 fn toleration(key: &str, effect: &str) -> Toleration {
@@ -253,7 +266,7 @@ fn hash_of(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
-async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, SyncError> {
+async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, SyncError> {
     let Some(spec) = ds.spec.as_ref() else {
         return Ok(Action::await_change());
     };
@@ -269,13 +282,24 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, SyncError> {
     let owner = workload::controller_ref(ds)
         .ok_or_else(|| SyncError::Invalid("daemonset without uid".into()))?;
 
-    let nodes = Api::<Node>::all(ctx.client.clone())
-        .list(&Default::default())
-        .await?
-        .items;
-    let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+    // The controller writes no Nodes, so the store is as good as a list once filled.
+    let nodes: Vec<Node> = if matches!(nodes.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        nodes.state().iter().map(|n| (**n).clone()).collect()
+    } else {
+        Api::<Node>::all(ctx.client.clone())
+            .list(&Default::default())
+            .await?
+            .items
+    };
+    let pods = match ctx.pods.controlled(&ns, &uid, Some(&spec.selector)).await {
+        Some(pods) => pods,
+        None => {
+            let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+            pods_api.list(&params).await?.items
+        }
+    };
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
-    for pod in pods_api.list(&params).await?.items {
+    for pod in pods {
         if workload::is_controlled_by(&pod.metadata, &uid) {
             if let Some(node) = node_of(&pod) {
                 by_node.entry(node).or_default().push(pod);
@@ -470,6 +494,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, SyncError> {
         }
         match pods_api.create(&PostParams::default(), &pod).await {
             Ok(created) => {
+                ctx.pods.expect(&uid, Expect::Created(created.name_any()));
                 ctx.events
                     .normal(
                         ds,
@@ -493,6 +518,8 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, SyncError> {
         let pod_name = pod.name_any();
         match pods_api.delete(&pod_name, &DeleteParams::default()).await {
             Ok(_) => {
+                ctx.pods
+                    .expect(&uid, Expect::Deleted(pod.uid().unwrap_or_default()));
                 ctx.events
                     .normal(ds, "SuccessfulDelete", format!("Deleted pod: {pod_name}"))
                     .await

@@ -27,6 +27,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
+use crate::pod_cache::{self, Expect};
 use crate::workload;
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
@@ -34,9 +35,10 @@ pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Runs the Job controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Ctx::new(&client, "job-controller");
+    let (pods, pod_events) = pod_cache::watch(&client);
+    let ctx = Ctx::with_pods(&client, "job-controller", pods);
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .watches_stream(pod_events, pod_cache::controller_of_pod::<Job>)
         .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {});
     tokio::join!(jobs, release_orphans(client));
@@ -336,17 +338,22 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut params = ListParams::default();
-    if let Some(selector) = &spec.selector {
-        params = params.labels(&owned::selector_string(selector));
-    }
-    let pods: Vec<Pod> = pods_api
-        .list(&params)
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| workload::is_controlled_by(&p.metadata, &uid))
-        .collect();
+    let pods: Vec<Pod> = match ctx.pods.controlled(&ns, &uid, spec.selector.as_ref()).await {
+        Some(pods) => pods,
+        None => {
+            let mut params = ListParams::default();
+            if let Some(selector) = &spec.selector {
+                params = params.labels(&owned::selector_string(selector));
+            }
+            pods_api
+                .list(&params)
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| workload::is_controlled_by(&p.metadata, &uid))
+                .collect()
+        }
+    };
 
     // A finished or deleted Job only lets its pods go.
     if is_finished(job) || job.metadata.deletion_timestamp.is_some() {
@@ -354,7 +361,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             .iter()
             .filter(|p| owned::has_finalizer(&p.metadata, TRACKING_FINALIZER))
         {
-            owned::remove_finalizer(&pods_api, pod, TRACKING_FINALIZER).await?;
+            release(ctx, &pods_api, &uid, pod).await?;
         }
         return Ok(Action::await_change());
     }
@@ -444,7 +451,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
             .await?;
     }
     for pod in &releasing {
-        owned::remove_finalizer(&pods_api, pod, TRACKING_FINALIZER).await?;
+        release(ctx, &pods_api, &uid, pod).await?;
     }
     let succeeded_before = status.succeeded.unwrap_or(0);
     status.succeeded = Some(if indexed {
@@ -723,6 +730,16 @@ fn last_failure(pods: &[Pod]) -> Option<Timestamp> {
         .max()
 }
 
+/// Takes the tracking finalizer off a pod of the Job `job_uid`.
+async fn release(ctx: &Ctx, api: &Api<Pod>, job_uid: &str, pod: &Pod) -> Result<(), SyncError> {
+    owned::remove_finalizer(api, pod, TRACKING_FINALIZER).await?;
+    ctx.pods.expect(
+        job_uid,
+        Expect::Unfinalized(pod.uid().unwrap_or_default(), TRACKING_FINALIZER.into()),
+    );
+    Ok(())
+}
+
 async fn create_pod(
     ctx: &Ctx,
     api: &Api<Pod>,
@@ -732,6 +749,10 @@ async fn create_pod(
     let pod = new_pod(job, index)?;
     match api.create(&PostParams::default(), &pod).await {
         Ok(created) => {
+            ctx.pods.expect(
+                &job.uid().unwrap_or_default(),
+                Expect::Created(created.name_any()),
+            );
             ctx.events
                 .normal(
                     job,
@@ -754,6 +775,10 @@ async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, job: &Job, pod: &Pod) -> Result<(
     let name = pod.name_any();
     match api.delete(&name, &DeleteParams::default()).await {
         Ok(_) => {
+            ctx.pods.expect(
+                &job.uid().unwrap_or_default(),
+                Expect::Deleted(pod.uid().unwrap_or_default()),
+            );
             ctx.events
                 .normal(job, "SuccessfulDelete", format!("Deleted pod: {name}"))
                 .await;

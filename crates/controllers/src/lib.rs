@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owned;
+pub mod pod_cache;
 pub mod replicaset;
 pub mod resource_quota;
 pub mod service_accounts;

@@ -1,10 +1,11 @@
 //! What the Job, CronJob, StatefulSet and DaemonSet controllers share: label selectors
 //! as query strings, the sync error, finalizer removal, and upstream's name hash.
 //!
-//! These controllers list what they own afresh from the API at each sync (the watch only
-//! says when to look): a fresh list already holds this controller's own writes, so a
-//! quick second sync cannot create a pod twice (upstream needs "expectations" for that
-//! because it reads from an informer cache).
+//! The Job controller reads its pods from a reflector store ([`crate::pod_cache`]) and
+//! lists them afresh only while the store does not show its own writes yet; the others
+//! list what they own afresh from the API at each sync (the watch only says when to
+//! look): a fresh list already holds this controller's own writes, so a quick second
+//! sync cannot create a pod twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,14 +29,26 @@ pub enum SyncError {
 pub struct Ctx {
     pub client: kube::Client,
     pub events: crate::events::EventRecorder,
+    /// The controller's pods, where it keeps a store of them.
+    pub pods: crate::pod_cache::PodCache,
 }
 
 impl Ctx {
     /// A context recording Events as `reporter` (e.g. `job-controller`).
     pub fn new(client: &kube::Client, reporter: &str) -> Arc<Self> {
+        Self::with_pods(client, reporter, crate::pod_cache::PodCache::none())
+    }
+
+    /// A context whose syncs read pods from `pods`.
+    pub fn with_pods(
+        client: &kube::Client,
+        reporter: &str,
+        pods: crate::pod_cache::PodCache,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client: client.clone(),
             events: crate::events::EventRecorder::new(client.clone(), reporter),
+            pods,
         })
     }
 }

@@ -21,6 +21,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
+use crate::pod_cache::{self, Expect};
 use crate::{history, workload};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -29,12 +30,13 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// Runs the StatefulSet controller until its task is aborted.
 pub async fn run(client: kube::Client) {
-    let ctx = Ctx::new(&client, "statefulset-controller");
+    let (pods, pod_events) = pod_cache::watch(&client);
+    let ctx = Ctx::with_pods(&client, "statefulset-controller", pods);
     Controller::new(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .watches_stream(pod_events, pod_cache::controller_of_pod::<StatefulSet>)
     .run(reconcile, owned::retry_soon, ctx)
     .for_each(|_| async {})
     .await;
@@ -348,9 +350,15 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
     let owner = workload::controller_ref(sts)
         .ok_or_else(|| SyncError::Invalid("statefulset without uid".into()))?;
 
-    let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+    let pods = match ctx.pods.controlled(&ns, &uid, Some(&spec.selector)).await {
+        Some(pods) => pods,
+        None => {
+            let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+            pods_api.list(&params).await?.items
+        }
+    };
     let mut by_ordinal: BTreeMap<i32, Pod> = BTreeMap::new();
-    for pod in pods_api.list(&params).await?.items {
+    for pod in pods {
         if !workload::is_controlled_by(&pod.metadata, &uid) {
             continue;
         }
@@ -430,7 +438,12 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
                 ensure_claims(ctx, sts, i).await?;
                 let pod = new_pod(sts, template, revision, i)?;
                 let name = pod.name_any();
-                match pods_api.create(&PostParams::default(), &pod).await {
+                let created = pods_api.create(&PostParams::default(), &pod).await;
+                if created.as_ref().is_ok() || created.as_ref().is_err_and(owned::is_already_exists)
+                {
+                    ctx.pods.expect(&uid, Expect::Created(name.clone()));
+                }
+                match created {
                     Ok(_) => {
                         ctx.events
                             .normal(
@@ -462,6 +475,9 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
                 }
                 match pods_api.delete(&name, &DeleteParams::default()).await {
                     Ok(_) => {
+                        if let Some(pod_uid) = by_ordinal.get(&i).and_then(|p| p.uid()) {
+                            ctx.pods.expect(&uid, Expect::Deleted(pod_uid));
+                        }
                         ctx.events
                             .normal(
                                 sts,

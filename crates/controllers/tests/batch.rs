@@ -552,3 +552,63 @@ async fn statefulset_claims_follow_the_retention_policy() {
         "the remaining pod's claim stays with the set"
     );
 }
+
+/// Many pods finishing at once wake the Job controller many times in a row while its
+/// own writes (creations, finalizer removals) are in flight: it still creates each pod
+/// once and counts each success once. (The race is rare on a local API server; the pod
+/// cache's unit tests check the expectations that guard it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_creates_and_counts_each_pod_once_under_a_burst() {
+    let (_cp, client) = setup().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    create(
+        &jobs,
+        json!({"metadata": {"name": "burst"},
+               "spec": {"completions": 20, "parallelism": 10, "template": template(json!({}))}}),
+    )
+    .await;
+    let selector = "batch.kubernetes.io/job-name=burst";
+    let mut finished = std::collections::BTreeSet::new();
+    for round in 0..2 {
+        let running = wait_for(20, "ten running pods", || async {
+            let p: Vec<Pod> = pods(&pod_api, selector)
+                .await
+                .into_iter()
+                .filter(|p| !finished.contains(&p.name_any()))
+                .collect();
+            (p.len() >= 10).then_some(p)
+        })
+        .await;
+        assert_eq!(running.len(), 10, "round {round}: parallelism 10");
+        let marks = running.iter().map(|p| {
+            set_phase(
+                &pod_api,
+                p.metadata.name.as_deref().unwrap(),
+                "Succeeded",
+                false,
+            )
+        });
+        futures::future::join_all(marks).await;
+        finished.extend(running.iter().map(|p| p.name_any()));
+    }
+    let job = wait_for(20, "the Job complete", || async {
+        let job = jobs.get("burst").await.unwrap();
+        (condition(&job, "Complete").map(|c| c.0) == Some("True".into())).then_some(job)
+    })
+    .await;
+    let status = job.status.unwrap();
+    assert_eq!(status.succeeded, Some(20), "each success counted once");
+    assert_eq!(status.failed.unwrap_or(0), 0);
+    let all = pods(&pod_api, selector).await;
+    assert_eq!(
+        all.len(),
+        20,
+        "each pod created once: {:?}",
+        all.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    assert!(
+        all.iter().all(|p| p.finalizers().is_empty()),
+        "every pod released"
+    );
+}

@@ -86,15 +86,15 @@ pub enum Bench {
         rounds: usize,
     },
     /// Workload controllers: controller reaction times (Deployment -> ReplicaSet ->
-    /// pod), a 100-replica Deployment becoming available on two real nodes and its
-    /// rolling update, and scheduler throughput. Runs a management plane in this
-    /// process; needs root.
+    /// pod, Job -> pod), a 100-replica Deployment becoming available on two real
+    /// nodes and its rolling update, and scheduler throughput. Runs a management
+    /// plane in this process; needs root.
     Workloads {
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
-        /// Deployments created one by one for the reaction times.
-        #[arg(long, default_value_t = 40)]
+        /// Samples of each reaction time (Deployments, then Jobs, created one by one).
+        #[arg(long, default_value_t = 200)]
         samples: usize,
         /// Replicas of the big Deployment.
         #[arg(long, default_value_t = 100)]
