@@ -404,6 +404,8 @@ fn services_spread_over_ready_pods_on_every_node() {
         http_get(&format!("{b_ip}:{health_port}"), "/healthz").is_ok_and(|(s, _)| s == 503)
     });
 
+    scale_to_a_thousand_services(&kubectl, &[&a_ip, &b_ip], &replicas);
+
     // Scaling to one: only the survivor answers, soon after the API says so.
     kubectl.ok(&["scale", "deployment", "web", "--replicas", "1"]);
     let mut survivor = BTreeSet::new();
@@ -423,4 +425,100 @@ fn services_spread_over_ready_pods_on_every_node() {
         answers.iter().all(|a| survivor.contains(a)),
         "{answers:?} vs {survivor:?}"
     );
+}
+
+/// A gauge of the agent's `/metrics` on `ip`.
+fn agent_metric(ip: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(&format!("{ip}:10249"), "/metrics").ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn proxy_counts(ip: &str) -> (f64, f64) {
+    let get = |name| agent_metric(ip, name).unwrap_or(-1.0);
+    (
+        get("korvet_node_proxy_rules_services"),
+        get("korvet_node_proxy_rules_endpoints"),
+    )
+}
+
+/// 1,000 Services with 5,000 endpoints (EndpointSlices written as a controller would,
+/// pointing at the five httpd pods): every node's proxy takes them all, the last and
+/// the first route, and deleting them takes them out again.
+fn scale_to_a_thousand_services(kubectl: &Kubectl, node_ips: &[&str], replicas: &BTreeSet<String>) {
+    const SERVICES: usize = 1000;
+    let pods = kubectl.json(&["get", "pods"]);
+    let servers: BTreeSet<String> = replicas
+        .iter()
+        .cloned()
+        .chain(["solo".to_string(), "unready".to_string()])
+        .collect();
+    let ips: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| servers.contains(p["metadata"]["name"].as_str().unwrap_or_default()))
+        .filter_map(|p| p["status"]["podIP"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ips.len(), 5, "{servers:?}: {ips:?}");
+    let before: Vec<(f64, f64)> = node_ips.iter().map(|ip| proxy_counts(ip)).collect();
+    assert!(
+        before.iter().all(|&(s, e)| s >= 0.0 && e >= 0.0),
+        "{before:?}"
+    );
+
+    let mut items =
+        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "scale"}})];
+    for i in 0..SERVICES {
+        let name = format!("svc-{i}");
+        items.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "scale"},
+            "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+        }));
+        items.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": "scale",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        }));
+    }
+    let started = Instant::now();
+    kubectl.ok_with_input(
+        &["create", "-f", "-"],
+        &json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+    );
+    let created = started.elapsed();
+    let expected: Vec<(f64, f64)> = before
+        .iter()
+        .map(|&(s, e)| (s + SERVICES as f64, e + 5.0 * SERVICES as f64))
+        .collect();
+    let mut now = Vec::new();
+    let took = wait_until("every node's proxy has the 1,000 services", 120, || {
+        now = node_ips.iter().map(|ip| proxy_counts(ip)).collect();
+        now == expected
+    });
+    eprintln!(
+        "1,000 services x 5 endpoints: created through kubectl in {created:?}, in every node's rules {took:?} later"
+    );
+    for url in [
+        "http://svc-999.scale.svc.cluster.local/",
+        "http://svc-0.scale.svc.cluster.local/",
+    ] {
+        let answers = fetch_in(kubectl, "client", url, 10);
+        assert!(
+            answers.len() == 10 && answers.iter().all(|a| servers.contains(a)),
+            "{url}: {answers:?} of {servers:?}"
+        );
+    }
+    kubectl.ok(&["delete", "namespace", "scale", "--timeout=120s"]);
+    wait_until("the 1,000 services leave the rules", 120, || {
+        now = node_ips.iter().map(|ip| proxy_counts(ip)).collect();
+        now == before
+    });
 }
