@@ -20,11 +20,13 @@ pub mod netpol;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
+pub mod protocol;
 pub mod proxy;
 pub mod registration;
 pub mod server;
 pub mod stats;
 pub mod streaming;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

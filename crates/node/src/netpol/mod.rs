@@ -15,14 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -33,31 +31,6 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(2);
 const BRIDGE_SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-
-/// Keeps a reflector of `api` in a task that pokes `changed` on every event.
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: Arc<Notify>,
-    what: &'static str,
-) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
-    let task = tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "watching {what} for network policies"),
-            }
-        }
-    });
-    (reader, task)
-}
 
 /// The labels the DNS pseudo-pods carry: the Service's labels as the EndpointSlice
 /// controller copies them, and `k8s-app: kube-dns` in any case.
@@ -102,32 +75,32 @@ fn enable_bridge_filtering() {
 pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
     enable_bridge_filtering();
     let changed = Arc::new(Notify::new());
-    let (policies, t1) = reflect(
+    let (policies, t1) = crate::watch::reflect(
         Api::<NetworkPolicy>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
-        "network policies",
+        "NetworkPolicies for network policies",
     );
-    let (pods, t2) = reflect(
+    let (pods, t2) = crate::watch::reflect(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
-        "pods",
+        "Pods for network policies",
     );
-    let (namespaces, t3) = reflect(
+    let (namespaces, t3) = crate::watch::reflect(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
         changed.clone(),
-        "namespaces",
+        "Namespaces for network policies",
     );
-    let (slices, t4) = reflect(
+    let (slices, t4) = crate::watch::reflect(
         Api::<EndpointSlice>::namespaced(client, model::DNS_NAMESPACE),
         watcher::Config::default().labels(&format!(
             "kubernetes.io/service-name={}",
             model::DNS_SERVICE
         )),
         changed.clone(),
-        "kube-dns endpoint slices",
+        "kube-dns EndpointSlices for network policies",
     );
     let _tasks = [t1, t2, t3, t4].map(crate::AbortOnDrop);
     // A partial view would isolate pods without their allowed peers.

@@ -26,31 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub const DNS_NAMESPACE: &str = "kube-system";
 pub const DNS_SERVICE: &str = "kube-dns";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    fn parse(name: Option<&str>) -> Option<Self> {
-        match name.unwrap_or("TCP") {
-            "TCP" => Some(Self::Tcp),
-            "UDP" => Some(Self::Udp),
-            "SCTP" => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-
-    pub fn nft(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-}
+pub use crate::protocol::Protocol;
 
 /// Allowed destination ports of one protocol: `None` is every port of it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

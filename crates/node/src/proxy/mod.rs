@@ -11,10 +11,9 @@ pub mod rules;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
@@ -63,48 +62,18 @@ async fn apply(script: String) -> Result<(), nft::NftError> {
 pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
     enable_bridge_netfilter();
     let changed = Arc::new(Notify::new());
-    let (services, services_writer) = reflector::store::<Service>();
-    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-    let watch_services = {
-        let changed = changed.clone();
-        let stream = reflector::reflector(
-            services_writer,
-            watcher(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "service proxy: watching Services"),
-                }
-            }
-        })
-    };
-    let watch_slices = {
-        let changed = changed.clone();
-        let stream = reflector::reflector(
-            slices_writer,
-            watcher(
-                Api::<EndpointSlice>::all(client),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "service proxy: watching EndpointSlices"),
-                }
-            }
-        })
-    };
+    let (services, watch_services) = crate::watch::reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        changed.clone(),
+        "Services for the service proxy",
+    );
+    let (slices, watch_slices) = crate::watch::reflect(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+        changed.clone(),
+        "EndpointSlices for the service proxy",
+    );
     let _watches = (
         crate::AbortOnDrop(watch_services),
         crate::AbortOnDrop(watch_slices),

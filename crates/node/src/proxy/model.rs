@@ -10,32 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    fn parse(text: Option<&str>) -> Option<Self> {
-        match text.unwrap_or("TCP") {
-            "TCP" => Some(Self::Tcp),
-            "UDP" => Some(Self::Udp),
-            "SCTP" => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-
-    /// The name nft uses for the protocol.
-    pub fn nft(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-}
+pub use crate::protocol::Protocol;
 
 /// One port of one Service: the unit the proxy renders rules for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
