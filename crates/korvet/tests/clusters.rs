@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use korvet_test_support::eventually;
 use korvet_test_support::platform::{control_plane_pid, kill9, TestPlatform};
 use serde_json::Value;
 
@@ -162,19 +163,6 @@ fn leftovers(n: u32, cluster_dir: &Path) -> Vec<String> {
         found.push(format!("processes {processes:?}"));
     }
     found
-}
-
-/// Polls `check` every 100 ms until it returns `Ok`; panics with its last error after
-/// `seconds`.
-fn eventually(seconds: u64, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) => assert!(Instant::now() < deadline, "after {seconds} s: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until nothing Korvet made for network `n` and `cluster_dir` is left.

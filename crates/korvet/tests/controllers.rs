@@ -5,10 +5,9 @@
 //! nodes and removes it. Runs as root.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use korvet_test_support::platform::{korvet_binary, TestPlatform};
-use korvet_test_support::Kubectl;
+use korvet_test_support::{eventually, Kubectl};
 use serde_json::{json, Value};
 
 const BUSYBOX: &str = "korvet.local/busybox:latest";
@@ -18,18 +17,6 @@ const MARKER: &str = "86417";
 
 fn apply(kubectl: &Kubectl, object: Value) {
     kubectl.ok_with_input(&["apply", "-f", "-"], &object.to_string());
-}
-
-/// Polls `check` until it says `Ok`; panics with its last complaint after `seconds`.
-fn eventually<T>(seconds: u64, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(why) => assert!(Instant::now() < deadline, "after {seconds} s: {why}"),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn items(list: &Value) -> Vec<Value> {

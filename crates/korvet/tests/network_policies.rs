@@ -40,22 +40,6 @@ fn succeeds(kubectl: &Kubectl, from: &str, command: &str) -> bool {
         .contains("YES")
 }
 
-/// The last lines of every machine's agent log, for failure messages.
-fn agent_logs(platform: &TestPlatform) -> String {
-    let machines = platform.data_dir().join("provider/machines");
-    let mut out = String::new();
-    for entry in std::fs::read_dir(machines).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(entry.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        out.push_str(&format!(
-            "--- {}\n{}\n",
-            entry.file_name().to_string_lossy(),
-            lines[lines.len().saturating_sub(15)..].join("\n")
-        ));
-    }
-    out
-}
-
 fn wait_running(platform: &TestPlatform, kubectl: &Kubectl, name: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -67,7 +51,7 @@ fn wait_running(platform: &TestPlatform, kubectl: &Kubectl, name: &str) -> Value
         assert!(
             Instant::now() < deadline,
             "pod {name} is not running: {pod:#}\n{}",
-            agent_logs(platform)
+            platform.agent_log_tails()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -81,7 +65,7 @@ fn eventually(platform: &TestPlatform, kubectl: &Kubectl, from: &str, command: &
             Instant::now() < deadline,
             "`{command}` in {from} should {}succeed; agent log:\n{}",
             if want { "" } else { "not " },
-            agent_logs(platform)
+            platform.agent_log_tails()
         );
         std::thread::sleep(Duration::from_millis(300));
     }

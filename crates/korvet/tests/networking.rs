@@ -95,25 +95,10 @@ fn wait_pod(
         assert!(
             Instant::now() < deadline,
             "pod {name} did not get there in {seconds} s; it is:\n{pod:#}\nagent logs:\n{}",
-            agent_logs(platform)
+            platform.agent_log_tails()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn agent_logs(platform: &TestPlatform) -> String {
-    let machines = platform.data_dir().join("provider/machines");
-    let mut out = String::new();
-    for entry in std::fs::read_dir(machines).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(entry.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        out.push_str(&format!(
-            "--- {}\n{}\n",
-            entry.file_name().to_string_lossy(),
-            lines[lines.len().saturating_sub(15)..].join("\n")
-        ));
-    }
-    out
 }
 
 fn phase_of(pod: &Value) -> &str {

@@ -4,10 +4,9 @@
 //! that covers every node, also one added later. Runs as root.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use korvet_test_support::platform::TestPlatform;
-use korvet_test_support::Kubectl;
+use korvet_test_support::{eventually, Kubectl};
 use serde_json::{json, Value};
 
 const BUSYBOX: &str = "korvet.local/busybox:latest";
@@ -23,18 +22,6 @@ fn container(command: &str) -> Value {
 
 fn apply(kubectl: &Kubectl, object: Value) {
     kubectl.ok_with_input(&["apply", "-f", "-"], &object.to_string());
-}
-
-/// Polls `check` until it says `Ok`; panics with its last complaint after `seconds`.
-fn eventually<T>(seconds: u64, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(why) => assert!(Instant::now() < deadline, "after {seconds} s: {why}"),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn job(name: &str, spec: Value) -> Value {

@@ -52,6 +52,22 @@ where
     }
 }
 
+/// Polls `check` every 100 ms until it gives `Ok`; panics with its last complaint
+/// after `seconds` (the blocking counterpart of [`wait_for`], for kubectl-driven tests).
+pub fn eventually<T>(seconds: u64, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(why) => assert!(
+                std::time::Instant::now() < deadline,
+                "after {seconds} s: {why}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 impl TestControlPlane {
     /// A `kube` client with the admin's identity.
     pub async fn client(&self) -> kube::Client {

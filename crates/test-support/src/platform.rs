@@ -184,6 +184,22 @@ impl TestPlatform {
         }
     }
 
+    /// The last 15 lines of every machine's agent log, for failure messages.
+    pub fn agent_log_tails(&self) -> String {
+        let machines = self.data_dir().join("provider/machines");
+        let mut out = String::new();
+        for entry in std::fs::read_dir(machines).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path().join("agent.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {}\n{}\n",
+                entry.file_name().to_string_lossy(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            ));
+        }
+        out
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
