@@ -1,6 +1,6 @@
 //! Services through the node agents' service proxy on a real two-zone cluster: a
-//! Deployment behind a ClusterIP answers by name from a pod on the other node, spread
-//! over every ready replica (and never from a pod failing readiness), scaling changes
+//! Deployment of the demo web app behind a ClusterIP answers by name from a pod on the
+//! other node, spread over every ready replica (and never from a pod failing readiness), scaling changes
 //! which pods answer, a NodePort answers on every node's address from the host, a pod
 //! reaches itself through its own Service, the cluster DNS answers on its ClusterIP,
 //! and externalTrafficPolicy: Local has its health-check node port. Runs as root.
@@ -14,13 +14,24 @@ use korvet_test_support::platform::{korvet_binary, TestPlatform};
 use korvet_test_support::Kubectl;
 use serde_json::{json, Value};
 
-/// busybox httpd on 8080 serving its hostname, and `/cgi-bin/peer` the client address.
-const SERVE: &str = "mkdir -p /tmp/w/cgi-bin && hostname > /tmp/w/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /tmp/w/cgi-bin/peer && chmod +x /tmp/w/cgi-bin/peer && exec httpd -f -p 8080 -h /tmp/w";
+/// busybox httpd on 8080 answering its hostname at `/cgi-bin/hostname`, as demo-web does.
+const SERVE: &str = "mkdir -p /tmp/w/cgi-bin && hostname > /tmp/w/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nhostname\\n' > /tmp/w/cgi-bin/hostname && chmod +x /tmp/w/cgi-bin/hostname && exec httpd -f -p 8080 -h /tmp/w";
+/// Which replica answers.
+const HOSTNAME: &str = "/cgi-bin/hostname";
 
 fn container(probe: Value) -> Value {
     json!({
         "name": "web", "image": "korvet.local/busybox:latest", "imagePullPolicy": "Never",
         "command": ["sh", "-c", SERVE],
+        "readinessProbe": probe,
+    })
+}
+
+/// The demo web app from the platform's registry.
+fn demo_web(registry_url: &str, probe: Value) -> Value {
+    let registry = registry_url.trim_start_matches("https://");
+    json!({
+        "name": "web", "image": format!("{registry}/demo-web:latest"),
         "readinessProbe": probe,
     })
 }
@@ -115,10 +126,11 @@ fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    // A CGI's own header lines (busybox httpd passes them on) end with bare newlines.
     let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
+        .split_once("\r\n\r\n")
+        .or_else(|| text.split_once("\n\n"))
+        .map_or("", |(_, body)| body)
         .trim()
         .to_string();
     Ok((status, body))
@@ -213,7 +225,7 @@ fn services_spread_over_ready_pods_on_every_node() {
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
                 "template": {"metadata": {"labels": {"app": "web"}},
                     "spec": {"nodeName": a, "terminationGracePeriodSeconds": 1,
-                        "containers": [container(ready_probe.clone())]}}},
+                        "containers": [demo_web(&platform.registry_url(), ready_probe.clone())]}}},
         }),
     );
     apply(
@@ -281,7 +293,7 @@ fn services_spread_over_ready_pods_on_every_node() {
     assert!(!replicas.contains("unready"), "{replicas:?}");
 
     // Through the cluster DNS (on its ClusterIP 10.96.0.10) and the web ClusterIP.
-    let url = "http://web.default.svc.cluster.local/";
+    let url = "http://web.default.svc.cluster.local/cgi-bin/hostname";
     let mut answers = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -339,7 +351,7 @@ fn services_spread_over_ready_pods_on_every_node() {
     let hairpin = fetch_in(
         &kubectl,
         "solo",
-        "http://solo.default.svc.cluster.local/",
+        "http://solo.default.svc.cluster.local/cgi-bin/hostname",
         3,
     );
     assert_eq!(
@@ -367,7 +379,7 @@ fn services_spread_over_ready_pods_on_every_node() {
     for ip in [&a_ip, &b_ip] {
         let mut seen = BTreeSet::new();
         for _ in 0..20 {
-            let (status, body) = http_get(&format!("{ip}:{node_port}"), "/")
+            let (status, body) = http_get(&format!("{ip}:{node_port}"), HOSTNAME)
                 .unwrap_or_else(|e| panic!("NodePort on {ip}: {e}\n{}", agent_logs(&platform)));
             assert_eq!(status, 200, "{body}");
             seen.insert(body);
@@ -415,7 +427,8 @@ fn services_spread_over_ready_pods_on_every_node() {
     });
     let address = format!("{b_ip}:{node_port}");
     let took = wait_until("only the survivor answers", 10, || {
-        (0..10).all(|_| http_get(&address, "/").is_ok_and(|(_, body)| survivor.contains(&body)))
+        (0..10)
+            .all(|_| http_get(&address, HOSTNAME).is_ok_and(|(_, body)| survivor.contains(&body)))
     });
     eprintln!(
         "after scaling down, only the survivor answered within {took:?} of the API saying so"
@@ -507,8 +520,8 @@ fn scale_to_a_thousand_services(kubectl: &Kubectl, node_ips: &[&str], replicas: 
         "1,000 services x 5 endpoints: created through kubectl in {created:?}, in every node's rules {took:?} later"
     );
     for url in [
-        "http://svc-999.scale.svc.cluster.local/",
-        "http://svc-0.scale.svc.cluster.local/",
+        "http://svc-999.scale.svc.cluster.local/cgi-bin/hostname",
+        "http://svc-0.scale.svc.cluster.local/cgi-bin/hostname",
     ] {
         let answers = fetch_in(kubectl, "client", url, 10);
         assert!(

@@ -409,10 +409,22 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<(), BuildError> {
             "<!doctype html><title>Korvet</title><h1>Hello from Korvet</h1>\n",
         ),
     ];
-    for (name, content) in files {
+    // demo-web's CGI: which replica answered (a pod's hostname is its name).
+    let cgi = dir.join("www/cgi-bin");
+    std::fs::create_dir_all(&cgi).map_err(io_at(&cgi))?;
+    let hostname = (
+        "www/cgi-bin/hostname",
+        "#!/bin/sh\necho Content-Type: text/plain\necho\nhostname\n",
+        0o755,
+    );
+    for (name, content, mode) in files
+        .map(|(n, c)| (n, c, 0o644))
+        .into_iter()
+        .chain([hostname])
+    {
         let path = dir.join(name);
         std::fs::write(&path, content).map_err(io_at(&path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(io_at(&path))?;
     }
     Ok(())
@@ -420,7 +432,8 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<(), BuildError> {
 
 /// The base images, as `(repository, tag, image)`: `busybox` (a shell), `pause` (the pod
 /// sandbox: busybox sleeping for ever, since no tiny static pause binary is packaged),
-/// and `demo-web` (busybox httpd serving a page on port 8080).
+/// and `demo-web` (busybox httpd serving a page on port 8080, and the pod's hostname at
+/// `/cgi-bin/hostname`, so that one sees which replica of a Service answered).
 pub fn base_images(busybox: &Path) -> Result<Vec<(&'static str, &'static str, Image)>, BuildError> {
     let rootfs = tempfile::tempdir().map_err(io_at(Path::new("<tempdir>")))?;
     busybox_rootfs(rootfs.path(), busybox)?;
