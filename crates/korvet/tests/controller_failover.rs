@@ -1,6 +1,7 @@
 //! Three masters each run the controllers and the scheduler, and exactly one of each
 //! acts: the holder of its Lease. Killing the master that leads hands both over within
-//! 15 s, and nothing is done twice (a Deployment keeps exactly its replicas).
+//! 15 s, and nothing is done twice (a Deployment keeps exactly its replicas). Every
+//! master also serves the cluster DNS: with the killed one gone, names still resolve.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,15 @@ fn killing_the_leading_master_hands_controllers_and_scheduler_over() {
     ]);
     kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
     assert_eq!(live_pods(&kubectl).len(), 3);
+    // Every master serves the cluster DNS: one kube-dns slice each.
+    wait(30, "three kube-dns endpoint slices", || {
+        (dns_slices(&kubectl) == 3).then_some(())
+    });
+    let client = live_pods(&kubectl)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(resolves(&kubectl, &client), "names resolve with 3 masters");
 
     kill9(leader_pid);
     let killed = Instant::now();
@@ -124,4 +134,38 @@ fn killing_the_leading_master_hands_controllers_and_scheduler_over() {
             "every pod is scheduled by the scheduler that took over: {pod:#}"
         );
     }
+
+    // Names resolve through the kube-dns ClusterIP across the master's death (the
+    // platform restarts it; its slice expires if it stays away 40 s).
+    wait(60, "names resolving again after a master's death", || {
+        (0..5).all(|_| resolves(&kubectl, &client)).then_some(())
+    });
+    assert!((2..=3).contains(&dns_slices(&kubectl)));
+}
+
+fn dns_slices(kubectl: &Kubectl) -> usize {
+    kubectl.json(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "kube-system",
+        "-l",
+        "kubernetes.io/service-name=kube-dns",
+    ])["items"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// A pod looks the API's Service up through the kube-dns ClusterIP.
+fn resolves(kubectl: &Kubectl, pod: &str) -> bool {
+    let run = kubectl.run(&[
+        "exec",
+        pod,
+        "--",
+        "/bin/busybox",
+        "nslookup",
+        "kubernetes.default.svc.cluster.local",
+        "10.96.0.10",
+    ]);
+    run.ok && run.stdout.contains("Address: 10.96.0.1")
 }
