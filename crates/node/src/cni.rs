@@ -39,6 +39,20 @@ pub fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
     })
 }
 
+/// Makes traffic between pods on the bridge pass the IP netfilter hooks (br_netfilter),
+/// as the service proxy (conntrack, DNAT replies on the same bridge, hairpin) and the
+/// network policies (the FORWARD filter) need; a new network namespace may have it off.
+pub fn enable_bridge_netfilter() {
+    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if let Err(e) = std::fs::write(path, "1") {
+        tracing::warn!(
+            error = %e,
+            "cannot set {path}: Services and network policies miss traffic between pods of \
+             this node (load the br_netfilter module on the host)"
+        );
+    }
+}
+
 /// Writes the conflist into `conf_dir` (atomically: containerd watches the directory).
 pub fn write(conf_dir: &Path, pod_cidr: Ipv4Net, ipam_dir: &Path) -> std::io::Result<bool> {
     let text =

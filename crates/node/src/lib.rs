@@ -164,6 +164,9 @@ pub async fn run(
                 cluster_dns: config.cluster_dns.clone(),
             },
         ));
+        if config.service_proxy || config.network_policy {
+            cni::enable_bridge_netfilter();
+        }
         let service_proxy = config.service_proxy.then(|| {
             tokio::spawn(proxy::run(
                 client.clone(),

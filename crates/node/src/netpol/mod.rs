@@ -30,7 +30,6 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Longest a sync waits for a burst to end.
 const MAX_DELAY: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(2);
-const BRIDGE_SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 /// The labels the DNS pseudo-pods carry: the Service's labels as the EndpointSlice
 /// controller copies them, and `k8s-app: kube-dns` in any case.
@@ -58,22 +57,9 @@ where
     store.state().iter().map(|o| o.as_ref().clone()).collect()
 }
 
-/// Routed and bridged pod traffic must both pass the inet FORWARD hook; new network
-/// namespaces may start with the bridge hook off.
-fn enable_bridge_filtering() {
-    if let Err(e) = std::fs::write(BRIDGE_SYSCTL, "1") {
-        tracing::warn!(
-            error = %e,
-            "cannot set {BRIDGE_SYSCTL}: same-node pod traffic escapes network policies \
-             (load the br_netfilter module on the host)"
-        );
-    }
-}
-
 /// Enforces the cluster's NetworkPolicies for `node_name`'s pods until aborted. The
 /// table stays when the agent stops, so that its pods stay isolated meanwhile.
 pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
-    enable_bridge_filtering();
     let changed = Arc::new(Notify::new());
     let (policies, t1) = crate::watch::reflect(
         Api::<NetworkPolicy>::all(client.clone()),

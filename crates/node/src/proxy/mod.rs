@@ -42,15 +42,6 @@ pub fn in_own_netns() -> bool {
         .any(|named| (named.dev(), named.ino()) == (own.dev(), own.ino()))
 }
 
-/// Bridged pod-to-pod traffic must pass the IP hooks (conntrack, DNAT replies on the
-/// same bridge, hairpin); br_netfilter defaults to 1 but a namespace may say otherwise.
-fn enable_bridge_netfilter() {
-    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-    if let Err(e) = std::fs::write(path, "1") {
-        tracing::warn!(error = %e, "cannot set {path}: Services between pods of this node may not answer (load br_netfilter)");
-    }
-}
-
 async fn apply(script: String) -> Result<(), nft::NftError> {
     match tokio::task::spawn_blocking(move || nft::apply(None, &script)).await {
         Ok(result) => result,
@@ -60,7 +51,6 @@ async fn apply(script: String) -> Result<(), nft::NftError> {
 
 /// Runs until aborted; the caller removes the table afterwards ([`nft::delete_table`]).
 pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
-    enable_bridge_netfilter();
     let changed = Arc::new(Notify::new());
     let (services, watch_services) = crate::watch::reflect(
         Api::<Service>::all(client.clone()),
