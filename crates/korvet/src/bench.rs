@@ -473,3 +473,22 @@ fn print_store_table(results: &[(String, BackendFigures)], config: &StoreBenchCo
         }
     }
 }
+
+/// Prints a benchmark's figures: `{KEY: figures, "goals": goals}` as JSON, or its table.
+pub fn print_figures<T: serde::Serialize>(
+    json: bool,
+    key: &str,
+    figures: &T,
+    goals: serde_json::Value,
+    table: impl FnOnce(&T),
+) -> anyhow::Result<()> {
+    if json {
+        let mut doc = serde_json::Map::new();
+        doc.insert(key.to_string(), serde_json::to_value(figures)?);
+        doc.insert("goals".to_string(), goals);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        table(figures);
+    }
+    Ok(())
+}

@@ -208,18 +208,7 @@ fn machine_rss(server: &server::RunningServer, machine: &str) -> (f64, f64) {
 pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Result<()> {
     let figures =
         with_platform(async |server| measure(server, concurrent, nodes_each).await).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "clusters": figures,
-                "goals": goals(&figures),
-            }))?
-        );
-    } else {
-        print_table(&figures);
-    }
-    Ok(())
+    crate::bench::print_figures(json, "clusters", &figures, goals(&figures), print_table)
 }
 
 /// Runs `bench` against a management plane in this process on a temporary data

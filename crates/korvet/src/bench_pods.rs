@@ -98,18 +98,7 @@ pub async fn run(json: bool, config: PodBenchConfig) -> anyhow::Result<()> {
         pod_start,
         registry,
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "pods": figures,
-                "goals": goals(&figures),
-            }))?
-        );
-    } else {
-        print_table(&figures);
-    }
-    Ok(())
+    crate::bench::print_figures(json, "pods", &figures, goals(&figures), print_table)
 }
 
 fn goals(f: &PodBench) -> serde_json::Value {

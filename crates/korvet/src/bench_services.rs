@@ -83,18 +83,7 @@ pub async fn run(json: bool, config: ServiceBenchConfig) -> anyhow::Result<()> {
     )
     .context("nftables update benchmark failed")?;
     let figures = with_platform(async |server| on_cluster(server, nft, &config).await).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "services": figures,
-                "goals": goals(&figures),
-            }))?
-        );
-    } else {
-        print_table(&figures);
-    }
-    Ok(())
+    crate::bench::print_figures(json, "services", &figures, goals(&figures), print_table)
 }
 
 fn goals(f: &ServiceFigures) -> serde_json::Value {

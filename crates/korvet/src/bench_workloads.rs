@@ -79,18 +79,7 @@ pub async fn run(json: bool, config: WorkloadBenchConfig) -> anyhow::Result<()> 
     .context("scheduler benchmark failed")?;
     let figures =
         with_platform(async |server| on_cluster(server, scheduler, &config).await).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "workloads": figures,
-                "goals": goals(&figures),
-            }))?
-        );
-    } else {
-        print_table(&figures);
-    }
-    Ok(())
+    crate::bench::print_figures(json, "workloads", &figures, goals(&figures), print_table)
 }
 
 fn goals(f: &WorkloadFigures) -> serde_json::Value {

@@ -155,12 +155,7 @@ fn nodes(kubectl: &Kubectl, count: usize) -> Vec<(String, String, String, String
             .unwrap()
             .iter()
             .filter_map(|n| {
-                let ip = n["status"]["addresses"]
-                    .as_array()?
-                    .iter()
-                    .find(|a| a["type"] == "InternalIP")?["address"]
-                    .as_str()?
-                    .to_string();
+                let ip = korvet_test_support::internal_ip(n)?;
                 Some((
                     n["metadata"]["name"].as_str()?.to_string(),
                     n["metadata"]["labels"]["topology.kubernetes.io/zone"]

@@ -170,15 +170,7 @@ fn kubectl_logs_reads_container_logs_through_the_node() {
 fn check_node_server(kubectl: &Kubectl, data_dir: &Path) {
     let nodes = kubectl.json(&["get", "nodes"]);
     let node = &nodes["items"][0];
-    let ip = node["status"]["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["type"] == "InternalIP")
-        .unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ip = korvet_test_support::internal_ip(node).expect("the node's InternalIP");
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .unwrap();

@@ -48,15 +48,7 @@ fn nodes(kubectl: &Kubectl) -> Vec<(String, String, String)> {
         .unwrap()
         .iter()
         .map(|n| {
-            let ip = n["status"]["addresses"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|a| a["type"] == "InternalIP")
-                .unwrap()["address"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let ip = korvet_test_support::internal_ip(n).expect("InternalIP");
             (
                 n["metadata"]["name"].as_str().unwrap().to_string(),
                 n["metadata"]["labels"]["topology.kubernetes.io/zone"]

@@ -52,6 +52,16 @@ where
     }
 }
 
+/// The `InternalIP` of a Node as `kubectl get node -o json` prints it.
+pub fn internal_ip(node: &serde_json::Value) -> Option<String> {
+    node["status"]["addresses"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")?["address"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Polls `check` every 100 ms until it gives `Ok`; panics with its last complaint
 /// after `seconds` (the blocking counterpart of [`wait_for`], for kubectl-driven tests).
 pub fn eventually<T>(seconds: u64, mut check: impl FnMut() -> Result<T, String>) -> T {
