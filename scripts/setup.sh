@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   etcd-server          # the distributed store, and the reference in `korvet bench store`
   protobuf-compiler    # protoc, for the etcd and CRI gRPC clients
+  libprotobuf-dev      # the well-known .proto files (descriptor.proto, struct.proto) protoc imports
   build-essential pkg-config
   ca-certificates
   python3 python3-venv # the official Python client runs in a virtualenv in the tests

@@ -9,6 +9,7 @@ mod cluster;
 mod flavor;
 mod machine;
 mod node_pool;
+pub mod registry_info;
 
 pub use cluster::*;
 pub use flavor::*;

@@ -45,3 +45,18 @@ pub struct NodePoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// The name of the NodePool object of pool `pool` of cluster `cluster`: `CLUSTER-POOL`,
+/// for pools made with the cluster and pools added later alike (its machines, and so
+/// its nodes, are named `CLUSTER-POOL-xxxxx`).
+pub fn node_pool_name(cluster: &str, pool: &str) -> String {
+    format!("{cluster}-{pool}")
+}
+
+/// The pool's own name within its cluster (`POOL` of `CLUSTER-POOL`).
+pub fn pool_of(node_pool: &NodePool) -> &str {
+    let name = node_pool.metadata.name.as_deref().unwrap_or_default();
+    name.strip_prefix(node_pool.spec.cluster.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(name)
+}

@@ -775,10 +775,44 @@ pub fn node_columns() -> Vec<Column> {
                 }
             }),
         ],
-        vec![column("Version", "string", |o| {
-            o["status"]["nodeInfo"]["kubeletVersion"].clone()
-        })],
+        vec![
+            column("Version", "string", |o| {
+                o["status"]["nodeInfo"]["kubeletVersion"].clone()
+            }),
+            wide("Internal-IP", |o| node_address(o, "InternalIP")),
+            wide("External-IP", |o| node_address(o, "ExternalIP")),
+            wide("OS-Image", |o| {
+                or_unknown(&o["status"]["nodeInfo"]["osImage"])
+            }),
+            wide("Kernel-Version", |o| {
+                or_unknown(&o["status"]["nodeInfo"]["kernelVersion"])
+            }),
+            wide("Container-Runtime", |o| {
+                or_unknown(&o["status"]["nodeInfo"]["containerRuntimeVersion"])
+            }),
+        ],
     )
+}
+
+/// The first address of `kind`, `<none>` without one (upstream's printer).
+fn node_address(node: &Value, kind: &str) -> Value {
+    node["status"]["addresses"]
+        .as_array()
+        .and_then(|addresses| {
+            addresses
+                .iter()
+                .find(|a| a["type"].as_str() == Some(kind))
+                .map(|a| a["address"].clone())
+        })
+        .map_or_else(|| json!("<none>"), |a| or_none(&a))
+}
+
+/// Upstream prints `<unknown>` for node info it lacks.
+fn or_unknown(value: &Value) -> Value {
+    match value.as_str() {
+        Some(s) if !s.is_empty() => json!(s),
+        _ => json!("<unknown>"),
+    }
 }
 
 pub fn event_columns() -> Vec<Column> {
@@ -916,6 +950,54 @@ mod tests {
         assert_eq!(cells[3], "3");
         assert_eq!(cells[6], "n1");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn node_wide_columns_as_upstream() {
+        let node = json!({
+            "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/worker": ""}},
+            "status": {
+                "addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.2"}],
+                "nodeInfo": {"kubeletVersion": "v1.33.0", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                    "kernelVersion": "6.1.0", "containerRuntimeVersion": "containerd://1.6.20"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+        });
+        let columns = node_columns();
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Status",
+                "Roles",
+                "Age",
+                "Version",
+                "Internal-IP",
+                "External-IP",
+                "OS-Image",
+                "Kernel-Version",
+                "Container-Runtime"
+            ]
+        );
+        assert!(columns[5..].iter().all(|c| c.priority == 1));
+        let table = build(&columns, &[node], "7", None, "Metadata");
+        let cells = &table["rows"][0]["cells"];
+        assert_eq!(cells[1], "Ready");
+        assert_eq!(cells[2], "worker");
+        assert_eq!(cells[5], "10.0.0.2");
+        assert_eq!(cells[6], "<none>");
+        assert_eq!(cells[7], "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(cells[9], "containerd://1.6.20");
+        let bare = build(
+            &columns,
+            &[json!({"metadata": {"name": "n2"}})],
+            "7",
+            None,
+            "Metadata",
+        );
+        assert_eq!(bare["rows"][0]["cells"][5], "<none>");
+        assert_eq!(bare["rows"][0]["cells"][8], "<unknown>");
     }
 
     #[test]

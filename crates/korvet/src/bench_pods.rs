@@ -21,8 +21,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use korvet_image::Digest;
 use korvet_registry::client::Client;
-use korvet_registry::digest::Digest;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use serde::Serialize;
 

@@ -5,8 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use korvet_registry::build::{self, ImageConfig, Reference, Source};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use korvet_api::registry_info::{self, RegistryInfo};
+use korvet_image::{ImageConfig, Reference, Source};
+use korvet_registry::build;
 use korvet_registry::client::Client;
+use kube::Api;
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -18,13 +23,17 @@ pub enum ImageCommand {
 
 #[derive(Args)]
 pub struct RegistryArgs {
-    /// The registry, https://HOST:PORT (or http://).
+    /// The registry, https://HOST:PORT (or http://); default: the platform's, as the
+    /// management API publishes it.
     #[arg(long, env = "KORVET_REGISTRY")]
     registry: Option<String>,
-    /// PEM file of the CA that signed the registry's certificate.
+    /// PEM file of the CA that signed the registry's certificate (default for the
+    /// platform's registry: the CA the management API publishes).
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// A token of the management API (needed to push, and for private repositories).
+    /// A token of the management API (needed to push, and for private repositories);
+    /// default for pushes to the platform's registry: a one-hour token of the management
+    /// API's `kube-system/image-pusher` service account.
     #[arg(long, env = "KORVET_TOKEN")]
     token: Option<String>,
 }
@@ -63,25 +72,109 @@ pub struct BuildArgs {
     registry: RegistryArgs,
 }
 
-fn client(args: &RegistryArgs, from_tag: Option<&str>) -> anyhow::Result<Client> {
-    let url = match (&args.registry, from_tag) {
-        (Some(url), _) => url.clone(),
-        (None, Some(host)) => format!("https://{host}"),
-        (None, None) => anyhow::bail!("no registry: pass --registry https://HOST:PORT"),
+/// A client of the registry the arguments name, else of the platform's registry, whose
+/// address and CA the management API publishes; `push` asks for a token to push with.
+async fn registry_client(
+    args: &RegistryArgs,
+    from_tag: Option<&str>,
+    push: bool,
+) -> anyhow::Result<Client> {
+    let named = args
+        .registry
+        .clone()
+        .or_else(|| from_tag.map(|host| format!("https://{host}")));
+    // The management API is asked only when the arguments leave something open.
+    let open = args.ca.is_none() || (push && args.token.is_none());
+    let platform = match &named {
+        Some(_) if !open => None,
+        Some(_) => platform_registry().await.ok(),
+        None => Some(platform_registry().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no registry: pass --registry https://HOST:PORT, or let the CLI find the platform's registry through the management API ({e:#})"
+            )
+        })?),
     };
-    let ca = match &args.ca {
-        Some(path) => Some(
+    let url = named.unwrap_or_else(|| {
+        platform
+            .as_ref()
+            .map(|(info, _)| info.url())
+            .unwrap_or_default()
+    });
+    let is_platform = platform
+        .as_ref()
+        .filter(|(info, _)| url.trim_start_matches("https://") == info.host);
+    let ca = match (&args.ca, is_platform) {
+        (Some(path), _) => Some(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
-        None => None,
+        (None, Some((info, _))) => Some(info.ca_pem.clone()),
+        (None, None) => None,
     };
-    Ok(Client::new(&url, ca.as_deref(), args.token.as_deref())?)
+    let token = match (&args.token, is_platform) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some((_, client))) if push => Some(push_token(client).await?),
+        (None, _) => None,
+    };
+    Ok(Client::new(&url, ca.as_deref(), token.as_deref())?)
+}
+
+/// The platform registry as the management API publishes it, and a client of that API.
+async fn platform_registry() -> anyhow::Result<(RegistryInfo, kube::Client)> {
+    let client = crate::cli::client().await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), registry_info::NAMESPACE);
+    let published = config_maps
+        .get_opt(registry_info::NAME)
+        .await
+        .map_err(crate::cli::explain)?
+        .with_context(|| {
+            format!(
+                "the management API publishes no registry ({}/{} is missing): is this a `korvet server` of this version?",
+                registry_info::NAMESPACE,
+                registry_info::NAME
+            )
+        })?;
+    let info = RegistryInfo::from_config_map(&published).with_context(|| {
+        format!(
+            "{}/{} lacks the registry's host or CA",
+            registry_info::NAMESPACE,
+            registry_info::NAME
+        )
+    })?;
+    Ok((info, client))
+}
+
+/// A short-lived token of the platform's pusher service account, for a user of the
+/// management API allowed to ask for one.
+async fn push_token(client: &kube::Client) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> =
+        Api::namespaced(client.clone(), registry_info::PUSH_NAMESPACE);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issued = accounts
+        .create_token_request(registry_info::PUSH_SERVICE_ACCOUNT, &Default::default(), &request)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no token to push with: {:#}; pass --token (or KORVET_TOKEN) with a token the management API accepts",
+                crate::cli::explain(e)
+            )
+        })?;
+    issued
+        .status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .context("the management API issued an empty token")
 }
 
 pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::List(args) => {
-            let client = client(&args, None)?;
+            let client = registry_client(&args, None, false).await?;
             for reference in build::list_images(&client).await? {
                 println!("{reference}");
             }
@@ -112,7 +205,7 @@ async fn build_image(args: BuildArgs) -> anyhow::Result<()> {
             anyhow::bail!("--env {e}: expected K=V");
         }
     }
-    let image = tokio::task::spawn_blocking(move || build::build(&source, &config))
+    let image = tokio::task::spawn_blocking(move || korvet_image::build(&source, &config))
         .await
         .context("building the image")??;
     if let Some(dir) = &args.oci_dir {
@@ -121,9 +214,8 @@ async fn build_image(args: BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing the OCI layout {}", dir.display()))?;
     }
     if args.push {
-        let client = client(&args.registry, reference.registry.as_deref())?;
-        image
-            .push(&client, &reference.repository, &reference.tag)
+        let client = registry_client(&args.registry, reference.registry.as_deref(), true).await?;
+        build::push(&image, &client, &reference.repository, &reference.tag)
             .await
             .context("pushing the image")?;
         println!(

@@ -39,7 +39,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     if args.base_images {
         let added = korvet_registry::build::ensure_base_images(
             &registry,
-            std::path::Path::new(korvet_registry::build::BUSYBOX),
+            std::path::Path::new(korvet_image::BUSYBOX),
         )
         .await
         .context("building the base images")?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use korvet_api::registry_info::RegistryInfo;
 use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
 use korvet_cloud::{LocalProvider, Provider};
 use korvet_platform::admission::KorvetAdmission;
@@ -142,14 +143,18 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         std::net::SocketAddr::from((registry_ip, args.registry_port)),
     )
     .await?;
+    let registry_info = RegistryInfo {
+        host: registry_url.trim_start_matches("https://").to_string(),
+        ca_pem: api.pki.ca_cert_pem().to_string(),
+    };
+    korvet_platform::publish_registry(&client, &registry_info)
+        .await
+        .context("publishing the image registry's address")?;
     let config = PlatformConfig {
         data_dir: args.data_dir.clone(),
         binaries: binaries()?,
         provider: provider.clone(),
-        registry: Some(korvet_platform::RegistryAccess {
-            host: registry_url.trim_start_matches("https://").to_string(),
-            ca_pem: api.pki.ca_cert_pem().to_string(),
-        }),
+        registry: Some(registry_info.clone()),
     };
     let controllers = tokio::spawn(korvet_platform::run(client, config));
     Ok(RunningServer {
@@ -198,7 +203,7 @@ async fn start_registry(
         .context("starting the image registry")?;
     let url = format!("https://{}", handle.local_addr());
     tokio::spawn(async move {
-        let busybox = std::path::Path::new(korvet_registry::build::BUSYBOX);
+        let busybox = std::path::Path::new(korvet_image::BUSYBOX);
         match korvet_registry::build::ensure_base_images(&registry, busybox).await {
             Ok(added) if !added.is_empty() => {
                 tracing::info!(images = ?added, "built the base images into the registry")

@@ -102,6 +102,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "  management API:  KORVET_KUBECONFIG={} korvet cluster list",
             admin.display()
         );
+        let registry = running.registry_url.trim_start_matches("https://");
+        println!("  images:          {registry}/busybox:latest, {registry}/demo-web:latest (all: korvet image list)");
+        println!(
+            "  a first pod:     kubectl --kubeconfig {} run web --image={registry}/demo-web:latest --port=8080",
+            path.display()
+        );
         println!("  more clusters:   korvet cluster create NAME --masters 3 --pool workers:medium:zone-b:3 --wait");
         println!(
             "press Ctrl-C to stop Korvet (clusters stop, data is kept; `korvet up` again resumes)"

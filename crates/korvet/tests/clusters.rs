@@ -226,6 +226,78 @@ fn one_master_cluster_is_created_scaled_stopped_started_and_deleted() {
     ]);
     platform.wait_cluster("life", 60, running_with("3/3"));
     assert_eq!(ready_nodes(&kubectl).len(), 3);
+    // Nodes are named CLUSTER-POOL-xxxxx, and `-o wide` shows upstream's columns.
+    let wide = kubectl.ok(&["get", "nodes", "-o", "wide"]);
+    let header = wide.lines().next().unwrap_or_default();
+    for column in [
+        "INTERNAL-IP",
+        "EXTERNAL-IP",
+        "OS-IMAGE",
+        "KERNEL-VERSION",
+        "CONTAINER-RUNTIME",
+    ] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+    for node in ready_nodes(&kubectl) {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(name.starts_with("life-workers-"), "{name}");
+        let ip = korvet_test_support::internal_ip(&node).unwrap_or_default();
+        assert!(
+            wide.lines()
+                .any(|l| l.starts_with(name) && l.contains(&ip) && l.contains("containerd://")),
+            "{name} {ip}:\n{wide}"
+        );
+    }
+    // One form for every node-pool command: CLUSTER POOL, for inline and added pools.
+    let inline = platform.ok(&["nodepool", "get", "life", "workers", "-o", "json"]);
+    assert!(inline.contains("\"name\": \"life-workers\""), "{inline}");
+    platform.ok(&["nodepool", "add", "life", "spare", "--replicas", "0"]);
+    let listed = platform.ok(&["nodepool", "list", "life"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("life") && l.contains("spare"))
+            && listed
+                .lines()
+                .any(|l| l.starts_with("life") && l.contains("workers")),
+        "{listed}"
+    );
+    let spare = platform.ok(&[
+        "nodepool",
+        "scale",
+        "life",
+        "spare",
+        "--replicas",
+        "0",
+        "-o",
+        "json",
+    ]);
+    assert!(spare.contains("\"name\": \"life-spare\""), "{spare}");
+    let missing = platform.fails(&["nodepool", "delete", "life", "nosuch"]);
+    assert!(
+        missing.contains("no pool \"nosuch\"")
+            && missing.contains("spare")
+            && missing.contains("workers"),
+        "{missing}"
+    );
+    platform.ok(&["nodepool", "delete", "life", "spare"]);
+    eventually(30, || {
+        let run = platform.cli(&["nodepool", "get", "life", "spare"]);
+        match run.ok {
+            false => Ok(()),
+            true => Err(format!("pool spare still there: {}", run.stdout)),
+        }
+    });
+    // A NodePool made by hand must follow the naming rule too.
+    let misnamed = platform.kubectl().run_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: korvet.io/v1alpha1\nkind: NodePool\nmetadata: {name: other}\nspec: {cluster: life, flavor: small, zone: zone-a, replicas: 0}\n",
+    );
+    assert!(
+        !misnamed.ok && misnamed.stderr.contains("life-POOL"),
+        "{}",
+        misnamed.stderr
+    );
 
     platform.ok(&[
         "cluster",
@@ -565,8 +637,9 @@ fn the_platform_registry_serves_the_base_images() {
     let url = platform.registry_url();
     let ca = platform.data_dir().join("pki/ca.crt");
     let ca = ca.display().to_string();
+    // Only the management kubeconfig: the CLI finds the registry and its CA there.
     eventually(60, || {
-        let run = platform.cli(&["image", "list", "--registry", &url, "--ca", &ca]);
+        let run = platform.cli(&["image", "list"]);
         let listed = run.stdout;
         let host = url.trim_start_matches("https://");
         match ["busybox", "pause", "demo-web"]
@@ -577,10 +650,30 @@ fn the_platform_registry_serves_the_base_images() {
             false => Err(format!("base images not listed:\n{listed}{}", run.stderr)),
         }
     });
-    // Pushing needs a token the management API accepts.
+    // Pushing needs a token the management API accepts: without one the CLI asks the
+    // management API for a short-lived one.
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("hello"), "hi").expect("file");
     let source = dir.path().display().to_string();
+    let host = url.trim_start_matches("https://");
+    let pushed = platform.ok(&[
+        "image",
+        "build",
+        "--from-dir",
+        &source,
+        "--tag",
+        &format!("{host}/mine/hello:v1"),
+        "--push",
+    ]);
+    assert!(
+        pushed.starts_with(&format!("{host}/mine/hello:v1@sha256:")),
+        "{pushed}"
+    );
+    let listed = platform.ok(&["image", "list", "--registry", &url, "--ca", &ca]);
+    assert!(
+        listed.contains(&format!("{host}/mine/hello:v1")),
+        "{listed}"
+    );
     let push = platform.fails(&[
         "image",
         "build",

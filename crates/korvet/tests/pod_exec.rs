@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use korvet_test_support::platform::TestPlatform;
-use korvet_test_support::Kubectl;
+use korvet_test_support::{eventually, Kubectl};
 use serde_json::{json, Value};
 
 fn pod(name: &str, node: &str, image: &str, script: &str) -> String {
@@ -202,6 +202,54 @@ fn kubectl_exec_attach_cp_and_port_forward_reach_the_container() {
     assert!(
         std::fs::read(&back).unwrap() == original,
         "cp changed the file"
+    );
+
+    // The platform's busybox image, found with nothing but the management kubeconfig:
+    // it has every applet of its busybox, so cp (tar), vi and nslookup work in it as in
+    // upstream's busybox image.
+    let host = platform
+        .registry_url()
+        .trim_start_matches("https://")
+        .to_string();
+    let platform_busybox = format!("{host}/busybox:latest");
+    eventually(60, || {
+        let listed = platform.cli(&["image", "list"]);
+        match listed.stdout.lines().any(|l| l == platform_busybox) {
+            true => Ok(()),
+            false => Err(format!(
+                "{platform_busybox} not listed:\n{}{}",
+                listed.stdout, listed.stderr
+            )),
+        }
+    });
+    apply(pod("registry-box", &node, &platform_busybox, "sleep 3600"));
+    platform.wait_pod(&kubectl, "registry-box", 120, running);
+    let (code, out, err) = run(
+        &kubectl,
+        &[
+            "exec",
+            "registry-box",
+            "--",
+            "sh",
+            "-c",
+            "for a in tar vi nslookup wget; do command -v $a || exit 1; done",
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).lines().count(),
+        4,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let target = "registry-box:/tmp/copied.bin";
+    kubectl.ok(&["cp", local.to_str().unwrap(), target]);
+    let back = dir.join("cp-out-registry.bin");
+    kubectl.ok(&["cp", target, back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&back).unwrap() == original,
+        "cp through the platform's busybox changed the file"
     );
 
     // attach: the output of the container's own process.

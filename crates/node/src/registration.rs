@@ -18,16 +18,7 @@ use crate::pressure::Pressure;
 pub const KUBELET_VERSION: &str = "v1.33.0";
 pub const READY_MESSAGE: &str = "korvet node is posting ready status";
 
-/// `amd64`, `arm64`, ... as Go names architectures.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
+pub use korvet_image::go_arch;
 
 /// `containerd://VERSION` if `containerd --version` answers, else `unknown`.
 pub fn container_runtime_version() -> String {

@@ -293,6 +293,23 @@ impl KorvetAdmission {
         }
         let pool: NodePool = decode(req.object)?;
         let old: Option<NodePool> = req.old.map(decode).transpose()?;
+        // One naming rule for every pool, inline or added later, so that the CLI finds
+        // any pool from its cluster and pool names, and node names say both.
+        let own = req
+            .name
+            .strip_prefix(pool.spec.cluster.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .unwrap_or_default();
+        if old.is_none() && (own.is_empty() || own.len() > MAX_POOL_NAME) {
+            causes.push(Cause::invalid(
+                "metadata.name",
+                &json!(req.name),
+                &format!(
+                    "a node pool of cluster {:?} is named {}-POOL, POOL a DNS label of at most {MAX_POOL_NAME} characters (`korvet nodepool add {} POOL` names it so)",
+                    pool.spec.cluster, pool.spec.cluster, pool.spec.cluster
+                ),
+            ));
+        }
         let cluster = server
             .read_object(
                 GROUP,

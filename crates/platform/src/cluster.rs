@@ -378,16 +378,12 @@ async fn desired_nodes(
         .map(|p| p.spec.template.replicas)
         .sum();
     for inline in &cluster.spec.node_pools {
-        let object = inline_pool_name(&name, &inline.name);
+        let object = korvet_api::node_pool_name(&name, &inline.name);
         if !pools.iter().any(|p| p.name_any() == object) {
             total += inline.pool.replicas;
         }
     }
     Ok(total)
-}
-
-fn inline_pool_name(cluster: &str, pool: &str) -> String {
-    format!("{cluster}-{pool}")
 }
 
 /// Keeps a NodePool object for each inline pool, as the Cluster's spec says, and removes
@@ -401,7 +397,7 @@ async fn sync_inline_pools(
     let api: Api<NodePool> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = pools_of(ctx, namespace, &name).await?;
     for inline in &cluster.spec.node_pools {
-        let pool_name = inline_pool_name(&name, &inline.name);
+        let pool_name = korvet_api::node_pool_name(&name, &inline.name);
         let spec = NodePoolSpec {
             cluster: name.clone(),
             template: inline.pool.clone(),
@@ -433,7 +429,7 @@ async fn sync_inline_pools(
                 .spec
                 .node_pools
                 .iter()
-                .any(|i| inline_pool_name(&name, &i.name) == p.name_any())
+                .any(|i| korvet_api::node_pool_name(&name, &i.name) == p.name_any())
     }) {
         crate::delete_object(&api, &pool.name_any()).await?;
     }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
+use korvet_api::registry_info::RegistryInfo;
 use korvet_api::{Cluster, Flavor, FlavorSpec, Machine, NodePool, Zone, ZoneSpec};
 use korvet_cloud::{CloudError, Provider};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -57,16 +58,7 @@ pub struct PlatformConfig {
     pub binaries: Binaries,
     pub provider: Arc<dyn Provider>,
     /// The platform's image registry, which every machine's container runtime trusts.
-    pub registry: Option<RegistryAccess>,
-}
-
-/// The platform's image registry as machines reach it.
-#[derive(Clone, Debug)]
-pub struct RegistryAccess {
-    /// `HOST:PORT`, as image references name it.
-    pub host: String,
-    /// The CA its serving certificate chains to.
-    pub ca_pem: String,
+    pub registry: Option<RegistryInfo>,
 }
 
 /// What every reconciler shares.
@@ -76,7 +68,7 @@ pub struct Context {
     supervisor: Supervisor,
     binaries: Binaries,
     data_dir: PathBuf,
-    registry: Option<RegistryAccess>,
+    registry: Option<RegistryInfo>,
     tenants: tenant::Tenants,
     recorder: Recorder,
     /// Each cluster's PKI and admin TLS configuration, loaded once.
@@ -178,6 +170,66 @@ pub async fn seed(client: &kube::Client, zones: &[String]) -> Result<(), Platfor
         create_if_missing(&zone_api, &object).await?;
     }
     Ok(())
+}
+
+/// Publishes where the platform registry is (`kube-public/korvet-registry`, readable by
+/// every authenticated user) and the service account whose tokens push to it.
+pub async fn publish_registry(
+    client: &kube::Client,
+    registry: &RegistryInfo,
+) -> Result<(), PlatformError> {
+    use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use korvet_api::registry_info::{NAME, NAMESPACE, PUSH_NAMESPACE, PUSH_SERVICE_ACCOUNT};
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let wanted = registry.to_config_map();
+    match config_maps.get_opt(NAME).await? {
+        Some(existing) if existing.data == wanted.data => {}
+        Some(_) => {
+            let patch = serde_json::json!({"data": wanted.data});
+            config_maps
+                .patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        None => create_if_missing(&config_maps, &wanted).await?,
+    }
+    let meta = |name: &str, namespace: &str| kube::api::ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    };
+    let reader = format!("{NAME}-reader");
+    let role = Role {
+        metadata: meta(&reader, NAMESPACE),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![NAME.into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+    };
+    create_if_missing(&Api::namespaced(client.clone(), NAMESPACE), &role).await?;
+    let binding = RoleBinding {
+        metadata: meta(&reader, NAMESPACE),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: reader.clone(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Group".into(),
+            name: "system:authenticated".into(),
+            ..Default::default()
+        }]),
+    };
+    create_if_missing(&Api::namespaced(client.clone(), NAMESPACE), &binding).await?;
+    let pusher = ServiceAccount {
+        metadata: meta(PUSH_SERVICE_ACCOUNT, PUSH_NAMESPACE),
+        ..Default::default()
+    };
+    create_if_missing(&Api::namespaced(client.clone(), PUSH_NAMESPACE), &pusher).await
 }
 
 async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<(), PlatformError>

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::digest::Digest;
+use korvet_image::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -8,14 +8,12 @@
 pub mod auth;
 pub mod build;
 pub mod client;
-pub mod digest;
 pub mod error;
 pub mod metrics;
-pub mod names;
 pub mod server;
 pub mod storage;
 
 pub use auth::{Authenticator, NoAuth, StaticTokens, TokenAuthenticator, TokenVerifier, User};
-pub use digest::Digest;
 pub use error::{ApiError, StoreError};
+pub use korvet_image::Digest;
 pub use server::{Registry, ServeHandle};

@@ -13,11 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, User};
-use crate::digest::Digest;
 use crate::error::{ApiError, StoreError};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::names::{valid_repository, valid_tag};
 use crate::storage::{Storage, MAX_MANIFEST_BYTES};
+use korvet_image::Digest;
+use korvet_image::{valid_repository, valid_tag};
 
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -571,7 +571,7 @@ fn paginate(
 
 fn parse_digest(raw: &str) -> Result<Digest, ApiError> {
     raw.parse()
-        .map_err(|e: crate::digest::InvalidDigest| ApiError::digest_invalid(e.to_string()))
+        .map_err(|e: korvet_image::InvalidDigest| ApiError::digest_invalid(e.to_string()))
 }
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` → inclusive range; `Err` when unsatisfiable,

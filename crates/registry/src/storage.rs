@@ -21,11 +21,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::digest::{Digest, Hasher};
 use crate::error::{io_at, ApiError, StoreError};
+use korvet_image::{Digest, Hasher};
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub use korvet_image::media::{OCI_INDEX, OCI_MANIFEST};
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
@@ -514,7 +513,7 @@ fn descriptor_digest(d: &serde_json::Value) -> Result<Digest, ApiError> {
         .and_then(|v| v.as_str())
         .ok_or_else(|| ApiError::manifest_invalid("a descriptor has no digest"))?;
     raw.parse()
-        .map_err(|e: crate::digest::InvalidDigest| ApiError::manifest_invalid(e.to_string()))
+        .map_err(|e: korvet_image::InvalidDigest| ApiError::manifest_invalid(e.to_string()))
 }
 
 async fn copy_body<B>(

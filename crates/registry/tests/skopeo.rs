@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use korvet_registry::build::{self, ImageConfig, Source};
+use korvet_image::{ImageConfig, Source, BUSYBOX};
+use korvet_registry::build;
 
 /// Runs skopeo off the runtime's threads: the registry it talks to is served by them.
 async fn skopeo(args: &[&str]) -> std::process::Output {
@@ -46,10 +47,10 @@ fn layout_digest(dir: &Path, tag: &str) -> String {
         .to_string()
 }
 
-fn busybox_image() -> build::Image {
+fn busybox_image() -> korvet_image::Image {
     let rootfs = tempfile::tempdir().unwrap();
-    build::busybox_rootfs(rootfs.path(), Path::new(build::BUSYBOX)).unwrap();
-    build::build(
+    korvet_image::busybox_rootfs(rootfs.path(), Path::new(BUSYBOX)).unwrap();
+    korvet_image::build(
         &Source::Dir(rootfs.path().into()),
         &ImageConfig {
             cmd: Some(vec!["/bin/sh".into()]),
@@ -152,13 +153,11 @@ async fn built_busybox_pushed_by_korvet_is_pulled_by_skopeo() {
     let image = busybox_image();
     // Two builds of the same input give one digest.
     assert_eq!(busybox_image().digest(), image.digest());
-    image
-        .push(&s.client, "library/busybox", "latest")
+    build::push(&image, &s.client, "library/busybox", "latest")
         .await
         .unwrap();
     // Pushing again is a no-op for the blobs and keeps the digest.
-    image
-        .push(&s.client, "library/busybox", "latest")
+    build::push(&image, &s.client, "library/busybox", "latest")
         .await
         .unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -180,11 +179,11 @@ async fn built_busybox_pushed_by_korvet_is_pulled_by_skopeo() {
 #[tokio::test]
 async fn base_images_are_built_once_and_pullable() {
     let s = common::serve().await;
-    let added = build::ensure_base_images(&s.registry, Path::new(build::BUSYBOX))
+    let added = build::ensure_base_images(&s.registry, Path::new(BUSYBOX))
         .await
         .unwrap();
     assert_eq!(added, vec!["busybox", "pause", "demo-web"]);
-    let again = build::ensure_base_images(&s.registry, Path::new(build::BUSYBOX))
+    let again = build::ensure_base_images(&s.registry, Path::new(BUSYBOX))
         .await
         .unwrap();
     assert!(again.is_empty());

@@ -7,7 +7,7 @@ use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
 use korvet_api::{
     cluster_condition, find_condition, phase, Cluster, ClusterSpec, ControlPlaneSpec,
-    InlineNodePool, NodePool, PoolTemplate,
+    InlineNodePool, PoolTemplate,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
@@ -41,7 +41,7 @@ pub struct CreateArgs {
 #[derive(Args)]
 pub struct ScaleArgs {
     pub name: String,
-    /// The pool to scale (its name in the cluster, or a NodePool's name).
+    /// The pool to scale (its name in the cluster).
     #[arg(long)]
     pub pool: String,
     #[arg(long)]
@@ -128,7 +128,7 @@ pub async fn run(
             let cluster = api.get(&name).await.map_err(explain)?;
             print_clusters(global, &[cluster], true)?;
         }
-        ClusterCommand::Scale(args) => scale(&client, &api, global, args).await?,
+        ClusterCommand::Scale(args) => scale(&client, global, args).await?,
         ClusterCommand::Stop(args) => {
             set_stopped(&api, &args.name, true).await?;
             eprintln!("stopping cluster {}", args.name);
@@ -185,68 +185,15 @@ async fn set_stopped(api: &Api<Cluster>, name: &str, stopped: bool) -> anyhow::R
     Ok(())
 }
 
-async fn scale(
-    client: &kube::Client,
-    api: &Api<Cluster>,
-    global: &Global,
-    args: ScaleArgs,
-) -> anyhow::Result<()> {
-    let cluster = api.get(&args.name).await.map_err(explain)?;
-    if let Some(index) = cluster
-        .spec
-        .node_pools
-        .iter()
-        .position(|p| p.name == args.pool)
-    {
-        let mut pools = cluster.spec.node_pools.clone();
-        pools[index].pool.replicas = args.replicas;
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": cluster.resource_version()},
-            "spec": {"nodePools": pools},
-        });
-        api.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(explain)?;
-    } else {
-        let pools: Api<NodePool> = Api::namespaced(client.clone(), &global.namespace);
-        let candidates = [args.pool.clone(), format!("{}-{}", args.name, args.pool)];
-        let mut found = None;
-        for candidate in &candidates {
-            if let Some(pool) = pools.get_opt(candidate).await.map_err(explain)? {
-                if pool.spec.cluster == args.name {
-                    found = Some(pool);
-                    break;
-                }
-            }
-        }
-        let Some(pool) = found else {
-            let known: Vec<String> = cluster
-                .spec
-                .node_pools
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
-            anyhow::bail!(
-                "cluster {} has no pool {:?} (its pools: {}); list them with `korvet nodepool list --cluster {}`",
-                args.name,
-                args.pool,
-                if known.is_empty() { "none inline".to_string() } else { known.join(", ") },
-                args.name
-            );
-        };
-        let patch = serde_json::json!({"spec": {"replicas": args.replicas}});
-        pools
-            .patch(
-                &pool.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(explain)?;
-    }
+async fn scale(client: &kube::Client, global: &Global, args: ScaleArgs) -> anyhow::Result<()> {
+    let pool = super::nodepool::PoolRef {
+        cluster: args.name,
+        pool: args.pool,
+    };
+    super::nodepool::scale_pool(client, &global.namespace, &pool, args.replicas).await?;
     eprintln!(
         "pool {} of cluster {} scaled to {}",
-        args.pool, args.name, args.replicas
+        pool.pool, pool.cluster, args.replicas
     );
     Ok(())
 }

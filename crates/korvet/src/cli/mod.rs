@@ -41,24 +41,28 @@ pub enum ClusterCommand {
     Delete(cluster::NameWait),
 }
 
+/// Every node-pool command names a pool as `CLUSTER POOL`, whether the pool was made
+/// with the cluster (`--pool`) or added later.
 #[derive(Subcommand)]
 pub enum NodePoolCommand {
     /// Add a node pool to a cluster.
     Add(nodepool::AddArgs),
-    /// List node pools.
+    /// List node pools (of every cluster, or of one).
     List {
         /// Only the pools of this cluster.
-        #[arg(long)]
         cluster: Option<String>,
     },
+    /// Show one node pool.
+    Get(nodepool::PoolRef),
     /// Set the number of nodes of a pool.
     Scale {
-        name: String,
+        #[command(flatten)]
+        pool: nodepool::PoolRef,
         #[arg(long)]
         replicas: i32,
     },
     /// Delete a node pool and its machines.
-    Delete { name: String },
+    Delete(nodepool::PoolRef),
 }
 
 /// The management API's kubeconfig: `$KORVET_KUBECONFIG`, else `~/.korvet/admin.kubeconfig`.

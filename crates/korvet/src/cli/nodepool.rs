@@ -1,12 +1,21 @@
 //! `korvet nodepool ...`: node pools as objects of their own.
 
 use clap::Args;
-use korvet_api::{NodePool, NodePoolSpec, PoolTemplate, Taint};
+use korvet_api::{node_pool_name, pool_of, Cluster, NodePool, NodePoolSpec, PoolTemplate, Taint};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 
 use super::output::{age, print};
 use super::{explain, Global, NodePoolCommand};
+
+/// A pool as `CLUSTER POOL`.
+#[derive(Args)]
+pub struct PoolRef {
+    /// The cluster the pool belongs to.
+    pub cluster: String,
+    /// The pool's name in the cluster.
+    pub pool: String,
+}
 
 #[derive(Args)]
 pub struct AddArgs {
@@ -48,7 +57,7 @@ pub async fn run(
     global: &Global,
     command: NodePoolCommand,
 ) -> anyhow::Result<()> {
-    let api: Api<NodePool> = Api::namespaced(client, &global.namespace);
+    let api: Api<NodePool> = Api::namespaced(client.clone(), &global.namespace);
     match command {
         NodePoolCommand::Add(args) => {
             let labels = args
@@ -78,10 +87,10 @@ pub async fn run(
                     })
                 })
                 .transpose()?;
-            let pool = NodePool::new(
-                &args.name,
+            let mut pool = NodePool::new(
+                &node_pool_name(&args.cluster, &args.name),
                 NodePoolSpec {
-                    cluster: args.cluster,
+                    cluster: args.cluster.clone(),
                     template: PoolTemplate {
                         flavor: args.flavor,
                         zone: args.zone,
@@ -92,6 +101,8 @@ pub async fn run(
                     },
                 },
             );
+            pool.metadata.labels =
+                Some([(korvet_api::labels::CLUSTER.to_string(), args.cluster)].into());
             let created = api
                 .create(&PostParams::default(), &pool)
                 .await
@@ -107,21 +118,153 @@ pub async fn run(
                 .collect();
             print_pools(global, &pools, false)?;
         }
-        NodePoolCommand::Scale { name, replicas } => {
-            let patch = serde_json::json!({"spec": {"replicas": replicas}});
-            let pool = api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(explain)?;
-            print_pools(global, &[pool], true)?;
+        NodePoolCommand::Get(pool) => {
+            let found = find_pool(&client, &global.namespace, &pool).await?;
+            print_pools(global, &[found], true)?;
         }
-        NodePoolCommand::Delete { name } => {
-            api.delete(&name, &DeleteParams::default())
-                .await
-                .map_err(explain)?;
-            eprintln!("deleting node pool {name} and its machines");
+        NodePoolCommand::Scale { pool, replicas } => {
+            scale_pool(&client, &global.namespace, &pool, replicas).await?;
+            let scaled = find_pool(&client, &global.namespace, &pool).await?;
+            print_pools(global, &[scaled], true)?;
+        }
+        NodePoolCommand::Delete(pool) => {
+            delete_pool(&client, &global.namespace, &pool).await?;
+            eprintln!(
+                "deleting node pool {} of cluster {} and its machines",
+                pool.pool, pool.cluster
+            );
         }
     }
+    Ok(())
+}
+
+/// The NodePool object of a pool, with an error that lists the cluster's pools.
+async fn find_pool(
+    client: &kube::Client,
+    namespace: &str,
+    pool: &PoolRef,
+) -> anyhow::Result<NodePool> {
+    let api: Api<NodePool> = Api::namespaced(client.clone(), namespace);
+    let name = node_pool_name(&pool.cluster, &pool.pool);
+    if let Some(found) = api.get_opt(&name).await.map_err(explain)? {
+        if found.spec.cluster == pool.cluster {
+            return Ok(found);
+        }
+    }
+    Err(no_such_pool(client, namespace, pool).await)
+}
+
+async fn no_such_pool(client: &kube::Client, namespace: &str, pool: &PoolRef) -> anyhow::Error {
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    match clusters.get_opt(&pool.cluster).await {
+        Ok(None) => {
+            return anyhow::anyhow!(
+                "no cluster {:?} in namespace {namespace}; list them with `korvet cluster list`",
+                pool.cluster
+            )
+        }
+        Err(e) => return explain(e),
+        Ok(Some(_)) => {}
+    }
+    let api: Api<NodePool> = Api::namespaced(client.clone(), namespace);
+    let known: Vec<String> = match api.list(&Default::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|p| p.spec.cluster == pool.cluster)
+            .map(|p| pool_of(p).to_string())
+            .collect(),
+        Err(e) => return explain(e),
+    };
+    anyhow::anyhow!(
+        "cluster {} has no pool {:?} (its pools: {}); list them with `korvet nodepool list {}`",
+        pool.cluster,
+        pool.pool,
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        },
+        pool.cluster
+    )
+}
+
+/// Sets a pool's node count: in the Cluster's spec for a pool made with the cluster (the
+/// platform keeps its NodePool in step with it), on the NodePool for one added later.
+pub async fn scale_pool(
+    client: &kube::Client,
+    namespace: &str,
+    pool: &PoolRef,
+    replicas: i32,
+) -> anyhow::Result<()> {
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    let cluster = clusters.get(&pool.cluster).await.map_err(explain)?;
+    if let Some(index) = cluster
+        .spec
+        .node_pools
+        .iter()
+        .position(|p| p.name == pool.pool)
+    {
+        let mut pools = cluster.spec.node_pools.clone();
+        pools[index].pool.replicas = replicas;
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": cluster.resource_version()},
+            "spec": {"nodePools": pools},
+        });
+        clusters
+            .patch(
+                &pool.cluster,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(explain)?;
+    } else {
+        let found = find_pool(client, namespace, pool).await?;
+        let api: Api<NodePool> = Api::namespaced(client.clone(), namespace);
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        api.patch(
+            &found.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(explain)?;
+    }
+    Ok(())
+}
+
+/// Deletes a pool: from the Cluster's spec for a pool made with the cluster, else the
+/// NodePool itself.
+async fn delete_pool(client: &kube::Client, namespace: &str, pool: &PoolRef) -> anyhow::Result<()> {
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    let cluster = clusters.get(&pool.cluster).await.map_err(explain)?;
+    if cluster.spec.node_pools.iter().any(|p| p.name == pool.pool) {
+        let pools: Vec<_> = cluster
+            .spec
+            .node_pools
+            .iter()
+            .filter(|p| p.name != pool.pool)
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": cluster.resource_version()},
+            "spec": {"nodePools": pools},
+        });
+        clusters
+            .patch(
+                &pool.cluster,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(explain)?;
+        return Ok(());
+    }
+    let found = find_pool(client, namespace, pool).await?;
+    let api: Api<NodePool> = Api::namespaced(client.clone(), namespace);
+    api.delete(&found.name_any(), &DeleteParams::default())
+        .await
+        .map_err(explain)?;
     Ok(())
 }
 
@@ -131,13 +274,13 @@ fn print_pools(global: &Global, pools: &[NodePool], single: bool) -> anyhow::Res
         pools,
         single,
         &[
-            "NAME", "CLUSTER", "FLAVOR", "ZONE", "DESIRED", "READY", "AGE",
+            "CLUSTER", "POOL", "FLAVOR", "ZONE", "DESIRED", "READY", "AGE",
         ],
         |p| {
             let status = p.status.clone().unwrap_or_default();
             vec![
-                p.name_any(),
                 p.spec.cluster.clone(),
+                pool_of(p).to_string(),
                 p.spec.template.flavor.clone(),
                 p.spec.template.zone.clone(),
                 p.spec.template.replicas.to_string(),
