@@ -53,6 +53,7 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
         timeout: interval.min(Duration::from_secs(1)),
         rise: args.rise,
         fall: args.fall,
+        http: None,
     };
     config.admin_listen = args.admin_listen;
     let balancer = TcpBalancer::start(config)

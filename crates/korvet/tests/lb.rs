@@ -115,7 +115,9 @@ fn korvet_lb_balances_two_echo_servers_until_sigterm() {
     assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
     let metrics = http_get(admin, "/metrics");
     for backend in [a, b] {
-        let line = format!("korvet_lb_backend_connections_total{{backend=\"{backend}\"}} 2");
+        let line = format!(
+            "korvet_lb_backend_connections_total{{listener=\"{lb}\",backend=\"{backend}\"}} 2"
+        );
         assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
     }
 

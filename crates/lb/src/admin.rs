@@ -1,5 +1,5 @@
-//! The admin HTTP listener: `/healthz` and `/readyz` (200 while a backend is up, else
-//! 503) and `/metrics` (Prometheus text format).
+//! The admin HTTP listener: `/healthz` and `/readyz` (200 while the balancer says it is
+//! ready, else 503) and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,20 +14,22 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::metrics::LbMetrics;
-use crate::pool::BackendPool;
+
+/// Whether the balancer can serve now, and if not, why.
+pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Serves until the task is aborted; aborting it also ends its open connections.
-pub(crate) async fn serve(listener: TcpListener, pool: Arc<BackendPool>, metrics: Arc<LbMetrics>) {
+pub(crate) async fn serve(listener: TcpListener, ready: Readiness, metrics: Arc<LbMetrics>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let pool = Arc::clone(&pool);
+                    let ready = Arc::clone(&ready);
                     let metrics = Arc::clone(&metrics);
                     connections.spawn(async move {
                         let service = service_fn(move |request| {
-                            let reply = respond(&request, &pool, &metrics);
+                            let reply = respond(&request, ready.as_ref(), &metrics);
                             async move { Ok::<_, Infallible>(reply) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
@@ -47,20 +49,17 @@ pub(crate) async fn serve(listener: TcpListener, pool: Arc<BackendPool>, metrics
 
 fn respond(
     request: &Request<Incoming>,
-    pool: &BackendPool,
+    ready: &(dyn Fn() -> Result<(), String> + Send + Sync),
     metrics: &LbMetrics,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     match request.uri().path() {
-        "/healthz" | "/readyz" => {
-            if pool.any_up() {
-                text(StatusCode::OK, "ok\n".into())
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no backend is up\n".into())
-            }
-        }
+        "/healthz" | "/readyz" => match ready() {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         "/metrics" => {
             let mut reply = text(StatusCode::OK, metrics.render());
             reply.headers_mut().insert(

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::metrics::LbMetrics;
 use crate::pool::{BackendPool, BackendStatus};
+use crate::proxy_protocol::{self, Version};
 use crate::{admin, health, proxy, LbConfig, LbError};
 
 pub struct TcpBalancer {
@@ -23,6 +24,15 @@ pub struct TcpBalancer {
 impl TcpBalancer {
     /// Binds the listeners and starts serving; returns once both accept connections.
     pub async fn start(config: LbConfig) -> Result<Self, LbError> {
+        Self::start_with_metrics(config, Arc::new(LbMetrics::new())).await
+    }
+
+    /// [`TcpBalancer::start`], counting into `metrics` (shared by the listeners of one
+    /// process).
+    pub async fn start_with_metrics(
+        config: LbConfig,
+        metrics: Arc<LbMetrics>,
+    ) -> Result<Self, LbError> {
         if config.health.interval.is_zero() {
             return Err(LbError::Config(
                 "the health check interval must be above zero".into(),
@@ -37,27 +47,40 @@ impl TcpBalancer {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let metrics = Arc::new(LbMetrics::new());
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
         let pool = Arc::new(BackendPool::new(
+            &name,
             &config.backends,
             config.balance,
             Arc::clone(&metrics),
         ));
+        let accept = Accept {
+            pool: Arc::clone(&pool),
+            connect_timeout: config.connect_timeout,
+            proxy_protocol: config.proxy_protocol,
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        };
         let mut tasks = vec![
-            tokio::spawn(health::run(Arc::clone(&pool), config.health)),
-            tokio::spawn(accept_loop(
-                listener,
-                Arc::clone(&pool),
-                Arc::clone(&metrics),
-                config.connect_timeout,
-            )),
+            tokio::spawn(health::run(Arc::clone(&pool), config.health.clone())),
+            tokio::spawn(accept_loop(listener, accept)),
         ];
         let mut admin_addr = None;
         if let Some(admin_listener) = admin_listener {
             admin_addr = admin_listener.local_addr().ok();
+            let ready_pool = Arc::clone(&pool);
+            let ready: admin::Readiness = Arc::new(move || {
+                if ready_pool.any_up() {
+                    Ok(())
+                } else {
+                    Err("no backend is up".into())
+                }
+            });
             tasks.push(tokio::spawn(admin::serve(
                 admin_listener,
-                Arc::clone(&pool),
+                ready,
                 Arc::clone(&metrics),
             )));
         }
@@ -125,26 +148,53 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, LbError> {
         .map_err(|source| LbError::Listen { addr, source })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What a listener does with each accepted client.
+#[derive(Clone)]
+struct Accept {
     pool: Arc<BackendPool>,
-    metrics: Arc<LbMetrics>,
     connect_timeout: Duration,
-) {
+    proxy_protocol: Option<Version>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Accept {
+    async fn serve(self, client: TcpStream, peer: SocketAddr) {
+        let _ = client.set_nodelay(true);
+        // The address the client asked for (a VIP), as the PROXY header names it.
+        let local = client.local_addr().ok();
+        let header = match (self.proxy_protocol, local) {
+            (Some(version), Some(local)) => Some(proxy_protocol::encode(version, peer, local)),
+            _ => None,
+        };
+        match &self.tls {
+            None => {
+                proxy::serve(client, peer, header, self.pool, self.connect_timeout).await;
+            }
+            Some(acceptor) => {
+                // A handshake that never ends must not hold a task for ever.
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await;
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        proxy::serve(tls, peer, header, self.pool, self.connect_timeout).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, accept: Accept) {
     // Owned here so that aborting this task also ends every connection it started.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
-                    metrics.accepted.inc();
-                    connections.spawn(proxy::serve(
-                        client,
-                        peer,
-                        Arc::clone(&pool),
-                        Arc::clone(&metrics),
-                        connect_timeout,
-                    ));
+                    accept.pool.listener_metrics.accepted.inc();
+                    connections.spawn(accept.clone().serve(client, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.

@@ -1,18 +1,23 @@
 //! Korvet's load balancer data plane.
 //!
-//! Pieces, each small so later protocols (PROXY protocol, TLS, HTTP) and active-standby
-//! failover can be put in between: a [`pool::BackendPool`] that chooses backends, a health
-//! checker that marks them up and down, a TCP proxy loop, and an admin HTTP listener for
-//! `/healthz` and `/metrics`. [`TcpBalancer`] wires them together.
+//! Small pieces: a [`pool::BackendPool`] that chooses backends, a health checker that
+//! marks them up and down (TCP connect or HTTP), a TCP proxy loop (with the PROXY
+//! protocol and TLS termination), and an admin HTTP listener for `/healthz` and
+//! `/metrics`. [`TcpBalancer`] wires them into one listener (the API load balancer of a
+//! highly available control plane); [`edge::Edge`] into a load-balancer instance with
+//! many listeners, kernel-forwarded or proxied (a cloud load balancer's data plane).
 
 mod admin;
 mod balancer;
+pub mod edge;
 mod health;
 pub mod metrics;
 pub mod pool;
 mod proxy;
+pub mod proxy_protocol;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use balancer::TcpBalancer;
@@ -27,8 +32,10 @@ pub enum Balance {
     LeastConnections,
 }
 
-/// Active TCP-connect health checks, counted the way HAProxy counts them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Active health checks, counted the way HAProxy counts them: a TCP connect to the
+/// backend, or an HTTP GET on another port of the backend's host (how a cloud's load
+/// balancer asks a node's service proxy whether it has local endpoints).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     /// Time between two checks of one backend.
     pub interval: Duration,
@@ -38,6 +45,15 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failed checks that take an up backend down.
     pub fall: u32,
+    /// Check with `GET http://BACKEND-HOST:port/path` (200 is healthy) instead of a
+    /// TCP connect to the backend.
+    pub http: Option<HttpCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub port: u16,
+    pub path: String,
 }
 
 impl Default for HealthCheck {
@@ -47,6 +63,7 @@ impl Default for HealthCheck {
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 2,
+            http: None,
         }
     }
 }
@@ -63,6 +80,12 @@ pub struct LbConfig {
     pub connect_timeout: Duration,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// The listener's name in metrics (default: its address).
+    pub name: Option<String>,
+    /// Tell each backend who the client is with a PROXY protocol header.
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// Terminate TLS with this configuration; backends get the plain bytes.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl LbConfig {
@@ -75,6 +98,9 @@ impl LbConfig {
             health: HealthCheck::default(),
             connect_timeout: Duration::from_secs(1),
             admin_listen: None,
+            name: None,
+            proxy_protocol: None,
+            tls: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Prometheus metrics of one balancer, per backend where it makes sense.
+//! Prometheus metrics of a balancer process, per listener and backend where it makes
+//! sense (a `korvet lb serve` has one listener, a load-balancer instance many).
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
@@ -12,7 +13,22 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
+    pub listener: String,
     pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// The handles of one listener's own series.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    /// Every connection accepted from a client.
+    pub accepted: Counter,
+    /// Accepted connections closed because no backend could take them.
+    pub unserved: Counter,
 }
 
 /// The handles of one backend's series; clones share the same values.
@@ -36,10 +52,15 @@ pub struct LbMetrics {
     bytes_in: Family<BackendLabels, Counter>,
     bytes_out: Family<BackendLabels, Counter>,
     connect_failures: Family<BackendLabels, Counter>,
-    /// Every connection accepted from a client.
-    pub accepted: Counter,
-    /// Accepted connections closed because no backend could take them.
-    pub unserved: Counter,
+    accepted: Family<ListenerLabels, Counter>,
+    unserved: Family<ListenerLabels, Counter>,
+    /// Rule sets loaded into the kernel (load-balancer instances), by outcome.
+    pub rule_loads: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl LbMetrics {
@@ -50,8 +71,9 @@ impl LbMetrics {
         let bytes_in = Family::<BackendLabels, Counter>::default();
         let bytes_out = Family::<BackendLabels, Counter>::default();
         let connect_failures = Family::<BackendLabels, Counter>::default();
-        let accepted = Counter::default();
-        let unserved = Counter::default();
+        let accepted = Family::<ListenerLabels, Counter>::default();
+        let unserved = Family::<ListenerLabels, Counter>::default();
+        let rule_loads = Family::<OutcomeLabels, Counter>::default();
         let mut registry = Registry::with_prefix("korvet_lb");
         registry.register(
             "backend_connections",
@@ -93,6 +115,11 @@ impl LbMetrics {
             "Client connections closed because no backend could take them",
             unserved.clone(),
         );
+        registry.register(
+            "rule_loads",
+            "nftables rule sets of kernel-forwarded listeners loaded, by outcome",
+            rule_loads.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             connections,
@@ -103,12 +130,25 @@ impl LbMetrics {
             connect_failures,
             accepted,
             unserved,
+            rule_loads,
         }
     }
 
-    /// The series of `backend`, created when first asked for.
-    pub fn backend(&self, backend: &str) -> BackendMetrics {
+    /// The series of `listener` itself, created when first asked for.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        ListenerMetrics {
+            accepted: self.accepted.get_or_create_owned(&labels),
+            unserved: self.unserved.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The series of `backend` of `listener`, created when first asked for.
+    pub fn backend(&self, listener: &str, backend: &str) -> BackendMetrics {
         let labels = BackendLabels {
+            listener: listener.to_owned(),
             backend: backend.to_owned(),
         };
         BackendMetrics {
@@ -121,9 +161,19 @@ impl LbMetrics {
         }
     }
 
-    /// Stops exporting a backend that left the pool.
-    pub fn remove_backend(&self, backend: &str) {
+    /// Stops exporting a listener that was removed.
+    pub fn remove_listener(&self, listener: &str) {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        self.accepted.remove(&labels);
+        self.unserved.remove(&labels);
+    }
+
+    /// Stops exporting a backend that left its pool.
+    pub fn remove_backend(&self, listener: &str, backend: &str) {
         let labels = BackendLabels {
+            listener: listener.to_owned(),
             backend: backend.to_owned(),
         };
         self.connections.remove(&labels);

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::metrics::{BackendMetrics, LbMetrics};
+use tokio::sync::Notify;
+
+use crate::metrics::{BackendMetrics, LbMetrics, ListenerMetrics};
 use crate::Balance;
 
 /// One backend: its address, health and counters.
@@ -128,21 +130,35 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The current backends; replaced as a whole by [`BackendPool::set_backends`].
+/// The current backends of one listener; replaced as a whole by
+/// [`BackendPool::set_backends`].
 pub struct BackendPool {
+    /// The listener's name in metrics.
+    listener: String,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     balance: Balance,
     next: AtomicUsize,
     metrics: Arc<LbMetrics>,
+    pub(crate) listener_metrics: ListenerMetrics,
+    /// Woken when a backend goes up or down, or the set changes.
+    pub(crate) changed: Notify,
 }
 
 impl BackendPool {
-    pub fn new(addrs: &[SocketAddr], balance: Balance, metrics: Arc<LbMetrics>) -> Self {
+    pub fn new(
+        listener: &str,
+        addrs: &[SocketAddr],
+        balance: Balance,
+        metrics: Arc<LbMetrics>,
+    ) -> Self {
         let pool = Self {
+            listener: listener.to_string(),
             backends: RwLock::new(Arc::new(Vec::new())),
             balance,
             next: AtomicUsize::new(0),
+            listener_metrics: metrics.listener(listener),
             metrics,
+            changed: Notify::new(),
         };
         pool.set_backends(addrs);
         pool
@@ -173,14 +189,34 @@ impl BackendPool {
             }
             let kept = old.iter().find(|b| b.addr == *addr).cloned();
             new.push(kept.unwrap_or_else(|| {
-                let metrics = self.metrics.backend(&addr.to_string());
+                let metrics = self.metrics.backend(&self.listener, &addr.to_string());
                 Arc::new(Backend::new(*addr, metrics))
             }));
         }
         for gone in old.iter().filter(|b| !addrs.contains(&b.addr)) {
-            self.metrics.remove_backend(&gone.addr.to_string());
+            self.metrics
+                .remove_backend(&self.listener, &gone.addr.to_string());
         }
         *guard = Arc::new(new);
+        self.changed.notify_one();
+    }
+
+    /// The addresses of the backends that are up, in the pool's order.
+    pub fn up_addresses(&self) -> Vec<SocketAddr> {
+        self.backends()
+            .iter()
+            .filter(|b| b.is_up())
+            .map(|b| b.addr)
+            .collect()
+    }
+
+    /// Stops exporting the listener's series (it was removed).
+    pub(crate) fn forget_metrics(&self) {
+        for backend in self.backends().iter() {
+            self.metrics
+                .remove_backend(&self.listener, &backend.addr.to_string());
+        }
+        self.metrics.remove_listener(&self.listener);
     }
 
     /// The healthy backends in the order a new connection should try them: the one the
@@ -219,6 +255,7 @@ mod tests {
     #[test]
     fn round_robin_rotates_over_up_backends() {
         let pool = BackendPool::new(
+            "test",
             &addrs(&[1, 2, 3]),
             Balance::RoundRobin,
             Arc::new(LbMetrics::new()),
@@ -234,6 +271,7 @@ mod tests {
     #[test]
     fn least_connections_prefers_the_idle_backend() {
         let pool = BackendPool::new(
+            "test",
             &addrs(&[1, 2]),
             Balance::LeastConnections,
             Arc::new(LbMetrics::new()),
@@ -249,6 +287,7 @@ mod tests {
     #[test]
     fn rise_and_fall_count_consecutive_checks() {
         let pool = BackendPool::new(
+            "test",
             &addrs(&[1]),
             Balance::RoundRobin,
             Arc::new(LbMetrics::new()),
@@ -267,7 +306,12 @@ mod tests {
     #[test]
     fn set_backends_keeps_state_of_staying_backends() {
         let metrics = Arc::new(LbMetrics::new());
-        let pool = BackendPool::new(&addrs(&[1, 2]), Balance::RoundRobin, metrics.clone());
+        let pool = BackendPool::new(
+            "test",
+            &addrs(&[1, 2]),
+            Balance::RoundRobin,
+            metrics.clone(),
+        );
         pool.backends()[0].mark_down();
         pool.set_backends(&addrs(&[1, 3]));
         let status = pool.status();

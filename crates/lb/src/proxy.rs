@@ -1,5 +1,6 @@
-//! One client connection: choose a backend, connect (trying the next on failure), then
-//! copy both ways, passing a half-close on to the other side.
+//! One client connection: choose a backend, connect (trying the next on failure), send
+//! the PROXY protocol header if the listener has one, then copy both ways, passing a
+//! half-close on to the other side.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,24 +11,32 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::metrics::LbMetrics;
 use crate::pool::{Backend, BackendPool};
 
-pub(crate) async fn serve(
-    client: TcpStream,
+/// Proxies `client` (a TCP stream, or TLS over one) to a backend of `pool`, writing
+/// `header` to the backend first.
+pub(crate) async fn serve<S>(
+    client: S,
     peer: SocketAddr,
+    header: Option<Vec<u8>>,
     pool: Arc<BackendPool>,
-    metrics: Arc<LbMetrics>,
     connect_timeout: Duration,
-) {
-    let Some((backend, upstream)) = connect(&pool, connect_timeout).await else {
-        metrics.unserved.inc();
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Some((backend, mut upstream)) = connect(&pool, connect_timeout).await else {
+        pool.listener_metrics.unserved.inc();
         tracing::debug!(%peer, "no backend can take the connection; closing it");
         return;
     };
     let _active = backend.open_connection();
-    let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    if let Some(header) = header {
+        if let Err(e) = upstream.write_all(&header).await {
+            tracing::debug!(%peer, backend = %backend.addr, "writing the PROXY header: {e}");
+            return;
+        }
+    }
     if let Err(e) = splice(client, upstream, &backend).await {
         tracing::debug!(%peer, backend = %backend.addr, "connection ended: {e}");
     }
@@ -51,14 +60,18 @@ async fn connect(
         };
         if backend.mark_down() {
             tracing::warn!(backend = %backend.addr, "backend is down: connect failed: {error}");
+            pool.changed.notify_one();
         }
     }
     None
 }
 
 /// Copies both ways until both directions have ended; an error in either ends both.
-async fn splice(client: TcpStream, upstream: TcpStream, backend: &Backend) -> std::io::Result<()> {
-    let (client_read, client_write) = client.into_split();
+async fn splice<S>(client: S, upstream: TcpStream, backend: &Backend) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = upstream.into_split();
     let to_backend = copy_half(client_read, upstream_write, &backend.metrics.bytes_in);
     let to_client = copy_half(upstream_read, client_write, &backend.metrics.bytes_out);

@@ -88,6 +88,7 @@ fn config(backends: &[&EchoBackend], interval_ms: u64) -> LbConfig {
         timeout: Duration::from_millis(interval_ms),
         rise: 1,
         fall: 1,
+        http: None,
     };
     config
 }
@@ -223,7 +224,8 @@ async fn first_connection_after_a_kill_is_retried_on_the_next_backend() {
     assert!(!is_up(&lb, &a), "a is marked down after its connect failed");
     let metrics = lb.render_metrics();
     let failures = format!(
-        "korvet_lb_backend_connect_failures_total{{backend=\"{}\"}} 1\n",
+        "korvet_lb_backend_connect_failures_total{{listener=\"{}\",backend=\"{}\"}} 1\n",
+        lb.local_addr(),
         a.addr
     );
     assert!(metrics.contains(&failures), "{metrics}");
@@ -290,7 +292,10 @@ async fn all_backends_down_closes_connections_at_once() {
     assert_eq!(status, 503, "{body}");
     let metrics = lb.render_metrics();
     assert!(
-        metrics.contains("korvet_lb_unserved_connections_total 2\n"),
+        metrics.contains(&format!(
+            "korvet_lb_unserved_connections_total{{listener=\"{}\"}} 2\n",
+            lb.local_addr()
+        )),
         "{metrics}"
     );
     lb.shutdown().await;
@@ -331,7 +336,13 @@ async fn metrics_endpoint_shows_counts() {
     .await;
     let (status, body) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
-    expect_line(&body, "korvet_lb_connections_total 5".into());
+    expect_line(
+        &body,
+        format!(
+            "korvet_lb_connections_total{{listener=\"{}\"}} 5",
+            lb.local_addr()
+        ),
+    );
     let value = |name: &str, label: &str| -> i64 {
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}{label} ")))
@@ -341,7 +352,11 @@ async fn metrics_endpoint_shows_counts() {
     };
     let (mut active_sum, mut out_sum) = (0, 0);
     for backend in [&a, &b] {
-        let label = format!("{{backend=\"{}\"}}", backend.addr);
+        let label = format!(
+            "{{listener=\"{}\",backend=\"{}\"}}",
+            lb.local_addr(),
+            backend.addr
+        );
         expect_line(&body, format!("korvet_lb_backend_up{label} 1"));
         expect_line(&body, format!("korvet_lb_backend_bytes_in_total{label} 10"));
         expect_line(

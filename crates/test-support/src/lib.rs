@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod netns;
 pub mod platform;
 
 use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
