@@ -19,6 +19,7 @@ pub mod process;
 
 pub use cgroup::{CgroupPath, Limits};
 pub use local::LocalProvider;
+pub use local::ADMIN_PORT as BALANCER_ADMIN_PORT;
 pub use process::{
     read_json, spawn_detached, write_json_atomic, ProcessError, ProcessRecord, ProcessSpec,
 };
@@ -48,6 +49,114 @@ pub trait Provider: Send + Sync {
     /// route controller keeps VPC routes); routes not in it are removed (idempotent).
     /// Traffic of the cluster never reaches another cluster's machines or the uplink.
     async fn sync_routes(&self, cluster: &str, routes: &[PodRoute]) -> Result<(), CloudError>;
+}
+
+/// The load balancers of clusters (what Octavia's amphorae are to an OpenStack cloud):
+/// for each cluster a pair of instances, each in a sandbox of its own with one leg on
+/// the external network and one on the cluster's private network, of which one, the
+/// active one, holds the addresses the cluster's load balancers serve; and the
+/// addresses themselves, external (the "internet side") or internal (the cluster's
+/// network).
+#[async_trait]
+pub trait LoadBalancers: Send + Sync {
+    /// The external network (idempotent): its segment and the pool addresses come from.
+    async fn ensure_external_network(&self) -> Result<ExternalNetwork, CloudError>;
+    /// Reserves an address for `owner` (idempotent by owner): `wanted` if it is free
+    /// ([`CloudError::AddressTaken`] if not), else the next free one
+    /// ([`CloudError::PoolExhausted`] when there is none).
+    async fn allocate_address(
+        &self,
+        scope: &AddressScope,
+        owner: &str,
+        wanted: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, CloudError>;
+    /// Frees what `owner` holds in `scope` (idempotent).
+    async fn release_address(&self, scope: &AddressScope, owner: &str) -> Result<(), CloudError>;
+    /// Makes the cluster's pair of instances exist and run `spec` (idempotent): new
+    /// configuration is handed to running instances, which reload it in place; the
+    /// active instance (if one was chosen) holds exactly `spec`'s addresses.
+    async fn ensure_balancer(
+        &self,
+        cluster: &str,
+        spec: &BalancerSpec,
+    ) -> Result<BalancerInfo, CloudError>;
+    /// Makes instance `index` the active one: the other is fenced first (its addresses
+    /// taken away, so that at no moment two instances answer for one), then the
+    /// addresses move, announced with gratuitous ARP (idempotent).
+    async fn activate_instance(&self, cluster: &str, index: usize) -> Result<(), CloudError>;
+    /// Whether instance `index` runs and answers its health check.
+    async fn probe_instance(&self, cluster: &str, index: usize) -> InstanceHealth;
+    /// Starts instance `index` again if its process is gone (as standby).
+    async fn restart_instance(&self, cluster: &str, index: usize) -> Result<(), CloudError>;
+    async fn get_balancer(&self, cluster: &str) -> Result<Option<BalancerInfo>, CloudError>;
+    /// Removes the cluster's instances and everything they hold (idempotent).
+    async fn delete_balancer(&self, cluster: &str) -> Result<(), CloudError>;
+}
+
+/// Where an address comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AddressScope {
+    /// The external pool, shared by every cluster.
+    External,
+    /// The private network of a cluster (internal load balancers).
+    Internal { cluster: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalNetwork {
+    /// The whole external segment (the host holds its first address).
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    /// Where load-balancer addresses come from.
+    pub pool: Ipv4Net,
+}
+
+/// What a cluster's load-balancer instances run and serve.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerSpec {
+    /// Zones to place the two instances in (as the cluster has them; one zone serves
+    /// both).
+    pub zones: Vec<String>,
+    /// The data plane: `{config}` in args is replaced by its configuration file;
+    /// `{address}` by the instance's external address.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The data plane's configuration (written as the file, then SIGHUP to reload).
+    pub config: Vec<u8>,
+    pub external_addresses: Vec<Ipv4Addr>,
+    pub internal_addresses: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerInfo {
+    pub instances: Vec<BalancerInstance>,
+    pub active: Option<usize>,
+    /// The instances' shared address on the cluster's network, through which replies to
+    /// external clients return.
+    pub gateway: Ipv4Addr,
+    /// Where the instances serve `/healthz` and `/metrics` (port on their external
+    /// address).
+    pub admin_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerInstance {
+    pub name: String,
+    pub zone: String,
+    pub external_address: Ipv4Addr,
+    pub internal_address: Ipv4Addr,
+    pub running: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceHealth {
+    Healthy,
+    /// The process is gone.
+    Dead,
+    /// It runs but does not answer (network lost, hung).
+    Unresponsive,
+    Unknown,
 }
 
 /// A pod network route: `pod_cidr` is reached through the machine at `node`.
@@ -160,6 +269,10 @@ pub enum CloudError {
     NoNetwork(String),
     #[error("address pool {pool} is exhausted: delete clusters or configure a larger pool")]
     PoolExhausted { pool: Ipv4Net },
+    #[error("address {address} is taken (by {holder}): ask for another or none")]
+    AddressTaken { address: Ipv4Addr, holder: String },
+    #[error("address {address} is not in {pool}: ask for one inside it")]
+    AddressOutside { address: Ipv4Addr, pool: Ipv4Net },
     #[error("invalid address pool {pool}: {reason}")]
     InvalidPool { pool: Ipv4Net, reason: String },
     #[error("`{command}` failed: {stderr}")]

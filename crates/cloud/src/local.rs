@@ -21,8 +21,7 @@
 //! locks are per network and per machine, so slow steps of one never block another.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -33,6 +32,12 @@ use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+
+mod balancer;
+mod claims;
+mod garp;
+
+pub use balancer::ADMIN_PORT;
 
 use crate::cgroup::{CgroupPath, Limits};
 use crate::process::{read_json, spawn_detached, write_json_atomic, ProcessRecord, ProcessSpec};
@@ -46,7 +51,6 @@ pub fn default_pool() -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(10, 200, 0, 0), 13).unwrap_or_default()
 }
 const ZONES: [(&str, &str); 3] = [("zone-a", "za"), ("zone-b", "zb"), ("zone-c", "zc")];
-const CLAIMS_DIR: &str = "/run/korvet/claims";
 const SOCKETS_DIR: &str = "/run/korvet/m";
 /// Machine addresses are .10+k in a /24.
 const MAX_SLOTS: u32 = 240;
@@ -67,6 +71,10 @@ struct NetworkRecord {
     /// Pod routes last asked for; `None` until routing was first set up.
     #[serde(default)]
     routes: Option<Vec<PodRoute>>,
+    /// The external network and the gateway (the cluster's load-balancer instances)
+    /// through which replies to it return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    external_return: Option<(Ipv4Net, Ipv4Addr)>,
 }
 
 /// What is known of a machine; written before each of its objects is made.
@@ -133,6 +141,7 @@ struct Inner {
     routed: StdMutex<HashMap<String, Vec<PodRoute>>>,
     /// `ip netns add` mounts /run/netns on first use; concurrent first uses race.
     netns_lock: Mutex<()>,
+    balancers: balancer::BalancerState,
 }
 
 /// The local provider; cheap to clone (shared state).
@@ -180,6 +189,7 @@ impl LocalProvider {
                 verified: StdMutex::new(Default::default()),
                 routed: StdMutex::new(HashMap::new()),
                 netns_lock: Mutex::new(()),
+                balancers: Default::default(),
             }),
         };
         // Before anything else exists: no packet for a pool address may leave the host.
@@ -296,10 +306,15 @@ impl LocalProvider {
             .clone()
     }
 
-    /// Deletes every machine and network this provider recorded (for tests' cleanup).
+    /// Deletes every balancer, machine and network this provider recorded (for tests'
+    /// cleanup).
     pub async fn destroy_all(&self) -> Result<(), CloudError> {
         let names: Vec<String> = lock(&self.inner.machines).keys().cloned().collect();
         let mut first_error = None;
+        if let Err(e) = self.destroy_balancers().await {
+            tracing::warn!(error = %e, "destroy_all: delete balancers failed");
+            first_error.get_or_insert(e);
+        }
         for name in names {
             if let Err(e) = self.delete_machine(&name).await {
                 tracing::warn!(machine = %name, error = %e, "destroy_all: delete machine failed");
@@ -365,46 +380,42 @@ impl LocalProvider {
         ((size - 65_536) / 1024).min(u64::from(u32::MAX)) as u32
     }
 
-    /// Claims a free network index host-wide and records the network, both under an
-    /// flock: a claim counts as stale when its owner has no record of it, so the record
-    /// must exist before another provider can look.
+    fn network_owner(&self, cluster: &str) -> claims::Owner {
+        claims::Owner {
+            state_dir: self.inner.state_dir.clone(),
+            key: cluster.to_string(),
+        }
+    }
+
+    /// Claims a free network index host-wide and records the network (see [`claims`]).
     async fn claim_network(&self, cluster: &str) -> Result<NetworkRecord, CloudError> {
         let this = self.clone();
         let cluster = cluster.to_string();
         tokio::task::spawn_blocking(move || -> Result<NetworkRecord, CloudError> {
-            std::fs::create_dir_all(CLAIMS_DIR).map_err(CloudError::io(format!("create {CLAIMS_DIR}")))?;
-            let lock_file = File::create(Path::new(CLAIMS_DIR).join(".lock"))
-                .map_err(CloudError::io(format!("open {CLAIMS_DIR}/.lock")))?;
-            let _flock = Flock::lock(&lock_file).map_err(CloudError::io(format!("lock {CLAIMS_DIR}/.lock")))?;
-            let owner = format!("{}\n{}\n", this.inner.state_dir.display(), cluster);
-            for index in 0..this.max_networks() {
-                let path = Path::new(CLAIMS_DIR).join(format!("net-{index}"));
-                let free = match OpenOptions::new().write(true).create_new(true).open(&path) {
-                    Ok(_) => true,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        let stale = claim_is_stale(&path, index);
-                        if stale {
-                            tracing::info!(claim = %path.display(), "taking over stale network claim");
-                        }
-                        stale
-                    }
-                    Err(e) => return Err(CloudError::io(format!("create {}", path.display()))(e)),
-                };
-                if !free {
-                    continue;
-                }
-                write_file_synced(&path, owner.as_bytes())
-                    .map_err(CloudError::io(format!("write {}", path.display())))?;
+            let owner = this.network_owner(&cluster);
+            let candidates = (0..this.max_networks()).map(|i| (i, network_claim(i)));
+            let mut made = None;
+            let claimed = claims::claim_first(candidates, &owner, network_still_held, |&index| {
                 let rec = NetworkRecord {
                     network: this.network_for(&cluster, index),
                     slots: BTreeMap::new(),
                     routes: None,
+                    external_return: None,
                 };
-                let rec_path = this.network_path(&cluster);
-                write_json_atomic(&rec_path, &rec).map_err(CloudError::io(format!("write {}", rec_path.display())))?;
-                return Ok(rec);
+                write_json_atomic(&this.network_path(&cluster), &rec)?;
+                made = Some(rec);
+                Ok(())
+            })
+            .map_err(CloudError::io(format!(
+                "claim a network index in {}",
+                claims::CLAIMS_DIR
+            )))?;
+            match (claimed, made) {
+                (Some(_), Some(rec)) => Ok(rec),
+                _ => Err(CloudError::PoolExhausted {
+                    pool: this.inner.pool,
+                }),
             }
-            Err(CloudError::PoolExhausted { pool: this.inner.pool })
         })
         .await
         .map_err(|e| CloudError::io("claim network index")(io::Error::other(e)))?
@@ -633,10 +644,11 @@ impl LocalProvider {
         &self,
         network: &Network,
         routes: &[PodRoute],
+        external_return: Option<(Ipv4Net, Ipv4Addr)>,
     ) -> Result<(), CloudError> {
         let table = (ROUTE_TABLE_BASE + network.index).to_string();
         let pref = ROUTE_RULE_PREF.to_string();
-        let plan = routing_plan(network, routes);
+        let plan = routing_plan(network, routes, external_return);
         for (route, why) in &plan.skipped {
             tracing::warn!(cluster = %network.cluster, pod_cidr = %route.pod_cidr, node = %route.node, "no pod route: {why}");
         }
@@ -691,9 +703,12 @@ impl LocalProvider {
             args.extend(["lookup", &table, "pref", &pref]);
             self.run_ip(&args).await?;
         }
-        for seg in network.segments.iter().filter(|s| !s.zone.is_empty()) {
+        // Zone bridges forward pod traffic; the control-plane one only while load
+        // balancers live there (their traffic to the nodes).
+        for seg in &network.segments {
+            let forward = !seg.zone.is_empty() || external_return.is_some();
             let path = format!("/proc/sys/net/ipv4/conf/{}/forwarding", seg.bridge);
-            tokio::fs::write(&path, "1")
+            tokio::fs::write(&path, if forward { "1" } else { "0" })
                 .await
                 .map_err(CloudError::io(format!("write {path}")))?;
         }
@@ -806,7 +821,8 @@ impl Provider for LocalProvider {
         };
         let network = rec.network.clone();
         if !lock(&self.inner.verified).contains(cluster) {
-            ensure_claim(&self.inner.state_dir, cluster, network.index)?;
+            claims::ensure(&network_claim(network.index), &self.network_owner(cluster))
+                .map_err(CloudError::io(format!("claim network {}", network.index)))?;
             self.ensure_bridges(&network).await?;
             // Bridges made again lost their forwarding sysctls: routing is applied anew.
             lock(&self.inner.routed).remove(cluster);
@@ -830,6 +846,12 @@ impl Provider for LocalProvider {
                 ),
             });
         }
+        if self.balancer_path(cluster).exists() {
+            return Err(CloudError::InUse {
+                what: format!("network of cluster {cluster}"),
+                detail: "its load-balancer instances are on it: delete the balancer first".into(),
+            });
+        }
         lock(&self.inner.verified).remove(cluster);
         lock(&self.inner.routed).remove(cluster);
         self.remove_routing(rec.network.index).await?;
@@ -844,7 +866,10 @@ impl Provider for LocalProvider {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(CloudError::io(format!("remove {}", path.display()))(e)),
         }
-        release_claim(&self.inner.state_dir, cluster, rec.network.index);
+        claims::release(
+            &network_claim(rec.network.index),
+            &self.network_owner(cluster),
+        );
         *guard = None;
         tracing::info!(%cluster, "network deleted");
         Ok(())
@@ -1007,8 +1032,9 @@ impl Provider for LocalProvider {
             write_json_atomic(&path, rec)
                 .map_err(CloudError::io(format!("write {}", path.display())))?;
         }
-        let network = rec.network.clone();
-        self.apply_routing(&network, &routes).await?;
+        let (network, external_return) = (rec.network.clone(), rec.external_return);
+        self.apply_routing(&network, &routes, external_return)
+            .await?;
         lock(&self.inner.routed).insert(cluster.to_string(), routes);
         tracing::info!(%cluster, "pod routes synced");
         Ok(())
@@ -1041,7 +1067,11 @@ struct RoutingPlan {
     skipped: Vec<(PodRoute, String)>,
 }
 
-fn routing_plan(network: &Network, routes: &[PodRoute]) -> RoutingPlan {
+fn routing_plan(
+    network: &Network,
+    routes: &[PodRoute],
+    external_return: Option<(Ipv4Net, Ipv4Addr)>,
+) -> RoutingPlan {
     let mut plan = RoutingPlan::default();
     let own = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     for seg in &network.segments {
@@ -1099,6 +1129,16 @@ fn routing_plan(network: &Network, routes: &[PodRoute]) -> RoutingPlan {
             &seg.bridge,
         ]));
         plan.destinations.push(cidr);
+    }
+    if let (Some((external, gateway)), Some(cp)) = (external_return, network.segment("")) {
+        plan.routes.push(own(&[
+            &external.trunc().to_string(),
+            "via",
+            &gateway.to_string(),
+            "dev",
+            &cp.bridge,
+        ]));
+        plan.destinations.push(external.trunc());
     }
     plan.routes.push(own(&["unreachable", "default"]));
     plan.destinations.push(Ipv4Net::default());
@@ -1317,44 +1357,17 @@ fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
-/// A claim is stale when the state directory it names no longer records that network.
-fn claim_is_stale(path: &Path, index: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    let mut lines = text.lines();
-    let (Some(state_dir), Some(cluster)) = (lines.next(), lines.next()) else {
-        // Being written right now by a claimer that does not hold the lock: never.
-        return text.is_empty();
-    };
-    let record = Path::new(state_dir)
+fn network_claim(index: u32) -> String {
+    format!("net-{index}")
+}
+
+/// Whether `owner`'s state directory still records network `index` as its cluster's.
+fn network_still_held(owner: &claims::Owner, index: &u32) -> bool {
+    let record = owner
+        .state_dir
         .join("networks")
-        .join(format!("{cluster}.json"));
-    !matches!(read_json::<NetworkRecord>(&record), Ok(Some(rec)) if rec.network.index == index)
-}
-
-/// After a host reboot /run is empty again: put our claim back.
-fn ensure_claim(state_dir: &Path, cluster: &str, index: u32) -> Result<(), CloudError> {
-    let path = Path::new(CLAIMS_DIR).join(format!("net-{index}"));
-    let owner = format!("{}\n{}\n", state_dir.display(), cluster);
-    match std::fs::read_to_string(&path) {
-        Ok(text) if text == owner => Ok(()),
-        Ok(text) => {
-            tracing::warn!(claim = %path.display(), holder = %text.trim(), "network index claimed by another provider too");
-            Ok(())
-        }
-        Err(_) => std::fs::create_dir_all(CLAIMS_DIR)
-            .and_then(|()| std::fs::write(&path, owner))
-            .map_err(CloudError::io(format!("write {}", path.display()))),
-    }
-}
-
-fn release_claim(state_dir: &Path, cluster: &str, index: u32) {
-    let path = Path::new(CLAIMS_DIR).join(format!("net-{index}"));
-    let owner = format!("{}\n{}\n", state_dir.display(), cluster);
-    if std::fs::read_to_string(&path).is_ok_and(|t| t == owner) {
-        let _ = std::fs::remove_file(&path);
-    }
+        .join(format!("{}.json", owner.key));
+    matches!(read_json::<NetworkRecord>(&record), Ok(Some(rec)) if rec.network.index == *index)
 }
 
 /// Detaches any mount below `dir` (container root filesystems of a machine that was
@@ -1381,34 +1394,6 @@ fn unmount_below(dir: &Path) {
     }
 }
 
-fn write_file_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// An exclusive flock held until drop.
-struct Flock<'a>(&'a File);
-
-impl<'a> Flock<'a> {
-    fn lock(file: &'a File) -> io::Result<Flock<'a>> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on an open descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Flock(file))
-    }
-}
-
-impl Drop for Flock<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on an open descriptor.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1425,12 +1410,13 @@ mod tests {
     }
 
     #[test]
-    fn claim_is_stale_only_without_its_record() {
+    fn a_network_claim_is_held_only_with_its_record() {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let claim = dir.path().join("net-7");
-        std::fs::write(&claim, format!("{}\nc1\n", state.display())).unwrap();
-        assert!(claim_is_stale(&claim, 7), "owner has no record");
+        let owner = claims::Owner {
+            state_dir: dir.path().join("state"),
+            key: "c1".into(),
+        };
+        assert!(!network_still_held(&owner, &7), "owner has no record");
         let rec = NetworkRecord {
             network: Network {
                 cluster: "c1".into(),
@@ -1440,12 +1426,14 @@ mod tests {
             },
             slots: BTreeMap::new(),
             routes: None,
+            external_return: None,
         };
-        write_json_atomic(&state.join("networks/c1.json"), &rec).unwrap();
-        assert!(!claim_is_stale(&claim, 7));
-        assert!(claim_is_stale(&claim, 8), "the record names another index");
-        std::fs::write(&claim, "").unwrap();
-        assert!(claim_is_stale(&claim, 7), "torn claim of a crashed claimer");
+        write_json_atomic(&owner.state_dir.join("networks/c1.json"), &rec).unwrap();
+        assert!(network_still_held(&owner, &7));
+        assert!(
+            !network_still_held(&owner, &8),
+            "the record names another index"
+        );
     }
 
     #[test]
@@ -1539,6 +1527,7 @@ mod tests {
                 route("10.201.12.0/23", [10, 201, 13, 10]),
                 route("10.244.0.0/24", [10, 201, 14, 12]),
             ],
+            None,
         );
         let lines: Vec<String> = plan.routes.iter().map(|r| r.join(" ")).collect();
         assert_eq!(
@@ -1569,5 +1558,23 @@ mod tests {
         assert_eq!(rule_selector(&rule), ["from", "10.201.12.0/22"]);
         let rule = serde_json::json!({"priority": 5000, "src": "all", "iif": "korvet3-za", "table": "1003"});
         assert_eq!(rule_selector(&rule), ["iif", "korvet3-za"]);
+        // With load balancers, replies to the external network go through them.
+        let with_balancer = routing_plan(
+            &net(),
+            &[],
+            Some((
+                "10.200.0.0/16".parse().unwrap(),
+                Ipv4Addr::new(10, 201, 12, 30),
+            )),
+        );
+        let lines: Vec<String> = with_balancer.routes.iter().map(|r| r.join(" ")).collect();
+        assert!(
+            lines.contains(&"10.200.0.0/16 via 10.201.12.30 dev korvet3-cp".to_string()),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("unreachable default")
+        );
     }
 }

@@ -273,6 +273,11 @@ impl ProcessRecord {
         Ok(())
     }
 
+    /// SIGHUP (by convention: read your configuration again); nothing if it is gone.
+    pub fn hang_up(&self) -> Result<(), ProcessError> {
+        self.signal(libc::SIGHUP)
+    }
+
     /// SIGKILL now; nothing if it is already gone.
     pub fn kill(&self) -> Result<(), ProcessError> {
         self.signal(libc::SIGKILL)
@@ -319,6 +324,12 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `value` as JSON so that readers see the old or the new content, never a torn
 /// file, also across a crash: temp file, fsync, rename, fsync of the directory.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_bytes_atomic(path, &bytes)
+}
+
+/// Writes `bytes` so that readers see the old or the new content, never a torn file.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -333,10 +344,9 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()>
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     let result = (|| {
         let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
