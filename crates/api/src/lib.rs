@@ -7,12 +7,14 @@
 
 mod cluster;
 mod flavor;
+mod load_balancer;
 mod machine;
 mod node_pool;
 pub mod registry_info;
 
 pub use cluster::*;
 pub use flavor::*;
+pub use load_balancer::*;
 pub use machine::*;
 pub use node_pool::*;
 
@@ -35,6 +37,9 @@ pub mod labels {
     pub const INLINE_POOL: &str = "korvet.io/inline";
     pub const ZONE: &str = "topology.kubernetes.io/zone";
     pub const INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+    /// On LoadBalancers: the Service's namespace and name in the cluster.
+    pub const SERVICE_NAMESPACE: &str = "korvet.io/service-namespace";
+    pub const SERVICE_NAME: &str = "korvet.io/service-name";
 }
 
 /// A condition in the Kubernetes style (`type`, `status`, `reason`, `message`).
@@ -114,6 +119,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Cluster::crd(),
         NodePool::crd(),
         Machine::crd(),
+        LoadBalancer::crd(),
     ]
 }
 
@@ -135,7 +141,8 @@ mod tests {
                 "zones.korvet.io",
                 "clusters.korvet.io",
                 "nodepools.korvet.io",
-                "machines.korvet.io"
+                "machines.korvet.io",
+                "loadbalancers.korvet.io"
             ]
         );
         for crd in &crds {

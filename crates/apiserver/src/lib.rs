@@ -46,6 +46,7 @@ pub mod sa_tokens;
 pub mod selectors;
 pub mod server;
 pub mod service_account_admission;
+mod service_validation;
 pub mod storage;
 pub mod strategy;
 mod subresources;

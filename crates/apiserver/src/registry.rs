@@ -412,6 +412,7 @@ fn builtins() -> Vec<ResourceType> {
             .names(NameRule::Label)
             .all_category()
             .with_defaults(strategy::service_defaults)
+            .with_validation(crate::service_validation::validate)
             .with_columns(table::service_columns()),
         builtin::<core::v1::Endpoints>(&["ep"], &[]),
         builtin::<core::v1::ConfigMap>(&["cm"], &[]).with_columns(table::data_columns()),

@@ -415,6 +415,14 @@ pub fn service_defaults(svc: &mut Value) {
     set_default(svc, &["spec", "internalTrafficPolicy"], json!("Cluster"));
     set_default(svc, &["spec", "ipFamilies"], json!(["IPv4"]));
     set_default(svc, &["spec", "ipFamilyPolicy"], json!("SingleStack"));
+    // As upstream's SetDefaults_Service.
+    let kind = svc["spec"]["type"].as_str().unwrap_or_default().to_string();
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        set_default(svc, &["spec", "externalTrafficPolicy"], json!("Cluster"));
+    }
+    if kind == "LoadBalancer" {
+        set_default(svc, &["spec", "allocateLoadBalancerNodePorts"], json!(true));
+    }
     if let Some(ports) = svc["spec"]["ports"].as_array_mut() {
         for port in ports {
             set_default(port, &["protocol"], json!("TCP"));

@@ -96,19 +96,23 @@ pub fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<(), ImageError> {
             "<!doctype html><title>Korvet</title><h1>Hello from Korvet</h1>\n",
         ),
     ];
-    // demo-web's CGI: which replica answered (a pod's hostname is its name).
+    // demo-web's CGI: which replica answered (a pod's hostname is its name), and whom
+    // it saw (the client's address as it arrived, and what a proxy said of it).
     let cgi = dir.join("www/cgi-bin");
     std::fs::create_dir_all(&cgi).map_err(io_at(&cgi))?;
-    let hostname = (
-        "www/cgi-bin/hostname",
-        "#!/bin/sh\necho Content-Type: text/plain\necho\nhostname\n",
-        0o755,
-    );
-    for (name, content, mode) in files
-        .map(|(n, c)| (n, c, 0o644))
-        .into_iter()
-        .chain([hostname])
-    {
+    let scripts = [
+        (
+            "www/cgi-bin/hostname",
+            "#!/bin/sh\necho Content-Type: text/plain\necho\nhostname\n",
+            0o755,
+        ),
+        (
+            "www/cgi-bin/client",
+            "#!/bin/sh\necho Content-Type: text/plain\necho\necho \"client=$REMOTE_ADDR forwarded=$HTTP_X_FORWARDED_FOR pod=$(hostname)\"\n",
+            0o755,
+        ),
+    ];
+    for (name, content, mode) in files.map(|(n, c)| (n, c, 0o644)).into_iter().chain(scripts) {
         let path = dir.join(name);
         std::fs::write(&path, content).map_err(io_at(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))

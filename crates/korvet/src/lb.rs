@@ -1,11 +1,102 @@
-//! `korvet lb`: a TCP load balancer in front of health-checked backends, until interrupted.
+//! `korvet lb`: the platform's load balancers (`list`, `get`), and the data planes the
+//! platform runs: `serve` (one TCP listener in front of health-checked backends, the API
+//! load balancer of a highly available control plane) and `edge` (a load-balancer
+//! instance of a cluster, reloading its configuration on SIGHUP).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
+use korvet_lb::edge::{Edge, EdgeConfig};
 use korvet_lb::{Balance, HealthCheck, LbConfig, TcpBalancer};
+
+use crate::cli;
+
+#[derive(Subcommand)]
+pub enum LbCommand {
+    /// List the platform's load balancers.
+    List {
+        #[command(flatten)]
+        global: cli::Global,
+        /// Only the load balancers of this cluster.
+        cluster: Option<String>,
+    },
+    /// Show one: `korvet lb get CLUSTER NAMESPACE/SERVICE`.
+    Get {
+        #[command(flatten)]
+        global: cli::Global,
+        name: String,
+        service: Option<String>,
+    },
+    /// Run one TCP listener in front of health-checked backends, until interrupted.
+    Serve(LbArgs),
+    /// Run a load-balancer instance from its configuration file (SIGHUP reloads it).
+    Edge(EdgeArgs),
+}
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// The instance's configuration (JSON, as the platform writes it).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where to serve /healthz, /readyz and /metrics (overrides the configuration's).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+pub async fn run(command: LbCommand) -> anyhow::Result<()> {
+    match command {
+        LbCommand::List { global, cluster } => {
+            cli::run_load_balancer(global, cli::LoadBalancerCommand::List { cluster }).await
+        }
+        LbCommand::Get {
+            global,
+            name,
+            service,
+        } => cli::run_load_balancer(global, cli::LoadBalancerCommand::Get { name, service }).await,
+        LbCommand::Serve(args) => serve(args).await,
+        LbCommand::Edge(args) => edge(args).await,
+    }
+}
+
+fn load(args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
+    let mut config = EdgeConfig::load(&args.config)?;
+    if args.admin_listen.is_some() {
+        config.admin_listen = args.admin_listen;
+    }
+    Ok(config)
+}
+
+async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let mut edge = Edge::start(load(&args)?)
+        .await
+        .context("starting the load-balancer instance")?;
+    if let Some(admin) = edge.admin_addr() {
+        println!("admin (/healthz, /metrics) on http://{admin}");
+    }
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {
+                // A bad configuration is refused: the instance serves on as it was.
+                match load(&args) {
+                    Ok(config) => match edge.reload(config).await {
+                        Ok(()) => tracing::info!(config = %args.config.display(), "configuration reloaded"),
+                        Err(e) => tracing::error!(error = %e, "reloading the configuration failed; serving on as before"),
+                    },
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reading the configuration failed; serving on as before"),
+                }
+            }
+            _ = crate::signals::wait_for_shutdown() => break,
+        }
+    }
+    eprintln!("shutting down");
+    edge.shutdown().await;
+    Ok(())
+}
 
 #[derive(Args)]
 pub struct LbArgs {
@@ -38,7 +129,7 @@ enum BalanceArg {
     LeastConn,
 }
 
-pub async fn run(args: LbArgs) -> anyhow::Result<()> {
+async fn serve(args: LbArgs) -> anyhow::Result<()> {
     if args.check_interval_ms == 0 || args.rise == 0 || args.fall == 0 {
         anyhow::bail!("--check-interval-ms, --rise and --fall must be at least 1");
     }

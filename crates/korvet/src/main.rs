@@ -34,8 +34,11 @@ enum Command {
     },
     /// Serve one cluster's Kubernetes API (HTTPS, client certificates, RBAC).
     ControlPlane(control_plane::ControlPlaneArgs),
-    /// TCP load balancer in front of health-checked backends.
-    Lb(lb::LbArgs),
+    /// Load balancers: list and show them, or run a data plane (`serve`, `edge`).
+    Lb {
+        #[command(subcommand)]
+        command: lb::LbCommand,
+    },
     /// The management plane: management API, platform controllers, local provider.
     Server(server::ServerArgs),
     /// Quick start: the platform on this machine with a demo cluster (Ctrl-C stops it).
@@ -81,6 +84,9 @@ fn init_logging(command: &Command) {
         | Command::Nodepool { .. }
         | Command::Kubeconfig { .. }
         | Command::Image { .. }
+        | Command::Lb {
+            command: lb::LbCommand::List { .. } | lb::LbCommand::Get { .. },
+        }
         | Command::Up(_) => "warn",
         _ => "info",
     };
@@ -109,7 +115,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Bench { which } => bench::run(which).await,
             Command::ControlPlane(args) => control_plane::run(args).await,
-            Command::Lb(args) => lb::run(args).await,
+            Command::Lb { command } => lb::run(command).await,
             Command::Server(args) => server::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Cluster { global, command } => cli::run_cluster(global, command).await,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use korvet_api::registry_info::RegistryInfo;
 use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
-use korvet_cloud::{LocalProvider, Provider};
+use korvet_cloud::{LoadBalancers, LocalProvider, Provider};
 use korvet_platform::admission::KorvetAdmission;
 use korvet_platform::{Binaries, PlatformConfig};
 use korvet_store::StoreLocation;
@@ -110,6 +110,11 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         .await
         .context("creating the platform's network")?;
     let registry_ip = platform_network.api_endpoint;
+    // The "internet side" load balancers serve on; the host reaches it.
+    provider
+        .ensure_external_network()
+        .await
+        .context("creating the external network")?;
     let crds = korvet_api::crds()
         .iter()
         .map(serde_json::to_value)
@@ -154,6 +159,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
         data_dir: args.data_dir.clone(),
         binaries: binaries()?,
         provider: provider.clone(),
+        load_balancers: Some(provider.clone()),
         registry: Some(registry_info.clone()),
     };
     let controllers = tokio::spawn(korvet_platform::run(client, config));

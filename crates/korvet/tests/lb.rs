@@ -90,6 +90,7 @@ fn korvet_lb_balances_two_echo_servers_until_sigterm() {
         Command::new(env!("CARGO_BIN_EXE_korvet"))
             .args([
                 "lb",
+                "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--check-interval-ms",

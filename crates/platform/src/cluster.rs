@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
 use korvet_api::{
     cluster_condition, labels, machine_phase, phase, set_condition, Cluster, ClusterStatus,
-    Condition, Machine, NodePool, NodePoolSpec,
+    Condition, LoadBalancer, Machine, NodePool, NodePoolSpec,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -146,6 +146,7 @@ async fn stop(
         false
     } else {
         control_plane::stop(&ctx.supervisor, layout).await?;
+        ctx.service_controllers.stop(key);
         ctx.tenants.forget(key);
         status.phase = phase::STOPPED.into();
         status.ready_control_plane_replicas = Some(0);
@@ -173,7 +174,7 @@ async fn stop(
 /// A running cluster: control-plane processes, readiness, kubeconfig, tenant client,
 /// inline pools and housekeeping. Returns whether everything is as the spec asks.
 async fn run(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     cluster: &Cluster,
     layout: &ClusterLayout,
     credentials: &Credentials,
@@ -262,6 +263,8 @@ async fn run(
             .await?;
         sync_inline_pools(ctx, cluster, namespace).await?;
         if let Some(tenant) = ctx.tenants.get(key) {
+            ctx.service_controllers
+                .ensure(ctx, namespace, name, &tenant);
             // Listed again: a machine made since the start of this reconcile may
             // already have registered its Node.
             let live: Vec<String> = machines_of(ctx, namespace, name)
@@ -513,6 +516,30 @@ async fn delete(
     }
     if !pools_of(ctx, namespace, &name).await?.is_empty() {
         return Ok(Action::requeue(CONVERGING));
+    }
+    // Load balancers release their addresses before the network goes.
+    ctx.service_controllers.stop(key);
+    let lbs: Api<LoadBalancer> = Api::namespaced(ctx.client.clone(), namespace);
+    let own = kube::api::ListParams::default().labels(&format!("{}={name}", labels::CLUSTER));
+    let remaining: Vec<LoadBalancer> = lbs
+        .list(&own)
+        .await?
+        .items
+        .into_iter()
+        .filter(|lb| lb.spec.cluster == name)
+        .collect();
+    for lb in remaining
+        .iter()
+        .filter(|lb| lb.metadata.deletion_timestamp.is_none())
+    {
+        crate::delete_object(&lbs, &lb.name_any()).await?;
+    }
+    if !remaining.is_empty() {
+        return Ok(Action::requeue(CONVERGING));
+    }
+    ctx.keepers.stop(key);
+    if let Some(balancers) = &ctx.load_balancers {
+        balancers.delete_balancer(key).await?;
     }
     ctx.tenants.forget(key);
     ctx.forget_credentials(key);

@@ -117,6 +117,7 @@ fn members(
     if ha {
         let mut args = vec![
             "lb".to_string(),
+            "serve".to_string(),
             format!("--listen={}:{}", layout.endpoint, crate::layout::API_PORT),
             format!("--admin-listen={}", layout.lb_admin()),
             "--check-interval-ms=500".to_string(),

@@ -10,6 +10,7 @@ pub mod admission;
 mod cluster;
 pub mod control_plane;
 pub mod layout;
+pub mod load_balancer;
 mod machine;
 mod node_pool;
 mod probe;
@@ -24,7 +25,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use korvet_api::registry_info::RegistryInfo;
 use korvet_api::{Cluster, Flavor, FlavorSpec, Machine, NodePool, Zone, ZoneSpec};
-use korvet_cloud::{CloudError, Provider};
+use korvet_cloud::{CloudError, LoadBalancers, Provider};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -57,6 +58,9 @@ pub struct PlatformConfig {
     pub data_dir: PathBuf,
     pub binaries: Binaries,
     pub provider: Arc<dyn Provider>,
+    /// Load balancers for `type: LoadBalancer` Services (none: such Services stay
+    /// pending, as on a cloud without them).
+    pub load_balancers: Option<Arc<dyn LoadBalancers>>,
     /// The platform's image registry, which every machine's container runtime trusts.
     pub registry: Option<RegistryInfo>,
 }
@@ -74,6 +78,12 @@ pub struct Context {
     /// Each cluster's PKI and admin TLS configuration, loaded once.
     credentials:
         std::sync::Mutex<std::collections::HashMap<String, Arc<control_plane::Credentials>>>,
+    load_balancers: Option<Arc<dyn LoadBalancers>>,
+    keepers: load_balancer::Keepers,
+    service_controllers: load_balancer::ServiceControllers,
+    /// One configuration of a cluster's load-balancer instances at a time.
+    balancer_locks:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -103,6 +113,15 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.to_string(), credentials.clone());
         Ok(credentials)
+    }
+
+    fn balancer_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.balancer_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
     }
 
     fn forget_credentials(&self, key: &str) {
@@ -356,6 +375,10 @@ pub async fn run(client: kube::Client, config: PlatformConfig) {
         tenants: tenant::Tenants::default(),
         recorder: Recorder::new(client.clone(), reporter),
         credentials: Default::default(),
+        load_balancers: config.load_balancers,
+        keepers: Default::default(),
+        service_controllers: Default::default(),
+        balancer_locks: Default::default(),
     });
     let clusters: Api<Cluster> = Api::all(client.clone());
     let pools: Api<NodePool> = Api::all(client.clone());
@@ -395,7 +418,14 @@ pub async fn run(client: kube::Client, config: PlatformConfig) {
         .run(machine::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    tokio::join!(cluster_task, pool_task, machine_task);
+    let load_balancer_task = Controller::new(
+        Api::<korvet_api::LoadBalancer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(load_balancer::reconcile, error_policy, ctx.clone())
+    .for_each(|_| async {});
+
+    tokio::join!(cluster_task, pool_task, machine_task, load_balancer_task);
 }
 
 /// Stops every machine and hosted control plane this platform runs, keeping all data

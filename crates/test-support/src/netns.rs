@@ -86,3 +86,101 @@ pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 's
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// A client on the platform's external network (the "internet side" load balancers
+/// serve on): a namespace of its own with an address claimed like any load balancer's,
+/// released when dropped.
+pub struct ExternalClient {
+    pub netns: Netns,
+    pub address: std::net::Ipv4Addr,
+    provider_dir: tempfile::TempDir,
+    owner: String,
+}
+
+impl ExternalClient {
+    /// `tag` tells clients of one test apart (a few letters).
+    pub fn new(tag: &str) -> ExternalClient {
+        use korvet_cloud::{AddressScope, LoadBalancers};
+        let provider_dir = tempfile::tempdir().expect("temp dir");
+        let owner = format!("test-client-{}-{tag}", std::process::id());
+        let (dir, claimant) = (provider_dir.path().to_path_buf(), owner.clone());
+        let (address, external) = blocking(async move {
+            let provider =
+                korvet_cloud::LocalProvider::open(&dir, korvet_cloud::local::default_pool())
+                    .expect("open a provider for the client's address");
+            let external = provider
+                .ensure_external_network()
+                .await
+                .expect("the external network");
+            let address = provider
+                .allocate_address(&AddressScope::External, &claimant, None)
+                .await
+                .expect("an external address for the client");
+            (address, external)
+        });
+        let netns = Netns::new(&format!("kxc-{}-{tag}", std::process::id()));
+        let host_end = format!("kxc{}{tag}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["link", "del", &host_end]).output();
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
+        run(&[
+            "ip",
+            "link",
+            "set",
+            &host_end,
+            "master",
+            &external.bridge,
+            "up",
+        ]);
+        let cidr = format!("{address}/{}", external.cidr.prefix_len());
+        netns.exec(&["ip", "addr", "add", &cidr, "dev", "eth0"]);
+        netns.exec(&["ip", "link", "set", "eth0", "up"]);
+        ExternalClient {
+            netns,
+            address,
+            provider_dir,
+            owner,
+        }
+    }
+}
+
+impl Drop for ExternalClient {
+    fn drop(&mut self) {
+        use korvet_cloud::{AddressScope, LoadBalancers};
+        let (dir, owner) = (self.provider_dir.path().to_path_buf(), self.owner.clone());
+        blocking(async move {
+            if let Ok(provider) =
+                korvet_cloud::LocalProvider::open(&dir, korvet_cloud::local::default_pool())
+            {
+                let _ = provider
+                    .release_address(&AddressScope::External, &owner)
+                    .await;
+            }
+        });
+    }
+}
+
+/// Runs `work` to completion on a runtime of its own thread (tests may call this from
+/// inside another runtime).
+fn blocking<T: Send + 'static>(work: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

@@ -275,19 +275,15 @@ impl LocalProvider {
                 let result = tokio::task::spawn_blocking(move || {
                     let claim_owner = this.address_owner(&owner_name);
                     let named = choices.into_iter().map(|a| (a, external_claim(a)));
-                    let claimed = claims::claim_first(
-                        named,
-                        &claim_owner,
-                        external_still_held,
-                        |address| {
+                    let claimed =
+                        claims::claim_first(named, &claim_owner, external_still_held, |address| {
                             book_copy
                                 .scopes
                                 .entry(key.clone())
                                 .or_default()
                                 .insert(owner_name.clone(), *address);
                             this.save_address_book(&book_copy)
-                        },
-                    );
+                        });
                     (claimed, book_copy)
                 })
                 .await

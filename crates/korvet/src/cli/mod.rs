@@ -1,6 +1,7 @@
 //! The user CLI: a client of the management API (`cluster`, `nodepool`, `kubeconfig`).
 
 mod cluster;
+mod load_balancer;
 mod nodepool;
 mod output;
 
@@ -63,6 +64,34 @@ pub enum NodePoolCommand {
     },
     /// Delete a node pool and its machines.
     Delete(nodepool::PoolRef),
+}
+
+/// `korvet lb list|get`.
+pub async fn run_load_balancer(global: Global, command: LoadBalancerCommand) -> anyhow::Result<()> {
+    let client = client().await?;
+    match command {
+        LoadBalancerCommand::List { cluster } => {
+            load_balancer::list(client, &global, cluster).await
+        }
+        LoadBalancerCommand::Get { name, service } => {
+            load_balancer::get(client, &global, name, service).await
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum LoadBalancerCommand {
+    /// List the load balancers (of every cluster, or of one).
+    List {
+        /// Only the load balancers of this cluster.
+        cluster: Option<String>,
+    },
+    /// Show one load balancer: `korvet lb get CLUSTER NAMESPACE/SERVICE` (or its object
+    /// name `CLUSTER.NAMESPACE.SERVICE`).
+    Get {
+        name: String,
+        service: Option<String>,
+    },
 }
 
 /// The management API's kubeconfig: `$KORVET_KUBECONFIG`, else `~/.korvet/admin.kubeconfig`.

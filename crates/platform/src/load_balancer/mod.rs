@@ -1,0 +1,72 @@
+//! Load balancers for `type: LoadBalancer` Services: per hosted cluster a service
+//! controller that keeps a LoadBalancer object per such Service ([`services`]), the
+//! LoadBalancer controller that gives each an address and configures the cluster's
+//! load-balancer instances ([`controller`]), and the keeper that fails them over
+//! ([`keeper`]).
+
+mod controller;
+pub(crate) mod edge_config;
+mod events;
+pub(crate) mod from_service;
+mod keeper;
+mod services;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use controller::reconcile;
+pub use keeper::Keepers;
+
+use crate::layout::cluster_key;
+use crate::Context;
+
+/// The running service controllers, one per hosted cluster whose API answers.
+#[derive(Default)]
+pub struct ServiceControllers {
+    tasks: Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>,
+}
+
+impl ServiceControllers {
+    /// Starts the cluster's service controller unless it runs against `endpoint`.
+    pub(crate) fn ensure(
+        &self,
+        ctx: &Arc<Context>,
+        namespace: &str,
+        cluster: &str,
+        tenant: &crate::tenant::Tenant,
+    ) {
+        if ctx.load_balancers.is_none() {
+            return;
+        }
+        let key = cluster_key(namespace, cluster);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((endpoint, task)) = tasks.get(&key) {
+            if *endpoint == tenant.endpoint && !task.is_finished() {
+                return;
+            }
+            task.abort();
+        }
+        let this = Arc::new(services::ClusterServices {
+            ctx: Arc::clone(ctx),
+            tenant: tenant.client.clone(),
+            namespace: namespace.to_string(),
+            cluster: cluster.to_string(),
+        });
+        tracing::info!(cluster = %key, "service controller started");
+        tasks.insert(
+            key,
+            (tenant.endpoint.clone(), tokio::spawn(services::run(this))),
+        );
+    }
+
+    pub(crate) fn stop(&self, key: &str) {
+        if let Some((_, task)) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+        {
+            task.abort();
+        }
+    }
+}
