@@ -63,7 +63,10 @@ cleanup() {
     for _ in $(seq 60); do kill -0 "$demo_pid" 2>/dev/null || break; sleep 1; done
   fi
   umount -R "$root" 2>/dev/null || true
-  if [ "$keep" -eq 0 ]; then
+  # Never delete through a mount: the host's toolchain and /tmp are bound in there.
+  if grep -q " $root[/ ]" /proc/self/mountinfo; then
+    say "mounts remain under $root; not deleting it (unmount them, then remove it)"
+  elif [ "$keep" -eq 0 ]; then
     rm -rf --one-file-system "$root"
   else
     say "kept the root filesystem in $root"
@@ -83,6 +86,9 @@ rm -f "$root"/etc/apt/sources.list.d/*
 cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/" 2>/dev/null || true
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 
+# The new root is a mount point of its own: `ip netns exec` remounts "/" as a slave,
+# and everything below goes with one `umount -R`.
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
@@ -90,10 +96,12 @@ mount -t tmpfs tmpfs "$root/run"
 mkdir -p /run/korvet "$root/run/korvet"
 mount --bind /run/korvet "$root/run/korvet"
 mount --bind /tmp "$root/tmp"
-# What the machine gives besides Debian: the Rust toolchain and kubectl.
+# What the machine gives besides Debian: the Rust toolchain (read-only; crates are
+# fetched into a CARGO_HOME of the new root's own) and kubectl.
 for dir in "$HOME/.cargo" "$HOME/.rustup"; do
   mkdir -p "$root$dir"
   mount --bind "$dir" "$root$dir"
+  mount -o remount,bind,ro "$root$dir"
 done
 kubectl=$(readlink -f "$(command -v kubectl)" 2>/dev/null || true)
 if [ -n "$kubectl" ]; then
@@ -112,6 +120,7 @@ git -C "$checkout" ls-files -z --cached --others --exclude-standard |
 
 in_root() {
   chroot "$root" /usr/bin/env -i HOME="$HOME" TERM=dumb LANG=C.UTF-8 \
+    CARGO_HOME=/var/cache/cargo RUSTUP_HOME="$HOME/.rustup" \
     PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     /bin/bash -c "cd /src/korvet && $1"
 }
