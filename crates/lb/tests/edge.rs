@@ -369,6 +369,7 @@ fn listener(name: &str, port: u16, backend_port: u16, nodes: &[usize]) -> Listen
             ..Default::default()
         },
         source_ranges: Vec::new(),
+        http: None,
     }
 }
 

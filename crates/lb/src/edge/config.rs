@@ -132,13 +132,72 @@ pub struct Listener {
     /// Only these clients may connect; empty lets everyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_ranges: Vec<Ipv4Net>,
+    /// Route HTTP requests by host and path (an Ingress) instead of passing bytes on;
+    /// `backends` and `health` are then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpConfig>,
+}
+
+/// Layer-7 routing of a listener (what the Ingresses of a cluster ask for).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpConfig {
+    /// Every rule of every Ingress; the data plane orders them by precedence (exact
+    /// host before wildcard, exact path before prefix, longer before shorter).
+    #[serde(default)]
+    pub routes: Vec<HttpRoute>,
+    /// Where requests no route matches go (else 404).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<HttpBackend>,
+    /// Serve HTTPS with these certificates, chosen by SNI; none: plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<HostCertificate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    /// `example.com`, `*.example.com` (one label), or none for every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub path: String,
+    pub path_type: PathType,
+    pub backend: HttpBackend,
+}
+
+/// Upstream's `pathType`: `Exact`, `Prefix` (whole path elements), and
+/// `ImplementationSpecific`, which this implementation treats as `Prefix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PathType {
+    Exact,
+    Prefix,
+    ImplementationSpecific,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpBackend {
+    /// `NAMESPACE/SERVICE:PORT`, for logs and metrics.
+    pub name: String,
+    /// The ready endpoints (pod addresses) of the Service port.
+    pub endpoints: Vec<SocketAddrV4>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostCertificate {
+    /// The hosts it serves (`*.example.com` allowed); the first certificate also serves
+    /// clients that name no host it knows.
+    pub hosts: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Listener {
     /// Whether the kernel forwards the listener's packets (the client's address reaches
-    /// the backend) rather than a proxy in user space (PROXY header, TLS).
+    /// the backend) rather than a proxy in user space (PROXY header, TLS, HTTP routing).
     pub fn forwarded(&self) -> bool {
-        self.proxy_protocol.is_none() && self.tls.is_none()
+        self.proxy_protocol.is_none() && self.tls.is_none() && self.http.is_none()
     }
 
     /// Checks that only the backends changed from `other`.
@@ -202,7 +261,13 @@ impl EdgeConfig {
             }
             if !l.forwarded() && l.protocol == Protocol::Udp {
                 return bad(format!(
-                    "listener {}: PROXY protocol and TLS apply to TCP only",
+                    "listener {}: PROXY protocol, TLS and HTTP routing apply to TCP only",
+                    l.name
+                ));
+            }
+            if l.http.is_some() && (l.tls.is_some() || l.proxy_protocol.is_some()) {
+                return bad(format!(
+                    "listener {}: an HTTP listener takes its certificates in `http` and sends no PROXY header",
                     l.name
                 ));
             }
@@ -232,6 +297,7 @@ mod tests {
             backends: vec!["10.201.4.11:30080".parse().unwrap()],
             health: BackendCheck::default(),
             source_ranges: Vec::new(),
+            http: None,
         }
     }
 

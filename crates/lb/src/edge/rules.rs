@@ -151,6 +151,7 @@ mod tests {
             ],
             health: BackendCheck::default(),
             source_ranges: Vec::new(),
+            http: None,
         }
     }
 

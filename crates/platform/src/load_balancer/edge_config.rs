@@ -72,6 +72,7 @@ pub fn edge_config(masquerade: Vec<Ipv4Net>, served: &[Served<'_>]) -> EdgeConfi
                     .collect(),
                 health: check.clone(),
                 source_ranges: source_ranges.clone(),
+                http: None,
             });
         }
     }
