@@ -86,7 +86,60 @@ pub struct LoadBalancerSpec {
     pub source_ranges: Vec<String>,
     #[serde(default)]
     pub health_check: HealthCheckSpec,
+    /// The cluster's Ingresses, routed by host and path on ports 80 and 443 (the one
+    /// load balancer of IngressClass `korvet`; it serves no Service then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
 }
+
+/// What the Ingresses of a cluster ask for, with their backends resolved to endpoints.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    #[serde(default)]
+    pub routes: Vec<HttpRouteSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<HttpBackendSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<HttpTlsSpec>,
+    /// The Ingresses served, `NAMESPACE/NAME`, whose status shows the address.
+    #[serde(default)]
+    pub ingresses: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub path: String,
+    /// `Exact`, `Prefix` or `ImplementationSpecific` (served as `Prefix`).
+    pub path_type: String,
+    pub backend: HttpBackendSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpBackendSpec {
+    /// `NAMESPACE/SERVICE:PORT`.
+    pub service: String,
+    /// Ready endpoints, `IP:PORT`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTlsSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// A `kubernetes.io/tls` Secret, `NAMESPACE/NAME`.
+    pub secret: String,
+}
+
+/// The IngressClass the platform serves, the default class of every cluster.
+pub const INGRESS_CLASS: &str = "korvet";
+pub const INGRESS_CONTROLLER: &str = "korvet.io/ingress";
 
 fn external() -> String {
     "external".into()

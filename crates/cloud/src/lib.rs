@@ -126,6 +126,10 @@ pub struct BalancerSpec {
     pub config: Vec<u8>,
     pub external_addresses: Vec<Ipv4Addr>,
     pub internal_addresses: Vec<Ipv4Addr>,
+    /// Networks of the cluster beyond its machines' (its pods') that the instances
+    /// reach through the host (Ingress sends to pods directly).
+    #[serde(default)]
+    pub reach: Vec<Ipv4Net>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

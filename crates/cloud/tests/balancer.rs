@@ -142,6 +142,7 @@ async fn a_pair_of_instances_holds_the_addresses_and_fails_over() {
         config: b"{}".to_vec(),
         external_addresses: vec![web],
         internal_addresses: vec![internal],
+        reach: vec!["10.244.0.0/16".parse().unwrap()],
     };
     let info = provider.ensure_balancer(&cluster, &spec).await.unwrap();
     assert_eq!(info.instances.len(), 2);

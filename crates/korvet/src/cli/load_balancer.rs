@@ -72,7 +72,11 @@ fn print_load_balancers(
                 .collect();
             vec![
                 lb.spec.cluster.clone(),
-                lb.spec.service.clone(),
+                if lb.spec.http.is_some() {
+                    "(ingress)".to_string()
+                } else {
+                    lb.spec.service.clone()
+                },
                 lb.spec.type_.clone(),
                 status.address.unwrap_or_else(|| "<pending>".into()),
                 ports.join(","),

@@ -24,7 +24,10 @@ use tokio::task::JoinHandle;
 use crate::metrics::LbMetrics;
 use crate::pool::BackendPool;
 use crate::{admin, health, Balance, LbConfig, LbError, TcpBalancer};
-pub use config::{BackendCheck, ConfigError, EdgeConfig, Listener, Protocol, Tls};
+pub use config::{
+    BackendCheck, ConfigError, EdgeConfig, HostCertificate, HttpBackend, HttpConfig, HttpRoute,
+    Listener, PathType, Protocol, Tls,
+};
 
 /// Waits this long after a change before loading rules, so that a burst of health
 /// transitions becomes one load.

@@ -311,6 +311,14 @@ pub(super) async fn sync_cluster(
             .filter(|s| s.load_balancer.spec.type_ == "internal")
             .map(address_of)
             .collect(),
+        // Ingress routes to pods directly.
+        reach: cluster_object
+            .spec
+            .network
+            .pod_cidr
+            .parse()
+            .into_iter()
+            .collect(),
     };
     let info = balancers.ensure_balancer(&key, &spec).await?;
     ctx.keepers

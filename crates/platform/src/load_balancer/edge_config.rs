@@ -6,12 +6,16 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
+use korvet_api::HttpSpec;
 use korvet_api::LoadBalancer;
-use korvet_lb::edge::{BackendCheck, EdgeConfig, Listener, Protocol, Tls};
+use korvet_lb::edge::{
+    BackendCheck, EdgeConfig, HostCertificate, HttpBackend, HttpConfig, HttpRoute, Listener,
+    PathType, Protocol, Tls,
+};
 use korvet_lb::proxy_protocol::Version;
 
 /// One LoadBalancer ready to serve: its address, and the files of each TLS Secret its
-/// listeners name.
+/// listeners name (an Ingress load balancer's by `NAMESPACE/NAME`).
 pub struct Served<'a> {
     pub load_balancer: &'a LoadBalancer,
     pub address: Ipv4Addr,
@@ -50,8 +54,17 @@ pub fn edge_config(masquerade: Vec<Ipv4Net>, served: &[Served<'_>]) -> EdgeConfi
             } else {
                 Protocol::Tcp
             };
+            let http = spec
+                .http
+                .as_ref()
+                .map(|h| http_config(h, &s.tls, l.port == 443));
+            let owner = if spec.http.is_some() {
+                "ingress"
+            } else {
+                spec.service.as_str()
+            };
             listeners.push(Listener {
-                name: format!("{}:{}/{}", spec.service, l.port, protocol.as_str()),
+                name: format!("{owner}:{}/{}", l.port, protocol.as_str()),
                 address: s.address,
                 port,
                 protocol,
@@ -72,7 +85,7 @@ pub fn edge_config(masquerade: Vec<Ipv4Net>, served: &[Served<'_>]) -> EdgeConfi
                     .collect(),
                 health: check.clone(),
                 source_ranges: source_ranges.clone(),
-                http: None,
+                http,
             });
         }
     }
@@ -82,6 +95,54 @@ pub fn edge_config(masquerade: Vec<Ipv4Net>, served: &[Served<'_>]) -> EdgeConfi
         admin_listen: None,
         masquerade,
         listeners,
+    }
+}
+
+fn http_backend(spec: &korvet_api::HttpBackendSpec) -> HttpBackend {
+    HttpBackend {
+        name: spec.service.clone(),
+        endpoints: spec
+            .endpoints
+            .iter()
+            .filter_map(|e| e.parse().ok())
+            .collect(),
+    }
+}
+
+/// The routing of an Ingress load balancer's listener; `https` ones get the
+/// certificates whose files exist.
+fn http_config(spec: &HttpSpec, files: &BTreeMap<String, Tls>, https: bool) -> HttpConfig {
+    HttpConfig {
+        routes: spec
+            .routes
+            .iter()
+            .map(|r| HttpRoute {
+                host: r.host.clone(),
+                path: r.path.clone(),
+                path_type: match r.path_type.as_str() {
+                    "Exact" => PathType::Exact,
+                    "Prefix" => PathType::Prefix,
+                    _ => PathType::ImplementationSpecific,
+                },
+                backend: http_backend(&r.backend),
+            })
+            .collect(),
+        default_backend: spec.default_backend.as_ref().map(http_backend),
+        certificates: if https {
+            spec.tls
+                .iter()
+                .filter_map(|t| {
+                    let tls = files.get(&t.secret)?;
+                    Some(HostCertificate {
+                        hosts: t.hosts.clone(),
+                        cert_file: tls.cert_file.clone(),
+                        key_file: tls.key_file.clone(),
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

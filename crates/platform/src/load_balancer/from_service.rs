@@ -254,6 +254,7 @@ pub fn desired(
         health_check_node_port,
         source_ranges: ranges,
         health_check: health,
+        http: None,
     })
 }
 

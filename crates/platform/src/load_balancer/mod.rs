@@ -7,7 +7,9 @@
 mod controller;
 pub(crate) mod edge_config;
 mod events;
+pub(crate) mod from_ingress;
 pub(crate) mod from_service;
+mod ingresses;
 mod keeper;
 mod services;
 
@@ -53,10 +55,10 @@ impl ServiceControllers {
             cluster: cluster.to_string(),
         });
         tracing::info!(cluster = %key, "service controller started");
-        tasks.insert(
-            key,
-            (tenant.endpoint.clone(), tokio::spawn(services::run(this))),
-        );
+        let task = tokio::spawn(async move {
+            tokio::join!(services::run(this.clone()), ingresses::run(this));
+        });
+        tasks.insert(key, (tenant.endpoint.clone(), task));
     }
 
     pub(crate) fn stop(&self, key: &str) {

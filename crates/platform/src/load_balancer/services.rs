@@ -143,9 +143,10 @@ async fn reconcile(
             // Being deleted (the Service was recreated meanwhile): make it anew after.
             return Ok(Action::requeue(Duration::from_millis(250)));
         }
-        Some(_) => {
-            let patch = serde_json::json!({"spec": spec});
-            lbs.patch(&lb_name, &PatchParams::default(), &Patch::Merge(&patch))
+        Some(mut existing) => {
+            // A whole replacement: a merge patch would keep fields the new spec drops.
+            existing.spec = spec;
+            lbs.replace(&lb_name, &PostParams::default(), &existing)
                 .await?;
         }
         None => {
