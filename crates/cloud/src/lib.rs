@@ -89,6 +89,9 @@ pub trait LoadBalancers: Send + Sync {
     /// Starts instance `index` again if its process is gone (as standby).
     async fn restart_instance(&self, cluster: &str, index: usize) -> Result<(), CloudError>;
     async fn get_balancer(&self, cluster: &str) -> Result<Option<BalancerInfo>, CloudError>;
+    /// Ends the instances' processes, keeping everything else (the cluster stops);
+    /// [`LoadBalancers::ensure_balancer`] starts them again.
+    async fn stop_balancer(&self, cluster: &str) -> Result<(), CloudError>;
     /// Removes the cluster's instances and everything they hold (idempotent).
     async fn delete_balancer(&self, cluster: &str) -> Result<(), CloudError>;
 }

@@ -418,6 +418,24 @@ fn load_balancers_serve_fail_over_and_clean_up() {
         client_get(&client, web, "/cgi-bin/hostname").unwrap();
     }
 
+    // A stopped cluster's instances stop too; starting it brings the same address back.
+    platform.ok(&["cluster", "stop", "lbs", "--wait"]);
+    for instance in after["status"]["instances"].as_array().unwrap() {
+        let name = instance["name"].as_str().unwrap();
+        let pids = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .unwrap();
+        assert!(
+            pids.stdout.is_empty(),
+            "{name} still runs after the cluster stopped"
+        );
+    }
+    platform.ok(&["cluster", "start", "lbs", "--wait"]);
+    let again = eventually(120, || client_get(&client, web, "/cgi-bin/hostname"));
+    assert!(again.starts_with("web-"), "{again}");
+    assert_eq!(ingress_ip(&kubectl, "web", 10), vip);
+
     // Deleting a Service frees its address; deleting the cluster leaves nothing.
     kubectl.ok(&["delete", "service", "pp1", "--wait=true", "--timeout=60s"]);
     eventually(30, || {

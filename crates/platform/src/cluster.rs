@@ -146,7 +146,7 @@ async fn stop(
         false
     } else {
         control_plane::stop(&ctx.supervisor, layout).await?;
-        ctx.service_controllers.stop(key);
+        ctx.service_controllers.stop_cluster(ctx, key).await;
         ctx.tenants.forget(key);
         status.phase = phase::STOPPED.into();
         status.ready_control_plane_replicas = Some(0);

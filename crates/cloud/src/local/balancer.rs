@@ -907,6 +907,22 @@ impl LoadBalancers for LocalProvider {
         Ok(guard.as_ref().map(|r| r.info()))
     }
 
+    async fn stop_balancer(&self, cluster: &str) -> Result<(), CloudError> {
+        let slot = self.balancer_slot(cluster);
+        let mut guard = slot.lock().await;
+        let Some(rec) = guard.as_mut() else {
+            return Ok(());
+        };
+        for index in 0..rec.instances.len() {
+            if let Some(process) = rec.instances[index].process.take() {
+                process.terminate(STOP_GRACE).await?;
+            }
+        }
+        self.save_balancer(rec)?;
+        tracing::info!(%cluster, "load-balancer instances stopped");
+        Ok(())
+    }
+
     async fn delete_balancer(&self, cluster: &str) -> Result<(), CloudError> {
         let slot = self.balancer_slot(cluster);
         let mut guard = slot.lock().await;

@@ -245,6 +245,12 @@ pub(super) async fn sync_cluster(
     let Some(cluster_object) = clusters.get_opt(cluster).await? else {
         return Ok(());
     };
+    if cluster_object.spec.stopped {
+        // Machines off, instances off; addresses and configuration stay for the start.
+        ctx.keepers.stop(&key);
+        balancers.stop_balancer(&key).await?;
+        return Ok(());
+    }
     let tenant = ctx.tenants.get(&key);
     let tls_dir = crate::layout::cluster_dir(&ctx.data_dir, &key).join("load-balancers");
     let mut served = Vec::new();

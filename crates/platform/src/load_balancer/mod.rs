@@ -29,7 +29,8 @@ pub struct ServiceControllers {
 }
 
 impl ServiceControllers {
-    /// Starts the cluster's service controller unless it runs against `endpoint`.
+    /// Starts the cluster's service controller unless it runs against `endpoint`; a
+    /// (re)start also brings the cluster's load balancers back (after a stop).
     pub(crate) fn ensure(
         &self,
         ctx: &Arc<Context>,
@@ -56,9 +57,29 @@ impl ServiceControllers {
         });
         tracing::info!(cluster = %key, "service controller started");
         let task = tokio::spawn(async move {
+            let (ctx, namespace, cluster) = (
+                this.ctx.clone(),
+                this.namespace.clone(),
+                this.cluster.clone(),
+            );
+            if let Err(e) = controller::sync_cluster(&ctx, &namespace, &cluster, None).await {
+                tracing::warn!(%cluster, error = %e, "bringing the load balancers back failed; the LoadBalancer controller retries");
+            }
             tokio::join!(services::run(this.clone()), ingresses::run(this));
         });
         tasks.insert(key, (tenant.endpoint.clone(), task));
+    }
+
+    /// Stops the cluster's service controller, its keeper and its instances (the cluster
+    /// stops; addresses and configuration are kept).
+    pub(crate) async fn stop_cluster(&self, ctx: &Context, key: &str) {
+        self.stop(key);
+        ctx.keepers.stop(key);
+        if let Some(balancers) = &ctx.load_balancers {
+            if let Err(e) = balancers.stop_balancer(key).await {
+                tracing::warn!(cluster = %key, error = %e, "stopping the load-balancer instances failed");
+            }
+        }
     }
 
     pub(crate) fn stop(&self, key: &str) {
