@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pool;
 mod proxy;
 pub mod proxy_protocol;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -361,27 +361,13 @@ async fn sync_rules(snapshot: &Mutex<Snapshot>, metrics: &LbMetrics) {
 
 /// The rustls configuration of a TLS-terminating listener.
 fn tls_config(listener: &str, tls: &Tls) -> Result<rustls::ServerConfig, EdgeError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |reason: String| EdgeError::Tls {
         listener: listener.to_string(),
         reason,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
-        .map_err(|e| bad(format!("{}: {e}", tls.cert_file.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(format!("{}: {e}", tls.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(bad(format!(
-            "{} holds no certificate",
-            tls.cert_file.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|e| bad(format!("{}: {e}", tls.key_file.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = crate::tls::read_key_pair(&tls.cert_file, &tls.key_file).map_err(bad)?;
     // No ALPN: the bytes inside are the backend's protocol, which this proxy does not know.
-    rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(e.to_string()))?
         .with_no_client_auth()
