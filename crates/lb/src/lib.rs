@@ -11,6 +11,7 @@ mod admin;
 mod balancer;
 pub mod edge;
 mod health;
+mod http;
 pub mod metrics;
 pub mod pool;
 mod proxy;
