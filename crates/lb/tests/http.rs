@@ -219,26 +219,23 @@ fn route(host: Option<&str>, path: &str, path_type: PathType, backend: &HttpBack
     }
 }
 
-fn http_listener(name: &str, port: u16, http: HttpConfig) -> Listener {
-    Listener {
-        name: name.into(),
-        address: Ipv4Addr::LOCALHOST,
-        port,
-        protocol: Protocol::Tcp,
-        proxy_protocol: None,
-        tls: None,
-        backends: Vec::new(),
-        health: BackendCheck::default(),
-        source_ranges: Vec::new(),
-        http: Some(http),
-    }
-}
-
-fn edge_config(listeners: Vec<Listener>) -> EdgeConfig {
+/// An instance with one HTTP listener, `name` on 127.0.0.1:`port`.
+fn serving(name: &str, port: u16, http: HttpConfig) -> EdgeConfig {
     EdgeConfig {
         admin_listen: None,
         masquerade: Vec::new(),
-        listeners,
+        listeners: vec![Listener {
+            name: name.into(),
+            address: Ipv4Addr::LOCALHOST,
+            port,
+            protocol: Protocol::Tcp,
+            proxy_protocol: None,
+            tls: None,
+            backends: Vec::new(),
+            health: BackendCheck::default(),
+            source_ranges: Vec::new(),
+            http: Some(http),
+        }],
     }
 }
 
@@ -330,13 +327,9 @@ fn routes_by_host_and_path_with_forwarding_headers() {
             default_backend: Some(http_backend("shop/fallback:80", &[fallback])),
             certificates: Vec::new(),
         };
-        let mut edge = Edge::start(edge_config(vec![http_listener(
-            "web",
-            HTTP_PORT,
-            http.clone(),
-        )]))
-        .await
-        .unwrap();
+        let mut edge = Edge::start(serving("web", HTTP_PORT, http.clone()))
+            .await
+            .unwrap();
 
         for (host, path, want) in [
             ("A.Example:8080", "/exact", "alpha"),
@@ -427,9 +420,7 @@ fn routes_by_host_and_path_with_forwarding_headers() {
 
         // Without a default backend, what no route takes is a 404.
         http.default_backend = None;
-        edge.reload(edge_config(vec![http_listener("web", HTTP_PORT, http)]))
-            .await
-            .unwrap();
+        edge.reload(serving("web", HTTP_PORT, http)).await.unwrap();
         let (status, body) = get("other.example", "/").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("no route"), "{body}");
@@ -455,9 +446,7 @@ fn large_bodies_stream_both_ways() {
             default_backend: Some(http_backend("shop/alpha:80", &[alpha])),
             ..Default::default()
         };
-        let edge = Edge::start(edge_config(vec![http_listener("web", HTTP_PORT, http)]))
-            .await
-            .unwrap();
+        let edge = Edge::start(serving("web", HTTP_PORT, http)).await.unwrap();
         let mut sender = h1(HTTP_PORT).await;
         // 16 MiB up, in 64 KiB chunks of unknown total length (chunked).
         let chunks = futures::stream::iter(0..256)
@@ -516,9 +505,7 @@ fn refused_endpoints_are_skipped_and_none_left_is_an_error() {
             ],
             ..Default::default()
         };
-        let edge = Edge::start(edge_config(vec![http_listener("web", HTTP_PORT, http)]))
-            .await
-            .unwrap();
+        let edge = Edge::start(serving("web", HTTP_PORT, http)).await.unwrap();
         // Round robin starts on the dead one every other time; each request still lands.
         for _ in 0..6 {
             assert_eq!(who("h", "/mixed").await, "alive");
@@ -620,13 +607,9 @@ fn https_chooses_certificates_by_sni_and_speaks_http2_by_alpn() {
             certificates: vec![a, w.clone()],
             ..Default::default()
         };
-        let mut edge = Edge::start(edge_config(vec![http_listener(
-            "websecure",
-            HTTPS_PORT,
-            http.clone(),
-        )]))
-        .await
-        .unwrap();
+        let mut edge = Edge::start(serving("websecure", HTTPS_PORT, http.clone()))
+            .await
+            .unwrap();
         let roots: [&[u8]; 2] = [&a_der, &w_der];
 
         // HTTP/2 by ALPN, with a.example's certificate.
@@ -674,13 +657,9 @@ fn https_chooses_certificates_by_sni_and_speaks_http2_by_alpn() {
         // A new certificate for a.example takes effect in place.
         let (a2, a2_der) = certificate(dir.path(), "a2", &["a.example"], &["a.example"]);
         http.certificates = vec![a2, w];
-        edge.reload(edge_config(vec![http_listener(
-            "websecure",
-            HTTPS_PORT,
-            http,
-        )]))
-        .await
-        .unwrap();
+        edge.reload(serving("websecure", HTTPS_PORT, http))
+            .await
+            .unwrap();
         let (_, served, _) = tls_connect("a.example", &[&a2_der, &w_der], &[]).await;
         assert_eq!(served, a2_der);
         edge.shutdown().await;
@@ -700,9 +679,7 @@ fn websockets_pass_through() {
             )],
             ..Default::default()
         };
-        let edge = Edge::start(edge_config(vec![http_listener("web", HTTP_PORT, http)]))
-            .await
-            .unwrap();
+        let edge = Edge::start(serving("web", HTTP_PORT, http)).await.unwrap();
         let mut sender = h1(HTTP_PORT).await;
         let key = base64::engine::general_purpose::STANDARD.encode(b"korvet-lb-test-k");
         let mut asked = request("chat.example", "/ws", empty());
@@ -740,14 +717,14 @@ fn a_reload_moves_new_requests_and_keeps_the_ones_in_flight() {
     in_netns("reload", || async {
         let (alpha, beta) = (backend("alpha").await, backend("beta").await);
         let config = |endpoint: SocketAddrV4| {
-            edge_config(vec![http_listener(
+            serving(
                 "web",
                 HTTP_PORT,
                 HttpConfig {
                     default_backend: Some(http_backend("shop/app:80", &[endpoint])),
                     ..Default::default()
                 },
-            )])
+            )
         };
         let mut edge = Edge::start(config(alpha)).await.unwrap();
         // A keep-alive connection, used before and after the reload.

@@ -356,35 +356,25 @@ mod tests {
             ],
             ..Default::default()
         });
-        // Case-insensitive, port and trailing dot ignored.
-        assert_eq!(
-            to(&routes, "SHOP.example.com:8443", "/cart/1").as_deref(),
-            Some("shop")
-        );
-        assert_eq!(
-            to(&routes, "shop.example.com.", "/cart").as_deref(),
-            Some("shop")
-        );
-        // The host's rules do not cover the path: the wildcard's do.
-        assert_eq!(
-            to(&routes, "shop.example.com", "/").as_deref(),
-            Some("wildcard")
-        );
-        assert_eq!(
-            to(&routes, "blog.example.com", "/x").as_deref(),
-            Some("wildcard")
-        );
-        // One label only, and not the bare domain.
-        assert_eq!(
-            to(&routes, "a.b.example.com", "/").as_deref(),
-            Some("any-host")
-        );
-        assert_eq!(to(&routes, "example.com", "/").as_deref(), Some("any-host"));
-        assert_eq!(
-            to(&routes, ".example.com", "/").as_deref(),
-            Some("any-host")
-        );
-        assert_eq!(to(&routes, "[::1]:80", "/").as_deref(), Some("any-host"));
+        for (host, path, want) in [
+            // Case-insensitive, port and trailing dot ignored.
+            ("SHOP.example.com:8443", "/cart/1", "shop"),
+            ("shop.example.com.", "/cart", "shop"),
+            // The host's rules do not cover the path: the wildcard's do.
+            ("shop.example.com", "/", "wildcard"),
+            ("blog.example.com", "/x", "wildcard"),
+            // One label only, and not the bare domain.
+            ("a.b.example.com", "/", "any-host"),
+            ("example.com", "/", "any-host"),
+            (".example.com", "/", "any-host"),
+            ("[::1]:80", "/", "any-host"),
+        ] {
+            assert_eq!(
+                to(&routes, host, path).as_deref(),
+                Some(want),
+                "{host}{path}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -21,26 +22,33 @@ pub(crate) struct Certificates {
 impl Certificates {
     /// Reads every certificate and key; `None` when there are none (plain HTTP).
     pub(crate) fn load(configs: &[HostCertificate]) -> Result<Option<Certificates>, String> {
-        let provider = crate::tls::provider();
-        let mut by_host: HostMap<Option<Arc<CertifiedKey>>> = HostMap::default();
-        let mut first = None;
+        let mut keys = Vec::with_capacity(configs.len());
         for config in configs {
             let (certs, key) = crate::tls::read_key_pair(&config.cert_file, &config.key_file)?;
-            let key = CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+            let key = certified_key(certs, key).map_err(|e| {
                 format!(
-                    "{} and {} do not go together: {e}",
+                    "{} and {}: {e}",
                     config.cert_file.display(),
                     config.key_file.display()
                 )
             })?;
-            let key = Arc::new(key);
-            for host in &config.hosts {
+            keys.push((config.hosts.as_slice(), key));
+        }
+        Ok(Certificates::new(keys))
+    }
+
+    /// The certificates with the hosts each serves, in the configuration's order.
+    fn new(keys: Vec<(&[String], Arc<CertifiedKey>)>) -> Option<Certificates> {
+        let mut by_host: HostMap<Option<Arc<CertifiedKey>>> = HostMap::default();
+        let mut first = None;
+        for (hosts, key) in keys {
+            for host in hosts {
                 // Two certificates for one host: the first listed serves it.
                 by_host.entry(host).get_or_insert_with(|| Arc::clone(&key));
             }
             first.get_or_insert(key);
         }
-        Ok(first.map(|first| Certificates { by_host, first }))
+        first.map(|first| Certificates { by_host, first })
     }
 
     pub(crate) fn choose(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
@@ -49,6 +57,16 @@ impl Certificates {
             .and_then(|name| self.by_host.get(&name).cloned().flatten());
         chosen.unwrap_or_else(|| Arc::clone(&self.first))
     }
+}
+
+/// A chain and its key, refused if the key is not the certificate's.
+fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
+    CertifiedKey::from_der(certs, key, &crate::tls::provider())
+        .map(Arc::new)
+        .map_err(|e| format!("the certificate and key do not go together: {e}"))
 }
 
 /// Reads the listener's current site at each handshake, so a reload changes the
@@ -88,57 +106,44 @@ pub(crate) fn server_config(
 mod tests {
     use super::*;
 
-    fn write_certificate(dir: &std::path::Path, name: &str, sans: &[&str]) -> HostCertificate {
-        let cert = rcgen::generate_simple_self_signed(
-            sans.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let (cert_file, key_file) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
-        HostCertificate {
-            hosts: sans.iter().map(|s| s.to_string()).collect(),
-            cert_file,
-            key_file,
-        }
+    /// A self-signed certificate for `name`, and its key, in memory.
+    fn self_signed(name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let key = PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        (vec![made.cert.der().clone()], key)
+    }
+
+    fn key(name: &str) -> Arc<CertifiedKey> {
+        let (certs, key) = self_signed(name);
+        certified_key(certs, key).unwrap()
     }
 
     #[test]
     fn chooses_exact_then_wildcard_then_the_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = write_certificate(dir.path(), "a", &["a.example"]);
-        let wild = write_certificate(dir.path(), "wild", &["*.example"]);
-        let certificates = Certificates::load(&[a, wild]).unwrap().unwrap();
-        let served = |name: Option<&str>| certificates.choose(name).cert[0].clone();
-        let (a_der, wild_der) = (served(Some("a.example")), served(Some("b.example")));
-        assert_ne!(a_der, wild_der);
-        assert_eq!(served(Some("A.EXAMPLE")), a_der);
-        assert_eq!(served(Some("x.y.example")), a_der, "one label only");
-        assert_eq!(served(None), a_der);
-        assert!(Certificates::load(&[]).unwrap().is_none());
+        let (a, wild) = (key("a.example"), key("*.example"));
+        let (a_hosts, wild_hosts) = (["a.example".to_string()], ["*.example".to_string()]);
+        let certificates = Certificates::new(vec![
+            (&a_hosts[..], Arc::clone(&a)),
+            (&wild_hosts[..], Arc::clone(&wild)),
+        ])
+        .unwrap();
+        for (name, want) in [
+            (Some("a.example"), &a),
+            (Some("A.EXAMPLE"), &a),
+            (Some("b.example"), &wild),
+            // One label only: the first certificate.
+            (Some("x.y.example"), &a),
+            (None, &a),
+        ] {
+            assert!(Arc::ptr_eq(&certificates.choose(name), want), "{name:?}");
+        }
+        assert!(Certificates::new(Vec::new()).is_none());
     }
 
     #[test]
     fn a_key_of_another_certificate_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = write_certificate(dir.path(), "a", &["a.example"]);
-        let b = write_certificate(dir.path(), "b", &["b.example"]);
-        let mixed = HostCertificate {
-            key_file: b.key_file,
-            ..a
-        };
-        let error = Certificates::load(&[mixed]).unwrap_err();
+        let ((a_certs, _), (_, b_key)) = (self_signed("a.example"), self_signed("b.example"));
+        let error = certified_key(a_certs, b_key).unwrap_err();
         assert!(error.contains("do not go together"), "{error}");
-        let missing = HostCertificate {
-            hosts: vec![],
-            cert_file: dir.path().join("nope.crt"),
-            key_file: dir.path().join("nope.key"),
-        };
-        assert!(Certificates::load(&[missing])
-            .unwrap_err()
-            .contains("nope.crt"));
     }
 }
