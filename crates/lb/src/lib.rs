@@ -5,7 +5,8 @@
 //! protocol and TLS termination), and an admin HTTP listener for `/healthz` and
 //! `/metrics`. [`TcpBalancer`] wires them into one listener (the API load balancer of a
 //! highly available control plane); [`edge::Edge`] into a load-balancer instance with
-//! many listeners, kernel-forwarded or proxied (a cloud load balancer's data plane).
+//! many listeners, kernel-forwarded or proxied (a cloud load balancer's data plane), or
+//! routing HTTP requests by host and path (a cluster's Ingresses; the `http` module).
 
 mod admin;
 mod balancer;
