@@ -1,10 +1,12 @@
 //! The balancer: a listener, a backend pool, its health checker and, optionally, the
 //! admin listener, running as tasks that end when the balancer is shut down or dropped.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -65,7 +67,11 @@ impl TcpBalancer {
         };
         let mut tasks = vec![
             tokio::spawn(health::run(Arc::clone(&pool), config.health.clone())),
-            tokio::spawn(accept_loop(listener, accept)),
+            tokio::spawn(accept_loop(
+                listener,
+                pool.listener_metrics.accepted.clone(),
+                move |client, peer| accept.clone().serve(client, peer),
+            )),
         ];
         let mut admin_addr = None;
         if let Some(admin_listener) = admin_listener {
@@ -142,7 +148,7 @@ impl Drop for TcpBalancer {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, LbError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, LbError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| LbError::Listen { addr, source })
@@ -171,30 +177,29 @@ impl Accept {
                 proxy::serve(client, peer, header, self.pool, self.connect_timeout).await;
             }
             Some(acceptor) => {
-                // A handshake that never ends must not hold a task for ever.
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await;
-                match handshake {
-                    Ok(Ok(tls)) => {
-                        proxy::serve(tls, peer, header, self.pool, self.connect_timeout).await
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                if let Some(tls) = crate::tls::accept(acceptor, client, peer).await {
+                    proxy::serve(tls, peer, header, self.pool, self.connect_timeout).await
                 }
             }
         }
     }
 }
 
-async fn accept_loop(listener: TcpListener, accept: Accept) {
+/// Accepts clients until the task is aborted, serving each with `serve` on a task of its
+/// own, and counting them in `accepted`.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, accepted: Counter, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     // Owned here so that aborting this task also ends every connection it started.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            result = listener.accept() => match result {
                 Ok((client, peer)) => {
-                    accept.pool.listener_metrics.accepted.inc();
-                    connections.spawn(accept.clone().serve(client, peer));
+                    accepted.inc();
+                    connections.spawn(serve(client, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.

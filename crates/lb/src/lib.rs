@@ -5,16 +5,19 @@
 //! protocol and TLS termination), and an admin HTTP listener for `/healthz` and
 //! `/metrics`. [`TcpBalancer`] wires them into one listener (the API load balancer of a
 //! highly available control plane); [`edge::Edge`] into a load-balancer instance with
-//! many listeners, kernel-forwarded or proxied (a cloud load balancer's data plane).
+//! many listeners, kernel-forwarded or proxied (a cloud load balancer's data plane), or
+//! routing HTTP requests by host and path (a cluster's Ingresses; the `http` module).
 
 mod admin;
 mod balancer;
 pub mod edge;
 mod health;
+mod http;
 pub mod metrics;
 pub mod pool;
 mod proxy;
 pub mod proxy_protocol;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

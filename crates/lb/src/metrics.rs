@@ -1,8 +1,9 @@
 //! Prometheus metrics of a balancer process, per listener and backend where it makes
 //! sense (a `korvet lb serve` has one listener, a load-balancer instance many).
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicI64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +21,15 @@ pub struct BackendLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
+}
+
+/// One HTTP request's series: the route's backend (empty when no route took the
+/// request) and the status class (`2xx`, `5xx`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRequestLabels {
+    pub listener: String,
+    pub backend: String,
+    pub code: &'static str,
 }
 
 /// The handles of one listener's own series.
@@ -56,6 +66,10 @@ pub struct LbMetrics {
     unserved: Family<ListenerLabels, Counter>,
     /// Rule sets loaded into the kernel (load-balancer instances), by outcome.
     pub rule_loads: Family<OutcomeLabels, Counter>,
+    http_requests: Family<HttpRequestLabels, Counter>,
+    /// Per HTTP backend (a Service port), not per endpoint: endpoints are pods that come
+    /// and go, and their addresses would grow the series without bound.
+    http_connect_failures: Family<BackendLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +88,8 @@ impl LbMetrics {
         let accepted = Family::<ListenerLabels, Counter>::default();
         let unserved = Family::<ListenerLabels, Counter>::default();
         let rule_loads = Family::<OutcomeLabels, Counter>::default();
+        let http_requests = Family::<HttpRequestLabels, Counter>::default();
+        let http_connect_failures = Family::<BackendLabels, Counter>::default();
         let mut registry = Registry::with_prefix("korvet_lb");
         registry.register(
             "backend_connections",
@@ -120,6 +136,16 @@ impl LbMetrics {
             "nftables rule sets of kernel-forwarded listeners loaded, by outcome",
             rule_loads.clone(),
         );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by the backend of their route and status class",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_backend_connect_failures",
+            "Connections to an endpoint of the HTTP backend that failed (the next was tried)",
+            http_connect_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             connections,
@@ -131,6 +157,8 @@ impl LbMetrics {
             accepted,
             unserved,
             rule_loads,
+            http_requests,
+            http_connect_failures,
         }
     }
 
@@ -186,13 +214,85 @@ impl LbMetrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = lock(&self.registry);
         let mut out = String::new();
         if encode(&mut out, &registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+/// The HTTP series of one listener; remembers which it made so that [`HttpMetrics::forget`]
+/// can remove them (a family cannot be searched by label).
+pub(crate) struct HttpMetrics {
+    metrics: Arc<LbMetrics>,
+    listener: String,
+    requests: Mutex<HashSet<(String, &'static str)>>,
+    connect_failures: Mutex<HashSet<String>>,
+}
+
+impl HttpMetrics {
+    pub(crate) fn new(metrics: Arc<LbMetrics>, listener: &str) -> Self {
+        Self {
+            metrics,
+            listener: listener.to_owned(),
+            requests: Mutex::default(),
+            connect_failures: Mutex::default(),
+        }
+    }
+
+    /// Counts a request answered with `status`; `backend` is empty when no route took it.
+    pub(crate) fn request(&self, backend: &str, status: http::StatusCode) {
+        let code = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = HttpRequestLabels {
+            listener: self.listener.clone(),
+            backend: backend.to_owned(),
+            code,
+        };
+        self.metrics.http_requests.get_or_create(&labels).inc();
+        lock(&self.requests).insert((labels.backend, code));
+    }
+
+    pub(crate) fn connect_failure(&self, backend: &str) {
+        let labels = BackendLabels {
+            listener: self.listener.clone(),
+            backend: backend.to_owned(),
+        };
+        self.metrics
+            .http_connect_failures
+            .get_or_create(&labels)
+            .inc();
+        lock(&self.connect_failures).insert(labels.backend);
+    }
+
+    /// Stops exporting the listener's series (it was removed).
+    pub(crate) fn forget(&self) {
+        self.metrics.remove_listener(&self.listener);
+        for (backend, code) in lock(&self.requests).drain() {
+            self.metrics.http_requests.remove(&HttpRequestLabels {
+                listener: self.listener.clone(),
+                backend,
+                code,
+            });
+        }
+        for backend in lock(&self.connect_failures).drain() {
+            self.metrics.http_connect_failures.remove(&BackendLabels {
+                listener: self.listener.clone(),
+                backend,
+            });
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Default for LbMetrics {

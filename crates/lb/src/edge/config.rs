@@ -200,15 +200,15 @@ impl Listener {
         self.proxy_protocol.is_none() && self.tls.is_none() && self.http.is_none()
     }
 
-    /// Checks that only the backends changed from `other`.
+    /// Checks that only what a running listener takes in place changed from `other`: its
+    /// backends, or the routes and certificates of an HTTP listener.
     pub(crate) fn same_front(&self, other: &Listener) -> bool {
-        Listener {
+        let front = |l: &Listener| Listener {
             backends: Vec::new(),
-            ..self.clone()
-        } == Listener {
-            backends: Vec::new(),
-            ..other.clone()
-        }
+            http: l.http.as_ref().map(|_| HttpConfig::default()),
+            ..l.clone()
+        };
+        front(self) == front(other)
     }
 }
 
@@ -351,5 +351,18 @@ mod tests {
         assert!(a.same_front(&b));
         b.port = 81;
         assert!(!a.same_front(&b));
+        // Routing HTTP: routes and certificates change in place; HTTP itself does not.
+        let mut routed = a.clone();
+        routed.http = Some(HttpConfig::default());
+        let mut rerouted = routed.clone();
+        rerouted.http = Some(HttpConfig {
+            default_backend: Some(HttpBackend {
+                name: "default/web:80".into(),
+                endpoints: vec!["10.202.0.5:8080".parse().unwrap()],
+            }),
+            ..Default::default()
+        });
+        assert!(routed.same_front(&rerouted));
+        assert!(!routed.same_front(&a));
     }
 }

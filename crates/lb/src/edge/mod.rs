@@ -8,7 +8,8 @@
 //! A listener is forwarded by the kernel (nftables DNAT; the client's address reaches
 //! the backend) unless it sends a PROXY protocol header or terminates TLS, which a proxy
 //! in user space does. Backends are health-checked either way; the rules follow the
-//! backends that are up.
+//! backends that are up. A listener with `http` routes requests by host and path
+//! instead (an Ingress; see [`crate::http`]).
 
 pub mod config;
 pub mod rules;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::http::{HttpListener, Site};
 use crate::metrics::LbMetrics;
 use crate::pool::BackendPool;
 use crate::{admin, health, Balance, LbConfig, LbError, TcpBalancer};
@@ -56,12 +58,19 @@ enum Running {
         listener: Listener,
         balancer: TcpBalancer,
     },
+    /// Routed by host and path; its routes and certificates change in place.
+    Http {
+        listener: Listener,
+        server: HttpListener,
+    },
 }
 
 impl Running {
     fn listener(&self) -> &Listener {
         match self {
-            Running::Forwarded { listener, .. } | Running::Proxied { listener, .. } => listener,
+            Running::Forwarded { listener, .. }
+            | Running::Proxied { listener, .. }
+            | Running::Http { listener, .. } => listener,
         }
     }
 
@@ -78,6 +87,7 @@ impl Running {
                 balancer.shutdown().await;
                 pool.forget_metrics();
             }
+            Running::Http { server, .. } => server.shutdown().await,
         }
     }
 }
@@ -160,9 +170,11 @@ impl Edge {
         self.admin_addr
     }
 
-    /// Serves `config` from now on. A listener whose backends alone changed keeps its
-    /// socket, its open connections and its backends' health; one that changed otherwise
-    /// is restarted; one that is gone stops.
+    /// Serves `config` from now on. A listener whose backends alone changed (or, routing
+    /// HTTP, its routes, endpoints and certificates) keeps its socket, its open
+    /// connections and its backends' health; one that changed otherwise is restarted;
+    /// one that is gone stops. Certificates that cannot be read refuse the whole
+    /// configuration before anything changes.
     pub async fn reload(&mut self, config: EdgeConfig) -> Result<(), EdgeError> {
         config.validate()?;
         self.apply(config).await?;
@@ -179,6 +191,7 @@ impl Edge {
     }
 
     async fn apply(&mut self, config: EdgeConfig) -> Result<(), EdgeError> {
+        let mut prepared = Prepared::read(&config)?;
         let mut kept = Vec::new();
         for running in std::mem::take(&mut self.listeners) {
             let same = config
@@ -202,6 +215,15 @@ impl Edge {
                         balancer,
                     });
                 }
+                (Some(wanted), Running::Http { server, .. }) => {
+                    if let Some(site) = prepared.site(wanted)? {
+                        server.replace_site(site);
+                    }
+                    kept.push(Running::Http {
+                        listener: wanted.clone(),
+                        server,
+                    });
+                }
                 (None, running) => running.stop().await,
             }
         }
@@ -209,17 +231,18 @@ impl Edge {
             if kept.iter().any(|r| r.listener().name == wanted.name) {
                 continue;
             }
-            kept.push(self.start_listener(wanted).await?);
+            kept.push(self.start_listener(wanted, &mut prepared).await?);
         }
         let pools = kept
             .iter()
-            .map(|r| match r {
+            .filter_map(|r| match r {
                 Running::Forwarded { listener, pool, .. } => {
-                    (listener.name.clone(), Arc::clone(pool))
+                    Some((listener.name.clone(), Arc::clone(pool)))
                 }
                 Running::Proxied { listener, balancer } => {
-                    (listener.name.clone(), Arc::clone(balancer.pool()))
+                    Some((listener.name.clone(), Arc::clone(balancer.pool())))
                 }
+                Running::Http { .. } => None,
             })
             .collect();
         self.listeners = kept;
@@ -229,7 +252,19 @@ impl Edge {
         Ok(())
     }
 
-    async fn start_listener(&self, listener: &Listener) -> Result<Running, EdgeError> {
+    async fn start_listener(
+        &self,
+        listener: &Listener,
+        prepared: &mut Prepared,
+    ) -> Result<Running, EdgeError> {
+        if let Some(site) = prepared.site(listener)? {
+            let server = HttpListener::start(listener, site, Arc::clone(&self.metrics)).await?;
+            tracing::info!(listener = %listener.name, address = %listener.address, port = listener.port, "routing HTTP");
+            return Ok(Running::Http {
+                listener: listener.clone(),
+                server,
+            });
+        }
         let backends = addresses(listener);
         if listener.forwarded() {
             let pool = Arc::new(BackendPool::new(
@@ -267,10 +302,7 @@ impl Edge {
         config.name = Some(listener.name.clone());
         config.health = listener.health.health_check();
         config.proxy_protocol = listener.proxy_protocol;
-        config.tls = match &listener.tls {
-            Some(tls) => Some(Arc::new(tls_config(&listener.name, tls)?)),
-            None => None,
-        };
+        config.tls = prepared.tls(listener)?;
         let balancer = TcpBalancer::start_with_metrics(config, Arc::clone(&self.metrics)).await?;
         tracing::info!(listener = %listener.name, address = %listener.address, port = listener.port, proxy_protocol = ?listener.proxy_protocol, tls = listener.tls.is_some(), "proxying");
         Ok(Running::Proxied {
@@ -304,6 +336,63 @@ impl Drop for Edge {
             task.abort();
         }
     }
+}
+
+/// What the listeners of a configuration need that can fail to load (certificates and
+/// keys), read before anything running changes: a configuration that cannot be served
+/// leaves the old one serving.
+struct Prepared {
+    sites: HashMap<String, Site>,
+    tls: HashMap<String, Arc<rustls::ServerConfig>>,
+}
+
+impl Prepared {
+    fn read(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
+        let mut prepared = Prepared {
+            sites: HashMap::new(),
+            tls: HashMap::new(),
+        };
+        for listener in &config.listeners {
+            if let Some(http) = &listener.http {
+                let site = load_site(&listener.name, http)?;
+                prepared.sites.insert(listener.name.clone(), site);
+            }
+            if let Some(tls) = &listener.tls {
+                let tls = Arc::new(tls_config(&listener.name, tls)?);
+                prepared.tls.insert(listener.name.clone(), tls);
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// The site of an HTTP listener (`None` for the others).
+    fn site(&mut self, listener: &Listener) -> Result<Option<Site>, EdgeError> {
+        let Some(http) = &listener.http else {
+            return Ok(None);
+        };
+        match self.sites.remove(&listener.name) {
+            Some(site) => Ok(Some(site)),
+            None => load_site(&listener.name, http).map(Some),
+        }
+    }
+
+    /// The TLS configuration of a TLS-terminating TCP listener (`None` for the others).
+    fn tls(&mut self, listener: &Listener) -> Result<Option<Arc<rustls::ServerConfig>>, EdgeError> {
+        let Some(tls) = &listener.tls else {
+            return Ok(None);
+        };
+        match self.tls.remove(&listener.name) {
+            Some(config) => Ok(Some(config)),
+            None => Ok(Some(Arc::new(tls_config(&listener.name, tls)?))),
+        }
+    }
+}
+
+fn load_site(listener: &str, http: &HttpConfig) -> Result<Site, EdgeError> {
+    Site::load(http).map_err(|reason| EdgeError::Tls {
+        listener: listener.to_string(),
+        reason,
+    })
 }
 
 fn addresses(listener: &Listener) -> Vec<SocketAddr> {
@@ -361,27 +450,13 @@ async fn sync_rules(snapshot: &Mutex<Snapshot>, metrics: &LbMetrics) {
 
 /// The rustls configuration of a TLS-terminating listener.
 fn tls_config(listener: &str, tls: &Tls) -> Result<rustls::ServerConfig, EdgeError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |reason: String| EdgeError::Tls {
         listener: listener.to_string(),
         reason,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
-        .map_err(|e| bad(format!("{}: {e}", tls.cert_file.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(format!("{}: {e}", tls.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(bad(format!(
-            "{} holds no certificate",
-            tls.cert_file.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|e| bad(format!("{}: {e}", tls.key_file.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = crate::tls::read_key_pair(&tls.cert_file, &tls.key_file).map_err(bad)?;
     // No ALPN: the bytes inside are the backend's protocol, which this proxy does not know.
-    rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(e.to_string()))?
         .with_no_client_auth()
