@@ -159,6 +159,9 @@ async fn a_pair_of_instances_holds_the_addresses_and_fails_over() {
     assert!(addresses_of(&a.name, "int").contains(&format!("{internal}/32")));
     assert!(addresses_of(&a.name, "int").contains(&format!("{}/32", info.gateway)));
     assert!(!addresses_of(&b.name, "ext").contains(&web.to_string()));
+    // The instances reach the pod network through the host.
+    let routes = output(&["ip", "-n", &a.name, "route"]);
+    assert!(routes.contains("10.244.0.0/16 via"), "{routes}");
     // Again: nothing changes.
     assert_eq!(
         provider

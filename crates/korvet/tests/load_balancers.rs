@@ -89,10 +89,12 @@ fn exchange(address: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn http_get(address: SocketAddr, path: &str) -> Result<String, String> {
-    let reply = exchange(
-        address,
-        format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes(),
-    )?;
+    http_get_host(address, "x", path)
+}
+
+fn http_get_host(address: SocketAddr, host: &str, path: &str) -> Result<String, String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let reply = exchange(address, request.as_bytes())?;
     let text = String::from_utf8_lossy(&reply).replace("\r\n", "\n");
     // busybox httpd ends a CGI's own header lines with a bare newline.
     match text.split_once("\n\n") {
@@ -302,6 +304,85 @@ fn load_balancers_serve_fail_over_and_clean_up() {
     let secure = SocketAddr::from((ingress_ip(&kubectl, "secure", 90), 443));
     let answer = eventually(60, || tls_get(secure, &crt));
     assert!(answer.contains("web-"), "{answer}");
+
+    // Ingress: class korvet is the default; two hosts on one address, TLS for one of
+    // them by SNI, the client's address in X-Forwarded-For.
+    let class = kubectl.json(&["get", "ingressclass", "korvet"]);
+    assert_eq!(
+        class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"],
+        "true"
+    );
+    apply(
+        &kubectl,
+        &json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "sites"},
+            "spec": {
+                "tls": [{"hosts": ["web.example"], "secretName": "web-tls"}],
+                "rules": [
+                    {"host": "web.example", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}},
+                    {"host": "solo.example", "http": {"paths": [
+                        {"path": "/cgi-bin", "pathType": "Prefix", "backend": {"service": {"name": "solo", "port": {"number": 80}}}}]}},
+                ],
+            },
+        }),
+    );
+    let ingress_address = eventually(90, || {
+        let ingress = kubectl.json(&["get", "ingress", "sites"]);
+        match ingress["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
+            Some(ip) => ip.parse::<Ipv4Addr>().map_err(|e| e.to_string()),
+            None => {
+                let log = platform.server_log();
+                let warnings: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                let ingress_lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("ngress") || l.contains("service controller"))
+                    .collect();
+                Err(format!(
+                    "no address yet: {}\nplatform warnings:\n{}\n{}\n{}",
+                    ingress["status"],
+                    warnings[warnings.len().saturating_sub(15)..].join("\n"),
+                    ingress_lines.join("\n"),
+                    platform.kubectl().ok(&[
+                        "get",
+                        "loadbalancers.korvet.io",
+                        "lbs.ingress",
+                        "-o",
+                        "yaml"
+                    ])
+                ))
+            }
+        }
+    });
+    let plain = SocketAddr::from((ingress_address, 80));
+    let by_host = eventually(60, || {
+        http_get_host(plain, "web.example", "/cgi-bin/hostname")
+    });
+    assert!(by_host.starts_with("web-"), "{by_host}");
+    let other_host = eventually(60, || {
+        http_get_host(plain, "solo.example", "/cgi-bin/hostname")
+    });
+    assert!(other_host.starts_with("solo-"), "{other_host}");
+    let unknown = http_get_host(plain, "nobody.example", "/").unwrap_err();
+    assert!(unknown.contains(" 404 "), "{unknown}");
+    let forwarded = client
+        .netns
+        .enter(move || http_get_host(plain, "web.example", "/cgi-bin/client"))
+        .unwrap();
+    assert!(
+        forwarded.contains(&format!("forwarded={}", client.address)),
+        "{forwarded}"
+    );
+    let tls_by_sni = eventually(60, || {
+        tls_get(SocketAddr::from((ingress_address, 443)), &crt)
+    });
+    assert!(tls_by_sni.contains("web-"), "{tls_by_sni}");
+    let ingress_lb = platform.ok(&["lb", "list", "lbs"]);
+    assert!(ingress_lb.contains("(ingress)"), "{ingress_lb}");
 
     // Bad requests: refused by the API, or an Event and no load balancer.
     let range = kubectl.run_with_input(

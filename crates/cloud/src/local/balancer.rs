@@ -452,12 +452,15 @@ impl LocalProvider {
                 .await?;
         }
         self.run_ip(&["-n", ns, "link", "set", "lo", "up"]).await?;
-        let cluster = rec.cluster_cidr.to_string();
+        // The cluster's machines, and the networks beyond them it asks for (its pods).
         let via = rec.cp_gateway.to_string();
-        self.run_ip(&[
-            "-n", ns, "route", "replace", &cluster, "via", &via, "dev", "int",
-        ])
-        .await?;
+        for network in std::iter::once(rec.cluster_cidr).chain(rec.spec.reach.iter().copied()) {
+            let network = network.trunc().to_string();
+            self.run_ip(&[
+                "-n", ns, "route", "replace", &network, "via", &via, "dev", "int",
+            ])
+            .await?;
+        }
         // Forwarding for the kernel-forwarded listeners; listening on addresses it does
         // not hold yet (the standby); answering ARP only for addresses of the asking
         // interface, so that only the holder of an address answers for it.

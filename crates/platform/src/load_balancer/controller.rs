@@ -346,54 +346,111 @@ async fn tls_files(
     dir: &std::path::Path,
 ) -> Result<BTreeMap<String, Tls>, String> {
     let mut out = BTreeMap::new();
-    let names: Vec<&String> = lb
+    let service_namespace = lb
+        .spec
+        .service
+        .split_once('/')
+        .map_or("default", |(ns, _)| ns);
+    // (key in the map, namespace, name): a Service's Secrets by name, an Ingress
+    // load balancer's as NAMESPACE/NAME.
+    let mut wanted: Vec<(String, String, String)> = lb
         .spec
         .listeners
         .iter()
-        .filter_map(|l| l.tls_secret.as_ref())
+        .filter_map(|l| l.tls_secret.clone())
+        .map(|name| (name.clone(), service_namespace.to_string(), name))
         .collect();
-    if names.is_empty() {
+    let ingress = lb.spec.http.is_some();
+    for t in lb.spec.http.iter().flat_map(|h| h.tls.iter()) {
+        if let Some((namespace, name)) = t.secret.split_once('/') {
+            wanted.push((t.secret.clone(), namespace.to_string(), name.to_string()));
+        }
+    }
+    if wanted.is_empty() {
         return Ok(out);
     }
     let Some(tenant) = tenant else {
         return Err("the cluster's API is not reachable to read the TLS Secret".into());
     };
-    let namespace = lb
-        .spec
-        .service
-        .split_once('/')
-        .map_or("default", |(ns, _)| ns);
-    let secrets: Api<Secret> = Api::namespaced(tenant.client.clone(), namespace);
-    for name in names {
-        if out.contains_key(name) {
+    for (key, namespace, name) in wanted {
+        if out.contains_key(&key) {
             continue;
         }
-        let secret = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
-            .ok_or_else(|| {
-                format!("TLS Secret {namespace}/{name} does not exist: create it (kubectl create secret tls {name} --cert ... --key ...)")
-            })?;
-        let data = secret.data.unwrap_or_default();
-        let (Some(cert), Some(key)) = (data.get("tls.crt"), data.get("tls.key")) else {
-            return Err(format!(
-                "Secret {namespace}/{name} lacks tls.crt or tls.key (make it with kubectl create secret tls)"
-            ));
-        };
-        let base = dir.join(format!("{namespace}.{name}"));
-        let (cert_file, key_file) = (base.with_extension("crt"), base.with_extension("key"));
-        write_private(&cert_file, &cert.0).map_err(|e| format!("{}: {e}", cert_file.display()))?;
-        write_private(&key_file, &key.0).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        out.insert(
-            name.clone(),
-            Tls {
-                cert_file,
-                key_file,
-            },
-        );
+        match tls_secret_files(tenant, &namespace, &name, dir).await {
+            Ok(tls) => {
+                out.insert(key, tls);
+            }
+            // An Ingress's missing certificate leaves its hosts without HTTPS, not the
+            // whole cluster's Ingresses without a load balancer.
+            Err(why) if ingress => tracing::warn!(secret = %key, "{why}"),
+            Err(why) => return Err(why),
+        }
     }
     Ok(out)
+}
+
+/// The files of one `kubernetes.io/tls` Secret of the cluster.
+async fn tls_secret_files(
+    tenant: &crate::tenant::Tenant,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<Tls, String> {
+    let secrets: Api<Secret> = Api::namespaced(tenant.client.clone(), namespace);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| {
+            format!("TLS Secret {namespace}/{name} does not exist: create it (kubectl create secret tls {name} --cert ... --key ...)")
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let (Some(cert), Some(key)) = (data.get("tls.crt"), data.get("tls.key")) else {
+        return Err(format!(
+            "Secret {namespace}/{name} lacks tls.crt or tls.key (make it with kubectl create secret tls)"
+        ));
+    };
+    let base = dir.join(format!("{namespace}.{name}"));
+    let (cert_file, key_file) = (base.with_extension("crt"), base.with_extension("key"));
+    write_private(&cert_file, &cert.0).map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    write_private(&key_file, &key.0).map_err(|e| format!("{}: {e}", key_file.display()))?;
+    Ok(Tls {
+        cert_file,
+        key_file,
+    })
+}
+
+/// Each Ingress served shows the address in `status.loadBalancer`.
+async fn show_on_ingresses(
+    tenant: &crate::tenant::Tenant,
+    ingresses: &[String],
+    address: Ipv4Addr,
+) -> Result<(), PlatformError> {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let shown = serde_json::json!([{"ip": address.to_string()}]);
+    for entry in ingresses {
+        let Some((namespace, name)) = entry.split_once('/') else {
+            continue;
+        };
+        let api: Api<Ingress> = Api::namespaced(tenant.client.clone(), namespace);
+        let Some(ingress) = api.get_opt(name).await? else {
+            continue;
+        };
+        let current = ingress
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|i| serde_json::to_value(i).unwrap_or_default());
+        if current.as_ref() != Some(&shown) {
+            let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": shown}}});
+            crate::not_found_is_done(
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a file readable by its owner alone (key material).
@@ -470,6 +527,9 @@ async fn report_ready(
     );
     crate::write_status(&api, lb, lb.status.as_ref(), &status).await?;
     let key = cluster_key(namespace, &lb.spec.cluster);
+    if let (Some(tenant), Some(http)) = (ctx.tenants.get(&key), &lb.spec.http) {
+        show_on_ingresses(&tenant, &http.ingresses, address).await?;
+    }
     if let (Some(tenant), Some((svc_namespace, svc_name))) =
         (ctx.tenants.get(&key), lb.spec.service.split_once('/'))
     {
