@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::body::{self, Reply};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::handlers::{load, Call};
-use crate::selectors::LabelSelector;
+use korvet_apimachinery::selector::LabelSelector;
 use crate::storage::Written;
 
 const EVICTION_MESSAGE: &str = "Cannot evict pod as it would violate the pod's disruption budget.";

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::handlers::Call;
 use crate::registry::{NameRule, ResourceType};
 use crate::request::Verb;
-use crate::selectors::LabelSelector;
+use korvet_apimachinery::selector::LabelSelector;
 
 pub const GROUP: &str = "metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";

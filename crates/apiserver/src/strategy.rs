@@ -2,6 +2,7 @@
 //! uid, timestamps, generation, the spec/status split) and the per-kind defaults and
 //! validation that the registry table points to.
 
+use korvet_apimachinery::names::{is_dns_label, is_dns_subdomain};
 use serde_json::{json, Map, Value};
 
 use crate::error::Cause;
@@ -30,19 +31,6 @@ pub fn new_uid() -> String {
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
 
 /// Checks a name against its rule; the causes carry upstream's messages.
 pub fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {

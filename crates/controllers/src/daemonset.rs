@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodSpec, PodTemplateSpec, Taint, Toleration,
+    PodSpec, PodTemplateSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -23,6 +23,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
+use korvet_apimachinery::{names, selector, taints};
 use crate::owned::{self, Ctx, SyncError};
 use crate::pod_cache::{self, Expect};
 use crate::{history, workload};
@@ -175,21 +176,6 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> b
     }
 }
 
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key = t.key.as_deref().unwrap_or("");
-        let exists = t.operator.as_deref() == Some("Exists");
-        let key_ok = (key.is_empty() && exists) || key == taint.key;
-        let value_ok =
-            exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
-        effect_ok && key_ok && value_ok
-    })
-}
-
 /// Whether a daemon pod of `spec` belongs on `node` (upstream's `NodeShouldRunDaemonPod`).
 pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
     let labels = node.metadata.labels.clone().unwrap_or_default();
@@ -233,7 +219,7 @@ pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
         .into_iter()
         .flatten()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| tolerates(&tolerations, t));
+        .all(|t| taints::tolerated(&tolerations, t));
     selector_ok && affinity_ok && taints_ok
 }
 
@@ -294,7 +280,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, 
     let pods = match ctx.pods.controlled(&ns, &uid, Some(&spec.selector)).await {
         Some(pods) => pods,
         None => {
-            let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+            let params = ListParams::default().labels(&selector::query_string(&spec.selector));
             pods_api.list(&params).await?.items
         }
     };
@@ -487,7 +473,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, 
             owner.clone(),
             &ns,
             None,
-            &workload::generate_name_prefix(&name),
+            &names::generate_name_prefix(&name),
         );
         if let Some(spec) = pod.spec.as_mut() {
             pin_to_node(spec, &node_name);
@@ -561,7 +547,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {

@@ -13,6 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use korvet_apimachinery::selector;
 use crate::owned::{self, SyncError};
 use crate::workload;
 
@@ -56,7 +57,7 @@ pub async fn list(
     selector: &LabelSelector,
     owner_uid: &str,
 ) -> Result<Vec<ControllerRevision>, SyncError> {
-    let params = ListParams::default().labels(&owned::selector_string(selector));
+    let params = ListParams::default().labels(&selector::query_string(selector));
     let mut revisions: Vec<ControllerRevision> = api
         .list(&params)
         .await?

@@ -26,6 +26,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
+use korvet_apimachinery::{names, selector};
 use crate::owned::{self, Ctx, SyncError};
 use crate::pod_cache::{self, Expect};
 use crate::workload;
@@ -276,8 +277,8 @@ fn new_pod(job: &Job, index: Option<i32>) -> Result<Pod, SyncError> {
     let owner = workload::controller_ref(job)
         .ok_or_else(|| SyncError::Invalid("job without uid".into()))?;
     let prefix = match index {
-        Some(i) => workload::generate_name_prefix(&format!("{name}-{i}")),
-        None => workload::generate_name_prefix(&name),
+        Some(i) => names::generate_name_prefix(&format!("{name}-{i}")),
+        None => names::generate_name_prefix(&name),
     };
     let mut pod = workload::pod_from_template(
         &spec.template,
@@ -343,7 +344,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
         None => {
             let mut params = ListParams::default();
             if let Some(selector) = &spec.selector {
-                params = params.labels(&owned::selector_string(selector));
+                params = params.labels(&selector::query_string(selector));
             }
             pods_api
                 .list(&params)

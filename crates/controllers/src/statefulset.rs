@@ -20,6 +20,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use korvet_apimachinery::selector;
 use crate::owned::{self, Ctx, SyncError};
 use crate::pod_cache::{self, Expect};
 use crate::{history, workload};
@@ -353,7 +354,7 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
     let pods = match ctx.pods.controlled(&ns, &uid, Some(&spec.selector)).await {
         Some(pods) => pods,
         None => {
-            let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+            let params = ListParams::default().labels(&selector::query_string(&spec.selector));
             pods_api.list(&params).await?.items
         }
     };

@@ -11,38 +11,27 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::metrics::LbMetrics;
 use crate::pool::BackendPool;
 
 /// Serves until the task is aborted; aborting it also ends its open connections.
 pub(crate) async fn serve(listener: TcpListener, pool: Arc<BackendPool>, metrics: Arc<LbMetrics>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let pool = Arc::clone(&pool);
-                    let metrics = Arc::clone(&metrics);
-                    connections.spawn(async move {
-                        let service = service_fn(move |request| {
-                            let reply = respond(&request, &pool, &metrics);
-                            async move { Ok::<_, Infallible>(reply) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("admin listener: accepting a connection failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    korvet_serving::accept_loop(listener, "admin listener", move |stream, _| {
+        let pool = Arc::clone(&pool);
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let service = service_fn(move |request| {
+                let reply = respond(&request, &pool, &metrics);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await?;
+            Ok(())
         }
-    }
+    })
+    .await
 }
 
 fn respond(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::metrics::LbMetrics;
 use crate::pool::{BackendPool, BackendStatus};
@@ -131,29 +131,19 @@ async fn accept_loop(
     metrics: Arc<LbMetrics>,
     connect_timeout: Duration,
 ) {
-    // Owned here so that aborting this task also ends every connection it started.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    metrics.accepted.inc();
-                    connections.spawn(proxy::serve(
-                        client,
-                        peer,
-                        Arc::clone(&pool),
-                        Arc::clone(&metrics),
-                        connect_timeout,
-                    ));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            // Reap finished connections so the set does not grow without bound.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    korvet_serving::accept_loop(listener, "load balancer", move |client, peer| {
+        metrics.accepted.inc();
+        let served = proxy::serve(
+            client,
+            peer,
+            Arc::clone(&pool),
+            Arc::clone(&metrics),
+            connect_timeout,
+        );
+        async move {
+            served.await;
+            Ok(())
         }
-    }
+    })
+    .await
 }

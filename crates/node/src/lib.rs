@@ -17,6 +17,7 @@ pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod netpol;
+pub mod nft;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
@@ -212,7 +213,7 @@ pub async fn run(
         if let Some(task) = service_proxy {
             task.abort();
             let _ = task.await;
-            match tokio::task::spawn_blocking(|| proxy::nft::delete_table(None)).await {
+            match tokio::task::spawn_blocking(|| nft::delete_table(None, proxy::rules::TABLE)).await {
                 Ok(Ok(())) => tracing::info!("service proxy rules removed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
                 Err(e) => tracing::warn!(error = %e, "removing the service proxy's nft table"),

@@ -156,28 +156,21 @@ pub async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz and /metrics");
-    Ok(tokio::spawn(async move {
-        loop {
-            let (tcp, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!(error = %e, "accepting a metrics connection");
-                    continue;
-                }
-            };
+    Ok(tokio::spawn(korvet_serving::accept_loop(
+        listener,
+        "metrics server",
+        move |tcp, _| {
             let metrics = metrics.clone();
-            tokio::spawn(async move {
+            async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let response = reply(&metrics, req.uri().path());
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "metrics connection");
-                }
-            });
-        }
-    }))
+                    .await?;
+                Ok(())
+            }
+        },
+    )))
 }

@@ -52,7 +52,9 @@ impl Tenants {
                 return Ok(tenant);
             }
         }
-        let client = client_from_kubeconfig(kubeconfig).await?;
+        let client = korvet_apimachinery::client_from_kubeconfig_yaml(kubeconfig)
+            .await
+            .map_err(|e| PlatformError::Tenant(e.to_string()))?;
         let tenant = Tenant {
             client,
             endpoint: endpoint.to_string(),
@@ -66,14 +68,6 @@ impl Tenants {
     }
 }
 
-pub async fn client_from_kubeconfig(yaml: &str) -> Result<kube::Client, PlatformError> {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml)
-        .map_err(|e| PlatformError::Tenant(format!("kubeconfig: {e}")))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| PlatformError::Tenant(format!("kubeconfig: {e}")))?;
-    kube::Client::try_from(config).map_err(|e| PlatformError::Tenant(format!("client: {e}")))
-}
 
 /// How long a bootstrap token may be used to join.
 const BOOTSTRAP_TOKEN_TTL: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);

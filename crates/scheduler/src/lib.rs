@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use korvet_controllers::leader::{self, LeaderConfig, LeaderElection};
+use korvet_apimachinery::leader::{self, LeaderConfig, LeaderElection};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use prometheus_client::metrics::counter::Counter;

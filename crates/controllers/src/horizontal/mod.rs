@@ -35,7 +35,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use crate::events::EventRecorder;
+use korvet_apimachinery::events::EventRecorder;
 use behavior::{Behavior, History, Normalized};
 use replicas::{PodInfo, PodMetric};
 

@@ -1,8 +1,7 @@
 //! Kubernetes quantities as milli-units (upstream's `MilliValue`, rounded up), which is
 //! what the HPA's arithmetic and ResourceQuota's sums work in.
 
-/// The quantity parser is the API server's, shared with ResourceQuota admission.
-pub use korvet_apiserver::quota::parse_milli;
+pub use korvet_apimachinery::quantity::parse_milli;
 
 /// A milli-value as upstream's canonical decimal quantity: `250m`, `2`, `1500m`, `9764k`.
 pub fn format_milli(milli: i128) -> String {

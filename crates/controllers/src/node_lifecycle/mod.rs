@@ -27,7 +27,7 @@ use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 
-use crate::events::EventRecorder;
+use korvet_apimachinery::events::EventRecorder;
 
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";

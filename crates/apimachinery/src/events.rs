@@ -1,5 +1,7 @@
 //! Kubernetes Events for what controllers do, as upstream's event recorder: failures to
-//! record are logged, never fatal.
+//! record are logged, never fatal. Every controller (built-in, CSR, platform) records
+//! through [`EventRecorder`]; the node agent queues its pod events in front of the same
+//! [`new_event`] and [`count_repeat`], because a pod worker must never wait on the API.
 //!
 //! Events are core/v1 Events written directly, one per distinct message, with a repeat
 //! of the same reason and message on the same object counted on the first (as
@@ -92,15 +94,10 @@ impl EventRecorder {
                 .filter(|s| s.first + REPEAT_WINDOW > now)
                 .cloned()
         });
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         if let Some(seen) = repeat {
             let count = seen.count + 1;
-            let patch = serde_json::json!({"count": count, "lastTimestamp": Time(now)});
-            match api
-                .patch(&seen.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {
+            match count_repeat(&self.client, &namespace, &seen.name, count).await {
+                Ok(()) => {
                     if let Ok(mut all) = self.seen.lock() {
                         if let Some(s) = all.get_mut(&key) {
                             s.count = count;
@@ -111,36 +108,13 @@ impl EventRecorder {
                 Err(e) => tracing::debug!(reason, error = %e, "counting a repeated event"),
             }
         }
-        let name = format!(
-            "{}.{:x}",
-            reference.name.clone().unwrap_or_default(),
-            now.as_nanosecond()
-        );
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                field_path: None,
-                ..reference
-            },
-            reason: Some(reason.to_string()),
-            message: Some(note),
-            type_: Some(type_.to_string()),
-            count: Some(1),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: None::<MicroTime>,
-            source: Some(EventSource {
-                component: Some(self.controller.clone()),
-                host: None,
-            }),
-            reporting_component: Some(self.controller.clone()),
-            reporting_instance: Some(self.controller.clone()),
-            ..Default::default()
+        let reference = ObjectReference {
+            field_path: None,
+            ..reference
         };
+        let event = new_event(&self.controller, None, reference, type_, reason, note, now);
+        let name = event.metadata.name.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
                 if let Ok(mut seen) = self.seen.lock() {
@@ -164,5 +138,94 @@ impl EventRecorder {
             }
             Err(e) => tracing::debug!(reason, error = %e, "recording an event"),
         }
+    }
+}
+
+/// A new Event (count 1) about `reference`, as `component` on `host` records it. Its
+/// name is upstream's: the object's name and the time in hex nanoseconds; an event of
+/// a cluster-scoped object goes to `default`, as upstream's recorder puts it.
+pub fn new_event(
+    component: &str,
+    host: Option<&str>,
+    reference: ObjectReference,
+    type_: &str,
+    reason: &str,
+    message: String,
+    now: jiff::Timestamp,
+) -> Event {
+    let object = reference.name.clone().unwrap_or_default();
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace),
+            ..Default::default()
+        },
+        involved_object: reference,
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        type_: Some(type_.to_string()),
+        count: Some(1),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: None::<MicroTime>,
+        source: Some(EventSource {
+            component: Some(component.to_string()),
+            host: host.map(str::to_string),
+        }),
+        reporting_component: Some(component.to_string()),
+        reporting_instance: Some(host.unwrap_or(component).to_string()),
+        ..Default::default()
+    }
+}
+
+/// Counts a repeat on the Event first written (`count` and `lastTimestamp`), as
+/// client-go's correlator does instead of writing a new Event.
+pub async fn count_repeat(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    count: i32,
+) -> Result<(), kube::Error> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"count": count, "lastTimestamp": Time(jiff::Timestamp::now())});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_their_object_and_source() {
+        let now = jiff::Timestamp::from_second(1).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let pod = ObjectReference {
+            kind: Some("Pod".into()),
+            name: Some("web".into()),
+            namespace: Some("apps".into()),
+            field_path: Some("spec.containers{main}".into()),
+            ..Default::default()
+        };
+        let e = new_event("kubelet", Some("n1"), pod, "Normal", "Pulled", "done".into(), now);
+        assert_eq!(e.metadata.name.as_deref(), Some("web.3b9aca00"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("apps"));
+        assert_eq!(e.involved_object.field_path.as_deref(), Some("spec.containers{main}"));
+        assert_eq!(e.reporting_instance.as_deref(), Some("n1"));
+        let source = e.source.unwrap_or_default();
+        assert_eq!(source.host.as_deref(), Some("n1"));
+        let node = ObjectReference {
+            kind: Some("Node".into()),
+            name: Some("n1".into()),
+            ..Default::default()
+        };
+        let e = new_event("node-controller", None, node, "Warning", "NotReady", "x".into(), now);
+        assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(e.reporting_instance.as_deref(), Some("node-controller"));
+        assert_eq!(e.count, Some(1));
     }
 }

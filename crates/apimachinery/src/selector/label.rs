@@ -83,30 +83,49 @@ impl Requirement {
     }
 
     fn matches_with<'l>(&self, get: impl Fn(&str) -> Option<&'l str>) -> bool {
-        let has = |v: &str| self.values.iter().any(|x| x == v);
-        match self.operator {
-            Operator::In | Operator::Equals | Operator::DoubleEquals => {
-                get(&self.key).is_some_and(has)
-            }
-            Operator::NotIn | Operator::NotEquals => !get(&self.key).is_some_and(has),
-            Operator::Exists => get(&self.key).is_some(),
-            Operator::DoesNotExist => get(&self.key).is_none(),
+        self.operator.holds(get(&self.key), &self.values)
+    }
+}
+
+impl Operator {
+    /// Whether a label with `value` (absent: `None`) satisfies this operator over
+    /// `values`: the one place the operators' meanings live, for parsed selectors and
+    /// `metav1.LabelSelector`s alike.
+    pub(crate) fn holds(self, value: Option<&str>, values: &[String]) -> bool {
+        let has = |v: &str| values.iter().any(|x| x == v);
+        match self {
+            Operator::In | Operator::Equals | Operator::DoubleEquals => value.is_some_and(has),
+            Operator::NotIn | Operator::NotEquals => !value.is_some_and(has),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
-                let Some(actual) = get(&self.key).and_then(|v| v.parse::<i64>().ok()) else {
+                let Some(actual) = value.and_then(|v| v.parse::<i64>().ok()) else {
                     return false;
                 };
-                let [bound] = self.values.as_slice() else {
+                let [bound] = values else {
                     return false;
                 };
                 let Ok(bound) = bound.parse::<i64>() else {
                     return false;
                 };
-                if self.operator == Operator::GreaterThan {
+                if self == Operator::GreaterThan {
                     actual > bound
                 } else {
                     actual < bound
                 }
             }
+        }
+    }
+
+    /// The operators a `metav1.LabelSelector` expression may name (upstream's
+    /// `LabelSelectorAsSelector` refuses `Gt` and `Lt` there).
+    pub(crate) fn of_expression(name: &str) -> Option<Operator> {
+        match name {
+            "In" => Some(Operator::In),
+            "NotIn" => Some(Operator::NotIn),
+            "Exists" => Some(Operator::Exists),
+            "DoesNotExist" => Some(Operator::DoesNotExist),
+            _ => None,
         }
     }
 }
@@ -250,17 +269,12 @@ impl LabelSelector {
                 ))),
             };
             let key = string_field("key")?;
-            let operator = match string_field("operator")? {
-                "In" => Operator::In,
-                "NotIn" => Operator::NotIn,
-                "Exists" => Operator::Exists,
-                "DoesNotExist" => Operator::DoesNotExist,
-                other => {
-                    return Err(invalid(format!(
-                        "{} is not a valid label selector operator",
-                        go_quote(other)
-                    )))
-                }
+            let operator = string_field("operator")?;
+            let Some(operator) = Operator::of_expression(operator) else {
+                return Err(invalid(format!(
+                    "{} is not a valid label selector operator",
+                    go_quote(operator)
+                )));
             };
             let values = match expr.get("values") {
                 None | Some(Value::Null) => Vec::new(),
@@ -702,27 +716,12 @@ fn is_label_name(s: &str) -> bool {
     }
 }
 
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`. Like
-/// upstream's regex, this bounds only the total length, not each label's.
-fn is_dns1123_subdomain(s: &str) -> bool {
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    s.split('.').all(|label| {
-        let b = label.as_bytes();
-        match (b.first(), b.last()) {
-            (Some(first), Some(last)) => {
-                alnum(first) && alnum(last) && b.iter().all(|c| alnum(c) || *c == b'-')
-            }
-            _ => false,
-        }
-    })
-}
-
 fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_SUBDOMAIN_MAX {
         errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
     }
-    if !is_dns1123_subdomain(s) {
+    if !crate::names::has_dns_subdomain_form(s) {
         errs.push(regex_error(
             DNS1123_SUBDOMAIN_ERR,
             DNS1123_SUBDOMAIN_FMT,

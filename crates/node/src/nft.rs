@@ -1,12 +1,12 @@
-//! Runs nft scripts: one `nft -f -` is one kernel transaction, so a script applies
-//! whole or not at all.
+//! Runs nft scripts for the service proxy and the network-policy enforcer: one
+//! `nft -f -` is one kernel transaction, so a script applies whole or not at all.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("cannot run nft: {0} (is the nftables package installed?)")]
+    #[error("cannot run nft: {0} (install the nftables package)")]
     Spawn(#[source] std::io::Error),
     #[error("nft rejected the script: {0}")]
     Rejected(String),
@@ -48,14 +48,21 @@ pub fn apply(netns: Option<&str>, script: &str) -> Result<(), NftError> {
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     // The first lines say which command failed; the whole text can be megabytes.
-    let head: String = stderr.lines().take(6).collect::<Vec<_>>().join("\n");
+    let head: String = stderr.lines().take(6).collect::<Vec<_>>().join("; ");
     Err(NftError::Rejected(head))
 }
 
-/// Removes the proxy's table, if there is one.
-pub fn delete_table(netns: Option<&str>) -> Result<(), NftError> {
-    let t = super::rules::TABLE;
-    apply(netns, &format!("add table ip {t}\ndelete table ip {t}\n"))
+/// [`apply`] off the async runtime: nft can take a while on a large ruleset.
+pub async fn apply_blocking(netns: Option<String>, script: String) -> Result<(), NftError> {
+    match tokio::task::spawn_blocking(move || apply(netns.as_deref(), &script)).await {
+        Ok(result) => result,
+        Err(e) => Err(NftError::Rejected(format!("nft task: {e}"))),
+    }
+}
+
+/// Removes table `ip NAME`, if there is one.
+pub fn delete_table(netns: Option<&str>, name: &str) -> Result<(), NftError> {
+    apply(netns, &format!("add table ip {name}\ndelete table ip {name}\n"))
 }
 
 /// Output of `nft <args>` (e.g. `list map ip korvet-proxy service-ips`).
