@@ -48,11 +48,11 @@ pub async fn client_from_kubeconfig_yaml(yaml: &str) -> Result<kube::Client, Cli
 }
 
 async fn client_for(kubeconfig: Kubeconfig, origin: String) -> Result<kube::Client, ClientError> {
-    let config = match kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-    {
-        Ok(config) => config,
-        Err(source) => return Err(ClientError::Config { origin, source }),
-    };
+    let config =
+        match kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
+        {
+            Ok(config) => config,
+            Err(source) => return Err(ClientError::Config { origin, source }),
+        };
     kube::Client::try_from(config).map_err(|source| ClientError::Client { origin, source })
 }

@@ -211,10 +211,21 @@ mod tests {
             field_path: Some("spec.containers{main}".into()),
             ..Default::default()
         };
-        let e = new_event("kubelet", Some("n1"), pod, "Normal", "Pulled", "done".into(), now);
+        let e = new_event(
+            "kubelet",
+            Some("n1"),
+            pod,
+            "Normal",
+            "Pulled",
+            "done".into(),
+            now,
+        );
         assert_eq!(e.metadata.name.as_deref(), Some("web.3b9aca00"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("apps"));
-        assert_eq!(e.involved_object.field_path.as_deref(), Some("spec.containers{main}"));
+        assert_eq!(
+            e.involved_object.field_path.as_deref(),
+            Some("spec.containers{main}")
+        );
         assert_eq!(e.reporting_instance.as_deref(), Some("n1"));
         let source = e.source.unwrap_or_default();
         assert_eq!(source.host.as_deref(), Some("n1"));
@@ -223,7 +234,15 @@ mod tests {
             name: Some("n1".into()),
             ..Default::default()
         };
-        let e = new_event("node-controller", None, node, "Warning", "NotReady", "x".into(), now);
+        let e = new_event(
+            "node-controller",
+            None,
+            node,
+            "Warning",
+            "NotReady",
+            "x".into(),
+            now,
+        );
         assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(e.reporting_instance.as_deref(), Some("node-controller"));
         assert_eq!(e.count, Some(1));

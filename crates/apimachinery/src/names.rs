@@ -53,7 +53,11 @@ pub fn random_suffix() -> String {
 /// A name for an object created with `generateName: base` (upstream's
 /// `SimpleNameGenerator`): `base`, cut to leave room, and a random suffix.
 pub fn generate_name(base: &str) -> String {
-    format!("{}{}", cut(base, MAX_GENERATED_NAME_PREFIX), random_suffix())
+    format!(
+        "{}{}",
+        cut(base, MAX_GENERATED_NAME_PREFIX),
+        random_suffix()
+    )
 }
 
 /// The `generateName` a controller gives the objects of `owner`: its name and a dash,
@@ -102,8 +106,6 @@ mod tests {
         assert!(is_dns_label(&name));
         assert!(generate_name("web-").starts_with("web-"));
         assert_eq!(generate_name(&"é".repeat(40)).chars().count(), 29 + 5);
-        assert!(random_suffix()
-            .bytes()
-            .all(|b| SUFFIX_CHARS.contains(&b)));
+        assert!(random_suffix().bytes().all(|b| SUFFIX_CHARS.contains(&b)));
     }
 }

@@ -220,7 +220,6 @@ pub fn to_json(usage: &Usage) -> Value {
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

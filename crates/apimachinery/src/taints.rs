@@ -48,7 +48,12 @@ mod tests {
         }
     }
 
-    fn toleration(key: &str, operator: Option<&str>, value: Option<&str>, effect: Option<&str>) -> Toleration {
+    fn toleration(
+        key: &str,
+        operator: Option<&str>,
+        value: Option<&str>,
+        effect: Option<&str>,
+    ) -> Toleration {
         Toleration {
             key: (!key.is_empty()).then(|| key.into()),
             operator: operator.map(Into::into),
@@ -62,16 +67,34 @@ mod tests {
     fn tolerations_match_as_upstream() {
         let gpu = taint("gpu", Some("yes"), "NoSchedule");
         assert!(tolerates(&toleration("gpu", None, Some("yes"), None), &gpu));
-        assert!(tolerates(&toleration("gpu", Some("Equal"), Some("yes"), Some("NoSchedule")), &gpu));
+        assert!(tolerates(
+            &toleration("gpu", Some("Equal"), Some("yes"), Some("NoSchedule")),
+            &gpu
+        ));
         assert!(!tolerates(&toleration("gpu", None, Some("no"), None), &gpu));
-        assert!(!tolerates(&toleration("gpu", None, Some("yes"), Some("NoExecute")), &gpu));
-        assert!(tolerates(&toleration("gpu", Some("Exists"), None, None), &gpu));
-        assert!(!tolerates(&toleration("cpu", Some("Exists"), None, None), &gpu));
+        assert!(!tolerates(
+            &toleration("gpu", None, Some("yes"), Some("NoExecute")),
+            &gpu
+        ));
+        assert!(tolerates(
+            &toleration("gpu", Some("Exists"), None, None),
+            &gpu
+        ));
+        assert!(!tolerates(
+            &toleration("cpu", Some("Exists"), None, None),
+            &gpu
+        ));
         assert!(tolerates(&toleration("", Some("Exists"), None, None), &gpu));
         assert!(!tolerates(&toleration("", None, None, None), &gpu));
-        assert!(!tolerates(&toleration("gpu", Some("Gt"), Some("yes"), None), &gpu));
+        assert!(!tolerates(
+            &toleration("gpu", Some("Gt"), Some("yes"), None),
+            &gpu
+        ));
         assert!(tolerated(
-            &[toleration("x", None, None, None), toleration("gpu", Some("Exists"), None, None)],
+            &[
+                toleration("x", None, None, None),
+                toleration("gpu", Some("Exists"), None, None)
+            ],
             &gpu
         ));
     }

@@ -17,10 +17,10 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::query::{self, Query};
 use crate::registry::ResourceType;
 use crate::request::{ResourceRequest, Verb};
-use korvet_apimachinery::selector::{FieldSelector, LabelSelector};
 use crate::server::ApiServer;
 use crate::storage::{self, Written};
 use crate::{strategy, table};
+use korvet_apimachinery::selector::{FieldSelector, LabelSelector};
 
 /// How many times a write without a client-given resourceVersion is retried when the
 /// object changed underneath it.

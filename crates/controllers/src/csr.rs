@@ -15,9 +15,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use korvet_apimachinery::events::EventRecorder;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use korvet_apimachinery::events::EventRecorder;
 use kube::runtime::watcher;
 use rcgen::{
     CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,

@@ -22,9 +22,9 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 
+use crate::workload::{controller_of, is_pod_ready};
 use korvet_apimachinery::events::EventRecorder;
 use korvet_apimachinery::selector;
-use crate::workload::{controller_of, is_pod_ready};
 
 /// How long an eviction may wait for its pod to show as deleted (upstream's
 /// `DeletionTimeout`).

@@ -13,9 +13,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use korvet_apimachinery::selector;
 use crate::owned::{self, SyncError};
 use crate::workload;
+use korvet_apimachinery::selector;
 
 /// What a revision stores: the template as a strategic-merge patch that replaces it.
 pub fn revision_data(template: &PodTemplateSpec) -> Result<Value, SyncError> {

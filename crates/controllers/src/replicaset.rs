@@ -22,12 +22,12 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::workload::{
+    controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_available, is_pod_ready,
+    labels_match, pod_from_template, ready_since,
+};
 use korvet_apimachinery::events::EventRecorder;
 use korvet_apimachinery::{names, selector};
-use crate::workload::{
-    controller_of, controller_ref, is_controlled_by, is_pod_active,
-    is_pod_available, is_pod_ready, labels_match, pod_from_template, ready_since,
-};
 
 /// At most this many pods are created or deleted in one sync (upstream's `burstReplicas`).
 const BURST_REPLICAS: usize = 500;
@@ -106,7 +106,9 @@ fn owners_of_pod(replica_sets: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<R
         .state()
         .iter()
         .filter(|rs| rs.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|rs| selector::matches_unless_empty(rs.spec.as_ref().map(|s| &s.selector), Some(labels)))
+        .filter(|rs| {
+            selector::matches_unless_empty(rs.spec.as_ref().map(|s| &s.selector), Some(labels))
+        })
         .map(|rs| ObjectRef::from_obj(rs.as_ref()))
         .collect()
 }

@@ -213,7 +213,8 @@ pub async fn run(
         if let Some(task) = service_proxy {
             task.abort();
             let _ = task.await;
-            match tokio::task::spawn_blocking(|| nft::delete_table(None, proxy::rules::TABLE)).await {
+            match tokio::task::spawn_blocking(|| nft::delete_table(None, proxy::rules::TABLE)).await
+            {
                 Ok(Ok(())) => tracing::info!("service proxy rules removed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
                 Err(e) => tracing::warn!(error = %e, "removing the service proxy's nft table"),

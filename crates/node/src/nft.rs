@@ -62,7 +62,10 @@ pub async fn apply_blocking(netns: Option<String>, script: String) -> Result<(),
 
 /// Removes table `ip NAME`, if there is one.
 pub fn delete_table(netns: Option<&str>, name: &str) -> Result<(), NftError> {
-    apply(netns, &format!("add table ip {name}\ndelete table ip {name}\n"))
+    apply(
+        netns,
+        &format!("add table ip {name}\ndelete table ip {name}\n"),
+    )
 }
 
 /// Output of `nft <args>` (e.g. `list map ip korvet-proxy service-ips`).

@@ -226,8 +226,7 @@ impl Lab {
             endpoints: &endpoints,
         });
         let ruleset = rules::render(&built);
-        nft::apply(Some(&self.node), &ruleset)
-            .unwrap_or_else(|e| panic!("{e}\n{ruleset}"));
+        nft::apply(Some(&self.node), &ruleset).unwrap_or_else(|e| panic!("{e}\n{ruleset}"));
         built
     }
 
@@ -465,12 +464,10 @@ fn two_hundred_policies_over_a_thousand_pods() {
     let ruleset = rules::render(&built);
     let render_time = started.elapsed();
     let started = Instant::now();
-    nft::apply(Some(&lab.node), &ruleset)
-        .unwrap_or_else(|e| panic!("{e}"));
+    nft::apply(Some(&lab.node), &ruleset).unwrap_or_else(|e| panic!("{e}"));
     let apply_time = started.elapsed();
     let started = Instant::now();
-    nft::apply(Some(&lab.node), &ruleset)
-        .unwrap_or_else(|e| panic!("{e}"));
+    nft::apply(Some(&lab.node), &ruleset).unwrap_or_else(|e| panic!("{e}"));
     let reapply_time = started.elapsed();
     println!(
         "200 policies x 1000 pods (500 local): model {model_time:?}, render {render_time:?} \

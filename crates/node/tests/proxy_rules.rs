@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use korvet_node::proxy::model::{Endpoint, Model, PortKey, Protocol, ServicePort};
 use korvet_node::nft;
+use korvet_node::proxy::model::{Endpoint, Model, PortKey, Protocol, ServicePort};
 use korvet_node::proxy::rules;
 
 fn run(args: &[&str]) {

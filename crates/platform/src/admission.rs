@@ -9,8 +9,7 @@ use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
 use korvet_api::{
-    Cluster, ClusterSpec, Flavor, NodePool, PoolTemplate, GROUP,
-    SUPPORTED_VERSIONS, VERSION,
+    Cluster, ClusterSpec, Flavor, NodePool, PoolTemplate, GROUP, SUPPORTED_VERSIONS, VERSION,
 };
 use korvet_apimachinery::names::is_dns_label;
 use korvet_apimachinery::quantity;
@@ -62,7 +61,6 @@ fn decode<T: serde::de::DeserializeOwned>(object: &Value) -> ApiResult<T> {
     serde_json::from_value(object.clone())
         .map_err(|e| ApiError::bad_request(format!("decoding the object: {e}")))
 }
-
 
 fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = text.split_once('/')?;

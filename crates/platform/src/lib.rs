@@ -23,10 +23,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use korvet_api::registry_info::RegistryInfo;
 use korvet_api::{Cluster, Flavor, FlavorSpec, Machine, NodePool, Zone, ZoneSpec};
+use korvet_apimachinery::events::EventRecorder;
 use korvet_cloud::{CloudError, Provider};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use korvet_apimachinery::events::EventRecorder;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -410,4 +410,3 @@ pub async fn stop_everything(
 fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
-

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use korvet_api::{
-    labels, machine_phase, Cluster, Flavor, Machine, MachineStatus, NodePool,
-};
+use korvet_api::{labels, machine_phase, Cluster, Flavor, Machine, MachineStatus, NodePool};
 use korvet_apimachinery::quantity;
 use korvet_apiserver::pki::{token_kubeconfig_yaml, TokenKubeconfigSpec};
 use korvet_cloud::{BootSpec, MachineInfo, MachineSpec, MachineState};

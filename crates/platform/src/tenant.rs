@@ -68,7 +68,6 @@ impl Tenants {
     }
 }
 
-
 /// How long a bootstrap token may be used to join.
 const BOOTSTRAP_TOKEN_TTL: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 

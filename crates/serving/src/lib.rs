@@ -73,7 +73,11 @@ mod tests {
         server.abort();
         let _ = server.await;
         let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
-        assert!(matches!(read, Ok(Ok(0))), "the connection outlived its loop: {read:?}");
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "the connection outlived its loop: {read:?}"
+        );
     }
 }

@@ -35,9 +35,8 @@ pub fn matches(selector: &TypedLabelSelector, labels: Option<&BTreeMap<String, S
         .flatten()
         .all(|(k, v)| get(k) == Some(v.as_str()))
         && selector.match_expressions.iter().flatten().all(|e| {
-            Operator::of_expression(&e.operator).is_some_and(|op| {
-                op.holds(get(&e.key), e.values.as_deref().unwrap_or_default())
-            })
+            Operator::of_expression(&e.operator)
+                .is_some_and(|op| op.holds(get(&e.key), e.values.as_deref().unwrap_or_default()))
         })
 }
 
@@ -52,7 +51,10 @@ pub fn matches_unless_empty(
 }
 
 fn is_empty(selector: &TypedLabelSelector) -> bool {
-    selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+    selector
+        .match_labels
+        .as_ref()
+        .is_none_or(BTreeMap::is_empty)
         && selector
             .match_expressions
             .as_ref()
@@ -191,30 +193,12 @@ mod tests {
             &json!(null)
         ));
         let expr = |op: &str, values: Value| json!({"matchExpressions": [{"key": "env", "operator": op, "values": values}]});
-        assert!(matches_json(
-            &expr("In", json!(["dev", "prod"])),
-            &labels
-        ));
-        assert!(!matches_json(
-            &expr("In", json!(["dev"])),
-            &labels
-        ));
-        assert!(matches_json(
-            &expr("NotIn", json!(["dev"])),
-            &labels
-        ));
-        assert!(matches_json(
-            &expr("NotIn", json!(["dev"])),
-            &json!({})
-        ));
-        assert!(matches_json(
-            &expr("Exists", json!(null)),
-            &labels
-        ));
-        assert!(!matches_json(
-            &expr("DoesNotExist", json!(null)),
-            &labels
-        ));
+        assert!(matches_json(&expr("In", json!(["dev", "prod"])), &labels));
+        assert!(!matches_json(&expr("In", json!(["dev"])), &labels));
+        assert!(matches_json(&expr("NotIn", json!(["dev"])), &labels));
+        assert!(matches_json(&expr("NotIn", json!(["dev"])), &json!({})));
+        assert!(matches_json(&expr("Exists", json!(null)), &labels));
+        assert!(!matches_json(&expr("DoesNotExist", json!(null)), &labels));
         assert!(!matches_json(&expr("Gt", json!(["1"])), &labels));
     }
 

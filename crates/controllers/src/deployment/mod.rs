@@ -28,9 +28,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::workload::{controller_of, controller_ref, is_controlled_by};
 use korvet_apimachinery::events::EventRecorder;
 use korvet_apimachinery::selector;
-use crate::workload::{controller_of, controller_ref, is_controlled_by};
 use revisions::{compute_hash, equal_ignore_hash, HASH_LABEL};
 use rolling::{is_rolling_update, max_surge};
 
@@ -141,7 +141,9 @@ fn deployments_of_rs(
         .state()
         .iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|d| selector::matches_unless_empty(d.spec.as_ref().map(|s| &s.selector), Some(rs.labels())))
+        .filter(|d| {
+            selector::matches_unless_empty(d.spec.as_ref().map(|s| &s.selector), Some(rs.labels()))
+        })
         .map(|d| ObjectRef::from_obj(d.as_ref()))
         .collect()
 }

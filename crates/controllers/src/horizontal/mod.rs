@@ -35,8 +35,8 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use korvet_apimachinery::events::EventRecorder;
 use behavior::{Behavior, History, Normalized};
+use korvet_apimachinery::events::EventRecorder;
 use replicas::{PodInfo, PodMetric};
 
 const NAME: &str = "horizontal-pod-autoscaler";

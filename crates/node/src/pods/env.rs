@@ -288,13 +288,13 @@ pub(crate) fn resource(
             } else {
                 get(&requests, "cpu").or_else(|| get(&limits, "cpu"))
             };
-            let millis =
-                text.and_then(|t| cpu_millis(&t))
-                    .unwrap_or(if name == "limits.cpu" {
-                        sources.node_cpu_millis
-                    } else {
-                        0
-                    });
+            let millis = text
+                .and_then(|t| cpu_millis(&t))
+                .unwrap_or(if name == "limits.cpu" {
+                    sources.node_cpu_millis
+                } else {
+                    0
+                });
             let unit = divisor.and_then(cpu_millis).unwrap_or(1000);
             Ok(ceil_div(millis, unit).to_string())
         }

@@ -188,7 +188,9 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
         .get("cpu")
         .and_then(|q| quantity::cpu_millis(&q.0))
         .or(cpu_limit);
-    let memory = limits.get("memory").and_then(|q| quantity::whole_units(&q.0));
+    let memory = limits
+        .get("memory")
+        .and_then(|q| quantity::whole_units(&q.0));
     cri::LinuxContainerResources {
         cpu_period: if cpu_limit.is_some() { CPU_PERIOD } else { 0 },
         cpu_quota: cpu_limit.map_or(0, |m| (m * CPU_PERIOD / 1000).max(1000)),

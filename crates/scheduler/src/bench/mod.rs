@@ -111,4 +111,3 @@ pub fn pending_pod(name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)])
         status: None,
     }
 }
-
