@@ -42,11 +42,24 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 
 /// Five random characters, as upstream appends to a `generateName`.
 pub fn random_suffix() -> String {
-    uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .take(SUFFIX_LENGTH)
-        .map(|b| SUFFIX_CHARS[*b as usize % SUFFIX_CHARS.len()] as char)
+    safe_chars(
+        uuid::Uuid::new_v4()
+            .as_bytes()
+            .iter()
+            .take(SUFFIX_LENGTH)
+            .copied(),
+    )
+}
+
+/// Upstream's `rand.SafeEncodeString`: `s` spelled in the suffix alphabet, for names
+/// derived from a hash (ReplicaSets' and ControllerRevisions' `pod-template-hash`).
+pub fn safe_encode(s: &str) -> String {
+    safe_chars(s.bytes())
+}
+
+fn safe_chars(bytes: impl Iterator<Item = u8>) -> String {
+    bytes
+        .map(|b| char::from(SUFFIX_CHARS[usize::from(b) % SUFFIX_CHARS.len()]))
         .collect()
 }
 

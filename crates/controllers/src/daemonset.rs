@@ -26,7 +26,7 @@ use kube::ResourceExt;
 use crate::owned::{self, Ctx, SyncError};
 use crate::pod_cache::{self, Expect};
 use crate::{history, workload};
-use korvet_apimachinery::{names, selector, taints};
+use korvet_apimachinery::{names, node_affinity, selector, taints};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
@@ -151,66 +151,8 @@ pub fn node_of(pod: &Pod) -> Option<String> {
     })
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |v: &str| v.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| number(v)),
-                values.first().and_then(|b| number(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
 /// Whether a daemon pod of `spec` belongs on `node` (upstream's `NodeShouldRunDaemonPod`).
 pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.name_any();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_none_or(|required| {
-            required.node_selector_terms.iter().any(|term| {
-                let exprs = term.match_expressions.iter().flatten();
-                let fields = term.match_fields.iter().flatten();
-                let has_any = term
-                    .match_expressions
-                    .as_ref()
-                    .is_some_and(|e| !e.is_empty())
-                    || term.match_fields.as_ref().is_some_and(|f| !f.is_empty());
-                has_any
-                    && exprs
-                        .clone()
-                        .all(|r| requirement_matches(r, labels.get(&r.key)))
-                    && fields
-                        .clone()
-                        .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-            })
-        });
     let tolerations = spec.tolerations.clone().unwrap_or_default();
     let taints_ok = node
         .spec
@@ -220,7 +162,7 @@ pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
         .flatten()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .all(|t| taints::tolerated(&tolerations, t));
-    selector_ok && affinity_ok && taints_ok
+    node_affinity::required_matches(spec, node) && taints_ok
 }
 
 /// `maxUnavailable`/`maxSurge` against `total`, percentages rounded up as upstream.

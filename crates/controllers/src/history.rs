@@ -48,7 +48,7 @@ pub fn hash(data: &Value, collision_count: i32) -> String {
     if collision_count > 0 {
         bytes.extend(collision_count.to_string().bytes());
     }
-    owned::safe_encode(owned::fnv32a(&bytes))
+    korvet_apimachinery::names::safe_encode(&owned::fnv32a(&bytes).to_string())
 }
 
 /// The revisions `owner` controls, oldest first.

@@ -7,14 +7,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
-    Toleration, TopologySpreadConstraint,
+    Container, Node, Pod, PodAffinityTerm, Taint, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use korvet_apimachinery::quantity::parse_milli;
-use korvet_apimachinery::selector;
 use korvet_apimachinery::taints::tolerates;
+use korvet_apimachinery::{node_affinity, selector};
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
@@ -189,38 +188,6 @@ impl NodeInfo {
     }
 }
 
-// ---------------------------------------------------------------- node selectors
-
-fn requirement_matches(
-    labels: &BTreeMap<String, String>,
-    key: &str,
-    op: &str,
-    values: &[String],
-) -> bool {
-    let value = labels.get(key);
-    match op {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        // Gt/Lt: both sides integers, else no match.
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
 fn pod_labels(pod: &Pod) -> &BTreeMap<String, String> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
@@ -232,69 +199,11 @@ fn namespace(pod: &Pod) -> &str {
 
 // ---------------------------------------------------------------- node affinity
 
-fn node_requirement_matches(
-    r: &NodeSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    requirement_matches(
-        labels,
-        &r.key,
-        &r.operator,
-        r.values.as_deref().unwrap_or_default(),
-    )
-}
-
-/// A node selector term: all expressions and fields match; an empty term matches no node.
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&EMPTY);
-    let name_fields = BTreeMap::from([(
-        "metadata.name".to_string(),
-        node.metadata.name.clone().unwrap_or_default(),
-    )]);
-    exprs.iter().all(|r| node_requirement_matches(r, labels))
-        && fields.iter().all(|r| {
-            // Only metadata.name is a supported field, with In and NotIn.
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && node_requirement_matches(r, &name_fields)
-        })
-}
-
 /// nodeSelector and required node affinity (NodeAffinity's filter).
 pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return true;
-    };
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&EMPTY);
-    if !spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    match spec
-        .affinity
+    pod.spec
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        }) {
-        Some(required) => required
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node)),
-        None => true,
-    }
+        .is_none_or(|spec| node_affinity::required_matches(spec, node))
 }
 
 pub fn filter_node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
@@ -319,7 +228,7 @@ pub fn score_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
         })
         .into_iter()
         .flatten()
-        .filter(|t| t.weight != 0 && term_matches(&t.preference, &node.node))
+        .filter(|t| t.weight != 0 && node_affinity::term_matches(&t.preference, &node.node))
         .map(|t| i64::from(t.weight))
         .sum()
 }
