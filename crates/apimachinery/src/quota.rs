@@ -78,9 +78,9 @@ fn pod_terminal(pod: &Value) -> bool {
     )
 }
 
-/// No container requests or limits anything (the BestEffort QoS class).
-fn best_effort(pod: &Value) -> bool {
-    let all = pod["spec"]["containers"]
+/// A pod's containers, then its init containers.
+pub fn containers_and_init_containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    pod["spec"]["containers"]
         .as_array()
         .into_iter()
         .flatten()
@@ -89,7 +89,12 @@ fn best_effort(pod: &Value) -> bool {
                 .as_array()
                 .into_iter()
                 .flatten(),
-        );
+        )
+}
+
+/// No container requests or limits anything (the BestEffort QoS class).
+fn best_effort(pod: &Value) -> bool {
+    let all = containers_and_init_containers(pod);
     let mut none = true;
     for c in all {
         let r = &c["resources"];

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use korvet_apimachinery::quota::{
-    container_usage, format_quantity, hard, object_usage, scopes_match, to_json, used, Usage,
+    container_usage, containers_and_init_containers, format_quantity, hard, object_usage,
+    scopes_match, to_json, used, Usage,
 };
 
 use crate::admission::{AdmissionRequest, Operation};
@@ -51,16 +52,7 @@ fn constraints(required: &BTreeSet<String>, pod: &Value) -> Option<String> {
         return None;
     }
     let mut missing: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    let containers = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            pod["spec"]["initContainers"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        );
+    let containers = containers_and_init_containers(pod);
     for c in containers {
         let has = container_usage(c);
         for r in &required {
