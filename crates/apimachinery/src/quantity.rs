@@ -56,6 +56,32 @@ pub fn parse_milli(text: &str) -> Option<i128> {
     Some(if negative { -out } else { out })
 }
 
+/// A milli-value as upstream's canonical decimal quantity: `250m`, `2`, `1500m`, `9764k`.
+pub fn format_decimal(milli: i128) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let mut n = milli / 1000;
+    if n == 0 {
+        return "0".to_string();
+    }
+    for suffix in ["k", "M", "G", "T", "P", "E"] {
+        if n % 1000 != 0 {
+            break;
+        }
+        n /= 1000;
+        if n % 1000 != 0 {
+            return format!("{n}{suffix}");
+        }
+    }
+    let mut out = n.to_string();
+    // Only reached for values with no exact larger suffix.
+    if out.is_empty() {
+        out.push('0');
+    }
+    out
+}
+
 /// CPU as millicores: `500m` → 500, `2` → 2000, `0.25` → 250.
 pub fn cpu_millis(text: &str) -> Option<i64> {
     parse_milli(text).and_then(|m| i64::try_from(m).ok())
@@ -120,5 +146,31 @@ mod tests {
         assert_eq!(as_f64("four"), None);
         assert_eq!(as_f64("4Qi"), None);
         assert_eq!(as_f64("-1"), None);
+    }
+
+    #[test]
+    fn parses_quantities_to_milli_units() {
+        assert_eq!(parse_milli("500m"), Some(500));
+        assert_eq!(parse_milli("2"), Some(2000));
+        assert_eq!(parse_milli("1.5"), Some(1500));
+        assert_eq!(parse_milli("64Mi"), Some(64 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("123456n"), Some(1));
+        assert_eq!(parse_milli("123456789n"), Some(124));
+        assert_eq!(parse_milli("12Ki"), Some(12 * 1024 * 1000));
+        assert_eq!(parse_milli("1e3"), Some(1_000_000));
+        assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
+        assert_eq!(parse_milli("x"), None);
+        assert_eq!(parse_milli(""), None);
+    }
+
+    #[test]
+    fn formats_canonically() {
+        assert_eq!(format_decimal(250), "250m");
+        assert_eq!(format_decimal(2000), "2");
+        assert_eq!(format_decimal(1500), "1500m");
+        assert_eq!(format_decimal(9_764_000_000), "9764k");
+        assert_eq!(format_decimal(0), "0");
+        assert_eq!(format_decimal(5_000_000_000), "5M");
+        assert_eq!(format_decimal(12_345_000), "12345");
     }
 }

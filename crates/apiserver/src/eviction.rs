@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 
 use http::StatusCode;
+use korvet_apimachinery::selector::LabelSelector;
 use serde_json::{json, Value};
 
 use crate::body::{self, Reply};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::handlers::{load, Call};
 use crate::storage::Written;
-use korvet_apimachinery::selector::LabelSelector;
 
 const EVICTION_MESSAGE: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
 /// Upstream's `MaxDisruptedPodSize`: evictions the controller has not yet seen.

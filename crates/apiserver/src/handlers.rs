@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
+use korvet_apimachinery::selector::{FieldSelector, LabelSelector};
 use korvet_store::{EventKind, Revision};
 use serde_json::{json, Value};
 
@@ -20,7 +21,6 @@ use crate::request::{ResourceRequest, Verb};
 use crate::server::ApiServer;
 use crate::storage::{self, Written};
 use crate::{strategy, table};
-use korvet_apimachinery::selector::{FieldSelector, LabelSelector};
 
 /// How many times a write without a client-given resourceVersion is retried when the
 /// object changed underneath it.

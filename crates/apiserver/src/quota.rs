@@ -5,12 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
 use korvet_apimachinery::quota::{
     container_usage, containers_and_init_containers, format_quantity, hard, object_usage,
     scopes_match, to_json, used, Usage,
 };
+use serde_json::Value;
 
 use crate::admission::{AdmissionRequest, Operation};
 use crate::error::{ApiError, ApiResult};

@@ -18,13 +18,13 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::selector;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 
 use crate::workload::{controller_of, is_pod_ready};
-use korvet_apimachinery::events::EventRecorder;
-use korvet_apimachinery::selector;
 
 /// How long an eviction may wait for its pod to show as deleted (upstream's
 /// `DeletionTimeout`).

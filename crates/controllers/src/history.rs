@@ -9,13 +9,13 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use korvet_apimachinery::selector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use crate::owned::{self, SyncError};
 use crate::workload;
-use korvet_apimachinery::selector;
 
 /// What a revision stores: the template as a strategic-merge patch that replaces it.
 pub fn revision_data(template: &PodTemplateSpec) -> Result<Value, SyncError> {

@@ -15,6 +15,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::{names, selector};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -26,8 +28,6 @@ use crate::workload::{
     controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_available, is_pod_ready,
     labels_match, pod_from_template, ready_since,
 };
-use korvet_apimachinery::events::EventRecorder;
-use korvet_apimachinery::{names, selector};
 
 /// At most this many pods are created or deleted in one sync (upstream's `burstReplicas`).
 const BURST_REPLICAS: usize = 500;

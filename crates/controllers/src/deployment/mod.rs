@@ -21,6 +21,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::selector;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -29,8 +31,6 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::workload::{controller_of, controller_ref, is_controlled_by};
-use korvet_apimachinery::events::EventRecorder;
-use korvet_apimachinery::selector;
 use revisions::{compute_hash, equal_ignore_hash, HASH_LABEL};
 use rolling::{is_rolling_update, max_surge};
 

@@ -10,13 +10,12 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::taints::tolerates;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
-
-use korvet_apimachinery::events::EventRecorder;
-use korvet_apimachinery::taints::tolerates;
 
 /// What the NoExecute `taints` mean for a pod with `tolerations`.
 #[derive(Debug, PartialEq, Eq)]

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-
 use korvet_apimachinery::quantity::{cpu_millis, whole_units};
 
 use super::runtime::identity;
