@@ -1,15 +1,12 @@
 //! The admin HTTP listener: `/healthz` and `/readyz` (200 while a backend is up, else
 //! 503) and `/metrics` (Prometheus text format).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::LbMetrics;
@@ -17,19 +14,8 @@ use crate::pool::BackendPool;
 
 /// Serves until the task is aborted; aborting it also ends its open connections.
 pub(crate) async fn serve(listener: TcpListener, pool: Arc<BackendPool>, metrics: Arc<LbMetrics>) {
-    korvet_serving::accept_loop(listener, "admin listener", move |stream, _| {
-        let pool = Arc::clone(&pool);
-        let metrics = Arc::clone(&metrics);
-        async move {
-            let service = service_fn(move |request| {
-                let reply = respond(&request, &pool, &metrics);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await?;
-            Ok(())
-        }
+    korvet_serving::serve_http1(listener, "admin listener", move |request| {
+        respond(request, &pool, &metrics)
     })
     .await
 }

@@ -4,10 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -156,21 +154,9 @@ pub async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz and /metrics");
-    Ok(tokio::spawn(korvet_serving::accept_loop(
+    Ok(tokio::spawn(korvet_serving::serve_http1(
         listener,
         "metrics server",
-        move |tcp, _| {
-            let metrics = metrics.clone();
-            async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let response = reply(&metrics, req.uri().path());
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await?;
-                Ok(())
-            }
-        },
+        move |request| reply(&metrics, request.uri().path()),
     )))
 }

@@ -1,14 +1,22 @@
 //! The accept loop of every Korvet server (API server, node agent, registry, load
-//! balancer, health and metrics endpoints).
+//! balancer, health and metrics endpoints), and [`serve_http1`] for the small
+//! plain-HTTP endpoints (`/healthz`, `/metrics`) built on it.
 //!
 //! One loop so that each gets the two things that are easy to forget: a failed accept
 //! (out of file descriptors, say) pauses instead of spinning on the error, and the
 //! connections belong to the loop, so that aborting its task also ends them.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -50,6 +58,30 @@ where
     }
 }
 
+/// Serves HTTP/1.1 on `listener` until the task is aborted, answering every request
+/// with `respond` (which sees only the request head: health and metrics endpoints
+/// need no body).
+pub async fn serve_http1<F>(listener: TcpListener, what: &'static str, respond: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
+    accept_loop(listener, what, move |tcp, _| {
+        let respond = Arc::clone(&respond);
+        async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let reply = respond(&request);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +111,24 @@ mod tests {
             matches!(read, Ok(Ok(0))),
             "the connection outlived its loop: {read:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn http1_answers_with_the_reply_of_its_path() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(serve_http1(listener, "test", |request| {
+            Response::new(Full::new(Bytes::from(request.uri().path().to_string())))
+        }));
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.expect("read");
+        server.abort();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(reply.ends_with("/healthz"), "{reply}");
     }
 }
