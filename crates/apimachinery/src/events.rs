@@ -112,7 +112,12 @@ impl EventRecorder {
             field_path: None,
             ..reference
         };
-        let event = new_event(&self.controller, None, reference, type_, reason, note, now);
+        let source = Source {
+            component: &self.controller,
+            instance: &self.controller,
+            host: None,
+        };
+        let event = new_event(source, reference, type_, reason, note, now);
         let name = event.metadata.name.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), &event).await {
@@ -141,26 +146,41 @@ impl EventRecorder {
     }
 }
 
-/// A new Event (count 1) about `reference`, as `component` on `host` records it. Its
-/// name is upstream's: the object's name and the time in hex nanoseconds; an event of
-/// a cluster-scoped object goes to `default`, as upstream's recorder puts it.
+/// Who writes an Event: `source.component` and `reportingComponent`, the
+/// `reportingInstance` (a controller's name, a scheduler's identity, a node's name) and,
+/// for a node agent, `source.host`.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    pub component: &'a str,
+    pub instance: &'a str,
+    pub host: Option<&'a str>,
+}
+
+/// Upstream's Event name: the object's name and the time in hex nanoseconds.
+pub fn event_name(object: &str, now: jiff::Timestamp) -> String {
+    format!("{object}.{:x}", now.as_nanosecond())
+}
+
+/// A new Event (count 1) about `reference`, as `source` records it. An event of a
+/// cluster-scoped object goes to `default`, as upstream's recorder puts it.
 pub fn new_event(
-    component: &str,
-    host: Option<&str>,
+    source: Source<'_>,
     reference: ObjectReference,
     type_: &str,
     reason: &str,
     message: String,
     now: jiff::Timestamp,
 ) -> Event {
-    let object = reference.name.clone().unwrap_or_default();
     let namespace = reference
         .namespace
         .clone()
         .unwrap_or_else(|| "default".to_string());
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+            name: Some(event_name(
+                reference.name.as_deref().unwrap_or_default(),
+                now,
+            )),
             namespace: Some(namespace),
             ..Default::default()
         },
@@ -173,11 +193,11 @@ pub fn new_event(
         last_timestamp: Some(Time(now)),
         event_time: None::<MicroTime>,
         source: Some(EventSource {
-            component: Some(component.to_string()),
-            host: host.map(str::to_string),
+            component: Some(source.component.to_string()),
+            host: source.host.map(str::to_string),
         }),
-        reporting_component: Some(component.to_string()),
-        reporting_instance: Some(host.unwrap_or(component).to_string()),
+        reporting_component: Some(source.component.to_string()),
+        reporting_instance: Some(source.instance.to_string()),
         ..Default::default()
     }
 }
@@ -211,15 +231,12 @@ mod tests {
             field_path: Some("spec.containers{main}".into()),
             ..Default::default()
         };
-        let e = new_event(
-            "kubelet",
-            Some("n1"),
-            pod,
-            "Normal",
-            "Pulled",
-            "done".into(),
-            now,
-        );
+        let kubelet = Source {
+            component: "kubelet",
+            instance: "n1",
+            host: Some("n1"),
+        };
+        let e = new_event(kubelet, pod, "Normal", "Pulled", "done".into(), now);
         assert_eq!(e.metadata.name.as_deref(), Some("web.3b9aca00"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("apps"));
         assert_eq!(
@@ -234,15 +251,12 @@ mod tests {
             name: Some("n1".into()),
             ..Default::default()
         };
-        let e = new_event(
-            "node-controller",
-            None,
-            node,
-            "Warning",
-            "NotReady",
-            "x".into(),
-            now,
-        );
+        let controller = Source {
+            component: "node-controller",
+            instance: "node-controller",
+            host: None,
+        };
+        let e = new_event(controller, node, "Warning", "NotReady", "x".into(), now);
         assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(e.reporting_instance.as_deref(), Some("node-controller"));
         assert_eq!(e.count, Some(1));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use korvet_apimachinery::events::{count_repeat, new_event};
+use korvet_apimachinery::events::{count_repeat, new_event, Source};
 use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 
@@ -220,9 +220,13 @@ impl Correlator {
 /// The Event first written for `r`, as the shared recorder builds it, with this node as
 /// the source host.
 pub fn event(node: &str, r: &Record) -> Event {
+    let source = Source {
+        component: COMPONENT,
+        instance: node,
+        host: Some(node),
+    };
     new_event(
-        COMPONENT,
-        Some(node),
+        source,
         r.object.clone(),
         r.type_,
         &r.reason,
