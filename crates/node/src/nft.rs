@@ -53,7 +53,7 @@ pub fn apply(netns: Option<&str>, script: &str) -> Result<(), NftError> {
 }
 
 /// [`apply`] off the async runtime: nft can take a while on a large ruleset.
-pub async fn apply_blocking(netns: Option<String>, script: String) -> Result<(), NftError> {
+pub(crate) async fn apply_blocking(netns: Option<String>, script: String) -> Result<(), NftError> {
     match tokio::task::spawn_blocking(move || apply(netns.as_deref(), &script)).await {
         Ok(result) => result,
         Err(e) => Err(NftError::Rejected(format!("nft task: {e}"))),

@@ -17,10 +17,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as TypedLabelSelector;
 
-pub use field::{
-    escape_field_value, unescape_field_value, FieldOperator, FieldRequirement, FieldSelector,
-};
-pub use label::{LabelSelector, Operator, Requirement};
+pub use field::FieldSelector;
+pub use label::LabelSelector;
+pub(crate) use label::Operator;
 
 /// Whether `labels` satisfy `selector`, all of its `matchLabels` and
 /// `matchExpressions`; an empty selector selects everything, as upstream's
