@@ -30,6 +30,36 @@ pub(crate) fn has_dns_subdomain_form(s: &str) -> bool {
     s.split('.').all(has_dns_label_form)
 }
 
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, without a length bound: the form of a
+/// label value and of a label or annotation key's name part.
+pub(crate) fn has_label_name_form(s: &str) -> bool {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+/// Upstream's `IsQualifiedName`: a label or annotation key, `[PREFIX/]NAME` with a DNS
+/// subdomain as the prefix and a name of at most 63 characters.
+pub fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    prefix.is_none_or(is_dns_subdomain) && name.len() <= DNS_LABEL_MAX && has_label_name_form(name)
+}
+
+/// Upstream's `IsValidLabelValue`: empty, or at most 63 characters of the name form.
+pub fn is_label_value(value: &str) -> bool {
+    value.is_empty() || (value.len() <= DNS_LABEL_MAX && has_label_name_form(value))
+}
+
 /// Upstream's `IsDNS1123Label`: what namespaces, Services and most names must be.
 pub fn is_dns_label(s: &str) -> bool {
     s.len() <= DNS_LABEL_MAX && has_dns_label_form(s)

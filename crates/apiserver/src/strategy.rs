@@ -2,7 +2,9 @@
 //! uid, timestamps, generation, the spec/status split) and the per-kind defaults and
 //! validation that the registry table points to.
 
-use korvet_apimachinery::names::{is_dns_label, is_dns_subdomain};
+use korvet_apimachinery::names::{
+    is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name,
+};
 use serde_json::{json, Map, Value};
 
 use crate::error::Cause;
@@ -67,19 +69,7 @@ pub fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {
 }
 
 pub(crate) fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    let prefix_ok = prefix.is_none_or(is_dns_subdomain);
-    (!name_ok || !prefix_ok).then(|| {
+    (!is_qualified_name(key)).then(|| {
         Cause::invalid(
             field,
             &json!(key),
@@ -89,14 +79,7 @@ pub(crate) fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
 }
 
 pub(crate) fn validate_label_value(field: &str, value: &str) -> Option<Cause> {
-    let ok = value.is_empty()
-        || (value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && value.as_bytes()[0].is_ascii_alphanumeric()
-            && value.as_bytes()[value.len() - 1].is_ascii_alphanumeric());
-    (!ok).then(|| {
+    (!is_label_value(value)).then(|| {
         Cause::invalid(
             field,
             &json!(value),

@@ -702,20 +702,6 @@ fn max_len_error(n: usize) -> String {
     format!("must be no more than {n} characters")
 }
 
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, without a regex engine.
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            first.is_ascii_alphanumeric()
-                && last.is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        }
-        _ => false,
-    }
-}
-
 fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_SUBDOMAIN_MAX {
@@ -760,7 +746,7 @@ fn label_key_errors(key: &str) -> Vec<String> {
     } else if name.len() > LABEL_NAME_MAX {
         errs.push(format!("name part {}", max_len_error(LABEL_NAME_MAX)));
     }
-    if !is_label_name(name) {
+    if !crate::names::has_label_name_form(name) {
         errs.push(format!(
             "name part {}",
             regex_error(LABEL_KEY_ERR, LABEL_KEY_FMT, LABEL_KEY_EXAMPLES)
@@ -775,7 +761,7 @@ fn label_value_errors(value: &str) -> Vec<String> {
     if value.len() > LABEL_NAME_MAX {
         errs.push(max_len_error(LABEL_NAME_MAX));
     }
-    if !value.is_empty() && !is_label_name(value) {
+    if !value.is_empty() && !crate::names::has_label_name_form(value) {
         errs.push(regex_error(
             LABEL_VALUE_ERR,
             LABEL_VALUE_FMT,
@@ -1681,5 +1667,34 @@ mod tests {
         assert_eq!(toks("!=="), [NotEquals, Equals, EndOfString]);
         assert_eq!(toks("=!"), [Equals, DoesNotExist, EndOfString]);
         assert_eq!(toks(">="), [GreaterThan, Equals, EndOfString]);
+    }
+
+    #[test]
+    fn key_and_value_checks_agree_with_the_name_predicates() {
+        for key in [
+            "app",
+            "example.com/app",
+            "Example.com/app",
+            "/app",
+            "a/b/c",
+            "a_b.c-d",
+            "-a",
+            "",
+            &"k".repeat(64),
+            &format!("{}/x", "p".repeat(254)),
+        ] {
+            assert_eq!(
+                label_key_errors(key).is_empty(),
+                crate::names::is_qualified_name(key),
+                "{key:?}"
+            );
+        }
+        for value in ["", "v1", "a.b_c-d", "-a", "a b", &"v".repeat(64)] {
+            assert_eq!(
+                label_value_errors(value).is_empty(),
+                crate::names::is_label_value(value),
+                "{value:?}"
+            );
+        }
     }
 }
