@@ -2,41 +2,11 @@
 //! non-empty selector that selects the template's labels (and never changes), replicas
 //! not negative, pods that restart `Always`, and a rolling update that can progress.
 
+use korvet_apimachinery::selector;
 use serde_json::Value;
 
 use crate::error::Cause;
 use crate::strategy::validate_pod;
-
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
-fn selector_matches(selector: &Value, labels: &Value) -> bool {
-    let label = |k: &str| labels.get(k).and_then(Value::as_str);
-    let by_labels = selector["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| label(k) == v.as_str());
-    let by_expressions = selector["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            match e["operator"].as_str() {
-                Some("In") => label(key).is_some_and(|v| values.contains(&v)),
-                Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
-                Some("Exists") => label(key).is_some(),
-                Some("DoesNotExist") => label(key).is_none(),
-                _ => false,
-            }
-        });
-    by_labels && by_expressions
-}
 
 fn selector_is_empty(selector: &Value) -> bool {
     selector["matchLabels"]
@@ -62,7 +32,7 @@ fn validate_replicated(kind: &str, object: &Value, old: Option<&Value>) -> Vec<C
         ));
     } else {
         let labels = &spec["template"]["metadata"]["labels"];
-        if !selector_matches(selector, labels) {
+        if !selector::matches_json(selector, labels) {
             causes.push(Cause::invalid(
                 "spec.template.metadata.labels",
                 labels,

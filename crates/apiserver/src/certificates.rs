@@ -121,7 +121,7 @@ fn validate_spec(spec: &Value) -> Vec<Cause> {
         None | Some("") => causes.push(Cause::required("spec.signerName")),
         Some(signer) => {
             let qualified = signer.split_once('/').is_some_and(|(domain, path)| {
-                !path.is_empty() && crate::strategy::is_dns_subdomain(domain)
+                !path.is_empty() && korvet_apimachinery::names::is_dns_subdomain(domain)
             });
             if !qualified {
                 causes.push(Cause::invalid(

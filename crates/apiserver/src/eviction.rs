@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 
 use http::StatusCode;
+use korvet_apimachinery::selector::LabelSelector;
 use serde_json::{json, Value};
 
 use crate::body::{self, Reply};
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::handlers::{load, Call};
-use crate::selectors::LabelSelector;
 use crate::storage::Written;
 
 const EVICTION_MESSAGE: &str = "Cannot evict pod as it would violate the pod's disruption budget.";

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
+use korvet_apimachinery::selector::{FieldSelector, LabelSelector};
 use korvet_store::{EventKind, Revision};
 use serde_json::{json, Value};
 
@@ -17,7 +18,6 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::query::{self, Query};
 use crate::registry::ResourceType;
 use crate::request::{ResourceRequest, Verb};
-use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::ApiServer;
 use crate::storage::{self, Written};
 use crate::{strategy, table};
@@ -631,20 +631,6 @@ async fn admit_plugins(
     crate::admission::run(call.server, &request).await
 }
 
-const GENERATE_NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
-fn generate_name(base: &str) -> String {
-    let uid = uuid::Uuid::new_v4();
-    let suffix: String = uid
-        .as_bytes()
-        .iter()
-        .take(5)
-        .map(|b| GENERATE_NAME_CHARS[*b as usize % GENERATE_NAME_CHARS.len()] as char)
-        .collect();
-    let base = if base.len() > 58 { &base[..58] } else { base };
-    format!("{base}{suffix}")
-}
-
 /// A namespaced object may only be created in an existing, active namespace.
 async fn check_namespace(call: &Call<'_>, namespace: &str) -> ApiResult<()> {
     let registry = &call.server.registry;
@@ -714,7 +700,7 @@ pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Repl
     if !has_name {
         match object["metadata"]["generateName"].as_str() {
             Some(base) if !base.is_empty() => {
-                object["metadata"]["name"] = json!(generate_name(base));
+                object["metadata"]["name"] = json!(korvet_apimachinery::names::generate_name(base));
             }
             _ => {
                 return Err(ApiError::invalid(

@@ -43,7 +43,6 @@ pub mod resource_metrics;
 mod reviews;
 pub mod runtime_class;
 pub mod sa_tokens;
-pub mod selectors;
 pub mod server;
 pub mod service_account_admission;
 mod service_validation;

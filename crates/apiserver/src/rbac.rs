@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use korvet_apimachinery::selector;
 use serde_json::{json, Value};
 
 use crate::auth::{Attributes, Decision, UserInfo};
@@ -174,7 +175,7 @@ pub fn cluster_role_rules<'v>(role: &'v Value, all_cluster_roles: &'v [Value]) -
         for selector in selectors.into_iter().flatten() {
             for other in all_cluster_roles {
                 let labels = &other["metadata"]["labels"];
-                if !seen.contains(object_name(other)) && label_selector_matches(selector, labels) {
+                if !seen.contains(object_name(other)) && selector::matches_json(selector, labels) {
                     seen.insert(object_name(other));
                     pending.push(other);
                 }
@@ -186,40 +187,6 @@ pub fn cluster_role_rules<'v>(role: &'v Value, all_cluster_roles: &'v [Value]) -
 
 fn object_name(object: &Value) -> &str {
     object["metadata"]["name"].as_str().unwrap_or_default()
-}
-
-/// A `metav1.LabelSelector`: all of `matchLabels` and `matchExpressions` must hold; an
-/// empty selector matches everything. An unknown operator makes the selector invalid,
-/// which upstream treats as matching nothing.
-fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
-    let label = |key: &str| labels[key].as_str();
-    let match_labels = selector["matchLabels"].as_object().into_iter().flatten();
-    for (key, value) in match_labels {
-        if value.as_str().is_none() || label(key) != value.as_str() {
-            return false;
-        }
-    }
-    let expressions = selector["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten();
-    for expression in expressions {
-        let Some(key) = expression["key"].as_str() else {
-            return false;
-        };
-        let mut values = strings(expression, "values");
-        let holds = match expression["operator"].as_str() {
-            Some("In") => label(key).is_some_and(|v| values.any(|w| w == v)),
-            Some("NotIn") => !label(key).is_some_and(|v| values.any(|w| w == v)),
-            Some("Exists") => label(key).is_some(),
-            Some("DoesNotExist") => label(key).is_none(),
-            _ => false,
-        };
-        if !holds {
-            return false;
-        }
-    }
-    true
 }
 
 /// Whether any subject of the binding is `user`. `binding_namespace` is the namespace of
@@ -1343,50 +1310,6 @@ mod tests {
 
     fn role_with_labels(name: &str, labels: Value, rules: Vec<Value>) -> Value {
         json!({"metadata": {"name": name, "labels": labels}, "rules": rules})
-    }
-
-    #[test]
-    fn label_selectors() {
-        let labels = json!({"tier": "web", "env": "prod"});
-        assert!(label_selector_matches(&json!({}), &labels));
-        assert!(label_selector_matches(
-            &json!({"matchLabels": {"tier": "web"}}),
-            &labels
-        ));
-        assert!(!label_selector_matches(
-            &json!({"matchLabels": {"tier": "db"}}),
-            &labels
-        ));
-        assert!(!label_selector_matches(
-            &json!({"matchLabels": {"x": "web"}}),
-            &json!(null)
-        ));
-        let expr = |op: &str, values: Value| json!({"matchExpressions": [{"key": "env", "operator": op, "values": values}]});
-        assert!(label_selector_matches(
-            &expr("In", json!(["dev", "prod"])),
-            &labels
-        ));
-        assert!(!label_selector_matches(
-            &expr("In", json!(["dev"])),
-            &labels
-        ));
-        assert!(label_selector_matches(
-            &expr("NotIn", json!(["dev"])),
-            &labels
-        ));
-        assert!(label_selector_matches(
-            &expr("NotIn", json!(["dev"])),
-            &json!({})
-        ));
-        assert!(label_selector_matches(
-            &expr("Exists", json!(null)),
-            &labels
-        ));
-        assert!(!label_selector_matches(
-            &expr("DoesNotExist", json!(null)),
-            &labels
-        ));
-        assert!(!label_selector_matches(&expr("Gt", json!(["1"])), &labels));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use korvet_apimachinery::selector::LabelSelector;
 use serde_json::{json, Value};
 
 use crate::body::Reply;
@@ -20,7 +21,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::handlers::Call;
 use crate::registry::{NameRule, ResourceType};
 use crate::request::Verb;
-use crate::selectors::LabelSelector;
 
 pub const GROUP: &str = "metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";

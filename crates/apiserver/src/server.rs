@@ -426,42 +426,10 @@ fn non_resource_attributes(method: &Method, path: &str) -> Attributes {
 /// the task is dropped, which also ends every open connection (and its watches).
 pub async fn serve(server: Arc<ApiServer>, listener: TcpListener, tls: rustls::ServerConfig) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    accept_loop(listener, "API server", move |tcp, peer| {
+    korvet_serving::accept_loop(listener, "API server", move |tcp, peer| {
         serve_connection(server.clone(), acceptor.clone(), tcp, peer)
     })
     .await
-}
-
-pub type ConnectionResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Accepts connections on `listener` forever, serving each with `serve` in a task of a
-/// set that is dropped with this future, so that dropping it ends every open connection.
-/// Failed accepts (out of descriptors, say) are logged and retried after a pause.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, serve: F)
-where
-    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ConnectionResult> + Send + 'static,
-{
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
-        let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what}: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let connection = serve(tcp, peer);
-        connections.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "{what}: connection ended with an error");
-            }
-        });
-    }
 }
 
 async fn serve_connection(
@@ -469,7 +437,7 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-) -> ConnectionResult {
+) -> korvet_serving::ConnectionResult {
     let tls = acceptor.accept(tcp).await?;
     let user = crate::pki::identity_from_peer(tls.get_ref().1.peer_certificates())
         .map(|(name, groups)| UserInfo::authenticated(name, groups));

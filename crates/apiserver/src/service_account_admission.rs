@@ -47,18 +47,8 @@ pub(crate) async fn mutate_pod(
             return Ok(());
         }
     }
-    add_token_volume(pod, &random_suffix());
+    add_token_volume(pod, &korvet_apimachinery::names::random_suffix());
     Ok(())
-}
-
-fn random_suffix() -> String {
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .take(5)
-        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
-        .collect()
 }
 
 fn add_token_volume(pod: &mut Value, suffix: &str) {

@@ -2,6 +2,9 @@
 //! uid, timestamps, generation, the spec/status split) and the per-kind defaults and
 //! validation that the registry table points to.
 
+use korvet_apimachinery::names::{
+    is_dns_label, is_dns_subdomain, is_label_value, is_qualified_name,
+};
 use serde_json::{json, Map, Value};
 
 use crate::error::Cause;
@@ -30,19 +33,6 @@ pub fn new_uid() -> String {
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
 
 /// Checks a name against its rule; the causes carry upstream's messages.
 pub fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {
@@ -79,19 +69,7 @@ pub fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {
 }
 
 pub(crate) fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    let prefix_ok = prefix.is_none_or(is_dns_subdomain);
-    (!name_ok || !prefix_ok).then(|| {
+    (!is_qualified_name(key)).then(|| {
         Cause::invalid(
             field,
             &json!(key),
@@ -101,14 +79,7 @@ pub(crate) fn validate_label_key(field: &str, key: &str) -> Option<Cause> {
 }
 
 pub(crate) fn validate_label_value(field: &str, value: &str) -> Option<Cause> {
-    let ok = value.is_empty()
-        || (value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && value.as_bytes()[0].is_ascii_alphanumeric()
-            && value.as_bytes()[value.len() - 1].is_ascii_alphanumeric());
-    (!ok).then(|| {
+    (!is_label_value(value)).then(|| {
         Cause::invalid(
             field,
             &json!(value),

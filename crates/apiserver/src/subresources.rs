@@ -2,23 +2,27 @@
 //! (`pods/eviction` is `eviction.rs`).
 
 use http::StatusCode;
+use korvet_apimachinery::selector::LabelSelector;
 use serde_json::{json, Value};
 
 use crate::body::{self, Reply};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{load, write_with_retry, Call, Part};
 
-/// Where a kind keeps its label selector for the Scale's `status.selector`.
+/// The Scale's `status.selector`: the kind's label selector as a `labelSelector` query,
+/// matchExpressions included (upstream's `LabelSelectorAsSelector(...).String()`). A
+/// ReplicationController's selector is a bare map of labels.
 fn selector_string(object: &Value) -> String {
     let selector = &object["spec"]["selector"];
-    let labels = selector["matchLabels"].as_object().or(selector.as_object());
-    labels
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+    let typed = selector.get("matchLabels").is_some() || selector.get("matchExpressions").is_some();
+    let selector = if typed || !selector.is_object() {
+        selector.clone()
+    } else {
+        json!({ "matchLabels": selector })
+    };
+    // An invalid selector cannot have been stored; say nothing rather than fail the read.
+    LabelSelector::from_label_selector_json(&selector)
+        .map(|s| s.to_string())
         .unwrap_or_default()
 }
 
@@ -418,4 +422,31 @@ async fn bound_object(
         }),
         pod_node,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_selectors_keep_match_expressions() {
+        let deployment = json!({"spec": {"selector": {
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["b", "a"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+            ],
+        }}});
+        assert_eq!(
+            selector_string(&deployment),
+            "app=web,!canary,tier in (a,b)"
+        );
+        let expressions_only = json!({"spec": {"selector": {
+            "matchExpressions": [{"key": "app", "operator": "Exists"}],
+        }}});
+        assert_eq!(selector_string(&expressions_only), "app");
+        let controller = json!({"spec": {"selector": {"app": "web", "tier": "db"}}});
+        assert_eq!(selector_string(&controller), "app=web,tier=db");
+        assert_eq!(selector_string(&json!({"spec": {}})), "");
+    }
 }

@@ -15,11 +15,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use korvet_apimachinery::events::EventRecorder;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::Resource;
 use rcgen::{
     CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
@@ -237,7 +236,7 @@ fn random_serial() -> Result<SerialNumber, CsrError> {
 struct Context {
     api: Api<CertificateSigningRequest>,
     signer: CsrSigner,
-    recorder: Recorder,
+    recorder: EventRecorder,
 }
 
 fn now_rfc3339() -> String {
@@ -245,28 +244,10 @@ fn now_rfc3339() -> String {
 }
 
 async fn event(ctx: &Context, csr: &CertificateSigningRequest, reason: &str, note: String) {
-    let mut reference = csr.object_ref(&());
-    // Events of cluster-scoped objects live in `default`, as upstream's recorder puts them.
-    reference.namespace = Some("default".into());
-    let published = ctx
-        .recorder
-        .publish(
-            &Event {
-                type_: if reason == "SigningFailed" {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: reason.into(),
-                note: Some(note),
-                action: reason.into(),
-                secondary: None,
-            },
-            &reference,
-        )
-        .await;
-    if let Err(e) = published {
-        tracing::warn!(error = %e, reason, "could not record an event");
+    if reason == "SigningFailed" {
+        ctx.recorder.warning(csr, reason, note).await;
+    } else {
+        ctx.recorder.normal(csr, reason, note).await;
     }
 }
 
@@ -402,13 +383,7 @@ pub async fn run_csr_controller(
 ) -> Result<(), CsrError> {
     let signer = CsrSigner::new(ca_cert_pem, ca_key_pem)?;
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: "korvet-csr-controller".into(),
-            instance: None,
-        },
-    );
+    let recorder = EventRecorder::new(client, "korvet-csr-controller");
     let ctx = Arc::new(Context {
         api: api.clone(),
         signer,

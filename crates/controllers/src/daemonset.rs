@@ -14,9 +14,10 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodSpec, PodTemplateSpec, Taint, Toleration,
+    PodSpec, PodTemplateSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use korvet_apimachinery::{names, node_affinity, selector, taints};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -150,81 +151,8 @@ pub fn node_of(pod: &Pod) -> Option<String> {
     })
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |v: &str| v.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| number(v)),
-                values.first().and_then(|b| number(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key = t.key.as_deref().unwrap_or("");
-        let exists = t.operator.as_deref() == Some("Exists");
-        let key_ok = (key.is_empty() && exists) || key == taint.key;
-        let value_ok =
-            exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
-        effect_ok && key_ok && value_ok
-    })
-}
-
 /// Whether a daemon pod of `spec` belongs on `node` (upstream's `NodeShouldRunDaemonPod`).
 pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.name_any();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_none_or(|required| {
-            required.node_selector_terms.iter().any(|term| {
-                let exprs = term.match_expressions.iter().flatten();
-                let fields = term.match_fields.iter().flatten();
-                let has_any = term
-                    .match_expressions
-                    .as_ref()
-                    .is_some_and(|e| !e.is_empty())
-                    || term.match_fields.as_ref().is_some_and(|f| !f.is_empty());
-                has_any
-                    && exprs
-                        .clone()
-                        .all(|r| requirement_matches(r, labels.get(&r.key)))
-                    && fields
-                        .clone()
-                        .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-            })
-        });
     let tolerations = spec.tolerations.clone().unwrap_or_default();
     let taints_ok = node
         .spec
@@ -233,8 +161,8 @@ pub fn should_run(spec: &PodSpec, node: &Node) -> bool {
         .into_iter()
         .flatten()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| tolerates(&tolerations, t));
-    selector_ok && affinity_ok && taints_ok
+        .all(|t| taints::tolerated(&tolerations, t));
+    node_affinity::required_matches(spec, node) && taints_ok
 }
 
 /// `maxUnavailable`/`maxSurge` against `total`, percentages rounded up as upstream.
@@ -294,7 +222,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, 
     let pods = match ctx.pods.controlled(&ns, &uid, Some(&spec.selector)).await {
         Some(pods) => pods,
         None => {
-            let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+            let params = ListParams::default().labels(&selector::query_string(&spec.selector));
             pods_api.list(&params).await?.items
         }
     };
@@ -487,7 +415,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, 
             owner.clone(),
             &ns,
             None,
-            &workload::generate_name_prefix(&name),
+            &names::generate_name_prefix(&name),
         );
         if let Some(spec) = pod.spec.as_mut() {
             pin_to_node(spec, &node_name);
@@ -561,7 +489,7 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx, nodes: &Store<Node>) -> Result<Action, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {

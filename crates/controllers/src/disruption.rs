@@ -18,25 +18,17 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::selector;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 
-use crate::events::EventRecorder;
 use crate::workload::{controller_of, is_pod_ready};
 
 /// How long an eviction may wait for its pod to show as deleted (upstream's
 /// `DeletionTimeout`).
 const DELETION_TIMEOUT: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
-
-/// Whether `selector` selects `labels` (matchLabels and matchExpressions); a missing or
-/// empty selector selects nothing, as upstream's disruption controller.
-pub fn selects(
-    selector: Option<&LabelSelector>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    crate::owned::selects_some(selector, labels)
-}
 
 /// Upstream's `GetScaledValueFromIntOrPercent`, rounding up.
 pub fn scaled_value(value: &IntOrString, total: i32) -> Result<i32, String> {
@@ -316,7 +308,7 @@ pub async fn run(client: kube::Client) {
                 .iter()
                 .map(|p| &**p)
                 .filter(|p| p.metadata.namespace.as_deref() == Some(&namespace))
-                .filter(|p| selects(selector, p.metadata.labels.as_ref()))
+                .filter(|p| selector::matches_unless_empty(selector, p.metadata.labels.as_ref()))
                 .collect();
             let status = match expected_counts(&client, &pdb, &namespace, &selected).await {
                 Ok((expected, desired_healthy, unmanaged)) => {
@@ -447,7 +439,6 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     #[test]
     fn percents_round_up() {
@@ -456,28 +447,6 @@ mod tests {
         assert_eq!(scaled_value(&IntOrString::String("0%".into()), 10), Ok(0));
         assert_eq!(scaled_value(&IntOrString::Int(4), 10), Ok(4));
         assert!(scaled_value(&IntOrString::String("x".into()), 10).is_err());
-    }
-
-    #[test]
-    fn selectors_match_labels_and_expressions() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        let by_label = LabelSelector {
-            match_labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        assert!(selects(Some(&by_label), Some(&labels)));
-        assert!(!selects(Some(&by_label), None));
-        assert!(!selects(Some(&LabelSelector::default()), Some(&labels)));
-        assert!(!selects(None, Some(&labels)));
-        let by_expression = LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "app".into(),
-                operator: "In".into(),
-                values: Some(vec!["web".into(), "api".into()]),
-            }]),
-            ..Default::default()
-        };
-        assert!(selects(Some(&by_expression), Some(&labels)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use korvet_apimachinery::selector;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
@@ -47,7 +48,7 @@ pub fn hash(data: &Value, collision_count: i32) -> String {
     if collision_count > 0 {
         bytes.extend(collision_count.to_string().bytes());
     }
-    owned::safe_encode(owned::fnv32a(&bytes))
+    korvet_apimachinery::names::safe_encode(&owned::fnv32a(&bytes).to_string())
 }
 
 /// The revisions `owner` controls, oldest first.
@@ -56,7 +57,7 @@ pub async fn list(
     selector: &LabelSelector,
     owner_uid: &str,
 ) -> Result<Vec<ControllerRevision>, SyncError> {
-    let params = ListParams::default().labels(&owned::selector_string(selector));
+    let params = ListParams::default().labels(&selector::query_string(selector));
     let mut revisions: Vec<ControllerRevision> = api
         .list(&params)
         .await?

@@ -21,6 +21,7 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::{names, selector};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -276,8 +277,8 @@ fn new_pod(job: &Job, index: Option<i32>) -> Result<Pod, SyncError> {
     let owner = workload::controller_ref(job)
         .ok_or_else(|| SyncError::Invalid("job without uid".into()))?;
     let prefix = match index {
-        Some(i) => workload::generate_name_prefix(&format!("{name}-{i}")),
-        None => workload::generate_name_prefix(&name),
+        Some(i) => names::generate_name_prefix(&format!("{name}-{i}")),
+        None => names::generate_name_prefix(&name),
     };
     let mut pod = workload::pod_from_template(
         &spec.template,
@@ -343,7 +344,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
         None => {
             let mut params = ListParams::default();
             if let Some(selector) = &spec.selector {
-                params = params.labels(&owned::selector_string(selector));
+                params = params.labels(&selector::query_string(selector));
             }
             pods_api
                 .list(&params)

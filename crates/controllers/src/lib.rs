@@ -6,7 +6,6 @@
 //! Lease (`kube-system/kube-controller-manager`), and only the holder runs the
 //! controllers, so that of three masters exactly one acts.
 
-pub mod client;
 pub mod cron;
 pub mod cronjob;
 pub mod csr;
@@ -15,12 +14,10 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod event_ttl;
-pub mod events;
 pub mod garbage_collector;
 pub mod history;
 pub mod horizontal;
 pub mod job;
-pub mod leader;
 pub mod metrics;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -38,7 +35,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use client::{client_from_kubeconfig, ClientError};
+use korvet_apimachinery::{client_from_kubeconfig, leader};
+
 pub use csr::{run_csr_controller, CsrError, CsrSigner};
 
 /// One controller's loop: runs until its task is aborted.

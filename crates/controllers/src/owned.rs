@@ -7,12 +7,10 @@
 //! look): a fresh list already holds this controller's own writes, so a quick second
 //! sync cannot create a pod twice.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
@@ -28,7 +26,7 @@ pub enum SyncError {
 /// What each of these controllers' syncs gets: the client and its Event recorder.
 pub struct Ctx {
     pub client: kube::Client,
-    pub events: crate::events::EventRecorder,
+    pub events: korvet_apimachinery::events::EventRecorder,
     /// The controller's pods, where it keeps a store of them.
     pub pods: crate::pod_cache::PodCache,
 }
@@ -47,7 +45,7 @@ impl Ctx {
     ) -> Arc<Self> {
         Arc::new(Self {
             client: client.clone(),
-            events: crate::events::EventRecorder::new(client.clone(), reporter),
+            events: korvet_apimachinery::events::EventRecorder::new(client.clone(), reporter),
             pods,
         })
     }
@@ -68,63 +66,6 @@ pub async fn timed(
 pub fn retry_soon<K, C>(_object: Arc<K>, error: &SyncError, _ctx: Arc<C>) -> Action {
     tracing::debug!(%error, "sync failed; retrying");
     Action::requeue(Duration::from_millis(500))
-}
-
-/// `selector` as a `labelSelector` query (`a=b,c in (d,e),!f`).
-pub fn selector_string(selector: &LabelSelector) -> String {
-    let mut parts: Vec<String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
-}
-
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
-pub fn selector_matches(
-    selector: &LabelSelector,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k));
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => get(&e.key).is_some(),
-            "DoesNotExist" => get(&e.key).is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
-
-/// As [`selector_matches`], but a missing or empty selector selects nothing (what
-/// ReplicaSets and PodDisruptionBudgets need; an empty selector elsewhere selects all).
-pub fn selects_some(
-    selector: Option<&LabelSelector>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    selector.is_some_and(|s| {
-        let empty = s.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
-            && s.match_expressions.as_ref().is_none_or(Vec::is_empty);
-        !empty && selector_matches(s, labels)
-    })
 }
 
 pub fn is_not_found(e: &kube::Error) -> bool {
@@ -174,42 +115,13 @@ pub fn fnv32a(bytes: &[u8]) -> u32 {
     })
 }
 
-/// Upstream's `rand.SafeEncodeString` of a hash's decimal form: each byte mapped to
-/// letters and digits that spell no words.
-pub fn safe_encode(hash: u32) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    hash.to_string()
-        .bytes()
-        .map(|b| char::from(ALPHABET[usize::from(b) % ALPHABET.len()]))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    #[test]
-    fn selectors_render_and_match() {
-        let sel = LabelSelector {
-            match_labels: Some([("app".to_string(), "web".to_string())].into()),
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "tier".into(),
-                operator: "In".into(),
-                values: Some(vec!["a".into(), "b".into()]),
-            }]),
-        };
-        assert_eq!(selector_string(&sel), "app=web,tier in (a,b)");
-        let labels: BTreeMap<String, String> =
-            [("app".into(), "web".into()), ("tier".into(), "b".into())].into();
-        assert!(selector_matches(&sel, Some(&labels)));
-        assert!(!selector_matches(&sel, None));
-    }
 
     #[test]
     fn hashes_as_upstream() {
         assert_eq!(fnv32a(b""), 0x811c_9dc5);
         assert_eq!(fnv32a(b"a"), 0xe40c_292c);
-        assert_eq!(safe_encode(0), "4");
     }
 }

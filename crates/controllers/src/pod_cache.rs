@@ -165,7 +165,11 @@ impl PodCache {
         Some(
             pods.into_iter()
                 .filter(|p| {
-                    selector.is_none() || crate::owned::selects_some(selector, Some(p.labels()))
+                    selector.is_none()
+                        || korvet_apimachinery::selector::matches_unless_empty(
+                            selector,
+                            Some(p.labels()),
+                        )
                 })
                 .map(|p| (*p).clone())
                 .collect(),

@@ -7,14 +7,16 @@
 //! Creations and deletions are remembered ("expectations") until the pod watch shows
 //! them, so a reconcile that runs before the watch catches up does not act twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::{names, selector};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -22,10 +24,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 
-use crate::events::EventRecorder;
 use crate::workload::{
-    controller_of, controller_ref, generate_name_prefix, is_controlled_by, is_pod_active,
-    is_pod_available, is_pod_ready, labels_match, pod_from_template, ready_since,
+    controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_available, is_pod_ready,
+    labels_match, pod_from_template, ready_since,
 };
 
 /// At most this many pods are created or deleted in one sync (upstream's `burstReplicas`).
@@ -60,15 +61,6 @@ struct Context {
     replica_sets: Store<ReplicaSet>,
     expectations: Mutex<HashMap<String, Expectations>>,
     recorder: EventRecorder,
-}
-
-/// Whether `selector` selects `labels`; an empty or invalid selector selects nothing
-/// (a controller must never claim every pod).
-pub fn selector_matches(
-    selector: Option<&LabelSelector>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    crate::owned::selects_some(selector, Some(labels))
 }
 
 /// Runs the ReplicaSet controller until its task is aborted.
@@ -114,7 +106,9 @@ fn owners_of_pod(replica_sets: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<R
         .state()
         .iter()
         .filter(|rs| rs.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|rs| selector_matches(rs.spec.as_ref().map(|s| &s.selector), labels))
+        .filter(|rs| {
+            selector::matches_unless_empty(rs.spec.as_ref().map(|s| &s.selector), Some(labels))
+        })
         .map(|rs| ObjectRef::from_obj(rs.as_ref()))
         .collect()
 }
@@ -151,7 +145,7 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, ReplicaSetError>
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
     for pod in all.iter().filter(|p| is_pod_active(p)) {
-        let matches = selector_matches(Some(&spec.selector), pod.labels());
+        let matches = selector::matches_unless_empty(Some(&spec.selector), Some(pod.labels()));
         if is_controlled_by(&pod.metadata, &uid) {
             if matches {
                 owned.push(pod.clone());
@@ -263,7 +257,7 @@ async fn manage_replicas(
             return Err(ReplicaSetError::Manage("ReplicaSet has no template".into()));
         };
         let namespace = rs.namespace().unwrap_or_default();
-        let prefix = generate_name_prefix(&rs.name_any());
+        let prefix = names::generate_name_prefix(&rs.name_any());
         let mut remaining = (want - have).min(BURST_REPLICAS);
         let mut batch = SLOW_START_INITIAL_BATCH.min(remaining);
         while batch > 0 {
@@ -725,18 +719,5 @@ mod tests {
         rs.status = Some(status);
         let status = calculate_status(&rs, &[], None);
         assert!(status.conditions.is_none());
-    }
-
-    #[test]
-    fn empty_selectors_select_nothing() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        assert!(!selector_matches(None, &labels));
-        assert!(!selector_matches(Some(&LabelSelector::default()), &labels));
-        let sel = LabelSelector {
-            match_labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        assert!(selector_matches(Some(&sel), &labels));
-        assert!(!selector_matches(Some(&sel), &BTreeMap::new()));
     }
 }

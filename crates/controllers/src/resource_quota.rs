@@ -2,7 +2,7 @@
 //! every resource in `spec.hard`) and copies `spec.hard` to `status.hard` when `hard`
 //! changes, when a pod, service, secret, config map, claim or replication controller is
 //! deleted or a pod terminates (upstream's replenishment), and every [`RESYNC`]. What an
-//! object costs is the API server's quota evaluator (`korvet_apiserver::quota`), the same
+//! object costs is the quota evaluator (`korvet_apimachinery::quota`), the same
 //! that admission charges creates with.
 //!
 //! The status is written with the quota's resourceVersion as a precondition, so a
@@ -19,7 +19,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
 };
-use korvet_apiserver::quota::{self, Usage};
+use korvet_apimachinery::quantity::parse_milli;
+use korvet_apimachinery::quota::{self, Usage};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
@@ -265,7 +266,7 @@ fn same_usage(a: &Value, b: &Value) -> bool {
     let parse = |v: &Value| -> Option<Usage> {
         v.as_object()?
             .iter()
-            .map(|(k, q)| Some((k.clone(), quota::parse_milli(q.as_str()?)?)))
+            .map(|(k, q)| Some((k.clone(), parse_milli(q.as_str()?)?)))
             .collect()
     };
     parse(a).is_some() && parse(a) == parse(b)

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use korvet_apimachinery::selector;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -353,7 +354,7 @@ async fn sync(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, SyncError> {
     let pods = match ctx.pods.controlled(&ns, &uid, Some(&spec.selector)).await {
         Some(pods) => pods,
         None => {
-            let params = ListParams::default().labels(&owned::selector_string(&spec.selector));
+            let params = ListParams::default().labels(&selector::query_string(&spec.selector));
             pods_api.list(&params).await?.items
         }
     };

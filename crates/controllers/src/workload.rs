@@ -57,15 +57,6 @@ pub fn pod_from_template(
     }
 }
 
-/// Upstream's `generateName` prefix for pods of `owner`: its name and a dash, cut so the
-/// generated name stays within 63 characters.
-pub fn generate_name_prefix(owner: &str) -> String {
-    const MAX: usize = 58;
-    let mut prefix: String = owner.chars().take(MAX - 1).collect();
-    prefix.push('-');
-    prefix
-}
-
 /// Neither finished nor being deleted: a pod that counts towards replicas.
 pub fn is_pod_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -158,11 +149,5 @@ mod tests {
         assert!(is_pod_available(&ready_pod(5), 3, now));
         assert!(!is_pod_available(&ready_pod(5), 10, now));
         assert!(!is_pod_available(&Pod::default(), 0, now));
-    }
-
-    #[test]
-    fn generated_names_stay_short() {
-        assert_eq!(generate_name_prefix("web"), "web-");
-        assert_eq!(generate_name_prefix(&"x".repeat(80)).len(), 58);
     }
 }

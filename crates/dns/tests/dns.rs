@@ -16,7 +16,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn client(cp: &TestControlPlane) -> kube::Client {
-    korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
+    korvet_apimachinery::client_from_kubeconfig(cp.kubeconfig())
         .await
         .unwrap()
 }

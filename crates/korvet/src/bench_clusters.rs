@@ -117,7 +117,7 @@ pub async fn create_and_time_as(
         );
         if api_seconds.is_none() {
             if let Ok(text) = crate::cli::cluster_kubeconfig(client, "default", name).await {
-                if let Ok(tenant) = korvet_platform::kube_client(&text).await {
+                if let Ok(tenant) = korvet_apimachinery::client_from_kubeconfig_yaml(&text).await {
                     if tenant.apiserver_version().await.is_ok() {
                         api_seconds = Some(started.elapsed().as_secs_f64());
                     }
@@ -246,7 +246,7 @@ async fn measure(
     nodes_each: i32,
 ) -> anyhow::Result<ClusterBench> {
     let kubeconfig = std::fs::read_to_string(&server.api.kubeconfig)?;
-    let client = korvet_platform::kube_client(&kubeconfig).await?;
+    let client = korvet_apimachinery::client_from_kubeconfig_yaml(&kubeconfig).await?;
     let minute = Duration::from_secs(60);
 
     eprintln!("bench clusters: 1 master + 2 nodes");

@@ -218,12 +218,12 @@ async fn pod_start(
     rate: f64,
 ) -> anyhow::Result<Vec<PodStartFigures>> {
     let kubeconfig = std::fs::read_to_string(&server.api.kubeconfig)?;
-    let client = korvet_platform::kube_client(&kubeconfig).await?;
+    let client = korvet_apimachinery::client_from_kubeconfig_yaml(&kubeconfig).await?;
     eprintln!("bench pods: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
     create_and_time_as(&client, CLUSTER, 1, 2, "medium", Duration::from_secs(120)).await?;
     let result = async {
         let tenant_config = crate::cli::cluster_kubeconfig(&client, "default", CLUSTER).await?;
-        let tenant = korvet_platform::kube_client(&tenant_config).await?;
+        let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
         let nodes: Vec<String> = Api::<Node>::all(tenant.clone())
             .list(&ListParams::default())
             .await?

@@ -123,12 +123,12 @@ async fn on_cluster(
     config: &ServiceBenchConfig,
 ) -> anyhow::Result<ServiceFigures> {
     let kubeconfig = std::fs::read_to_string(&server.api.kubeconfig)?;
-    let client = korvet_platform::kube_client(&kubeconfig).await?;
+    let client = korvet_apimachinery::client_from_kubeconfig_yaml(&kubeconfig).await?;
     eprintln!("bench services: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
     create_and_time_as(&client, CLUSTER, 1, 2, "medium", Duration::from_secs(120)).await?;
     let result = async {
         let tenant_config = crate::cli::cluster_kubeconfig(&client, "default", CLUSTER).await?;
-        let tenant = korvet_platform::kube_client(&tenant_config).await?;
+        let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(tenant.clone());
         // (node name, provider's machine name from `korvet-local:///NAME`)
         let mut names: Vec<(String, String)> = nodes

@@ -7,8 +7,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
+use korvet_node::nft;
 use korvet_node::proxy::model::{Endpoint, Model, PortKey, Protocol, ServicePort};
-use korvet_node::proxy::{nft, rules};
+use korvet_node::proxy::rules;
 
 use crate::bench_services::NftFigures;
 use crate::bench_workloads::latency;

@@ -275,12 +275,12 @@ async fn on_cluster(
     config: &WorkloadBenchConfig,
 ) -> anyhow::Result<WorkloadFigures> {
     let kubeconfig = std::fs::read_to_string(&server.api.kubeconfig)?;
-    let client = korvet_platform::kube_client(&kubeconfig).await?;
+    let client = korvet_apimachinery::client_from_kubeconfig_yaml(&kubeconfig).await?;
     eprintln!("bench workloads: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
     create_and_time_as(&client, CLUSTER, 1, 2, "medium", Duration::from_secs(120)).await?;
     let result = async {
         let tenant_config = crate::cli::cluster_kubeconfig(&client, "default", CLUSTER).await?;
-        let tenant = korvet_platform::kube_client(&tenant_config).await?;
+        let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
         let deployments: Api<Deployment> = Api::namespaced(tenant.clone(), NAMESPACE);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let watch = watch_creations(tenant.clone(), seen.clone());

@@ -79,7 +79,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let pki = running.pki.clone();
     // The controllers and the scheduler each campaign for their Lease, so that of
     // several replicas one acts.
-    let identity = korvet_controllers::leader::default_identity();
+    let identity = korvet_apimachinery::leader::default_identity();
     let controllers = korvet_controllers::spawn_all(
         &running.kubeconfig,
         korvet_controllers::ControllersConfig {
@@ -91,7 +91,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the controllers")?;
-    let scheduler_client = korvet_controllers::client_from_kubeconfig(&running.kubeconfig)
+    let scheduler_client = korvet_apimachinery::client_from_kubeconfig(&running.kubeconfig)
         .await
         .context("starting the scheduler")?;
     let scheduler = korvet_scheduler::spawn(
@@ -139,7 +139,7 @@ async fn start_dns(
     } else {
         vec![SocketAddr::new(api.ip(), 53)]
     };
-    let client = korvet_controllers::client_from_kubeconfig(kubeconfig)
+    let client = korvet_apimachinery::client_from_kubeconfig(kubeconfig)
         .await
         .context("starting the cluster DNS")?;
     let mut config = korvet_dns::DnsConfig::new(listen.clone());

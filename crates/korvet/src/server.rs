@@ -138,7 +138,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<RunningServer> {
     .await?;
     let kubeconfig = std::fs::read_to_string(&api.kubeconfig)
         .with_context(|| format!("reading {}", api.kubeconfig.display()))?;
-    let client = korvet_platform::kube_client(&kubeconfig).await?;
+    let client = korvet_apimachinery::client_from_kubeconfig_yaml(&kubeconfig).await?;
     korvet_platform::seed(&client, &zones)
         .await
         .context("creating the default flavors and zones")?;

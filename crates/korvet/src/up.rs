@@ -51,7 +51,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let admin = home.join("admin.kubeconfig");
     std::fs::copy(&running.api.kubeconfig, &admin)
         .with_context(|| format!("writing {}", admin.display()))?;
-    let client = korvet_platform::kube_client(
+    let client = korvet_apimachinery::client_from_kubeconfig_yaml(
         &std::fs::read_to_string(&admin).with_context(|| format!("reading {}", admin.display()))?,
     )
     .await?;

@@ -1,17 +1,13 @@
 //! The admin HTTP listener: `/healthz` and `/readyz` (200 while the balancer says it is
 //! ready, else 503) and `/metrics` (Prometheus text format).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::metrics::LbMetrics;
 
@@ -20,31 +16,10 @@ pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Serves until the task is aborted; aborting it also ends its open connections.
 pub(crate) async fn serve(listener: TcpListener, ready: Readiness, metrics: Arc<LbMetrics>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let ready = Arc::clone(&ready);
-                    let metrics = Arc::clone(&metrics);
-                    connections.spawn(async move {
-                        let service = service_fn(move |request| {
-                            let reply = respond(&request, ready.as_ref(), &metrics);
-                            async move { Ok::<_, Infallible>(reply) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("admin listener: accepting a connection failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    korvet_serving::serve_http1(listener, "admin listener", move |request| {
+        respond(request, ready.as_ref(), &metrics)
+    })
+    .await
 }
 
 fn respond(

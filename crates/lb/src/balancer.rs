@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::metrics::LbMetrics;
 use crate::pool::{BackendPool, BackendStatus};
@@ -192,23 +192,13 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    // Owned here so that aborting this task also ends every connection it started.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            result = listener.accept() => match result {
-                Ok((client, peer)) => {
-                    accepted.inc();
-                    connections.spawn(serve(client, peer));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            // Reap finished connections so the set does not grow without bound.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    korvet_serving::accept_loop(listener, "load balancer", move |client, peer| {
+        accepted.inc();
+        let served = serve(client, peer);
+        async move {
+            served.await;
+            Ok(())
         }
-    }
+    })
+    .await
 }

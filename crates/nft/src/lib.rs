@@ -1,11 +1,13 @@
 //! Runs `nft`: a script given to one `nft -f -` is one kernel transaction, so it applies
 //! whole or not at all. The node's service proxy and network policies and the load
 //! balancer's instances all change their rules through here.
+//!
+//! The runs are blocking processes, called off the async runtime with
+//! [`apply_blocking`]: a task aborted meanwhile lets the transaction finish rather than
+//! killing `nft` in the middle.
 
-use std::process::Stdio;
-
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -27,7 +29,7 @@ fn command(netns: Option<&str>) -> Command {
 }
 
 /// Applies `script` in the named network namespace (`ip netns`), or in the current one.
-pub async fn apply(netns: Option<&str>, script: &str) -> Result<(), NftError> {
+pub fn apply(netns: Option<&str>, script: &str) -> Result<(), NftError> {
     if script.is_empty() {
         return Ok(());
     }
@@ -36,41 +38,49 @@ pub async fn apply(netns: Option<&str>, script: &str) -> Result<(), NftError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(NftError::Spawn)?;
-    let written = match child.stdin.take() {
-        // Dropping stdin after the write is what tells nft the script ended.
-        Some(mut stdin) => stdin.write_all(script.as_bytes()).await,
-        None => Ok(()),
-    };
-    let output = child.wait_with_output().await.map_err(NftError::Spawn)?;
+    // Dropping stdin after the write is what tells nft the script ended.
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(script.as_bytes()));
+    let output = child.wait_with_output().map_err(NftError::Spawn)?;
     if output.status.success() {
-        return written.map_err(NftError::Spawn);
+        if let Some(Err(e)) = written {
+            return Err(NftError::Spawn(e));
+        }
+        return Ok(());
     }
     // nft names the failing line first; the whole text can be megabytes.
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let head: String = stderr.lines().take(6).collect::<Vec<_>>().join("\n");
+    let head: String = stderr.lines().take(6).collect::<Vec<_>>().join("; ");
     Err(NftError::Rejected(head))
 }
 
-/// Removes table `family name` if it exists.
-pub async fn delete_table(netns: Option<&str>, family: &str, name: &str) -> Result<(), NftError> {
+/// [`apply`] off the async runtime: nft can take a while on a large ruleset.
+pub async fn apply_blocking(netns: Option<String>, script: String) -> Result<(), NftError> {
+    match tokio::task::spawn_blocking(move || apply(netns.as_deref(), &script)).await {
+        Ok(result) => result,
+        Err(e) => Err(NftError::Rejected(format!("nft task: {e}"))),
+    }
+}
+
+/// Removes table `FAMILY NAME` if it exists.
+pub fn delete_table(netns: Option<&str>, family: &str, name: &str) -> Result<(), NftError> {
     // `add` first, so that deleting a missing table is not an error.
     apply(
         netns,
         &format!("add table {family} {name}\ndelete table {family} {name}\n"),
     )
-    .await
 }
 
-/// What `nft ARGS` prints (e.g. `list table ip korvet-lb`).
-pub async fn list(netns: Option<&str>, args: &[&str]) -> Result<String, NftError> {
+/// What `nft ARGS` prints (e.g. `list map ip korvet-proxy service-ips`).
+pub fn list(netns: Option<&str>, args: &[&str]) -> Result<String, NftError> {
     let output = command(netns)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .await
         .map_err(NftError::Spawn)?;
     if !output.status.success() {
         return Err(NftError::Rejected(

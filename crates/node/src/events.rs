@@ -5,15 +5,18 @@
 //!
 //! Recording never blocks a pod worker: events go through a channel to one task that
 //! writes them in order; when the API is slow and the channel is full, events are
-//! dropped (as upstream drops them when its queue is full).
+//! dropped (as upstream drops them when its queue is full). That queue, and holding
+//! repeats for [`REPEAT_INTERVAL`] so that a crash-looping container does not write
+//! once a second, are why the node keeps this layer over the shared recorder's
+//! [`new_event`] and [`count_repeat`] instead of awaiting `EventRecorder` in a worker.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use korvet_apimachinery::events::{count_repeat, new_event, Source};
+use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 
 pub const NORMAL: &str = "Normal";
@@ -214,39 +217,22 @@ impl Correlator {
     }
 }
 
-fn now_time() -> Time {
-    Time(Timestamp::now())
-}
-
-/// Upstream's Event name: the object's name and the time in hex nanoseconds.
-fn event_name(object: &str) -> String {
-    format!("{object}.{:x}", Timestamp::now().as_nanosecond())
-}
-
+/// The Event first written for `r`, as the shared recorder builds it, with this node as
+/// the source host.
 pub fn event(node: &str, r: &Record) -> Event {
-    let now = now_time();
-    let object = r.object.name.clone().unwrap_or_default();
-    Event {
-        metadata: ObjectMeta {
-            name: Some(event_name(&object)),
-            namespace: r.object.namespace.clone(),
-            ..Default::default()
-        },
-        involved_object: r.object.clone(),
-        reason: Some(r.reason.clone()),
-        message: Some(r.message.clone()),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: Some(node.into()),
-        }),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        type_: Some(r.type_.into()),
-        reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(node.into()),
-        ..Default::default()
-    }
+    let source = Source {
+        component: COMPONENT,
+        instance: node,
+        host: Some(node),
+    };
+    new_event(
+        source,
+        r.object.clone(),
+        r.type_,
+        &r.reason,
+        r.message.clone(),
+        Timestamp::now(),
+    )
 }
 
 async fn write_events(client: kube::Client, node: String, mut rx: mpsc::Receiver<Record>) {
@@ -296,18 +282,10 @@ async fn write_events(client: kube::Client, node: String, mut rx: mpsc::Receiver
     }
 }
 
-/// Patches the repeat count and last time onto the Event first written.
+/// Counts repeats on the Event first written; a failure only reaches the debug log.
 async fn update(client: &kube::Client, record: &Record, name: &str, count: i32) {
     let namespace = record.object.namespace.clone().unwrap_or_default();
-    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "count": count,
-        "lastTimestamp": now_time(),
-    });
-    if let Err(e) = api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    if let Err(e) = count_repeat(client, &namespace, name, count).await {
         tracing::debug!(event = %name, error = %e, "updating an event's count");
     }
 }

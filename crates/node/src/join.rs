@@ -17,7 +17,7 @@ use k8s_openapi::api::certificates::v1::{
 };
 use k8s_openapi::ByteString;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::json;
 
@@ -119,15 +119,12 @@ pub fn ca_of(path: &Path) -> Result<String, JoinError> {
 }
 
 pub async fn client_for(path: &Path) -> Result<kube::Client, JoinError> {
-    let bootstrap = |reason: String| JoinError::Bootstrap {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bootstrap(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    korvet_apimachinery::client_from_kubeconfig(path)
         .await
-        .map_err(|e| bootstrap(e.to_string()))?;
-    kube::Client::try_from(config).map_err(|e| bootstrap(e.to_string()))
+        .map_err(|e| JoinError::Bootstrap {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 /// Seconds the client certificate of a kubeconfig stays valid from `now`, if it has one

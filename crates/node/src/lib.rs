@@ -17,6 +17,8 @@ pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod netpol;
+/// The one nft runner (the service proxy, network policies, and their tests use it).
+pub use korvet_nft as nft;
 pub mod node_images;
 pub mod pods;
 pub mod pressure;
@@ -212,7 +214,9 @@ pub async fn run(
         if let Some(task) = service_proxy {
             task.abort();
             let _ = task.await;
-            match tokio::task::spawn_blocking(|| proxy::nft::delete_table(None)).await {
+            match tokio::task::spawn_blocking(|| nft::delete_table(None, "ip", proxy::rules::TABLE))
+                .await
+            {
                 Ok(Ok(())) => tracing::info!("service proxy rules removed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "removing the service proxy's nft table"),
                 Err(e) => tracing::warn!(error = %e, "removing the service proxy's nft table"),

@@ -135,7 +135,7 @@ fn parse_threshold(value: &str) -> Option<Threshold> {
             .contains(&p)
             .then_some(Threshold::Fraction(p / 100.0));
     }
-    let bytes = crate::pods::runtime::parse_bytes(value)?;
+    let bytes = korvet_apimachinery::quantity::whole_units(value)?;
     u64::try_from(bytes).ok().map(Threshold::Amount)
 }
 

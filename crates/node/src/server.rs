@@ -96,27 +96,11 @@ pub async fn serve(
         stats,
     });
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    Ok(tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            let (tcp, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "node server: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let acceptor = acceptor.clone();
-            let state = state.clone();
-            connections.spawn(async move {
-                if let Err(e) = serve_connection(state, acceptor, tcp).await {
-                    tracing::debug!(%peer, error = %e, "node server connection ended with an error");
-                }
-            });
-        }
-    }))
+    Ok(tokio::spawn(korvet_serving::accept_loop(
+        listener,
+        "node server",
+        move |tcp, _| serve_connection(state.clone(), acceptor.clone(), tcp),
+    )))
 }
 
 fn tls_config(config: &ServerConfig) -> Result<rustls::ServerConfig, ServerError> {
@@ -183,7 +167,7 @@ async fn serve_connection(
     state: Arc<State>,
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> korvet_serving::ConnectionResult {
     let tls = acceptor.accept(tcp).await?;
     let user = tls
         .get_ref()

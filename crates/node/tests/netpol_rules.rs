@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use korvet_node::netpol::{model, nft, rules};
+use korvet_node::netpol::{model, rules};
+use korvet_node::nft;
 use serde_json::{json, Value};
 
 const NODE: &str = "n1";
@@ -225,9 +226,7 @@ impl Lab {
             endpoints: &endpoints,
         });
         let ruleset = rules::render(&built);
-        runtime()
-            .block_on(nft::apply(&ruleset, Some(&self.node)))
-            .unwrap_or_else(|e| panic!("{e}\n{ruleset}"));
+        nft::apply(Some(&self.node), &ruleset).unwrap_or_else(|e| panic!("{e}\n{ruleset}"));
         built
     }
 
@@ -276,13 +275,6 @@ fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'stati
     })
     .join()
     .unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn policy(name: &str, spec: Value) -> Value {
@@ -472,14 +464,10 @@ fn two_hundred_policies_over_a_thousand_pods() {
     let ruleset = rules::render(&built);
     let render_time = started.elapsed();
     let started = Instant::now();
-    runtime()
-        .block_on(nft::apply(&ruleset, Some(&lab.node)))
-        .unwrap_or_else(|e| panic!("{e}"));
+    nft::apply(Some(&lab.node), &ruleset).unwrap_or_else(|e| panic!("{e}"));
     let apply_time = started.elapsed();
     let started = Instant::now();
-    runtime()
-        .block_on(nft::apply(&ruleset, Some(&lab.node)))
-        .unwrap_or_else(|e| panic!("{e}"));
+    nft::apply(Some(&lab.node), &ruleset).unwrap_or_else(|e| panic!("{e}"));
     let reapply_time = started.elapsed();
     println!(
         "200 policies x 1000 pods (500 local): model {model_time:?}, render {render_time:?} \

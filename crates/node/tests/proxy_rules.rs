@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use korvet_node::nft;
 use korvet_node::proxy::model::{Endpoint, Model, PortKey, Protocol, ServicePort};
-use korvet_node::proxy::{nft, rules};
+use korvet_node::proxy::rules;
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -339,7 +340,7 @@ fn cluster_ips_node_ports_affinity_hairpin_and_updates() {
     )
     .unwrap();
     assert_eq!(listed.matches(": goto").count(), 3, "{listed}");
-    nft::delete_table(Some(&lab.node.0)).unwrap();
+    nft::delete_table(Some(&lab.node.0), "ip", rules::TABLE).unwrap();
     assert!(nft::list(Some(&lab.node.0), &["list", "table", "ip", rules::TABLE]).is_err());
 }
 

@@ -9,9 +9,10 @@ use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
 use korvet_api::{
-    parse_quantity, Cluster, ClusterSpec, Flavor, NodePool, PoolTemplate, GROUP,
-    SUPPORTED_VERSIONS, VERSION,
+    Cluster, ClusterSpec, Flavor, NodePool, PoolTemplate, GROUP, SUPPORTED_VERSIONS, VERSION,
 };
+use korvet_apimachinery::names::is_dns_label;
+use korvet_apimachinery::quantity;
 use korvet_apiserver::admission::{Admission, AdmissionRequest, Operation};
 use korvet_apiserver::error::{ApiError, ApiResult, Cause};
 use korvet_apiserver::server::ApiServer;
@@ -59,16 +60,6 @@ impl Admission for KorvetAdmission {
 fn decode<T: serde::de::DeserializeOwned>(object: &Value) -> ApiResult<T> {
     serde_json::from_value(object.clone())
         .map_err(|e| ApiError::bad_request(format!("decoding the object: {e}")))
-}
-
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
@@ -485,7 +476,7 @@ fn flavor(object: &Value) -> Vec<Cause> {
             "at least 1Gi",
         ),
     ] {
-        match parse_quantity(text) {
+        match quantity::as_f64(text) {
             Some(value) if value >= minimum => {}
             _ => causes.push(Cause::invalid(
                 field,
@@ -517,13 +508,5 @@ mod tests {
             parse_cidr("10.96.0.0/12").unwrap(),
             parse_cidr("10.244.0.0/16").unwrap()
         ));
-    }
-
-    #[test]
-    fn labels() {
-        assert!(is_dns_label("demo-1"));
-        assert!(!is_dns_label("Demo"));
-        assert!(!is_dns_label("-a"));
-        assert!(!is_dns_label(""));
     }
 }

@@ -22,19 +22,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
 use korvet_api::registry_info::RegistryInfo;
 use korvet_api::{Cluster, Flavor, FlavorSpec, Machine, NodePool, Zone, ZoneSpec};
+use korvet_apimachinery::events::EventRecorder;
 use korvet_cloud::{CloudError, LoadBalancers, Provider};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 pub use control_plane::Binaries;
 use supervisor::Supervisor;
-pub use tenant::client_from_kubeconfig as kube_client;
 
 /// Finalizer the platform puts on what it must clean up after.
 pub const FINALIZER: &str = "korvet.io/cleanup";
@@ -74,7 +72,7 @@ pub struct Context {
     data_dir: PathBuf,
     registry: Option<RegistryInfo>,
     tenants: tenant::Tenants,
-    recorder: Recorder,
+    recorder: EventRecorder,
     /// Each cluster's PKI and admin TLS configuration, loaded once.
     credentials:
         std::sync::Mutex<std::collections::HashMap<String, Arc<control_plane::Credentials>>>,
@@ -139,7 +137,6 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let reference: ObjectReference = object.object_ref(&());
         tracing::info!(
             object = %object.meta().name.as_deref().unwrap_or_default(),
             kind = %K::kind(&()),
@@ -147,19 +144,10 @@ impl Context {
             note,
             "event"
         );
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(note),
-            action: reason.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, "could not record an event");
+        if warning {
+            self.recorder.warning(object, reason, note).await;
+        } else {
+            self.recorder.normal(object, reason, note).await;
         }
     }
 }
@@ -361,10 +349,6 @@ where
 
 /// Runs the cluster, node-pool and machine controllers until the future is dropped.
 pub async fn run(client: kube::Client, config: PlatformConfig) {
-    let reporter = Reporter {
-        controller: "korvet-platform".into(),
-        instance: None,
-    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         provider: config.provider,
@@ -373,7 +357,7 @@ pub async fn run(client: kube::Client, config: PlatformConfig) {
         data_dir: config.data_dir,
         registry: config.registry,
         tenants: tenant::Tenants::default(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: EventRecorder::new(client.clone(), "korvet-platform"),
         credentials: Default::default(),
         load_balancers: config.load_balancers,
         keepers: Default::default(),
@@ -455,16 +439,4 @@ pub async fn stop_everything(
 
 fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
-}
-
-/// A short random suffix for generated names (lower-case consonants and digits, as
-/// Kubernetes' generateName uses).
-fn random_suffix() -> String {
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .take(5)
-        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
-        .collect()
 }

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use korvet_api::{
-    labels, machine_phase, parse_quantity, Cluster, Flavor, Machine, MachineStatus, NodePool,
-};
+use korvet_api::{labels, machine_phase, Cluster, Flavor, Machine, MachineStatus, NodePool};
+use korvet_apimachinery::quantity;
 use korvet_apiserver::pki::{token_kubeconfig_yaml, TokenKubeconfigSpec};
 use korvet_cloud::{BootSpec, MachineInfo, MachineSpec, MachineState};
 use kube::api::Api;
@@ -182,9 +181,9 @@ async fn machine_spec(
 ) -> Result<MachineSpec, PlatformError> {
     let flavors: Api<Flavor> = Api::all(ctx.client.clone());
     let flavor = flavors.get(&machine.spec.flavor).await?;
-    let cpu = parse_quantity(&flavor.spec.cpu).unwrap_or(1.0);
-    let memory = parse_quantity(&flavor.spec.memory).unwrap_or(2.0 * 1024.0 * 1024.0 * 1024.0);
-    let disk = parse_quantity(&flavor.spec.disk).unwrap_or(20.0 * 1024.0 * 1024.0 * 1024.0);
+    let cpu = quantity::as_f64(&flavor.spec.cpu).unwrap_or(1.0);
+    let memory = quantity::as_f64(&flavor.spec.memory).unwrap_or(2.0 * 1024.0 * 1024.0 * 1024.0);
+    let disk = quantity::as_f64(&flavor.spec.disk).unwrap_or(20.0 * 1024.0 * 1024.0 * 1024.0);
     let pools: Api<NodePool> = Api::namespaced(ctx.client.clone(), namespace);
     let pool = pools.get_opt(&machine.spec.node_pool).await?;
     let name = machine.name_any();

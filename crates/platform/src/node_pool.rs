@@ -113,7 +113,10 @@ async fn create_machine(
     pool: &NodePool,
     pool_name: &str,
 ) -> Result<(), PlatformError> {
-    let name = format!("{pool_name}-{}", crate::random_suffix());
+    let name = format!(
+        "{pool_name}-{}",
+        korvet_apimachinery::names::random_suffix()
+    );
     let mut machine = Machine::new(
         &name,
         MachineSpec {

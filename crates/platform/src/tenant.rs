@@ -16,6 +16,9 @@ pub struct Tenant {
     pub client: kube::Client,
     pub endpoint: String,
     pub ca_pem: String,
+    /// Events on the cluster's objects, as upstream's cloud controller manager's
+    /// service controller records them.
+    pub service_events: korvet_apimachinery::events::EventRecorder,
 }
 
 #[derive(Default)]
@@ -52,8 +55,14 @@ impl Tenants {
                 return Ok(tenant);
             }
         }
-        let client = client_from_kubeconfig(kubeconfig).await?;
+        let client = korvet_apimachinery::client_from_kubeconfig_yaml(kubeconfig)
+            .await
+            .map_err(|e| PlatformError::Tenant(e.to_string()))?;
         let tenant = Tenant {
+            service_events: korvet_apimachinery::events::EventRecorder::new(
+                client.clone(),
+                "service-controller",
+            ),
             client,
             endpoint: endpoint.to_string(),
             ca_pem: ca_pem.to_string(),
@@ -64,15 +73,6 @@ impl Tenants {
             .insert(key.to_string(), tenant.clone());
         Ok(tenant)
     }
-}
-
-pub async fn client_from_kubeconfig(yaml: &str) -> Result<kube::Client, PlatformError> {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml)
-        .map_err(|e| PlatformError::Tenant(format!("kubeconfig: {e}")))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| PlatformError::Tenant(format!("kubeconfig: {e}")))?;
-    kube::Client::try_from(config).map_err(|e| PlatformError::Tenant(format!("client: {e}")))
 }
 
 /// How long a bootstrap token may be used to join.

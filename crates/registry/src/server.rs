@@ -87,7 +87,7 @@ impl Registry {
     ) -> std::io::Result<ServeHandle> {
         let addr = listener.local_addr()?;
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
-        let task = tokio::spawn(korvet_apiserver::server::accept_loop(
+        let task = tokio::spawn(korvet_serving::accept_loop(
             listener,
             "registry",
             move |tcp, _peer| {
@@ -504,7 +504,7 @@ async fn serve_io<I>(
     registry: Arc<Registry>,
     auth: Arc<dyn Authenticator>,
     io: I,
-) -> korvet_apiserver::server::ConnectionResult
+) -> korvet_serving::ConnectionResult
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -18,11 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use korvet_controllers::leader::{self, LeaderConfig, LeaderElection};
+use k8s_openapi::api::core::v1::{Event, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::events;
+use korvet_apimachinery::leader::{self, LeaderConfig, LeaderElection};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
+use kube::Resource;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -918,7 +920,6 @@ impl State {
                     tracing::debug!(pod = %name, error = %e, "setting PodScheduled=False");
                 }
             }
-            let events: Api<Event> = Api::namespaced(client, &ns);
             let result = if count == 1 {
                 let mut event = new_event(
                     &pod,
@@ -930,19 +931,12 @@ impl State {
                     &identity,
                 );
                 event.metadata.name = Some(event_name);
-                events
+                Api::<Event>::namespaced(client, &ns)
                     .create(&PostParams::default(), &event)
                     .await
                     .map(|_| ())
             } else {
-                let patch = json!({
-                    "count": count,
-                    "lastTimestamp": Time(jiff::Timestamp::now()),
-                });
-                events
-                    .patch(&event_name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
+                events::count_repeat(&client, &ns, &event_name, count).await
             };
             if let Err(e) = result {
                 tracing::debug!(pod = %name, error = %e, "writing the FailedScheduling event");
@@ -952,13 +946,10 @@ impl State {
 }
 
 fn event_name_for(pod: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{pod}.{nanos:x}")
+    events::event_name(pod, jiff::Timestamp::now())
 }
 
+/// An Event about `pod` as this scheduler records it, with upstream's `action`.
 fn new_event(
     pod: &Pod,
     type_: &str,
@@ -968,38 +959,25 @@ fn new_event(
     scheduler: &str,
     identity: &str,
 ) -> Event {
-    let now = jiff::Timestamp::now();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    Event {
-        metadata: ObjectMeta {
-            name: Some(event_name_for(&name)),
-            namespace: pod.metadata.namespace.clone(),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: Some(name),
-            namespace: pod.metadata.namespace.clone(),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
-            ..Default::default()
-        },
-        type_: Some(type_.into()),
-        reason: Some(reason.into()),
-        action: Some(action.into()),
-        message: Some(message.into()),
-        source: Some(EventSource {
-            component: Some(scheduler.into()),
-            host: None,
-        }),
-        reporting_component: Some(scheduler.into()),
-        reporting_instance: Some(identity.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        count: Some(1),
-        ..Default::default()
-    }
+    let source = events::Source {
+        component: scheduler,
+        instance: identity,
+        host: None,
+    };
+    let reference = ObjectReference {
+        field_path: None,
+        ..pod.object_ref(&())
+    };
+    let mut event = events::new_event(
+        source,
+        reference,
+        type_,
+        reason,
+        message.to_string(),
+        jiff::Timestamp::now(),
+    );
+    event.action = Some(action.into());
+    event
 }
 
 #[cfg(test)]

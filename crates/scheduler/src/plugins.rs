@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
-    Toleration, TopologySpreadConstraint,
+    Container, Node, Pod, PodAffinityTerm, Taint, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use korvet_apimachinery::quantity::parse_milli;
+use korvet_apimachinery::taints::tolerates;
+use korvet_apimachinery::{node_affinity, selector};
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
@@ -41,51 +43,6 @@ impl Reason {
             unresolvable: true,
         }
     }
-}
-
-/// Parses a quantity into thousandths of its unit ("100m" → 100, "1Ki" → 1,024,000).
-pub fn parse_milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let (mantissa, exp10, mult): (&str, i32, i128) = match suffix {
-        "" => (number, 0, 1),
-        "m" => (number, -3, 1),
-        "k" => (number, 3, 1),
-        "M" => (number, 6, 1),
-        "G" => (number, 9, 1),
-        "T" => (number, 12, 1),
-        "P" => (number, 15, 1),
-        "E" => (number, 18, 1),
-        "Ki" => (number, 0, 1 << 10),
-        "Mi" => (number, 0, 1 << 20),
-        "Gi" => (number, 0, 1 << 30),
-        "Ti" => (number, 0, 1 << 40),
-        "Pi" => (number, 0, 1 << 50),
-        "Ei" => (number, 0, 1 << 60),
-        s if s.starts_with(['e', 'E']) => (number, s[1..].parse().ok()?, 1),
-        _ => return None,
-    };
-    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let negative = int_part.starts_with('-');
-    let int_part = int_part.trim_start_matches(['+', '-']);
-    let digits = format!("{int_part}{frac_part}");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let value: i128 = digits.parse().ok()?;
-    // value × 10^(exp10 + 3 − len(frac)) × mult, rounded up as upstream rounds up.
-    let scale = exp10 + 3 - i32::try_from(frac_part.len()).ok()?;
-    let scaled = value.checked_mul(mult)?;
-    let out = if scale >= 0 {
-        scaled.checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?
-    } else {
-        let div = 10i128.checked_pow(u32::try_from(-scale).ok()?)?;
-        (scaled + div - 1) / div
-    };
-    Some(if negative { -out } else { out })
 }
 
 fn quantity(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<i128> {
@@ -231,55 +188,6 @@ impl NodeInfo {
     }
 }
 
-// ---------------------------------------------------------------- label selectors
-
-fn requirement_matches(
-    labels: &BTreeMap<String, String>,
-    key: &str,
-    op: &str,
-    values: &[String],
-) -> bool {
-    let value = labels.get(key);
-    match op {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        // Gt/Lt: both sides integers, else no match.
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a label selector matches; an empty selector matches everything.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && selector.match_expressions.iter().flatten().all(|e| {
-            requirement_matches(
-                labels,
-                &e.key,
-                &e.operator,
-                e.values.as_deref().unwrap_or_default(),
-            )
-        })
-}
-
 fn pod_labels(pod: &Pod) -> &BTreeMap<String, String> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
@@ -291,69 +199,11 @@ fn namespace(pod: &Pod) -> &str {
 
 // ---------------------------------------------------------------- node affinity
 
-fn node_requirement_matches(
-    r: &NodeSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    requirement_matches(
-        labels,
-        &r.key,
-        &r.operator,
-        r.values.as_deref().unwrap_or_default(),
-    )
-}
-
-/// A node selector term: all expressions and fields match; an empty term matches no node.
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&EMPTY);
-    let name_fields = BTreeMap::from([(
-        "metadata.name".to_string(),
-        node.metadata.name.clone().unwrap_or_default(),
-    )]);
-    exprs.iter().all(|r| node_requirement_matches(r, labels))
-        && fields.iter().all(|r| {
-            // Only metadata.name is a supported field, with In and NotIn.
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && node_requirement_matches(r, &name_fields)
-        })
-}
-
 /// nodeSelector and required node affinity (NodeAffinity's filter).
 pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return true;
-    };
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&EMPTY);
-    if !spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    match spec
-        .affinity
+    pod.spec
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        }) {
-        Some(required) => required
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node)),
-        None => true,
-    }
+        .is_none_or(|spec| node_affinity::required_matches(spec, node))
 }
 
 pub fn filter_node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
@@ -378,7 +228,7 @@ pub fn score_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
         })
         .into_iter()
         .flatten()
-        .filter(|t| t.weight != 0 && term_matches(&t.preference, &node.node))
+        .filter(|t| t.weight != 0 && node_affinity::term_matches(&t.preference, &node.node))
         .map(|t| i64::from(t.weight))
         .sum()
 }
@@ -420,29 +270,6 @@ pub fn filter_node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reaso
 }
 
 // ---------------------------------------------------------------- taints
-
-/// Whether a toleration tolerates a taint (upstream's `ToleratesTaint`).
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
-    }
-    let key = t.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            // An empty key with Equal matches nothing (validation forbids it).
-            !key.is_empty()
-                && t.value.as_deref().unwrap_or_default()
-                    == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
 
 pub fn filter_taints(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     let tols = tolerations(pod);
@@ -643,7 +470,7 @@ impl Spread {
                 .filter(|p| {
                     namespace(p) == ns
                         && pod_is_counted(p)
-                        && selector_matches(&selector, pod_labels(p))
+                        && selector::matches(&selector, Some(pod_labels(p)))
                 })
                 .count() as i64;
             *counts.entry(value.clone()).or_default() += n;
@@ -652,7 +479,7 @@ impl Spread {
         if min_domains.is_some_and(|m| (counts.len() as i64) < i64::from(m)) {
             min = 0;
         }
-        let self_match = i64::from(selector_matches(&selector, pod_labels(pod)));
+        let self_match = i64::from(selector::matches(&selector, Some(pod_labels(pod))));
         let weight = ((counts.len() + 2) as f64).ln();
         Self {
             key: key.to_string(),
@@ -795,7 +622,7 @@ fn term_matches_pod(term: &PodAffinityTerm, owner: &Pod, candidate: &Pod) -> boo
         return false;
     };
     term_namespaces(term, owner).is_none_or(|ns| ns.contains(namespace(candidate)))
-        && selector_matches(selector, pod_labels(candidate))
+        && selector::matches(selector, Some(pod_labels(candidate)))
 }
 
 /// The topology domains, per term, that hold a matching pod.
@@ -1180,20 +1007,6 @@ mod tests {
         Arc::new(pod(
             json!({"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node_name}}),
         ))
-    }
-
-    #[test]
-    fn quantities_parse_to_milli_units() {
-        assert_eq!(parse_milli("100m"), Some(100));
-        assert_eq!(parse_milli("2"), Some(2000));
-        assert_eq!(parse_milli("1.5"), Some(1500));
-        assert_eq!(parse_milli("1Ki"), Some(1024 * 1000));
-        assert_eq!(parse_milli("1Gi"), Some((1i128 << 30) * 1000));
-        assert_eq!(parse_milli("1k"), Some(1_000_000));
-        assert_eq!(parse_milli("1e3"), Some(1_000_000));
-        assert_eq!(parse_milli("0.5m"), Some(1));
-        assert_eq!(parse_milli("x"), None);
-        assert_eq!(parse_milli("1Zi"), None);
     }
 
     #[test]

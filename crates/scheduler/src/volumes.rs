@@ -9,12 +9,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
+use korvet_apimachinery::node_affinity::term_matches;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::mpsc;
 
-use crate::plugins::{term_matches, NodeInfo, Reason};
+use crate::plugins::{NodeInfo, Reason};
 
 const ZONE_LABELS: [&str; 2] = [
     "topology.kubernetes.io/zone",

@@ -82,7 +82,7 @@ pub fn eventually<T>(seconds: u64, mut check: impl FnMut() -> Result<T, String>)
 impl TestControlPlane {
     /// A `kube` client with the admin's identity.
     pub async fn client(&self) -> kube::Client {
-        korvet_controllers::client_from_kubeconfig(self.kubeconfig())
+        korvet_apimachinery::client_from_kubeconfig(self.kubeconfig())
             .await
             .unwrap_or_else(|e| panic!("admin client: {e}"))
     }
@@ -151,7 +151,7 @@ impl TestControlPlane {
         .await
         .unwrap_or_else(|e| panic!("start controllers: {e}"));
         cp.controllers = Some(running);
-        let client = korvet_controllers::client_from_kubeconfig(cp.kubeconfig())
+        let client = korvet_apimachinery::client_from_kubeconfig(cp.kubeconfig())
             .await
             .unwrap_or_else(|e| panic!("scheduler client: {e}"));
         cp.scheduler = Some(korvet_scheduler::spawn(

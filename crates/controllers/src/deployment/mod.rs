@@ -21,6 +21,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::selector;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -28,8 +30,6 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 
-use crate::events::EventRecorder;
-use crate::replicaset::selector_matches;
 use crate::workload::{controller_of, controller_ref, is_controlled_by};
 use revisions::{compute_hash, equal_ignore_hash, HASH_LABEL};
 use rolling::{is_rolling_update, max_surge};
@@ -141,7 +141,9 @@ fn deployments_of_rs(
         .state()
         .iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|d| selector_matches(d.spec.as_ref().map(|s| &s.selector), rs.labels()))
+        .filter(|d| {
+            selector::matches_unless_empty(d.spec.as_ref().map(|s| &s.selector), Some(rs.labels()))
+        })
         .map(|d| ObjectRef::from_obj(d.as_ref()))
         .collect()
 }
@@ -248,7 +250,7 @@ async fn claim_replica_sets(
         if rs.namespace().as_deref() != Some(namespace.as_str()) {
             continue;
         }
-        let matches = selector_matches(selector, rs.labels());
+        let matches = selector::matches_unless_empty(selector, Some(rs.labels()));
         if is_controlled_by(&rs.metadata, &uid) {
             if matches {
                 claimed.push((*rs).clone());

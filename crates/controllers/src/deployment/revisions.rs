@@ -28,14 +28,6 @@ fn skip_copy(key: &str) -> bool {
     )
 }
 
-/// Upstream's `rand.SafeEncodeString`: no vowels, no look-alikes.
-fn safe_encode(s: &str) -> String {
-    const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    s.bytes()
-        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
-        .collect()
-}
-
 /// A stable hash of `template` (and the collision count, to step past a name taken by
 /// a ReplicaSet with another template): FNV-1a over the template's JSON, encoded as
 /// upstream encodes its hash.
@@ -56,7 +48,7 @@ pub fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) ->
     if let Some(count) = collision_count {
         feed(&(count as u32).to_le_bytes());
     }
-    safe_encode(&hash.to_string())
+    korvet_apimachinery::names::safe_encode(&hash.to_string())
 }
 
 /// `template` without the hash label, normalised for comparison.

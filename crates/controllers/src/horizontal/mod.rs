@@ -11,7 +11,6 @@
 //! ScalingActive False as upstream does when that API fails.
 
 pub mod behavior;
-pub mod quantity;
 pub mod replicas;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +27,8 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::events::EventRecorder;
+use korvet_apimachinery::quantity;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
@@ -35,7 +36,6 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use crate::events::EventRecorder;
 use behavior::{Behavior, History, Normalized};
 use replicas::{PodInfo, PodMetric};
 
@@ -380,7 +380,7 @@ fn resource_status(resource: &str, utilization: Option<i32>, average_milli: i128
             name: resource.to_string(),
             current: MetricValueStatus {
                 average_utilization: utilization,
-                average_value: Some(Quantity(quantity::format_milli(average_milli))),
+                average_value: Some(Quantity(quantity::format_decimal(average_milli))),
                 value: None,
             },
         }),

@@ -22,12 +22,11 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use korvet_apimachinery::events::EventRecorder;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
-
-use crate::events::EventRecorder;
 
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";

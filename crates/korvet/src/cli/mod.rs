@@ -111,7 +111,7 @@ pub async fn client() -> anyhow::Result<kube::Client> {
             path.display()
         )
     })?;
-    korvet_platform::kube_client(&yaml)
+    korvet_apimachinery::client_from_kubeconfig_yaml(&yaml)
         .await
         .with_context(|| format!("using {}", path.display()))
 }

@@ -319,7 +319,10 @@ impl Edge {
         for running in std::mem::take(&mut self.listeners) {
             running.stop().await;
         }
-        if let Err(e) = korvet_nft::delete_table(None, "ip", rules::TABLE).await {
+        let removed =
+            tokio::task::spawn_blocking(|| korvet_nft::delete_table(None, "ip", rules::TABLE))
+                .await;
+        if let Ok(Err(e)) = removed {
             tracing::warn!("removing the load balancer's rules: {e}");
         }
     }
@@ -426,7 +429,7 @@ async fn sync_rules(snapshot: &Mutex<Snapshot>, metrics: &LbMetrics) {
         }
         script
     };
-    let outcome = korvet_nft::apply(None, &script).await;
+    let outcome = korvet_nft::apply_blocking(None, script.clone()).await;
     let mut state = lock(snapshot);
     match outcome {
         Ok(()) => {

@@ -3,12 +3,11 @@
 //! Reflectors keep NetworkPolicies, Pods and Namespaces of the whole cluster and the
 //! kube-dns EndpointSlices; any change wakes one debounced sync that builds the
 //! [`model::Model`], renders the table with [`rules::render`] and loads it with
-//! [`nft::apply`] in one transaction. Only packets that cross the node's FORWARD hook
+//! [`crate::nft::apply`] in one transaction. Only packets that cross the node's FORWARD hook
 //! are filtered (pod to pod, also on the same bridge through br_netfilter, and pod to
 //! the outside); the node's own traffic to its pods (probes) is not, as upstream CNIs.
 
 pub mod model;
-pub mod nft;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -24,6 +23,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::nft;
 
 /// Quiet time before a sync, so that a burst of changes costs one ruleset load.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -117,7 +117,7 @@ pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
         let ruleset = rules::render(&built);
         let mut retry = false;
         if applied.as_deref() != Some(ruleset.as_str()) {
-            match nft::apply(&ruleset, None).await {
+            match nft::apply_blocking(None, ruleset.clone()).await {
                 Ok(()) => {
                     tracing::debug!(
                         isolated_ingress = built.ingress.len(),

@@ -17,8 +17,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use korvet_apimachinery::selector;
 
 /// The namespace and labels the cluster DNS endpoints stand for: they are not pods here
 /// (the masters serve DNS), so each endpoint address counts as a pod of kube-system with
@@ -120,31 +120,6 @@ pub struct Endpoint {
     pub node: Option<String>,
     /// (name, protocol, number) of its container ports.
     pub ports: Vec<(String, Protocol, u16)>,
-}
-
-/// Matches `labels` against a selector as upstream; a selector that cannot be parsed
-/// selects nothing.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(want) = &selector.match_labels {
-        if want.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
-    }
-    for expr in selector.match_expressions.iter().flatten() {
-        let value = labels.get(&expr.key);
-        let values = expr.values.as_deref().unwrap_or_default();
-        let ok = match expr.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 /// The pods that policies can select or name as peers: running pods with an IPv4
@@ -273,14 +248,14 @@ impl<'a> Index<'a> {
                 let ns_ok = match &peer.namespace_selector {
                     None => e.namespace == namespace,
                     Some(sel) => *ns_cache.entry(e.namespace.as_str()).or_insert_with(|| {
-                        selector_matches(sel, &self.namespace_labels(&e.namespace))
+                        selector::matches(sel, Some(&self.namespace_labels(&e.namespace)))
                     }),
                 };
                 ns_ok
                     && peer
                         .pod_selector
                         .as_ref()
-                        .is_none_or(|sel| selector_matches(sel, &e.labels))
+                        .is_none_or(|sel| selector::matches(sel, Some(&e.labels)))
             })
             .collect()
     }
@@ -418,7 +393,7 @@ impl Model {
                         && spec
                             .pod_selector
                             .as_ref()
-                            .is_none_or(|sel| selector_matches(sel, &e.labels))
+                            .is_none_or(|sel| selector::matches(sel, Some(&e.labels)))
                 })
                 .collect();
             if selected.is_empty() {

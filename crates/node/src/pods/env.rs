@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use korvet_apimachinery::quantity::{cpu_millis, whole_units};
 
-use super::runtime::{identity, parse_bytes, parse_cpu_millis};
+use super::runtime::identity;
 
 /// The objects a container's environment refers to; `None` when the API has none by
 /// that name.
@@ -286,14 +287,14 @@ pub(crate) fn resource(
             } else {
                 get(&requests, "cpu").or_else(|| get(&limits, "cpu"))
             };
-            let millis =
-                text.and_then(|t| parse_cpu_millis(&t))
-                    .unwrap_or(if name == "limits.cpu" {
-                        sources.node_cpu_millis
-                    } else {
-                        0
-                    });
-            let unit = divisor.and_then(parse_cpu_millis).unwrap_or(1000);
+            let millis = text
+                .and_then(|t| cpu_millis(&t))
+                .unwrap_or(if name == "limits.cpu" {
+                    sources.node_cpu_millis
+                } else {
+                    0
+                });
+            let unit = divisor.and_then(cpu_millis).unwrap_or(1000);
             Ok(ceil_div(millis, unit).to_string())
         }
         "limits.memory" | "requests.memory" => {
@@ -303,13 +304,13 @@ pub(crate) fn resource(
                 get(&requests, "memory").or_else(|| get(&limits, "memory"))
             };
             let bytes = text
-                .and_then(|t| parse_bytes(&t))
+                .and_then(|t| whole_units(&t))
                 .unwrap_or(if name == "limits.memory" {
                     sources.node_memory_bytes
                 } else {
                     0
                 });
-            let unit = divisor.and_then(parse_bytes).unwrap_or(1);
+            let unit = divisor.and_then(whole_units).unwrap_or(1);
             Ok(ceil_div(bytes, unit).to_string())
         }
         other => Err(EnvError::Resource(other.into())),

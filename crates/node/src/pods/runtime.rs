@@ -6,6 +6,7 @@ use std::path::Path;
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
+use korvet_apimachinery::quantity;
 
 pub const POD_UID: &str = "io.kubernetes.pod.uid";
 pub const POD_NAME: &str = "io.kubernetes.pod.name";
@@ -182,12 +183,14 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
     let r = c.resources.clone().unwrap_or_default();
     let limits = r.limits.unwrap_or_default();
     let requests = r.requests.unwrap_or_default();
-    let cpu_limit = limits.get("cpu").and_then(|q| parse_cpu_millis(&q.0));
+    let cpu_limit = limits.get("cpu").and_then(|q| quantity::cpu_millis(&q.0));
     let cpu_request = requests
         .get("cpu")
-        .and_then(|q| parse_cpu_millis(&q.0))
+        .and_then(|q| quantity::cpu_millis(&q.0))
         .or(cpu_limit);
-    let memory = limits.get("memory").and_then(|q| parse_bytes(&q.0));
+    let memory = limits
+        .get("memory")
+        .and_then(|q| quantity::whole_units(&q.0));
     cri::LinuxContainerResources {
         cpu_period: if cpu_limit.is_some() { CPU_PERIOD } else { 0 },
         cpu_quota: cpu_limit.map_or(0, |m| (m * CPU_PERIOD / 1000).max(1000)),
@@ -195,38 +198,6 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
         memory_limit_in_bytes: memory.unwrap_or(0),
         ..Default::default()
     }
-}
-
-/// `500m`, `2`, `0.5` → millicores.
-pub fn parse_cpu_millis(text: &str) -> Option<i64> {
-    match text.strip_suffix('m') {
-        Some(m) => m.parse().ok(),
-        None => text.parse::<f64>().ok().map(|c| (c * 1000.0).ceil() as i64),
-    }
-}
-
-/// `128Mi`, `1G`, `1000`, `1.5Gi` → bytes.
-pub fn parse_bytes(text: &str) -> Option<i64> {
-    const UNITS: [(&str, f64); 12] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    let (number, factor) = UNITS
-        .iter()
-        .find_map(|(suffix, f)| text.strip_suffix(suffix).map(|n| (n, *f)))
-        .unwrap_or((text, 1.0));
-    let n: f64 = number.parse().ok()?;
-    Some((n * factor).ceil() as i64)
 }
 
 /// The agent's own cgroup (the machine's), under which pods' cgroups go, from
@@ -252,17 +223,6 @@ mod tests {
     use k8s_openapi::api::core::v1::{EnvVar, PodSpec, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use std::collections::BTreeMap;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_cpu_millis("500m"), Some(500));
-        assert_eq!(parse_cpu_millis("2"), Some(2000));
-        assert_eq!(parse_cpu_millis("0.25"), Some(250));
-        assert_eq!(parse_bytes("128Mi"), Some(128 << 20));
-        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("1000"), Some(1000));
-        assert_eq!(parse_bytes("x"), None);
-    }
 
     #[test]
     fn cgroup_of_v1_and_v2() {

@@ -77,12 +77,9 @@ async fn serve(port: u16, state: watch::Receiver<HealthCheck>) {
             }
         }
     };
-    loop {
-        let Ok((mut tcp, _)) = listener.accept().await else {
-            continue;
-        };
+    korvet_serving::accept_loop(listener, "health-check node port", move |mut tcp, _| {
         let (status, body) = answer(&state.borrow());
-        tokio::spawn(async move {
+        async move {
             // The request itself does not matter; read its head so the client is not reset.
             let mut buf = [0u8; 2048];
             let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await;
@@ -96,10 +93,12 @@ async fn serve(port: u16, state: watch::Receiver<HealthCheck>) {
                  X-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = tcp.write_all(response.as_bytes()).await;
-            let _ = tcp.shutdown().await;
-        });
-    }
+            tcp.write_all(response.as_bytes()).await?;
+            tcp.shutdown().await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

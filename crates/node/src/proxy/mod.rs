@@ -5,7 +5,6 @@
 
 pub mod health;
 pub mod model;
-pub mod nft;
 pub mod rules;
 
 use std::sync::Arc;
@@ -42,14 +41,7 @@ pub fn in_own_netns() -> bool {
         .any(|named| (named.dev(), named.ino()) == (own.dev(), own.ino()))
 }
 
-async fn apply(script: String) -> Result<(), nft::NftError> {
-    match tokio::task::spawn_blocking(move || nft::apply(None, &script)).await {
-        Ok(result) => result,
-        Err(e) => Err(nft::NftError::Rejected(format!("nft task: {e}"))),
-    }
-}
-
-/// Runs until aborted; the caller removes the table afterwards ([`nft::delete_table`]).
+/// Runs until aborted; the caller removes the table afterwards ([`crate::nft::delete_table`] of [`rules::TABLE`]).
 pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
     let changed = Arc::new(Notify::new());
     let (services, watch_services) = crate::watch::reflect(
@@ -89,7 +81,7 @@ pub async fn run(client: Client, node_name: String, metrics: Arc<Metrics>) {
             None => rules::render_full(&current),
         };
         let full = applied.is_none();
-        match apply(script).await {
+        match crate::nft::apply_blocking(None, script).await {
             Ok(()) => {
                 let took = started.elapsed();
                 metrics.proxy_sync_duration.observe(took.as_secs_f64());

@@ -201,7 +201,7 @@ pub(super) async fn service_event(
     let Ok(Some(service)) = services.get_opt(svc_name).await else {
         return;
     };
-    super::events::publish(&tenant.client, &service, warning, reason, note).await;
+    super::events::publish(&tenant, &service, warning, reason, note).await;
 }
 
 /// Configures the cluster's instances with every LoadBalancer of the cluster that has
@@ -553,7 +553,7 @@ async fn report_ready(
         if !was_ready {
             if let Some(service) = current {
                 super::events::publish(
-                    &tenant.client,
+                    &tenant,
                     &service,
                     false,
                     "EnsuredLoadBalancer",

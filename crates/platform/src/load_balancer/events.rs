@@ -1,11 +1,12 @@
-//! Events on objects of a hosted cluster (its Services), recorded as the cloud
-//! controller manager upstream records them: reporter `service-controller`.
+//! Events on objects of a hosted cluster (its Services), recorded as upstream's cloud
+//! controller manager records them (reporter `service-controller`).
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
 
+use crate::tenant::Tenant;
+
 pub(super) async fn publish<K: Resource<DynamicType = ()>>(
-    client: &kube::Client,
+    tenant: &Tenant,
     object: &K,
     warning: bool,
     reason: &str,
@@ -18,25 +19,9 @@ pub(super) async fn publish<K: Resource<DynamicType = ()>>(
         note,
         "cluster event"
     );
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "service-controller".into(),
-            instance: None,
-        },
-    );
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(note),
-        action: reason.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record an event in the cluster");
+    if warning {
+        tenant.service_events.warning(object, reason, note).await;
+    } else {
+        tenant.service_events.normal(object, reason, note).await;
     }
 }

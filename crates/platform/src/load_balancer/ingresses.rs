@@ -60,14 +60,23 @@ where
 
 /// Runs until the task is aborted.
 pub(super) async fn run(this: Arc<ClusterServices>) {
-    while let Err(e) = ensure_class(&this.tenant).await {
+    while let Err(e) = ensure_class(&this.tenant.client).await {
         tracing::warn!(cluster = %this.cluster, error = %e, "creating IngressClass korvet failed; retrying");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let wake = Arc::new(Notify::new());
-    let (ingresses, a) = watch(Api::<Ingress>::all(this.tenant.clone()), wake.clone());
-    let (services, b) = watch(Api::<Service>::all(this.tenant.clone()), wake.clone());
-    let (slices, c) = watch(Api::<EndpointSlice>::all(this.tenant.clone()), wake.clone());
+    let (ingresses, a) = watch(
+        Api::<Ingress>::all(this.tenant.client.clone()),
+        wake.clone(),
+    );
+    let (services, b) = watch(
+        Api::<Service>::all(this.tenant.client.clone()),
+        wake.clone(),
+    );
+    let (slices, c) = watch(
+        Api::<EndpointSlice>::all(this.tenant.client.clone()),
+        wake.clone(),
+    );
     let _watchers = Abort(vec![a, b, c]);
     loop {
         wake.notified().await;

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use korvet_api::{labels, LoadBalancer, LoadBalancerStatus};
+use korvet_apimachinery::events::EventRecorder;
 use korvet_cloud::{InstanceHealth, LoadBalancers};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use crate::layout::cluster_key;
 
@@ -144,13 +144,7 @@ impl Keeper {
         let Ok(Some(info)) = self.balancers.get_balancer(&self.key).await else {
             return;
         };
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter {
-                controller: "korvet-platform".into(),
-                instance: None,
-            },
-        );
+        let recorder = EventRecorder::new(self.client.clone(), "korvet-platform");
         for lb in list
             .items
             .iter()
@@ -173,14 +167,7 @@ impl Keeper {
             {
                 tracing::warn!(error = %e, "updating a load balancer's status after failover");
             }
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "FailedOver".into(),
-                note: Some(note.to_string()),
-                action: "FailedOver".into(),
-                secondary: None,
-            };
-            let _ = recorder.publish(&event, &lb.object_ref(&())).await;
+            recorder.warning(lb, "FailedOver", note.to_string()).await;
         }
     }
 }

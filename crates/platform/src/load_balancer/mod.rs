@@ -51,7 +51,7 @@ impl ServiceControllers {
         }
         let this = Arc::new(services::ClusterServices {
             ctx: Arc::clone(ctx),
-            tenant: tenant.client.clone(),
+            tenant: tenant.clone(),
             namespace: namespace.to_string(),
             cluster: cluster.to_string(),
         });

@@ -23,7 +23,7 @@ use crate::{Context, PlatformError};
 /// What one cluster's service controller works with.
 pub(super) struct ClusterServices {
     pub ctx: Arc<Context>,
-    pub tenant: kube::Client,
+    pub tenant: crate::tenant::Tenant,
     /// The Cluster object's namespace and name in the management API.
     pub namespace: String,
     pub cluster: String,
@@ -31,8 +31,8 @@ pub(super) struct ClusterServices {
 
 /// Runs until the task is aborted (the cluster stops or goes).
 pub(super) async fn run(this: Arc<ClusterServices>) {
-    let services: Api<Service> = Api::all(this.tenant.clone());
-    let nodes: Api<Node> = Api::all(this.tenant.clone());
+    let services: Api<Service> = Api::all(this.tenant.client.clone());
+    let nodes: Api<Node> = Api::all(this.tenant.client.clone());
     let controller = Controller::new(services, watcher::Config::default());
     let store = controller.store();
     controller
@@ -68,7 +68,7 @@ async fn reconcile(
     let svc_name = service.name_any();
     let lb_name = object_name(&this.cluster, &svc_namespace, &svc_name);
     let lbs: Api<LoadBalancer> = Api::namespaced(this.ctx.client.clone(), &this.namespace);
-    let services: Api<Service> = Api::namespaced(this.tenant.clone(), &svc_namespace);
+    let services: Api<Service> = Api::namespaced(this.tenant.client.clone(), &svc_namespace);
     if !wants_load_balancer(&service) || service.metadata.deletion_timestamp.is_some() {
         if !has_finalizer(&service) {
             return Ok(Action::await_change());
@@ -121,7 +121,7 @@ async fn reconcile(
         // The patch brings the Service back with its finalizer.
         return Ok(Action::await_change());
     }
-    let nodes: Api<Node> = Api::all(this.tenant.clone());
+    let nodes: Api<Node> = Api::all(this.tenant.client.clone());
     let backends = backend_addresses(&nodes.list(&ListParams::default()).await?.items);
     let spec = match desired(&this.cluster, &service, backends) {
         Ok(spec) => spec,

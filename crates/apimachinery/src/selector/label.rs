@@ -83,30 +83,49 @@ impl Requirement {
     }
 
     fn matches_with<'l>(&self, get: impl Fn(&str) -> Option<&'l str>) -> bool {
-        let has = |v: &str| self.values.iter().any(|x| x == v);
-        match self.operator {
-            Operator::In | Operator::Equals | Operator::DoubleEquals => {
-                get(&self.key).is_some_and(has)
-            }
-            Operator::NotIn | Operator::NotEquals => !get(&self.key).is_some_and(has),
-            Operator::Exists => get(&self.key).is_some(),
-            Operator::DoesNotExist => get(&self.key).is_none(),
+        self.operator.holds(get(&self.key), &self.values)
+    }
+}
+
+impl Operator {
+    /// Whether a label with `value` (absent: `None`) satisfies this operator over
+    /// `values`: the one place the operators' meanings live, for parsed selectors and
+    /// `metav1.LabelSelector`s alike.
+    pub(crate) fn holds(self, value: Option<&str>, values: &[String]) -> bool {
+        let has = |v: &str| values.iter().any(|x| x == v);
+        match self {
+            Operator::In | Operator::Equals | Operator::DoubleEquals => value.is_some_and(has),
+            Operator::NotIn | Operator::NotEquals => !value.is_some_and(has),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
-                let Some(actual) = get(&self.key).and_then(|v| v.parse::<i64>().ok()) else {
+                let Some(actual) = value.and_then(|v| v.parse::<i64>().ok()) else {
                     return false;
                 };
-                let [bound] = self.values.as_slice() else {
+                let [bound] = values else {
                     return false;
                 };
                 let Ok(bound) = bound.parse::<i64>() else {
                     return false;
                 };
-                if self.operator == Operator::GreaterThan {
+                if self == Operator::GreaterThan {
                     actual > bound
                 } else {
                     actual < bound
                 }
             }
+        }
+    }
+
+    /// The operators a `metav1.LabelSelector` expression may name (upstream's
+    /// `LabelSelectorAsSelector` refuses `Gt` and `Lt` there).
+    pub(crate) fn of_expression(name: &str) -> Option<Operator> {
+        match name {
+            "In" => Some(Operator::In),
+            "NotIn" => Some(Operator::NotIn),
+            "Exists" => Some(Operator::Exists),
+            "DoesNotExist" => Some(Operator::DoesNotExist),
+            _ => None,
         }
     }
 }
@@ -250,17 +269,12 @@ impl LabelSelector {
                 ))),
             };
             let key = string_field("key")?;
-            let operator = match string_field("operator")? {
-                "In" => Operator::In,
-                "NotIn" => Operator::NotIn,
-                "Exists" => Operator::Exists,
-                "DoesNotExist" => Operator::DoesNotExist,
-                other => {
-                    return Err(invalid(format!(
-                        "{} is not a valid label selector operator",
-                        go_quote(other)
-                    )))
-                }
+            let operator = string_field("operator")?;
+            let Some(operator) = Operator::of_expression(operator) else {
+                return Err(invalid(format!(
+                    "{} is not a valid label selector operator",
+                    go_quote(operator)
+                )));
             };
             let values = match expr.get("values") {
                 None | Some(Value::Null) => Vec::new(),
@@ -688,41 +702,12 @@ fn max_len_error(n: usize) -> String {
     format!("must be no more than {n} characters")
 }
 
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, without a regex engine.
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            first.is_ascii_alphanumeric()
-                && last.is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        }
-        _ => false,
-    }
-}
-
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`. Like
-/// upstream's regex, this bounds only the total length, not each label's.
-fn is_dns1123_subdomain(s: &str) -> bool {
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    s.split('.').all(|label| {
-        let b = label.as_bytes();
-        match (b.first(), b.last()) {
-            (Some(first), Some(last)) => {
-                alnum(first) && alnum(last) && b.iter().all(|c| alnum(c) || *c == b'-')
-            }
-            _ => false,
-        }
-    })
-}
-
 fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_SUBDOMAIN_MAX {
         errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
     }
-    if !is_dns1123_subdomain(s) {
+    if !crate::names::has_dns_subdomain_form(s) {
         errs.push(regex_error(
             DNS1123_SUBDOMAIN_ERR,
             DNS1123_SUBDOMAIN_FMT,
@@ -761,7 +746,7 @@ fn label_key_errors(key: &str) -> Vec<String> {
     } else if name.len() > LABEL_NAME_MAX {
         errs.push(format!("name part {}", max_len_error(LABEL_NAME_MAX)));
     }
-    if !is_label_name(name) {
+    if !crate::names::has_label_name_form(name) {
         errs.push(format!(
             "name part {}",
             regex_error(LABEL_KEY_ERR, LABEL_KEY_FMT, LABEL_KEY_EXAMPLES)
@@ -776,7 +761,7 @@ fn label_value_errors(value: &str) -> Vec<String> {
     if value.len() > LABEL_NAME_MAX {
         errs.push(max_len_error(LABEL_NAME_MAX));
     }
-    if !value.is_empty() && !is_label_name(value) {
+    if !value.is_empty() && !crate::names::has_label_name_form(value) {
         errs.push(regex_error(
             LABEL_VALUE_ERR,
             LABEL_VALUE_FMT,
@@ -1682,5 +1667,34 @@ mod tests {
         assert_eq!(toks("!=="), [NotEquals, Equals, EndOfString]);
         assert_eq!(toks("=!"), [Equals, DoesNotExist, EndOfString]);
         assert_eq!(toks(">="), [GreaterThan, Equals, EndOfString]);
+    }
+
+    #[test]
+    fn key_and_value_checks_agree_with_the_name_predicates() {
+        for key in [
+            "app",
+            "example.com/app",
+            "Example.com/app",
+            "/app",
+            "a/b/c",
+            "a_b.c-d",
+            "-a",
+            "",
+            &"k".repeat(64),
+            &format!("{}/x", "p".repeat(254)),
+        ] {
+            assert_eq!(
+                label_key_errors(key).is_empty(),
+                crate::names::is_qualified_name(key),
+                "{key:?}"
+            );
+        }
+        for value in ["", "v1", "a.b_c-d", "-a", "a b", &"v".repeat(64)] {
+            assert_eq!(
+                label_value_errors(value).is_empty(),
+                crate::names::is_label_value(value),
+                "{value:?}"
+            );
+        }
     }
 }

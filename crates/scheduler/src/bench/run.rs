@@ -1,22 +1,19 @@
-//! `korvet bench scheduler`: pods bound per second for many pods over Nodes registered
-//! without agents (as kwok and kubemark do), against a real API server on the embedded
-//! store in this process.
+//! The benchmark run: an API server on the embedded store in this process, Nodes
+//! registered without agents, pending pods, and the scheduler binding them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use korvet_apiserver::launch::{self, ApiServerConfig};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde::Serialize;
 
+use super::{kwok_node, node_status, pending_pod, register_node};
 use crate::SchedulerConfig;
 
 #[derive(Clone, Debug)]
@@ -61,7 +58,7 @@ pub enum BenchError {
     #[error("creating a temporary directory: {0}")]
     TempDir(std::io::Error),
     #[error("building a client: {0}")]
-    Client(#[from] korvet_controllers::ClientError),
+    Client(#[from] korvet_apimachinery::ClientError),
     #[error("API request failed: {0}")]
     Api(#[from] kube::Error),
     #[error("only {bound} of {pods} pods were bound after {seconds} s")]
@@ -70,100 +67,6 @@ pub enum BenchError {
         pods: usize,
         seconds: u64,
     },
-}
-
-fn quantities(cpu: &str, memory: &str, pods: &str) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
-        ("cpu".to_string(), Quantity(cpu.into())),
-        ("memory".to_string(), Quantity(memory.into())),
-        ("ephemeral-storage".to_string(), Quantity("100Gi".into())),
-        ("pods".to_string(), Quantity(pods.into())),
-    ])
-}
-
-/// A Node as kwok registers one: labels (hostname, zone), optional taints; its status
-/// (allocatable, Ready) is written separately with [`node_status`].
-pub fn kwok_node(name: &str, zone: &str, taints: Vec<Taint>) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([
-                ("kubernetes.io/hostname".to_string(), name.to_string()),
-                ("kubernetes.io/os".to_string(), "linux".to_string()),
-                (crate::plugins::ZONE_LABEL.to_string(), zone.to_string()),
-                ("type".to_string(), "kwok".to_string()),
-            ])),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            taints: (!taints.is_empty()).then_some(taints),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-/// A Ready node status with the given allocatable cpu, memory and pod count.
-pub fn node_status(cpu: &str, memory: &str, pods: &str) -> NodeStatus {
-    NodeStatus {
-        capacity: Some(quantities(cpu, memory, pods)),
-        allocatable: Some(quantities(cpu, memory, pods)),
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: Some("KubeletReady".into()),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    }
-}
-
-/// Creates a kwok-style node and writes its status.
-pub async fn register_node(
-    client: &kube::Client,
-    node: Node,
-    status: NodeStatus,
-) -> Result<(), kube::Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let name = node.metadata.name.clone().unwrap_or_default();
-    nodes.create(&PostParams::default(), &node).await?;
-    let patch = serde_json::json!({ "status": status });
-    nodes
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-/// A pause pod with requests, optionally owned by a (fictional) ReplicaSet.
-pub fn pending_pod(name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "pause".into(),
-                image: Some("registry.k8s.io/pause:3.10".into()),
-                resources: Some(ResourceRequirements {
-                    requests: Some(BTreeMap::from([
-                        ("cpu".to_string(), Quantity(cpu.into())),
-                        ("memory".to_string(), Quantity(memory.into())),
-                    ])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
-    }
 }
 
 pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
@@ -189,7 +92,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
         service_cidr: None,
     })
     .await?;
-    let client = korvet_controllers::client_from_kubeconfig(&server.kubeconfig).await?;
+    let client = korvet_apimachinery::client_from_kubeconfig(&server.kubeconfig).await?;
 
     futures::stream::iter(0..config.nodes)
         .map(|i| {

@@ -1,0 +1,176 @@
+//! Kubernetes quantities (`500m`, `2`, `64Mi`, `1e3`) as exact integers of
+//! milli-units, which is what upstream's `MilliValue` computes and what sums of
+//! requests, quotas and autoscaling targets need (no float drift).
+
+/// `500m` → 500, `2` → 2000, `64Mi` → 67108864000, `123456u` → 124 (rounded up, as upstream's
+/// MilliValue); signs and exponents (`1e3`) too.
+pub fn parse_milli(text: &str) -> Option<i128> {
+    let text = text.trim();
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    // (multiplier, power of ten) of the suffix.
+    let (mult, exp10): (i128, i32) = match suffix {
+        "" => (1, 0),
+        "n" => (1, -9),
+        "u" => (1, -6),
+        "m" => (1, -3),
+        "k" => (1, 3),
+        "M" => (1, 6),
+        "G" => (1, 9),
+        "T" => (1, 12),
+        "P" => (1, 15),
+        "E" => (1, 18),
+        "Ki" => (1 << 10, 0),
+        "Mi" => (1 << 20, 0),
+        "Gi" => (1 << 30, 0),
+        "Ti" => (1 << 40, 0),
+        "Pi" => (1 << 50, 0),
+        "Ei" => (1 << 60, 0),
+        s if s.starts_with(['e', 'E']) => (1, s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let digits = format!("{int_part}{frac_part}");
+    let value: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    let scale = exp10 + 3 - i32::try_from(frac_part.len()).ok()?;
+    let scaled = value.checked_mul(mult)?;
+    let out = if scale >= 0 {
+        scaled.checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?
+    } else {
+        let div = 10i128.checked_pow(u32::try_from(-scale).ok()?)?;
+        (scaled + div - 1) / div
+    };
+    Some(if negative { -out } else { out })
+}
+
+/// A milli-value as upstream's canonical decimal quantity: `250m`, `2`, `1500m`, `9764k`.
+pub fn format_decimal(milli: i128) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let mut n = milli / 1000;
+    if n == 0 {
+        return "0".to_string();
+    }
+    for suffix in ["k", "M", "G", "T", "P", "E"] {
+        if n % 1000 != 0 {
+            break;
+        }
+        n /= 1000;
+        if n % 1000 != 0 {
+            return format!("{n}{suffix}");
+        }
+    }
+    let mut out = n.to_string();
+    // Only reached for values with no exact larger suffix.
+    if out.is_empty() {
+        out.push('0');
+    }
+    out
+}
+
+/// CPU as millicores: `500m` → 500, `2` → 2000, `0.25` → 250.
+pub fn cpu_millis(text: &str) -> Option<i64> {
+    parse_milli(text).and_then(|m| i64::try_from(m).ok())
+}
+
+/// A quantity in whole units, rounded up as upstream's `Value`: `128Mi`, `1G`, `1.5Gi`
+/// → bytes.
+pub fn whole_units(text: &str) -> Option<i64> {
+    let milli = parse_milli(text)?;
+    i64::try_from((milli + 999).div_euclid(1000)).ok()
+}
+
+/// A non-negative quantity as a plain number of its unit (cores, bytes), for sizes
+/// that are only shown or compared: `500m` → 0.5, `4Gi` → 4294967296.
+pub fn as_f64(text: &str) -> Option<f64> {
+    parse_milli(text)
+        .filter(|m| *m >= 0)
+        .map(|m| m as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milli_values() {
+        assert_eq!(parse_milli("1.5Gi"), Some(1610612736000));
+        assert_eq!(parse_milli("100m"), Some(100));
+        assert_eq!(parse_milli("2"), Some(2000));
+        assert_eq!(parse_milli("1.5"), Some(1500));
+        assert_eq!(parse_milli("1Ki"), Some(1024 * 1000));
+        assert_eq!(parse_milli("1Gi"), Some((1i128 << 30) * 1000));
+        assert_eq!(parse_milli("1k"), Some(1_000_000));
+        assert_eq!(parse_milli("1e3"), Some(1_000_000));
+        assert_eq!(parse_milli("0.5m"), Some(1));
+        assert_eq!(parse_milli("123456u"), Some(124));
+        assert_eq!(parse_milli("123456n"), Some(1));
+        assert_eq!(parse_milli("-2"), Some(-2000));
+        assert_eq!(parse_milli("x"), None);
+        assert_eq!(parse_milli("1Zi"), None);
+        assert_eq!(parse_milli("."), None);
+    }
+
+    #[test]
+    fn cpu_and_bytes() {
+        assert_eq!(cpu_millis("500m"), Some(500));
+        assert_eq!(cpu_millis("2"), Some(2000));
+        assert_eq!(cpu_millis("0.25"), Some(250));
+        assert_eq!(whole_units("128Mi"), Some(128 << 20));
+        assert_eq!(whole_units("1G"), Some(1_000_000_000));
+        assert_eq!(whole_units("1000"), Some(1000));
+        assert_eq!(whole_units("1.5Gi"), Some(3 << 29));
+        assert_eq!(whole_units("x"), None);
+    }
+
+    #[test]
+    fn plain_numbers() {
+        assert_eq!(as_f64("500m"), Some(0.5));
+        assert_eq!(as_f64("2"), Some(2.0));
+        assert_eq!(as_f64("4Gi"), Some(4.0 * 1024.0 * 1024.0 * 1024.0));
+        assert_eq!(as_f64("1.5"), Some(1.5));
+        assert_eq!(as_f64("four"), None);
+        assert_eq!(as_f64("4Qi"), None);
+        assert_eq!(as_f64("-1"), None);
+    }
+
+    #[test]
+    fn parses_quantities_to_milli_units() {
+        assert_eq!(parse_milli("500m"), Some(500));
+        assert_eq!(parse_milli("2"), Some(2000));
+        assert_eq!(parse_milli("1.5"), Some(1500));
+        assert_eq!(parse_milli("64Mi"), Some(64 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("123456n"), Some(1));
+        assert_eq!(parse_milli("123456789n"), Some(124));
+        assert_eq!(parse_milli("12Ki"), Some(12 * 1024 * 1000));
+        assert_eq!(parse_milli("1e3"), Some(1_000_000));
+        assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
+        assert_eq!(parse_milli("x"), None);
+        assert_eq!(parse_milli(""), None);
+    }
+
+    #[test]
+    fn formats_canonically() {
+        assert_eq!(format_decimal(250), "250m");
+        assert_eq!(format_decimal(2000), "2");
+        assert_eq!(format_decimal(1500), "1500m");
+        assert_eq!(format_decimal(9_764_000_000), "9764k");
+        assert_eq!(format_decimal(0), "0");
+        assert_eq!(format_decimal(5_000_000_000), "5M");
+        assert_eq!(format_decimal(12_345_000), "12345");
+    }
+}
