@@ -14,7 +14,9 @@ use korvet_api::{Cluster, ClusterSpec, ControlPlaneSpec, InlineNodePool, PoolTem
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 
-use crate::server::{self, ServerArgs};
+use korvet_platform::RunningManagementPlane;
+
+use crate::server::ServerArgs;
 
 #[derive(Serialize, Clone, Debug)]
 pub struct CreateFigures {
@@ -188,7 +190,7 @@ fn recorded_rss(processes: &Path, name: &str) -> f64 {
 }
 
 /// (containerd, agent) resident MB of one machine, found through its cgroup.
-fn machine_rss(server: &server::RunningServer, machine: &str) -> (f64, f64) {
+fn machine_rss(server: &RunningManagementPlane, machine: &str) -> (f64, f64) {
     let Some((_, cgroup)) = server.provider.machine_sandbox(machine) else {
         return (0.0, 0.0);
     };
@@ -216,7 +218,7 @@ pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Resu
 /// `bench` failed.
 pub async fn with_platform<T, F>(bench: F) -> anyhow::Result<T>
 where
-    F: AsyncFnOnce(&server::RunningServer) -> anyhow::Result<T>,
+    F: AsyncFnOnce(&RunningManagementPlane) -> anyhow::Result<T>,
 {
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
     let args = ServerArgs {
@@ -226,12 +228,10 @@ where
         pool: "10.200.0.0/13".into(),
         registry_port: 0,
     };
-    let server = server::start(&args).await?;
+    let server = args.management_plane()?.start().await?;
     let result = bench(&server).await;
     let provider = server.provider.clone();
-    let data_dir = server.data_dir.clone();
-    drop(server);
-    korvet_platform::stop_everything(&data_dir, provider.as_ref()).await?;
+    server.stop_with_clusters().await?;
     use korvet_cloud::Provider as _;
     for machine in provider.list_machines(None).await? {
         provider.delete_machine(&machine.name).await?;
@@ -241,7 +241,7 @@ where
 }
 
 async fn measure(
-    server: &server::RunningServer,
+    server: &RunningManagementPlane,
     concurrent: usize,
     nodes_each: i32,
 ) -> anyhow::Result<ClusterBench> {

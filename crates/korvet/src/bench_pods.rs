@@ -213,7 +213,7 @@ async fn wait_pods(
 }
 
 async fn pod_start(
-    server: &crate::server::RunningServer,
+    server: &korvet_platform::RunningManagementPlane,
     pods: usize,
     rate: f64,
 ) -> anyhow::Result<Vec<PodStartFigures>> {

@@ -118,7 +118,7 @@ fn print_table(f: &ServiceFigures) {
 }
 
 async fn on_cluster(
-    server: &crate::server::RunningServer,
+    server: &korvet_platform::RunningManagementPlane,
     nft: NftFigures,
     config: &ServiceBenchConfig,
 ) -> anyhow::Result<ServiceFigures> {

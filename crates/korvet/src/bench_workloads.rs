@@ -270,7 +270,7 @@ async fn rolled_out(api: &Api<Deployment>, name: &str, replicas: i32) -> anyhow:
 }
 
 async fn on_cluster(
-    server: &crate::server::RunningServer,
+    server: &korvet_platform::RunningManagementPlane,
     scheduler: korvet_scheduler::bench::BenchFigures,
     config: &WorkloadBenchConfig,
 ) -> anyhow::Result<WorkloadFigures> {
