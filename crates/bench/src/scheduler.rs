@@ -6,21 +6,19 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use korvet_apiserver::launch::{self, ApiServerConfig};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use korvet_scheduler::kwok::{kwok_node, node_status, pending_pod, register_node};
+use korvet_scheduler::SchedulerConfig;
+use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde::Serialize;
 
-use crate::SchedulerConfig;
-
 #[derive(Clone, Debug)]
-pub struct BenchConfig {
+pub(crate) struct BenchConfig {
     pub pods: usize,
     pub nodes: usize,
     /// Directory for the API server's files (default: a temporary directory).
@@ -38,7 +36,7 @@ impl Default for BenchConfig {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct BenchFigures {
+pub(crate) struct BenchFigures {
     pub pods: usize,
     pub nodes: usize,
     /// Creating the pending pods (32 requests in flight), before the scheduler starts.
@@ -55,7 +53,7 @@ pub struct BenchFigures {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     #[error("starting the API server: {0}")]
     Launch(#[from] korvet_apiserver::launch::LaunchError),
     #[error("creating a temporary directory: {0}")]
@@ -72,101 +70,49 @@ pub enum BenchError {
     },
 }
 
-fn quantities(cpu: &str, memory: &str, pods: &str) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
-        ("cpu".to_string(), Quantity(cpu.into())),
-        ("memory".to_string(), Quantity(memory.into())),
-        ("ephemeral-storage".to_string(), Quantity("100Gi".into())),
-        ("pods".to_string(), Quantity(pods.into())),
-    ])
+/// Measures and prints scheduler throughput: `pods` pending pods over `nodes` nodes.
+pub async fn run(json: bool, pods: usize, nodes: usize) -> anyhow::Result<()> {
+    let figures = measure(BenchConfig {
+        pods,
+        nodes,
+        work_dir: None,
+    })
+    .await
+    .context("scheduler benchmark failed")?;
+    let goals = serde_json::json!({
+        "pods_per_second": {"goal": 500, "met": figures.pods_per_second >= 500.0},
+    });
+    crate::print_figures(json, "figures", &figures, goals, print_table)
 }
 
-/// A Node as kwok registers one: labels (hostname, zone), optional taints; its status
-/// (allocatable, Ready) is written separately with [`node_status`].
-pub fn kwok_node(name: &str, zone: &str, taints: Vec<Taint>) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([
-                ("kubernetes.io/hostname".to_string(), name.to_string()),
-                ("kubernetes.io/os".to_string(), "linux".to_string()),
-                (crate::plugins::ZONE_LABEL.to_string(), zone.to_string()),
-                ("type".to_string(), "kwok".to_string()),
-            ])),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            taints: (!taints.is_empty()).then_some(taints),
-            ..Default::default()
-        }),
-        status: None,
-    }
+fn print_table(figures: &BenchFigures) {
+    println!(
+        "scheduler: {} pods over {} kwok nodes",
+        figures.pods, figures.nodes
+    );
+    println!(
+        "  created pending pods in   {:>8.2} s",
+        figures.create_seconds
+    );
+    println!(
+        "  scheduled and bound all in {:>7.2} s",
+        figures.schedule_seconds
+    );
+    println!(
+        "  ... and their Events in   {:>8.2} s",
+        figures.with_events_seconds
+    );
+    println!(
+        "  throughput                {:>8.0} pods/s (goal >= 500)",
+        figures.pods_per_second
+    );
+    println!(
+        "  pods per node             {} to {}; binding errors {}",
+        figures.min_pods_per_node, figures.max_pods_per_node, figures.binding_errors
+    );
 }
 
-/// A Ready node status with the given allocatable cpu, memory and pod count.
-pub fn node_status(cpu: &str, memory: &str, pods: &str) -> NodeStatus {
-    NodeStatus {
-        capacity: Some(quantities(cpu, memory, pods)),
-        allocatable: Some(quantities(cpu, memory, pods)),
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: Some("KubeletReady".into()),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    }
-}
-
-/// Creates a kwok-style node and writes its status.
-pub async fn register_node(
-    client: &kube::Client,
-    node: Node,
-    status: NodeStatus,
-) -> Result<(), kube::Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let name = node.metadata.name.clone().unwrap_or_default();
-    nodes.create(&PostParams::default(), &node).await?;
-    let patch = serde_json::json!({ "status": status });
-    nodes
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-/// A pause pod with requests, optionally owned by a (fictional) ReplicaSet.
-pub fn pending_pod(name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "pause".into(),
-                image: Some("registry.k8s.io/pause:3.10".into()),
-                resources: Some(ResourceRequirements {
-                    requests: Some(BTreeMap::from([
-                        ("cpu".to_string(), Quantity(cpu.into())),
-                        ("memory".to_string(), Quantity(memory.into())),
-                    ])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
+pub(crate) async fn measure(config: BenchConfig) -> Result<BenchFigures, BenchError> {
     let temp = match &config.work_dir {
         Some(_) => None,
         None => Some(tempfile::tempdir().map_err(BenchError::TempDir)?),
@@ -251,7 +197,8 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
                 .applied_objects();
             futures::pin_mut!(stream);
             while let Some(Ok(pod)) = stream.next().await {
-                if let Some(node) = crate::node_name(&pod) {
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                if let Some(node) = node.filter(|n| !n.is_empty()) {
                     let _ = tx.send((
                         pod.metadata.name.clone().unwrap_or_default(),
                         node.to_string(),
@@ -261,7 +208,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
         }
     });
     let started = Instant::now();
-    let scheduler = crate::spawn(
+    let scheduler = korvet_scheduler::spawn(
         client.clone(),
         SchedulerConfig {
             leader_election: None,
