@@ -10,7 +10,6 @@ mod allocation;
 pub mod apply;
 pub mod apps_validation;
 pub mod auth;
-pub mod bench;
 mod body;
 pub mod bootstrap_tokens;
 pub mod certificates;

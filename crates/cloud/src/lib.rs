@@ -18,8 +18,8 @@ pub mod local;
 pub mod process;
 
 pub use cgroup::{CgroupPath, Limits};
-pub use local::LocalProvider;
 pub use local::ADMIN_PORT as BALANCER_ADMIN_PORT;
+pub use local::{which, LocalProvider};
 pub use process::{
     read_json, spawn_detached, write_json_atomic, ProcessError, ProcessRecord, ProcessSpec,
 };

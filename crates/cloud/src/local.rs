@@ -1173,7 +1173,9 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+/// Where `program` is: on `PATH`, or in the system directories, since `ip` and others
+/// live in the sbin directories that a user's `PATH` often lacks.
+pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(

@@ -1,9 +1,12 @@
-//! `korvet bench ...`: runs a benchmark from its library and prints its figures.
+//! `korvet bench ...`: the benchmarks' arguments; `korvet_bench` measures and prints.
 
 use anyhow::Context;
 use clap::Subcommand;
-use korvet_apiserver::bench::{self as api_bench, ApiBenchConfig, StoreFigures};
-use korvet_store::bench::{BackendFigures, StoreBenchConfig};
+use korvet_bench::api::{self as api_bench, ApiBenchConfig};
+use korvet_bench::pods::PodBenchConfig;
+use korvet_bench::services::ServiceBenchConfig;
+use korvet_bench::store::StoreBenchConfig;
+use korvet_bench::workloads::WorkloadBenchConfig;
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -151,54 +154,13 @@ pub enum Bench {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Scheduler { json, pods, nodes } => {
-            let figures = korvet_scheduler::bench::run(korvet_scheduler::bench::BenchConfig {
-                pods,
-                nodes,
-                work_dir: None,
-            })
-            .await
-            .context("scheduler benchmark failed")?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "figures": figures,
-                        "goals": {"pods_per_second": {"goal": 500, "met": figures.pods_per_second >= 500.0}},
-                    }))?
-                );
-            } else {
-                println!(
-                    "scheduler: {} pods over {} kwok nodes",
-                    figures.pods, figures.nodes
-                );
-                println!(
-                    "  created pending pods in   {:>8.2} s",
-                    figures.create_seconds
-                );
-                println!(
-                    "  scheduled and bound all in {:>7.2} s",
-                    figures.schedule_seconds
-                );
-                println!(
-                    "  ... and their Events in   {:>8.2} s",
-                    figures.with_events_seconds
-                );
-                println!(
-                    "  throughput                {:>8.0} pods/s (goal >= 500)",
-                    figures.pods_per_second
-                );
-                println!(
-                    "  pods per node             {} to {}; binding errors {}",
-                    figures.min_pods_per_node, figures.max_pods_per_node, figures.binding_errors
-                );
-            }
-            Ok(())
+            korvet_bench::scheduler::run(json, pods, nodes).await
         }
         Bench::Clusters {
             json,
             concurrent,
             nodes_each,
-        } => crate::bench_clusters::run(json, concurrent, nodes_each).await,
+        } => korvet_bench::clusters::run(json, &korvet()?, concurrent, nodes_each).await,
         Bench::Workloads {
             json,
             samples,
@@ -206,13 +168,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             scheduler_pods,
             scheduler_nodes,
         } => {
-            let config = crate::bench_workloads::WorkloadBenchConfig {
+            let config = WorkloadBenchConfig {
                 samples,
                 replicas,
                 scheduler_pods,
                 scheduler_nodes,
             };
-            crate::bench_workloads::run(json, config).await
+            korvet_bench::workloads::run(json, &korvet()?, config).await
         }
         Bench::Services {
             json,
@@ -223,7 +185,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             transfer_mib,
             rounds,
         } => {
-            let config = crate::bench_services::ServiceBenchConfig {
+            let config = ServiceBenchConfig {
                 samples,
                 services,
                 endpoints_per_service,
@@ -231,7 +193,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 transfer_mib,
                 rounds,
             };
-            crate::bench_services::run(json, config).await
+            korvet_bench::services::run(json, &korvet()?, config).await
         }
         Bench::Pods {
             json,
@@ -240,13 +202,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             image_mb,
             rounds,
         } => {
-            let config = crate::bench_pods::PodBenchConfig {
+            let config = PodBenchConfig {
                 pods,
                 rate,
                 image_mb,
                 rounds,
             };
-            crate::bench_pods::run(json, config).await
+            korvet_bench::pods::run(json, &korvet()?, config).await
         }
         Bench::Store {
             json,
@@ -255,11 +217,6 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             backends,
             work_dir,
         } => {
-            if ops == 0 || concurrency == 0 {
-                anyhow::bail!("--ops and --concurrency must be at least 1");
-            }
-            let temp = tempfile::tempdir().context("creating a temporary directory")?;
-            let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
             let mut config = StoreBenchConfig {
                 ops,
                 concurrency,
@@ -268,15 +225,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             if !backends.is_empty() {
                 config.backends = backends;
             }
-            let results = korvet_store::bench::run(&dir, &config, |step| eprintln!("{step}"))
-                .await
-                .context("store benchmark failed")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&store_json(&results))?);
-            } else {
-                print_store_table(&results, &config);
-            }
-            Ok(())
+            korvet_bench::store::run(json, &config, work_dir).await
         }
         Bench::Api {
             json,
@@ -287,8 +236,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             stores,
             work_dir,
         } => {
-            let binary = std::env::current_exe().context("finding the korvet binary")?;
-            let mut config = ApiBenchConfig::new(binary);
+            let mut config = ApiBenchConfig::new(korvet()?);
             config.ops = ops;
             config.lists = lists;
             config.memory_objects = memory_objects;
@@ -298,197 +246,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             if !stores.is_empty() {
                 config.stores = stores;
             }
-            let temp = tempfile::tempdir().context("creating a temporary directory")?;
-            let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
-            let results = api_bench::run(&dir, &config, |step| eprintln!("{step}"))
-                .await
-                .context("API benchmark failed")?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&api_json(&results, &config))?
-                );
-            } else {
-                print_api_table(&results, &config);
-            }
-            Ok(())
+            korvet_bench::api::run(json, &config, work_dir).await
         }
     }
 }
 
-fn api_json(results: &[(String, StoreFigures)], config: &ApiBenchConfig) -> serde_json::Value {
-    let stores: serde_json::Map<String, serde_json::Value> = results
-        .iter()
-        .map(|(name, figures)| {
-            let value = serde_json::to_value(figures).unwrap_or(serde_json::Value::Null);
-            (name.clone(), value)
-        })
-        .collect();
-    serde_json::json!({
-        "stores": stores,
-        "goals": api_bench::goals(results),
-        "config": {
-            "ops": config.ops,
-            "lists": config.lists,
-            "list_objects": config.list_objects,
-            "memory_objects": config.memory_objects,
-            "concurrency": config.concurrency,
-        },
-    })
-}
-
-fn print_api_table(results: &[(String, StoreFigures)], config: &ApiBenchConfig) {
-    println!(
-        "API benchmark: HTTPS with client certificates, one HTTP/2 connection; {} creates, gets, \
-         updates and watched creates and {} lists of {} configmaps per concurrency",
-        config.ops, config.lists, config.list_objects
-    );
-    print!("{:<26}", "");
-    for (name, _) in results {
-        print!("  {name:>26}");
-    }
-    println!();
-    print!("{:<18}{:>8}", "operation", "conc.");
-    for _ in results {
-        print!("  {:>10}{:>8}{:>8}", "req/s", "p50 ms", "p99 ms");
-    }
-    println!();
-    for operation in api_bench::OPERATIONS {
-        for &c in &config.concurrency {
-            print!("{operation:<18}{c:>8}");
-            for (_, figures) in results {
-                match figures.get(operation, c) {
-                    Some(f) => print!("  {:>10.0}{:>8.2}{:>8.2}", f.rps, f.p50_ms, f.p99_ms),
-                    None => print!("  {:>26}", "-"),
-                }
-            }
-            println!();
-        }
-    }
-    type Memory = fn(&StoreFigures) -> f64;
-    let memory_label = format!("RSS MB, {} configmaps", config.memory_objects);
-    let rows: [(&str, Memory); 3] = [
-        ("RSS MB, idle", |f| f.idle_rss_mb),
-        (&memory_label, |f| f.rss_10k_configmaps_mb),
-        ("RSS MB, peak of run", |f| f.peak_rss_mb),
-    ];
-    for (label, get) in rows {
-        print!("{label:<26}");
-        for (_, figures) in results {
-            print!("  {:>26.1}", get(figures));
-        }
-        println!();
-    }
-    println!("(RSS is the control-plane process alone; etcd's own memory is not included)");
-    let goals = api_bench::goals(results);
-    if !goals.is_empty() {
-        println!("goals:");
-        for goal in goals {
-            println!(
-                "  {:<46} {:>8.2} {} (goal < {} {}): {}",
-                goal.what,
-                goal.value,
-                goal.unit,
-                goal.limit,
-                goal.unit,
-                if goal.met { "met" } else { "MISSED" }
-            );
-        }
-    }
-}
-
-fn figures_json(figures: &BackendFigures) -> serde_json::Value {
-    serde_json::to_value(figures).unwrap_or(serde_json::Value::Null)
-}
-
-fn store_json(results: &[(String, BackendFigures)]) -> serde_json::Value {
-    let backends: serde_json::Map<String, serde_json::Value> = results
-        .iter()
-        .map(|(name, figures)| (name.clone(), figures_json(figures)))
-        .collect();
-    let mut ratios = serde_json::Map::new();
-    if let Some((_, embedded)) = results.iter().find(|(n, _)| n == "embedded") {
-        for (name, other) in results.iter().filter(|(n, _)| n != "embedded") {
-            ratios.insert(
-                format!("embedded/{name}"),
-                figures_json(&ratio(embedded, other)),
-            );
-        }
-    }
-    serde_json::json!({ "backends": backends, "ratios": ratios })
-}
-
-/// Throughputs as embedded ÷ other (higher is better for embedded), latencies as
-/// other ÷ embedded (so that here, too, higher means embedded is faster).
-fn ratio(embedded: &BackendFigures, other: &BackendFigures) -> BackendFigures {
-    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    BackendFigures {
-        put_ops_per_sec: div(embedded.put_ops_per_sec, other.put_ops_per_sec),
-        put_seq_ops_per_sec: div(embedded.put_seq_ops_per_sec, other.put_seq_ops_per_sec),
-        cas_ops_per_sec: div(embedded.cas_ops_per_sec, other.cas_ops_per_sec),
-        range1000_ops_per_sec: div(embedded.range1000_ops_per_sec, other.range1000_ops_per_sec),
-        watch_p50_ms: div(other.watch_p50_ms, embedded.watch_p50_ms),
-        watch_p99_ms: div(other.watch_p99_ms, embedded.watch_p99_ms),
-        watch_after_ack_p99_ms: div(
-            other.watch_after_ack_p99_ms,
-            embedded.watch_after_ack_p99_ms,
-        ),
-    }
-}
-
-fn print_store_table(results: &[(String, BackendFigures)], config: &StoreBenchConfig) {
-    println!(
-        "store benchmark: {} ops per backend, {} concurrent clients, {}-byte values",
-        config.ops, config.concurrency, config.value_bytes
-    );
-    print!("{:<28}", "");
-    for (name, _) in results {
-        print!("{name:>14}");
-    }
-    println!();
-    type Column = fn(&BackendFigures) -> f64;
-    let rows: [(&str, Column); 7] = [
-        ("put ops/s", |f| f.put_ops_per_sec),
-        ("put ops/s (1 client)", |f| f.put_seq_ops_per_sec),
-        ("CAS txn ops/s", |f| f.cas_ops_per_sec),
-        ("range 1000 keys ops/s", |f| f.range1000_ops_per_sec),
-        ("watch p50 ms (from put)", |f| f.watch_p50_ms),
-        ("watch p99 ms (from put)", |f| f.watch_p99_ms),
-        ("watch p99 ms (after ack)", |f| f.watch_after_ack_p99_ms),
-    ];
-    for (label, get) in rows {
-        print!("{label:<28}");
-        for (_, figures) in results {
-            print!("{:>14.2}", get(figures));
-        }
-        println!();
-    }
-    if let Some((_, embedded)) = results.iter().find(|(n, _)| n == "embedded") {
-        for (name, other) in results.iter().filter(|(n, _)| n != "embedded") {
-            let r = ratio(embedded, other);
-            println!(
-                "embedded vs {name}: puts x{:.2}, puts (1 client) x{:.2}, CAS x{:.2}, ranges x{:.2}, watch p99 x{:.2} faster",
-                r.put_ops_per_sec, r.put_seq_ops_per_sec, r.cas_ops_per_sec, r.range1000_ops_per_sec, r.watch_p99_ms
-            );
-        }
-    }
-}
-
-/// Prints a benchmark's figures: `{KEY: figures, "goals": goals}` as JSON, or its table.
-pub fn print_figures<T: serde::Serialize>(
-    json: bool,
-    key: &str,
-    figures: &T,
-    goals: serde_json::Value,
-    table: impl FnOnce(&T),
-) -> anyhow::Result<()> {
-    if json {
-        let mut doc = serde_json::Map::new();
-        doc.insert(key.to_string(), serde_json::to_value(figures)?);
-        doc.insert("goals".to_string(), goals);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        table(figures);
-    }
-    Ok(())
+/// This binary: the API benchmark measures its `korvet control-plane`, the platform
+/// benchmarks run it as hosted control planes and node agents.
+fn korvet() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("finding the korvet binary")
 }

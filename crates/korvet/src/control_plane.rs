@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use korvet_apiserver::launch::{self, ApiServerConfig};
+use korvet_control_plane::{ControlPlane, DnsListen};
 use korvet_store::StoreLocation;
 
 #[derive(Args)]
@@ -62,110 +62,37 @@ fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let store: StoreLocation = args.store.parse().context("--store")?;
-    let running = launch::start(ApiServerConfig {
-        data_dir: args.data_dir.clone(),
+    let running = ControlPlane {
+        data_dir: args.data_dir,
         listen: args.listen,
         store,
-        extra_hosts: args.advertise_hosts.clone(),
-        token_auth_file: args.token_auth_file.clone(),
-        cluster_name: args.cluster_name.clone(),
-        pki_dir: args.pki_dir.clone(),
-        admission: Vec::new(),
-        crds: Vec::new(),
+        advertise_hosts: args.advertise_hosts,
+        token_auth_file: args.token_auth_file,
+        cluster_name: args.cluster_name,
+        pki_dir: args.pki_dir,
         service_cidr: Some(args.service_cluster_ip_range),
-    })
-    .await?;
-    // The admin identity may approve and sign CSRs; the CA signs node certificates.
-    let pki = running.pki.clone();
-    // The controllers and the scheduler each campaign for their Lease, so that of
-    // several replicas one acts.
-    let identity = korvet_apimachinery::leader::default_identity();
-    let controllers = korvet_controllers::spawn_all(
-        &running.kubeconfig,
-        korvet_controllers::ControllersConfig {
-            ca_cert_pem: pki.ca_cert_pem().to_string(),
-            ca_key_pem: pki.ca_key_pem(),
-            cluster_cidr: Some(args.cluster_cidr),
-            leader_identity: Some(identity.clone()),
+        cluster_cidr: Some(args.cluster_cidr),
+        controllers: true,
+        dns_listen: if args.dns_listen.is_empty() {
+            DnsListen::ApiAddress
+        } else {
+            DnsListen::At(args.dns_listen)
         },
-    )
-    .await
-    .context("starting the controllers")?;
-    let scheduler_client = korvet_apimachinery::client_from_kubeconfig(&running.kubeconfig)
-        .await
-        .context("starting the scheduler")?;
-    let scheduler = korvet_scheduler::spawn(
-        scheduler_client,
-        korvet_scheduler::SchedulerConfig::new(&identity),
-    );
-    let dns = start_dns(&args, running.address, &running.kubeconfig).await?;
-    running.server.metrics.register_with(|registry| {
-        scheduler.metrics.register(registry);
-        if let Some((dns, _)) = &dns {
-            dns.metrics.register(registry);
-        }
-        korvet_controllers::metrics::register(registry);
-    });
-    println!("serving the Kubernetes API on {}", running.url());
-    println!("admin kubeconfig: {}", running.kubeconfig.display());
+        cluster_domain: args.cluster_domain,
+    }
+    .start()
+    .await?;
+    if let Some(addresses) = running.components.dns_addresses() {
+        println!("cluster DNS on {addresses:?}");
+    }
+    println!("serving the Kubernetes API on {}", running.api.url());
+    println!("admin kubeconfig: {}", running.api.kubeconfig.display());
     println!(
         "try: kubectl --kubeconfig {} get namespaces",
-        running.kubeconfig.display()
+        running.api.kubeconfig.display()
     );
     crate::signals::wait_for_shutdown().await;
     eprintln!("shutting down");
-    if let Some((dns, keeper)) = dns {
-        keeper.abort();
-        dns.shutdown().await;
-    }
-    scheduler.shutdown().await;
-    controllers.shutdown().await;
-    drop(running);
+    running.shutdown().await;
     Ok(())
-}
-
-/// The cluster DNS of this replica, and the task keeping the `kubernetes` and
-/// `kube-dns` Services with this replica's endpoints. A default address that cannot
-/// be bound (another DNS server on the host) only costs the DNS, with a warning; an
-/// address given with --dns-listen must work.
-async fn start_dns(
-    args: &ControlPlaneArgs,
-    api: SocketAddr,
-    kubeconfig: &std::path::Path,
-) -> anyhow::Result<Option<(korvet_dns::RunningDns, tokio::task::JoinHandle<()>)>> {
-    let explicit = !args.dns_listen.is_empty();
-    let listen = if explicit {
-        args.dns_listen.clone()
-    } else {
-        vec![SocketAddr::new(api.ip(), 53)]
-    };
-    let client = korvet_apimachinery::client_from_kubeconfig(kubeconfig)
-        .await
-        .context("starting the cluster DNS")?;
-    let mut config = korvet_dns::DnsConfig::new(listen.clone());
-    config.domain = args.cluster_domain.clone();
-    let dns = match korvet_dns::spawn(client.clone(), config).await {
-        Ok(dns) => dns,
-        Err(e) if !explicit => {
-            tracing::warn!(error = %e, "no cluster DNS; give it an address with --dns-listen");
-            return Ok(None);
-        }
-        Err(e) => return Err(e).context("starting the cluster DNS"),
-    };
-    // Clients reach the API at the first advertised address (the cluster's endpoint).
-    let api_ip = args
-        .advertise_hosts
-        .iter()
-        .find_map(|h| h.parse::<std::net::IpAddr>().ok())
-        .unwrap_or(api.ip());
-    let keeper = korvet_dns::bootstrap::spawn_keeper(
-        client,
-        korvet_dns::bootstrap::ClusterServices {
-            service_cidr: args.service_cluster_ip_range,
-            api_endpoint: SocketAddr::new(api_ip, api.port()),
-            dns_addresses: dns.local_addrs().iter().map(|a| a.ip()).collect(),
-        },
-    );
-    println!("cluster DNS on {:?}", dns.local_addrs());
-    Ok(Some((dns, keeper)))
 }

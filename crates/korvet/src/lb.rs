@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use korvet_lb::edge::{Edge, EdgeConfig};
 use korvet_lb::{Balance, HealthCheck, LbConfig, TcpBalancer};
 
 use crate::cli;
@@ -61,40 +60,15 @@ pub async fn run(command: LbCommand) -> anyhow::Result<()> {
     }
 }
 
-fn load(args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
-    let mut config = EdgeConfig::load(&args.config)?;
-    if args.admin_listen.is_some() {
-        config.admin_listen = args.admin_listen;
-    }
-    Ok(config)
-}
-
 async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
-    let mut edge = Edge::start(load(&args)?)
-        .await
-        .context("starting the load-balancer instance")?;
-    if let Some(admin) = edge.admin_addr() {
-        println!("admin (/healthz, /metrics) on http://{admin}");
-    }
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("listening for SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => {
-                // A bad configuration is refused: the instance serves on as it was.
-                match load(&args) {
-                    Ok(config) => match edge.reload(config).await {
-                        Ok(()) => tracing::info!(config = %args.config.display(), "configuration reloaded"),
-                        Err(e) => tracing::error!(error = %e, "reloading the configuration failed; serving on as before"),
-                    },
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reading the configuration failed; serving on as before"),
-                }
-            }
-            _ = crate::signals::wait_for_shutdown() => break,
-        }
-    }
-    eprintln!("shutting down");
-    edge.shutdown().await;
+    korvet_lb::edge::serve_file(
+        &args.config,
+        args.admin_listen,
+        crate::signals::wait_for_shutdown(),
+    )
+    .await
+    .context("running the load-balancer instance")?;
+    eprintln!("shut down");
     Ok(())
 }
 

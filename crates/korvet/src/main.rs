@@ -1,11 +1,6 @@
 //! The `korvet` binary: maps subcommands to library calls and owns process set-up.
 
 mod bench;
-mod bench_clusters;
-mod bench_pods;
-mod bench_services;
-mod bench_services_nft;
-mod bench_workloads;
 mod cli;
 mod control_plane;
 mod image;

@@ -10,7 +10,7 @@ use clap::Args;
 use korvet_api::{Cluster, ClusterSpec, InlineNodePool, PoolTemplate};
 use kube::api::{Api, PostParams};
 
-use crate::server::{self, ServerArgs};
+use crate::server::ServerArgs;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -35,19 +35,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .join(".korvet"),
     };
     eprintln!("korvet up: checking prerequisites");
-    server::preflight()?;
+    korvet_platform::preflight()?;
     let server_args = ServerArgs {
         data_dir: home.join("data"),
         listen: args.listen,
         store: "embedded".into(),
-        pool: "10.200.0.0/13".into(),
+        pool: korvet_platform::DEFAULT_POOL.into(),
         registry_port: 5443,
     };
     eprintln!(
         "korvet up: starting the management plane in {}",
         server_args.data_dir.display()
     );
-    let running = server::start(&server_args).await?;
+    let running = server_args.management_plane()?.start().await?;
     let admin = home.join("admin.kubeconfig");
     std::fs::copy(&running.api.kubeconfig, &admin)
         .with_context(|| format!("writing {}", admin.display()))?;
@@ -115,10 +115,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         crate::signals::wait_for_shutdown().await;
     }
     eprintln!("korvet up: stopping machines and control planes (data is kept)");
-    let provider = running.provider.clone();
-    let data_dir = running.data_dir.clone();
-    drop(running);
-    korvet_platform::stop_everything(&data_dir, provider.as_ref()).await?;
+    running.stop_with_clusters().await?;
     eprintln!("korvet up: stopped");
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod control_plane;
 pub mod layout;
 pub mod load_balancer;
 mod machine;
+mod management_plane;
 mod node_pool;
 mod probe;
 pub mod supervisor;
@@ -32,6 +33,9 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 pub use control_plane::Binaries;
+pub use management_plane::{
+    preflight, ManagementPlane, ManagementPlaneError, RunningManagementPlane, DEFAULT_POOL,
+};
 use supervisor::Supervisor;
 
 /// Finalizer the platform puts on what it must clean up after.
@@ -237,6 +241,52 @@ pub async fn publish_registry(
         ..Default::default()
     };
     create_if_missing(&Api::namespaced(client.clone(), PUSH_NAMESPACE), &pusher).await
+}
+
+/// Why a cluster's admin kubeconfig cannot be had from the management API.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error(transparent)]
+    Api(kube::Error),
+    #[error("cluster {name} has no kubeconfig yet (phase {phase}); wait for it: korvet cluster get {name}")]
+    NotYet { name: String, phase: String },
+    #[error("secret {0} has no kubeconfig in its `value`")]
+    NoValue(String),
+    #[error("the kubeconfig is not UTF-8")]
+    NotUtf8(#[source] std::string::FromUtf8Error),
+}
+
+/// The admin kubeconfig of cluster `namespace/name`, from the Secret its status names.
+pub async fn cluster_kubeconfig(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, KubeconfigError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    let cluster = clusters.get(name).await.map_err(KubeconfigError::Api)?;
+    let secret_name = cluster
+        .status
+        .as_ref()
+        .map(|s| s.kubeconfig_secret.clone())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| KubeconfigError::NotYet {
+            name: name.to_string(),
+            phase: match cluster.phase() {
+                "" => "Pending".to_string(),
+                phase => phase.to_string(),
+            },
+        })?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get(&secret_name)
+        .await
+        .map_err(KubeconfigError::Api)?;
+    let bytes = secret
+        .data
+        .and_then(|d| d.get("value").cloned())
+        .ok_or(KubeconfigError::NoValue(secret_name))?;
+    String::from_utf8(bytes.0).map_err(KubeconfigError::NotUtf8)
 }
 
 async fn create_if_missing<K>(api: &Api<K>, object: &K) -> Result<(), PlatformError>

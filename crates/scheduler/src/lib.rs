@@ -7,7 +7,7 @@
 //! while the binding is written in the background. Only the holder of the Lease
 //! `kube-system/korvet-scheduler` schedules; the others keep their caches warm.
 
-pub mod bench;
+pub mod kwok;
 pub mod plugins;
 pub mod preemption;
 pub mod volumes;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, Taint};
 use korvet_apimachinery::leader::LeaderConfig;
-use korvet_scheduler::bench::{kwok_node, node_status, pending_pod, register_node};
+use korvet_scheduler::kwok::{kwok_node, node_status, pending_pod, register_node};
 use korvet_scheduler::{spawn, SchedulerConfig};
 use korvet_test_support::{wait_for, StoreKind, TestControlPlane};
 use kube::api::{Api, ListParams, PostParams};

@@ -4,7 +4,6 @@
 //! redb file and [`etcd::EtcdStore`] talks to a real etcd cluster. Both pass the same
 //! conformance suite (`tests/conformance`).
 
-pub mod bench;
 pub mod embedded;
 mod error;
 pub mod etcd;

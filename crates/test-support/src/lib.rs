@@ -9,7 +9,8 @@ use std::process::{Command, Output, Stdio};
 pub mod netns;
 pub mod platform;
 
-use korvet_apiserver::launch::{self, ApiServerConfig, RunningApiServer};
+use korvet_apiserver::launch::RunningApiServer;
+use korvet_control_plane::{Components, ControlPlane, DnsListen, RunningControlPlane};
 use korvet_store::etcd::LocalEtcd;
 use korvet_store::StoreLocation;
 
@@ -21,11 +22,11 @@ pub enum StoreKind {
     Etcd3,
 }
 
-/// A control plane serving on a free loopback port, with its admin kubeconfig.
+/// A control plane serving on a free loopback port, with its admin kubeconfig: the
+/// assembly `korvet control-plane` runs, without the cluster DNS.
 pub struct TestControlPlane {
     // Declared first so the scheduler and controllers stop before the server does.
-    scheduler: Option<korvet_scheduler::RunningScheduler>,
-    controllers: Option<korvet_controllers::RunningControllers>,
+    _components: Components,
     pub server: RunningApiServer,
     store: StoreLocation,
     // Dropped after the server: members stop, then the directory goes.
@@ -88,12 +89,22 @@ impl TestControlPlane {
     }
 
     pub async fn start(kind: StoreKind) -> Self {
-        Self::start_with_tokens(kind, None).await
+        Self::start_with(kind, None, false).await
     }
 
     /// A control plane that also accepts the bearer tokens of `token_file` (upstream's
     /// `--token-auth-file` format).
     pub async fn start_with_tokens(kind: StoreKind, token_file: Option<&str>) -> Self {
+        Self::start_with(kind, token_file, false).await
+    }
+
+    /// A control plane that also runs the controllers (CSR approval and signing, node
+    /// IPAM) and the scheduler, as `korvet control-plane` does.
+    pub async fn start_with_controllers(kind: StoreKind) -> Self {
+        Self::start_with(kind, None, true).await
+    }
+
+    async fn start_with(kind: StoreKind, token_file: Option<&str>, controllers: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let token_path = token_file.map(|contents| {
             let path = dir.path().join("tokens.csv");
@@ -118,60 +129,34 @@ impl TestControlPlane {
                 (location, Some(etcd))
             }
         };
-        let server = start_server(
-            dir.path().join("control-plane"),
-            store.clone(),
-            token_path.clone(),
-        )
+        let RunningControlPlane { components, api } = start_control_plane(ControlPlane {
+            token_auth_file: token_path,
+            controllers,
+            ..control_plane(dir.path().join("control-plane"), store.clone())
+        })
         .await;
         Self {
-            scheduler: None,
-            controllers: None,
-            server,
+            _components: components,
+            server: api,
             store,
             etcd,
             dir,
         }
     }
 
-    /// A control plane that also runs the controllers (CSR approval and signing, node
-    /// IPAM) and the scheduler, as `korvet control-plane` does.
-    pub async fn start_with_controllers(kind: StoreKind) -> Self {
-        let mut cp = Self::start(kind).await;
-        let pki = cp.server.pki.clone();
-        let running = korvet_controllers::spawn_all(
-            cp.kubeconfig(),
-            korvet_controllers::ControllersConfig {
-                ca_cert_pem: pki.ca_cert_pem().to_string(),
-                ca_key_pem: pki.ca_key_pem(),
-                cluster_cidr: korvet_controllers::node_ipam::parse_cidr("10.244.0.0/16"),
-                leader_identity: None,
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("start controllers: {e}"));
-        cp.controllers = Some(running);
-        let client = korvet_apimachinery::client_from_kubeconfig(cp.kubeconfig())
-            .await
-            .unwrap_or_else(|e| panic!("scheduler client: {e}"));
-        cp.scheduler = Some(korvet_scheduler::spawn(
-            client,
-            korvet_scheduler::SchedulerConfig::new("test-scheduler"),
-        ));
-        cp
-    }
-
-    /// Another API server replica on the same store, with the same certificates (as the
-    /// platform runs masters). Only meaningful on etcd.
+    /// Another API server replica on the same store, sharing this one's certificates (as
+    /// the platform runs masters). Only meaningful on etcd.
     pub async fn start_replica(&self, index: usize) -> RunningApiServer {
         let data_dir = self.dir.path().join(format!("replica-{index}"));
-        let pki = data_dir.join("pki");
-        std::fs::create_dir_all(&pki).expect("replica dir");
-        for entry in std::fs::read_dir(self.pki_dir()).expect("read pki") {
-            let entry = entry.expect("pki entry");
-            std::fs::copy(entry.path(), pki.join(entry.file_name())).expect("copy pki");
-        }
-        start_server(data_dir, self.store.clone(), None).await
+        // The platform's supervisor makes each master's directory before starting it; with
+        // the PKI elsewhere and the store on etcd, nothing else would.
+        std::fs::create_dir_all(&data_dir).expect("replica dir");
+        start_control_plane(ControlPlane {
+            pki_dir: Some(self.pki_dir()),
+            ..control_plane(data_dir, self.store.clone())
+        })
+        .await
+        .api
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -226,25 +211,40 @@ impl TestControlPlane {
     }
 }
 
-async fn start_server(
-    data_dir: PathBuf,
-    store: StoreLocation,
-    token_auth_file: Option<PathBuf>,
-) -> RunningApiServer {
-    launch::start(ApiServerConfig {
+/// What every test control plane has: a free loopback port, no static tokens, its own
+/// PKI, the default networks, neither controllers nor DNS.
+fn control_plane(data_dir: PathBuf, store: StoreLocation) -> ControlPlane {
+    ControlPlane {
         data_dir,
         listen: "127.0.0.1:0".parse().expect("address"),
         store,
-        extra_hosts: Vec::new(),
-        token_auth_file,
+        advertise_hosts: Vec::new(),
+        token_auth_file: None,
         cluster_name: "test".into(),
         pki_dir: None,
-        admission: Vec::new(),
-        crds: Vec::new(),
         service_cidr: None,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("start control plane: {e}"))
+        cluster_cidr: korvet_controllers::node_ipam::parse_cidr("10.244.0.0/16"),
+        controllers: false,
+        // Tests run in parallel on one host: port 53 of the loopback address is not
+        // theirs to take, and DNS tests start their own server.
+        dns_listen: DnsListen::Off,
+        cluster_domain: korvet_dns::DEFAULT_DOMAIN.into(),
+    }
+}
+
+async fn start_control_plane(control_plane: ControlPlane) -> RunningControlPlane {
+    match control_plane.start().await {
+        Ok(running) => running,
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            panic!("start control plane: {message}")
+        }
+    }
 }
 
 pub struct Kubectl {

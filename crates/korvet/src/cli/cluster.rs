@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use k8s_openapi::api::core::v1::Secret;
 use korvet_api::{
     cluster_condition, find_condition, phase, Cluster, ClusterSpec, ControlPlaneSpec,
     InlineNodePool, PoolTemplate,
@@ -294,19 +293,10 @@ pub async fn kubeconfig(
     namespace: &str,
     name: &str,
 ) -> anyhow::Result<String> {
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
-    let cluster = clusters.get(name).await.map_err(explain)?;
-    let secret_name = cluster
-        .status
-        .as_ref()
-        .map(|s| s.kubeconfig_secret.clone())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("cluster {name} has no kubeconfig yet (phase {}); wait for it: korvet cluster get {name}", if cluster.phase().is_empty() { "Pending" } else { cluster.phase() }))?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(&secret_name).await.map_err(explain)?;
-    let bytes = secret
-        .data
-        .and_then(|d| d.get("value").cloned())
-        .ok_or_else(|| anyhow::anyhow!("secret {secret_name} has no kubeconfig in its `value`"))?;
-    String::from_utf8(bytes.0).context("the kubeconfig is not UTF-8")
+    korvet_platform::cluster_kubeconfig(client, namespace, name)
+        .await
+        .map_err(|e| match e {
+            korvet_platform::KubeconfigError::Api(e) => explain(e),
+            other => other.into(),
+        })
 }

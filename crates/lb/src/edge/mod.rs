@@ -45,6 +45,8 @@ pub enum EdgeError {
     Tls { listener: String, reason: String },
     #[error("loading the rules: {0}")]
     Rules(String),
+    #[error("listening for SIGHUP: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 enum Running {
@@ -331,6 +333,48 @@ impl Edge {
     pub fn render_metrics(&self) -> String {
         self.metrics.render()
     }
+}
+
+/// Runs the instance that the configuration file at `path` describes until `shutdown`
+/// resolves, reading the file again on every SIGHUP (a configuration that cannot be
+/// read or served is refused, and the instance serves on as it was). `admin_listen`
+/// overrides the file's admin address (each instance of a pair has its own).
+pub async fn serve_file(
+    path: &std::path::Path,
+    admin_listen: Option<SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), EdgeError> {
+    let load = || -> Result<EdgeConfig, EdgeError> {
+        let mut config = EdgeConfig::load(path)?;
+        if admin_listen.is_some() {
+            config.admin_listen = admin_listen;
+        }
+        Ok(config)
+    };
+    let mut edge = Edge::start(load()?).await?;
+    if let Some(admin) = edge.admin_addr() {
+        tracing::info!(%admin, "serving /healthz and /metrics");
+    }
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(EdgeError::Signal)?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {
+                let reloaded = match load() {
+                    Ok(config) => edge.reload(config).await,
+                    Err(e) => Err(e),
+                };
+                match reloaded {
+                    Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "the new configuration is refused; serving on as before"),
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    edge.shutdown().await;
+    Ok(())
 }
 
 impl Drop for Edge {

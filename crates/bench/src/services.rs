@@ -13,17 +13,19 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use korvet_platform::RunningManagementPlane;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::Serialize;
 
-use crate::bench_clusters::{create_and_time_as, delete_and_wait, with_platform};
-use crate::bench_workloads::{latency, Latency};
+use crate::clusters::{create_and_time_as, delete_and_wait, with_platform};
+use crate::workloads::{latency, Latency};
 
 const CLUSTER: &str = "bench-services";
 const NAMESPACE: &str = "default";
@@ -46,7 +48,7 @@ pub struct ServiceBenchConfig {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct NftFigures {
+pub(crate) struct NftFigures {
     pub services: usize,
     pub endpoints: usize,
     /// The whole table in one transaction.
@@ -56,7 +58,7 @@ pub struct NftFigures {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct ServiceFigures {
+pub(crate) struct ServiceFigures {
     pub nft: NftFigures,
     /// EndpointSlice written → new connections reach the new endpoint.
     pub endpoint_change: Latency,
@@ -67,7 +69,7 @@ pub struct ServiceFigures {
     pub ratio: f64,
 }
 
-pub async fn run(json: bool, config: ServiceBenchConfig) -> anyhow::Result<()> {
+pub async fn run(json: bool, korvet: &Path, config: ServiceBenchConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.samples > 0 && config.services > 0 && config.rounds > 0 && config.transfer_mib > 0,
         "--samples, --services, --rounds and --transfer-mib must be at least 1"
@@ -76,14 +78,17 @@ pub async fn run(json: bool, config: ServiceBenchConfig) -> anyhow::Result<()> {
         "bench services: nftables, {} services x {} endpoints",
         config.services, config.endpoints_per_service
     );
-    let nft = crate::bench_services_nft::measure(
+    let nft = crate::services_nft::measure(
         config.services,
         config.endpoints_per_service,
         config.updates,
     )
     .context("nftables update benchmark failed")?;
-    let figures = with_platform(async |server| on_cluster(server, nft, &config).await).await?;
-    crate::bench::print_figures(json, "services", &figures, goals(&figures), print_table)
+    let figures = with_platform(korvet, async |server| {
+        on_cluster(server, nft, &config).await
+    })
+    .await?;
+    crate::print_figures(json, "services", &figures, goals(&figures), print_table)
 }
 
 fn goals(f: &ServiceFigures) -> serde_json::Value {
@@ -118,7 +123,7 @@ fn print_table(f: &ServiceFigures) {
 }
 
 async fn on_cluster(
-    server: &crate::server::RunningServer,
+    server: &RunningManagementPlane,
     nft: NftFigures,
     config: &ServiceBenchConfig,
 ) -> anyhow::Result<ServiceFigures> {
@@ -127,7 +132,8 @@ async fn on_cluster(
     eprintln!("bench services: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
     create_and_time_as(&client, CLUSTER, 1, 2, "medium", Duration::from_secs(120)).await?;
     let result = async {
-        let tenant_config = crate::cli::cluster_kubeconfig(&client, "default", CLUSTER).await?;
+        let tenant_config =
+            korvet_platform::cluster_kubeconfig(&client, "default", CLUSTER).await?;
         let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(tenant.clone());
         // (node name, provider's machine name from `korvet-local:///NAME`)

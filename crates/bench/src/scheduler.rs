@@ -5,19 +5,19 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use korvet_apiserver::launch::{self, ApiServerConfig};
+use korvet_scheduler::kwok::{kwok_node, node_status, pending_pod, register_node};
+use korvet_scheduler::SchedulerConfig;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde::Serialize;
 
-use super::{kwok_node, node_status, pending_pod, register_node};
-use crate::SchedulerConfig;
-
 #[derive(Clone, Debug)]
-pub struct BenchConfig {
+pub(crate) struct BenchConfig {
     pub pods: usize,
     pub nodes: usize,
     /// Directory for the API server's files (default: a temporary directory).
@@ -35,7 +35,7 @@ impl Default for BenchConfig {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct BenchFigures {
+pub(crate) struct BenchFigures {
     pub pods: usize,
     pub nodes: usize,
     /// Creating the pending pods (32 requests in flight), before the scheduler starts.
@@ -52,7 +52,7 @@ pub struct BenchFigures {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     #[error("starting the API server: {0}")]
     Launch(#[from] korvet_apiserver::launch::LaunchError),
     #[error("creating a temporary directory: {0}")]
@@ -69,7 +69,49 @@ pub enum BenchError {
     },
 }
 
-pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
+/// Measures and prints scheduler throughput: `pods` pending pods over `nodes` nodes.
+pub async fn run(json: bool, pods: usize, nodes: usize) -> anyhow::Result<()> {
+    let figures = measure(BenchConfig {
+        pods,
+        nodes,
+        work_dir: None,
+    })
+    .await
+    .context("scheduler benchmark failed")?;
+    let goals = serde_json::json!({
+        "pods_per_second": {"goal": 500, "met": figures.pods_per_second >= 500.0},
+    });
+    crate::print_figures(json, "figures", &figures, goals, print_table)
+}
+
+fn print_table(figures: &BenchFigures) {
+    println!(
+        "scheduler: {} pods over {} kwok nodes",
+        figures.pods, figures.nodes
+    );
+    println!(
+        "  created pending pods in   {:>8.2} s",
+        figures.create_seconds
+    );
+    println!(
+        "  scheduled and bound all in {:>7.2} s",
+        figures.schedule_seconds
+    );
+    println!(
+        "  ... and their Events in   {:>8.2} s",
+        figures.with_events_seconds
+    );
+    println!(
+        "  throughput                {:>8.0} pods/s (goal >= 500)",
+        figures.pods_per_second
+    );
+    println!(
+        "  pods per node             {} to {}; binding errors {}",
+        figures.min_pods_per_node, figures.max_pods_per_node, figures.binding_errors
+    );
+}
+
+pub(crate) async fn measure(config: BenchConfig) -> Result<BenchFigures, BenchError> {
     let temp = match &config.work_dir {
         Some(_) => None,
         None => Some(tempfile::tempdir().map_err(BenchError::TempDir)?),
@@ -154,7 +196,8 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
                 .applied_objects();
             futures::pin_mut!(stream);
             while let Some(Ok(pod)) = stream.next().await {
-                if let Some(node) = crate::node_name(&pod) {
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                if let Some(node) = node.filter(|n| !n.is_empty()) {
                     let _ = tx.send((
                         pod.metadata.name.clone().unwrap_or_default(),
                         node.to_string(),
@@ -164,7 +207,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchFigures, BenchError> {
         }
     });
     let started = Instant::now();
-    let scheduler = crate::spawn(
+    let scheduler = korvet_scheduler::spawn(
         client.clone(),
         SchedulerConfig {
             leader_election: None,

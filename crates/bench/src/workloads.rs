@@ -1,7 +1,7 @@
 //! `korvet bench workloads`: the workload controllers and the scheduler at work.
 //!
 //! - scheduler throughput: pods bound per second over kwok-style nodes (the scheduler
-//!   benchmark of `korvet_scheduler::bench`);
+//!   benchmark of `korvet bench scheduler`);
 //! - on a real cluster (1 master, 2 nodes): how fast the controllers react, as seen by
 //!   one watching client: Deployment created → its ReplicaSet created, ReplicaSet
 //!   created → its first pod created, Job created → its pod created (p50/p99 over 200
@@ -12,6 +12,7 @@
 //!   update of it (default 25 % surge and unavailability) to complete.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,12 +21,13 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use korvet_platform::RunningManagementPlane;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde::Serialize;
 
-use crate::bench_clusters::{create_and_time_as, delete_and_wait, with_platform};
+use crate::clusters::{create_and_time_as, delete_and_wait, with_platform};
 
 const CLUSTER: &str = "bench-workloads";
 const NAMESPACE: &str = "default";
@@ -41,7 +43,7 @@ pub struct WorkloadBenchConfig {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub samples: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -49,8 +51,8 @@ pub struct Latency {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct WorkloadFigures {
-    pub scheduler: korvet_scheduler::bench::BenchFigures,
+pub(crate) struct WorkloadFigures {
+    pub scheduler: crate::scheduler::BenchFigures,
     pub deployment_to_replica_set: Latency,
     pub replica_set_to_first_pod: Latency,
     pub job_to_first_pod: Latency,
@@ -61,7 +63,7 @@ pub struct WorkloadFigures {
     pub rolling_update_seconds: f64,
 }
 
-pub async fn run(json: bool, config: WorkloadBenchConfig) -> anyhow::Result<()> {
+pub async fn run(json: bool, korvet: &Path, config: WorkloadBenchConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.samples > 0 && config.replicas > 0,
         "--samples and --replicas must be at least 1"
@@ -70,16 +72,18 @@ pub async fn run(json: bool, config: WorkloadBenchConfig) -> anyhow::Result<()> 
         "bench workloads: scheduler, {} pods over {} kwok nodes",
         config.scheduler_pods, config.scheduler_nodes
     );
-    let scheduler = korvet_scheduler::bench::run(korvet_scheduler::bench::BenchConfig {
+    let scheduler = crate::scheduler::measure(crate::scheduler::BenchConfig {
         pods: config.scheduler_pods,
         nodes: config.scheduler_nodes,
         work_dir: None,
     })
     .await
     .context("scheduler benchmark failed")?;
-    let figures =
-        with_platform(async |server| on_cluster(server, scheduler, &config).await).await?;
-    crate::bench::print_figures(json, "workloads", &figures, goals(&figures), print_table)
+    let figures = with_platform(korvet, async |server| {
+        on_cluster(server, scheduler, &config).await
+    })
+    .await?;
+    crate::print_figures(json, "workloads", &figures, goals(&figures), print_table)
 }
 
 fn goals(f: &WorkloadFigures) -> serde_json::Value {
@@ -270,8 +274,8 @@ async fn rolled_out(api: &Api<Deployment>, name: &str, replicas: i32) -> anyhow:
 }
 
 async fn on_cluster(
-    server: &crate::server::RunningServer,
-    scheduler: korvet_scheduler::bench::BenchFigures,
+    server: &RunningManagementPlane,
+    scheduler: crate::scheduler::BenchFigures,
     config: &WorkloadBenchConfig,
 ) -> anyhow::Result<WorkloadFigures> {
     let kubeconfig = std::fs::read_to_string(&server.api.kubeconfig)?;
@@ -279,7 +283,8 @@ async fn on_cluster(
     eprintln!("bench workloads: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
     create_and_time_as(&client, CLUSTER, 1, 2, "medium", Duration::from_secs(120)).await?;
     let result = async {
-        let tenant_config = crate::cli::cluster_kubeconfig(&client, "default", CLUSTER).await?;
+        let tenant_config =
+            korvet_platform::cluster_kubeconfig(&client, "default", CLUSTER).await?;
         let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
         let deployments: Api<Deployment> = Api::namespaced(tenant.clone(), NAMESPACE);
         let seen = Arc::new(Mutex::new(Seen::default()));

@@ -1,8 +1,5 @@
-//! `korvet bench scheduler`: pods bound per second for many pods over Nodes registered
-//! without agents (as kwok and kubemark do), against a real API server on the embedded
-//! store in this process. The objects it registers are also what the scheduler's tests
-//! use; the run itself, which starts an API server, is the `bench` feature (the korvet
-//! binary's), so that the scheduler does not depend on the API server.
+//! Nodes registered without agents and pending pods, as kwok and kubemark make them: the
+//! objects of the scheduler's tests and of `korvet bench scheduler`.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +9,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-
-#[cfg(feature = "bench")]
-mod run;
-#[cfg(feature = "bench")]
-pub use run::{run, BenchConfig, BenchError, BenchFigures};
 
 fn quantities(cpu: &str, memory: &str, pods: &str) -> BTreeMap<String, Quantity> {
     BTreeMap::from([

@@ -22,11 +22,12 @@ use futures::{StreamExt, TryStreamExt};
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use korvet_image::Digest;
+use korvet_platform::RunningManagementPlane;
 use korvet_registry::client::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use serde::Serialize;
 
-use crate::bench_clusters::{create_and_time_as, delete_and_wait, with_platform};
+use crate::clusters::{create_and_time_as, delete_and_wait, with_platform};
 
 const CLUSTER: &str = "bench-pods";
 const LABEL: &str = "korvet-bench";
@@ -34,7 +35,7 @@ const BENCH_TOKEN: &str = "bench-token";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 #[derive(Serialize, Clone, Debug)]
-pub struct PodStartFigures {
+pub(crate) struct PodStartFigures {
     pub pods: usize,
     pub nodes: usize,
     /// Pods created per second; 0 means all at once.
@@ -47,13 +48,13 @@ pub struct PodStartFigures {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct Throughput {
+pub(crate) struct Throughput {
     pub push_mb_per_second: f64,
     pub pull_mb_per_second: f64,
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct RegistryFigures {
+pub(crate) struct RegistryFigures {
     pub image_mb: usize,
     pub rounds: usize,
     pub korvet: Throughput,
@@ -65,7 +66,7 @@ pub struct RegistryFigures {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct PodBench {
+pub(crate) struct PodBench {
     /// The steady series first, then all at once.
     pub pod_start: Vec<PodStartFigures>,
     pub registry: RegistryFigures,
@@ -78,7 +79,7 @@ pub struct PodBenchConfig {
     pub rounds: usize,
 }
 
-pub async fn run(json: bool, config: PodBenchConfig) -> anyhow::Result<()> {
+pub async fn run(json: bool, korvet: &Path, config: PodBenchConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.pods > 0 && config.image_mb > 0 && config.rounds > 0,
         "--pods, --image-mb and --rounds must be at least 1"
@@ -92,13 +93,15 @@ pub async fn run(json: bool, config: PodBenchConfig) -> anyhow::Result<()> {
         config.image_mb, config.rounds
     );
     let registry = registry_throughput(config.image_mb, config.rounds).await?;
-    let pod_start =
-        with_platform(async |server| pod_start(server, config.pods, config.rate).await).await?;
+    let pod_start = with_platform(korvet, async |server| {
+        pod_start(server, config.pods, config.rate).await
+    })
+    .await?;
     let figures = PodBench {
         pod_start,
         registry,
     };
-    crate::bench::print_figures(json, "pods", &figures, goals(&figures), print_table)
+    crate::print_figures(json, "pods", &figures, goals(&figures), print_table)
 }
 
 fn goals(f: &PodBench) -> serde_json::Value {
@@ -213,7 +216,7 @@ async fn wait_pods(
 }
 
 async fn pod_start(
-    server: &crate::server::RunningServer,
+    server: &RunningManagementPlane,
     pods: usize,
     rate: f64,
 ) -> anyhow::Result<Vec<PodStartFigures>> {
@@ -222,7 +225,8 @@ async fn pod_start(
     eprintln!("bench pods: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
     create_and_time_as(&client, CLUSTER, 1, 2, "medium", Duration::from_secs(120)).await?;
     let result = async {
-        let tenant_config = crate::cli::cluster_kubeconfig(&client, "default", CLUSTER).await?;
+        let tenant_config =
+            korvet_platform::cluster_kubeconfig(&client, "default", CLUSTER).await?;
         let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
         let nodes: Vec<String> = Api::<Node>::all(tenant.clone())
             .list(&ListParams::default())

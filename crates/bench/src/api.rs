@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -35,17 +36,17 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
-use crate::pki;
+use korvet_apiserver::pki;
 
 /// Every store the benchmark knows.
-pub const STORES: [&str; 2] = ["embedded", "etcd-1"];
+const STORES: [&str; 2] = ["embedded", "etcd-1"];
 /// The measured operations, in the order they run.
-pub const OPERATIONS: [&str; 5] = ["create", "get", "update", "list", "watch"];
+const OPERATIONS: [&str; 5] = ["create", "get", "update", "list", "watch"];
 
-pub const DEFAULT_CONCURRENCY: [usize; 3] = [1, 16, 64];
+const DEFAULT_CONCURRENCY: [usize; 3] = [1, 16, 64];
 pub const DEFAULT_OPS: usize = 2000;
 pub const DEFAULT_LISTS: usize = 200;
-pub const DEFAULT_LIST_OBJECTS: usize = 1000;
+const DEFAULT_LIST_OBJECTS: usize = 1000;
 pub const DEFAULT_MEMORY_OBJECTS: usize = 10_000;
 
 /// What the control plane prints on stdout once it serves.
@@ -101,7 +102,7 @@ impl ApiBenchConfig {
 
 /// Throughput and latency of one operation at one concurrency.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct OpFigures {
+struct OpFigures {
     /// Requests (for watch: delivered events) per second.
     pub rps: f64,
     pub p50_ms: f64,
@@ -110,7 +111,7 @@ pub struct OpFigures {
 
 /// Figures for one store.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct StoreFigures {
+struct StoreFigures {
     /// Operation → concurrency → figures.
     #[serde(flatten)]
     pub operations: BTreeMap<String, BTreeMap<usize, OpFigures>>,
@@ -123,14 +124,14 @@ pub struct StoreFigures {
 }
 
 impl StoreFigures {
-    pub fn get(&self, operation: &str, concurrency: usize) -> Option<OpFigures> {
+    fn get(&self, operation: &str, concurrency: usize) -> Option<OpFigures> {
         self.operations.get(operation)?.get(&concurrency).copied()
     }
 }
 
 /// One of the issue's targets, checked against the measured figures.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Goal {
+struct Goal {
     pub what: String,
     pub value: f64,
     pub limit: f64,
@@ -140,7 +141,7 @@ pub struct Goal {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ApiBenchError(String);
+struct ApiBenchError(String);
 
 type Result<T> = std::result::Result<T, ApiBenchError>;
 
@@ -148,9 +149,32 @@ fn fail(message: impl Into<String>) -> ApiBenchError {
     ApiBenchError(message.into())
 }
 
+/// Measures the stores of `config` under `work_dir` (default: a temporary directory,
+/// removed after) and prints their figures.
+pub async fn run(
+    json: bool,
+    config: &ApiBenchConfig,
+    work_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
+    let results = measure_all(&dir, config, |step| eprintln!("{step}"))
+        .await
+        .context("API benchmark failed")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&api_json(&results, config))?
+        );
+    } else {
+        print_api_table(&results, config);
+    }
+    Ok(())
+}
+
 /// Runs the workload against every store of `config`, each in a fresh control plane
 /// under `work_dir`. `progress` hears what is being measured.
-pub async fn run(
+async fn measure_all(
     work_dir: &Path,
     config: &ApiBenchConfig,
     mut progress: impl FnMut(&str),
@@ -183,7 +207,7 @@ pub async fn run(
 
 /// The issue's goals: at concurrency 16 on the embedded store, mutations under 10 ms and
 /// reads under 5 ms at p99; an idle control plane under 30 MB resident.
-pub fn goals(results: &[(String, StoreFigures)]) -> Vec<Goal> {
+fn goals(results: &[(String, StoreFigures)]) -> Vec<Goal> {
     let Some((_, embedded)) = results.iter().find(|(name, _)| name == "embedded") else {
         return Vec::new();
     };
@@ -290,6 +314,87 @@ async fn measure_store(
     drop(control_plane);
     drop(etcd);
     Ok(figures)
+}
+
+fn api_json(results: &[(String, StoreFigures)], config: &ApiBenchConfig) -> serde_json::Value {
+    let stores: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(name, figures)| {
+            let value = serde_json::to_value(figures).unwrap_or(serde_json::Value::Null);
+            (name.clone(), value)
+        })
+        .collect();
+    serde_json::json!({
+        "stores": stores,
+        "goals": goals(results),
+        "config": {
+            "ops": config.ops,
+            "lists": config.lists,
+            "list_objects": config.list_objects,
+            "memory_objects": config.memory_objects,
+            "concurrency": config.concurrency,
+        },
+    })
+}
+
+fn print_api_table(results: &[(String, StoreFigures)], config: &ApiBenchConfig) {
+    println!(
+        "API benchmark: HTTPS with client certificates, one HTTP/2 connection; {} creates, gets, \
+         updates and watched creates and {} lists of {} configmaps per concurrency",
+        config.ops, config.lists, config.list_objects
+    );
+    print!("{:<26}", "");
+    for (name, _) in results {
+        print!("  {name:>26}");
+    }
+    println!();
+    print!("{:<18}{:>8}", "operation", "conc.");
+    for _ in results {
+        print!("  {:>10}{:>8}{:>8}", "req/s", "p50 ms", "p99 ms");
+    }
+    println!();
+    for operation in OPERATIONS {
+        for &c in &config.concurrency {
+            print!("{operation:<18}{c:>8}");
+            for (_, figures) in results {
+                match figures.get(operation, c) {
+                    Some(f) => print!("  {:>10.0}{:>8.2}{:>8.2}", f.rps, f.p50_ms, f.p99_ms),
+                    None => print!("  {:>26}", "-"),
+                }
+            }
+            println!();
+        }
+    }
+    type Memory = fn(&StoreFigures) -> f64;
+    let memory_label = format!("RSS MB, {} configmaps", config.memory_objects);
+    let rows: [(&str, Memory); 3] = [
+        ("RSS MB, idle", |f| f.idle_rss_mb),
+        (&memory_label, |f| f.rss_10k_configmaps_mb),
+        ("RSS MB, peak of run", |f| f.peak_rss_mb),
+    ];
+    for (label, get) in rows {
+        print!("{label:<26}");
+        for (_, figures) in results {
+            print!("  {:>26.1}", get(figures));
+        }
+        println!();
+    }
+    println!("(RSS is the control-plane process alone; etcd's own memory is not included)");
+    let goals = goals(results);
+    if !goals.is_empty() {
+        println!("goals:");
+        for goal in goals {
+            println!(
+                "  {:<46} {:>8.2} {} (goal < {} {}): {}",
+                goal.what,
+                goal.value,
+                goal.unit,
+                goal.limit,
+                goal.unit,
+                if goal.met { "met" } else { "MISSED" }
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use korvet_api::{Cluster, ClusterSpec, ControlPlaneSpec, InlineNodePool, PoolTemplate};
+use korvet_platform::{ManagementPlane, RunningManagementPlane};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 
-use crate::server::{self, ServerArgs};
-
 #[derive(Serialize, Clone, Debug)]
-pub struct CreateFigures {
+pub(crate) struct CreateFigures {
     pub masters: i32,
     pub nodes: i32,
     /// From the create call until the cluster's API answers.
@@ -27,7 +26,7 @@ pub struct CreateFigures {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct ConcurrentFigures {
+pub(crate) struct ConcurrentFigures {
     pub clusters: usize,
     pub nodes_each: i32,
     pub all_ready_seconds: f64,
@@ -36,7 +35,7 @@ pub struct ConcurrentFigures {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct MemoryFigures {
+pub(crate) struct MemoryFigures {
     /// `korvet control-plane` (API server and its controllers), MB resident.
     pub control_plane_mb: f64,
     /// Per master of a 3-master cluster: API server, etcd member; and its balancer.
@@ -50,7 +49,7 @@ pub struct MemoryFigures {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct ClusterBench {
+pub(crate) struct ClusterBench {
     pub single: CreateFigures,
     pub ha: CreateFigures,
     pub concurrent: ConcurrentFigures,
@@ -93,7 +92,7 @@ async fn create_and_time(
     create_and_time_as(client, name, masters, nodes, "small", timeout).await
 }
 
-pub async fn create_and_time_as(
+pub(crate) async fn create_and_time_as(
     client: &kube::Client,
     name: &str,
     masters: i32,
@@ -116,7 +115,7 @@ pub async fn create_and_time_as(
             "cluster {name} was not ready within {timeout:?}"
         );
         if api_seconds.is_none() {
-            if let Ok(text) = crate::cli::cluster_kubeconfig(client, "default", name).await {
+            if let Ok(text) = korvet_platform::cluster_kubeconfig(client, "default", name).await {
                 if let Ok(tenant) = korvet_apimachinery::client_from_kubeconfig_yaml(&text).await {
                     if tenant.apiserver_version().await.is_ok() {
                         api_seconds = Some(started.elapsed().as_secs_f64());
@@ -138,7 +137,10 @@ pub async fn create_and_time_as(
     }
 }
 
-pub async fn delete_and_wait(client: &kube::Client, names: &[String]) -> anyhow::Result<f64> {
+pub(crate) async fn delete_and_wait(
+    client: &kube::Client,
+    names: &[String],
+) -> anyhow::Result<f64> {
     let api: Api<Cluster> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
     for name in names {
@@ -188,7 +190,7 @@ fn recorded_rss(processes: &Path, name: &str) -> f64 {
 }
 
 /// (containerd, agent) resident MB of one machine, found through its cgroup.
-fn machine_rss(server: &server::RunningServer, machine: &str) -> (f64, f64) {
+fn machine_rss(server: &RunningManagementPlane, machine: &str) -> (f64, f64) {
     let Some((_, cgroup)) = server.provider.machine_sandbox(machine) else {
         return (0.0, 0.0);
     };
@@ -205,33 +207,42 @@ fn machine_rss(server: &server::RunningServer, machine: &str) -> (f64, f64) {
     (containerd, agent)
 }
 
-pub async fn run(json: bool, concurrent: usize, nodes_each: i32) -> anyhow::Result<()> {
-    let figures =
-        with_platform(async |server| measure(server, concurrent, nodes_each).await).await?;
-    crate::bench::print_figures(json, "clusters", &figures, goals(&figures), print_table)
+/// Measures cluster creation and memory with a management plane in this process that
+/// runs `korvet` (this binary) as its control planes and node agents.
+pub async fn run(
+    json: bool,
+    korvet: &Path,
+    concurrent: usize,
+    nodes_each: i32,
+) -> anyhow::Result<()> {
+    let figures = with_platform(korvet, async |server| {
+        measure(server, concurrent, nodes_each).await
+    })
+    .await?;
+    crate::print_figures(json, "clusters", &figures, goals(&figures), print_table)
 }
 
 /// Runs `bench` against a management plane in this process on a temporary data
 /// directory, then removes every machine, control plane and network it made, also when
 /// `bench` failed.
-pub async fn with_platform<T, F>(bench: F) -> anyhow::Result<T>
+pub(crate) async fn with_platform<T, F>(korvet: &Path, bench: F) -> anyhow::Result<T>
 where
-    F: AsyncFnOnce(&server::RunningServer) -> anyhow::Result<T>,
+    F: AsyncFnOnce(&RunningManagementPlane) -> anyhow::Result<T>,
 {
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
-    let args = ServerArgs {
+    let server = ManagementPlane {
         data_dir: temp.path().join("data"),
         listen: "127.0.0.1:0".parse()?,
-        store: "embedded".into(),
-        pool: "10.200.0.0/13".into(),
+        store: korvet_store::StoreLocation::Embedded,
+        pool: korvet_platform::DEFAULT_POOL.parse()?,
         registry_port: 0,
-    };
-    let server = server::start(&args).await?;
+        korvet_binary: korvet.to_path_buf(),
+    }
+    .start()
+    .await?;
     let result = bench(&server).await;
     let provider = server.provider.clone();
-    let data_dir = server.data_dir.clone();
-    drop(server);
-    korvet_platform::stop_everything(&data_dir, provider.as_ref()).await?;
+    server.stop_with_clusters().await?;
     use korvet_cloud::Provider as _;
     for machine in provider.list_machines(None).await? {
         provider.delete_machine(&machine.name).await?;
@@ -241,7 +252,7 @@ where
 }
 
 async fn measure(
-    server: &server::RunningServer,
+    server: &RunningManagementPlane,
     concurrent: usize,
     nodes_each: i32,
 ) -> anyhow::Result<ClusterBench> {

@@ -11,8 +11,8 @@ use korvet_node::nft;
 use korvet_node::proxy::model::{Endpoint, Model, PortKey, Protocol, ServicePort};
 use korvet_node::proxy::rules;
 
-use crate::bench_services::NftFigures;
-use crate::bench_workloads::latency;
+use crate::services::NftFigures;
+use crate::workloads::latency;
 
 /// A network namespace of its own, deleted when dropped.
 struct Netns(String);
@@ -69,7 +69,11 @@ fn service_port(s: usize, endpoints: usize, generation: usize) -> (PortKey, Serv
     (key, port)
 }
 
-pub fn measure(services: usize, endpoints: usize, updates: usize) -> anyhow::Result<NftFigures> {
+pub(crate) fn measure(
+    services: usize,
+    endpoints: usize,
+    updates: usize,
+) -> anyhow::Result<NftFigures> {
     anyhow::ensure!(
         (1..=2768).contains(&services) && endpoints <= 250,
         "at most 2,768 services (one NodePort each) and 250 endpoints per service"

@@ -1,15 +1,17 @@
 //! `korvet bench store`: one workload against every backend in the same run, so that the
 //! embedded store is always measured beside real etcd on the same machine.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::embedded::{EmbeddedStore, Options};
-use crate::error::{Result, StoreError};
-use crate::etcd::{EtcdStore, LocalEtcd};
-use crate::types::*;
-use crate::Store;
+use anyhow::Context;
+use korvet_store::embedded::{EmbeddedStore, Options};
+use korvet_store::etcd::{EtcdStore, LocalEtcd};
+use korvet_store::{
+    Compare, KeyRange, PutRequest, RangeRequest, Result, Store, StoreError, Txn, TxnOp,
+    WatchRequest,
+};
 
 #[derive(Clone, Debug)]
 pub struct StoreBenchConfig {
@@ -27,7 +29,7 @@ pub struct StoreBenchConfig {
 }
 
 /// Every backend the benchmark knows.
-pub const BACKENDS: [&str; 3] = ["embedded", "etcd-1", "etcd-3"];
+const BACKENDS: [&str; 3] = ["embedded", "etcd-1", "etcd-3"];
 
 impl Default for StoreBenchConfig {
     fn default() -> Self {
@@ -45,7 +47,7 @@ impl Default for StoreBenchConfig {
 /// Figures for one backend. Throughputs are at `concurrency` clients; `put_seq` is one
 /// client waiting for each put.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct BackendFigures {
+pub(crate) struct BackendFigures {
     pub put_ops_per_sec: f64,
     pub put_seq_ops_per_sec: f64,
     pub cas_ops_per_sec: f64,
@@ -58,9 +60,32 @@ pub struct BackendFigures {
     pub watch_after_ack_p99_ms: f64,
 }
 
+/// Measures the backends of `config` under `work_dir` (default: a temporary directory,
+/// removed after) and prints their figures.
+pub async fn run(
+    json: bool,
+    config: &StoreBenchConfig,
+    work_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if config.ops == 0 || config.concurrency == 0 {
+        anyhow::bail!("--ops and --concurrency must be at least 1");
+    }
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
+    let results = measure_all(&dir, config, |step| eprintln!("{step}"))
+        .await
+        .context("store benchmark failed")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&store_json(&results))?);
+    } else {
+        print_store_table(&results, config);
+    }
+    Ok(())
+}
+
 /// Runs the workload on the embedded store, on a 1-member and on a 3-member etcd
 /// cluster, each started fresh under `work_dir`. `progress` hears what is being measured.
-pub async fn run(
+async fn measure_all(
     work_dir: &Path,
     config: &StoreBenchConfig,
     mut progress: impl FnMut(&str),
@@ -291,6 +316,83 @@ fn percentile_ms(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort_unstable();
     let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
     samples[index].as_secs_f64() * 1000.0
+}
+
+fn figures_json(figures: &BackendFigures) -> serde_json::Value {
+    serde_json::to_value(figures).unwrap_or(serde_json::Value::Null)
+}
+
+fn store_json(results: &[(String, BackendFigures)]) -> serde_json::Value {
+    let backends: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(name, figures)| (name.clone(), figures_json(figures)))
+        .collect();
+    let mut ratios = serde_json::Map::new();
+    if let Some((_, embedded)) = results.iter().find(|(n, _)| n == "embedded") {
+        for (name, other) in results.iter().filter(|(n, _)| n != "embedded") {
+            ratios.insert(
+                format!("embedded/{name}"),
+                figures_json(&ratio(embedded, other)),
+            );
+        }
+    }
+    serde_json::json!({ "backends": backends, "ratios": ratios })
+}
+
+/// Throughputs as embedded ÷ other (higher is better for embedded), latencies as
+/// other ÷ embedded (so that here, too, higher means embedded is faster).
+fn ratio(embedded: &BackendFigures, other: &BackendFigures) -> BackendFigures {
+    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    BackendFigures {
+        put_ops_per_sec: div(embedded.put_ops_per_sec, other.put_ops_per_sec),
+        put_seq_ops_per_sec: div(embedded.put_seq_ops_per_sec, other.put_seq_ops_per_sec),
+        cas_ops_per_sec: div(embedded.cas_ops_per_sec, other.cas_ops_per_sec),
+        range1000_ops_per_sec: div(embedded.range1000_ops_per_sec, other.range1000_ops_per_sec),
+        watch_p50_ms: div(other.watch_p50_ms, embedded.watch_p50_ms),
+        watch_p99_ms: div(other.watch_p99_ms, embedded.watch_p99_ms),
+        watch_after_ack_p99_ms: div(
+            other.watch_after_ack_p99_ms,
+            embedded.watch_after_ack_p99_ms,
+        ),
+    }
+}
+
+fn print_store_table(results: &[(String, BackendFigures)], config: &StoreBenchConfig) {
+    println!(
+        "store benchmark: {} ops per backend, {} concurrent clients, {}-byte values",
+        config.ops, config.concurrency, config.value_bytes
+    );
+    print!("{:<28}", "");
+    for (name, _) in results {
+        print!("{name:>14}");
+    }
+    println!();
+    type Column = fn(&BackendFigures) -> f64;
+    let rows: [(&str, Column); 7] = [
+        ("put ops/s", |f| f.put_ops_per_sec),
+        ("put ops/s (1 client)", |f| f.put_seq_ops_per_sec),
+        ("CAS txn ops/s", |f| f.cas_ops_per_sec),
+        ("range 1000 keys ops/s", |f| f.range1000_ops_per_sec),
+        ("watch p50 ms (from put)", |f| f.watch_p50_ms),
+        ("watch p99 ms (from put)", |f| f.watch_p99_ms),
+        ("watch p99 ms (after ack)", |f| f.watch_after_ack_p99_ms),
+    ];
+    for (label, get) in rows {
+        print!("{label:<28}");
+        for (_, figures) in results {
+            print!("{:>14.2}", get(figures));
+        }
+        println!();
+    }
+    if let Some((_, embedded)) = results.iter().find(|(n, _)| n == "embedded") {
+        for (name, other) in results.iter().filter(|(n, _)| n != "embedded") {
+            let r = ratio(embedded, other);
+            println!(
+                "embedded vs {name}: puts x{:.2}, puts (1 client) x{:.2}, CAS x{:.2}, ranges x{:.2}, watch p99 x{:.2} faster",
+                r.put_ops_per_sec, r.put_seq_ops_per_sec, r.cas_ops_per_sec, r.range1000_ops_per_sec, r.watch_p99_ms
+            );
+        }
+    }
 }
 
 #[cfg(test)]
