@@ -18,6 +18,8 @@ PACKAGES=(
   skopeo               # OCI interop oracle of the registry tests
   docker-registry      # the reference registry in `korvet bench pods`
   busybox-static       # /bin/busybox, the base of the busybox, pause and demo-web images
+  haproxy keepalived   # the references of `korvet bench lb` (Octavia's amphora: haproxy + keepalived)
+  nginx-light          # the reference of the Ingress figures in `korvet bench lb`
 )
 
 as_root() {
@@ -31,7 +33,17 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq
+  # Without systemd, packages start their daemons through invoke-rc.d (nginx on port 80,
+  # etcd on 2379 of the host); Korvet runs its own instances, so none may start.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -d /run/systemd/system ] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    made_policy=1
+  fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$made_policy" -eq 1 ]; then as_root rm -f "$policy"; fi
   # Debian starts etcd and docker-registry as services on install (the registry on every
   # interface); Korvet runs its own instances of both, so the ones installed here stop.
   if [ -d /run/systemd/system ]; then
@@ -39,6 +51,7 @@ if [ ${#missing[@]} -gt 0 ]; then
       case "$pkg" in
         etcd-server) as_root systemctl disable --now etcd >/dev/null 2>&1 || true ;;
         docker-registry) as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true ;;
+        haproxy|keepalived|nginx-light) as_root systemctl disable --now "${pkg%-light}" >/dev/null 2>&1 || true ;;
       esac
     done
   fi
