@@ -8,11 +8,14 @@
 
 pub mod api;
 pub mod clusters;
+pub mod lb;
+mod lb_reference;
 pub mod pods;
 pub mod scheduler;
 pub mod services;
 mod services_nft;
 pub mod store;
+mod traffic;
 pub mod workloads;
 
 /// Prints a benchmark's figures: `{KEY: figures, "goals": goals}` as JSON, or its table.

@@ -154,6 +154,12 @@ pub struct BalancerInstance {
     pub external_address: Ipv4Addr,
     pub internal_address: Ipv4Addr,
     pub running: bool,
+    /// Its network namespace, and the host end of its external link (diagnostics,
+    /// and the benchmark that cuts an instance off).
+    #[serde(default)]
+    pub netns: String,
+    #[serde(default)]
+    pub external_link: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

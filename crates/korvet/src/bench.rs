@@ -136,6 +136,30 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Load balancers on a real cluster: Service created to its address answering,
+    /// failover under traffic (kill -9 and link down) beside haproxy + keepalived with
+    /// Octavia's timers, throughput and latency against the node port, Ingress against
+    /// nginx. Runs a management plane in this process; needs root.
+    Lb {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Services created and timed.
+        #[arg(long, default_value_t = 10)]
+        creates: usize,
+        /// Sequential requests per path for the latency.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// Size of the bulk transfer, MiB.
+        #[arg(long, default_value_t = 256)]
+        transfer_mib: u64,
+        /// Keep-alive connections of the Ingress load.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds of Ingress load for each proxy.
+        #[arg(long, default_value_t = 10)]
+        load_seconds: u64,
+    },
     /// The scheduler: pods bound per second for many pending pods over Nodes registered
     /// without agents (as kwok does), against an API server on the embedded store.
     Scheduler {
@@ -194,6 +218,23 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 rounds,
             };
             korvet_bench::services::run(json, &korvet()?, config).await
+        }
+        Bench::Lb {
+            json,
+            creates,
+            requests,
+            transfer_mib,
+            connections,
+            load_seconds,
+        } => {
+            let config = korvet_bench::lb::LbBenchConfig {
+                creates,
+                requests,
+                transfer_mib,
+                connections,
+                load_seconds,
+            };
+            korvet_bench::lb::run(json, &korvet()?, config).await
         }
         Bench::Pods {
             json,

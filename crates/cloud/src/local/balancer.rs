@@ -98,6 +98,8 @@ impl BalancerRecord {
                     external_address: i.external_address,
                     internal_address: i.internal_address,
                     running: i.running(),
+                    netns: i.netns.clone(),
+                    external_link: i.ext_veth.clone(),
                 })
                 .collect(),
             active: self.active,
