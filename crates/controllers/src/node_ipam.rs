@@ -2,8 +2,8 @@
 //! (or the cluster CIDR itself when that is smaller) out of the cluster's pod CIDR,
 //! the lowest one no other Node holds. A podCIDR once set is never changed.
 //!
-//! One allocator per control-plane replica: with three replicas two could hand the
-//! same range to two new Nodes at once (leader election is still to come).
+//! It runs in the Lease holder's controller manager only, so that of three replicas
+//! only one allocates and no range goes to two Nodes.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
