@@ -105,7 +105,10 @@ fn print_table(f: &LbFigures) {
         ("korvet, kill -9", &f.failover.korvet_kill),
         ("korvet, link down", &f.failover.korvet_link_down),
         ("haproxy+keepalived, kill -9", &f.failover.reference_kill),
-        ("haproxy+keepalived, link down", &f.failover.reference_link_down),
+        (
+            "haproxy+keepalived, link down",
+            &f.failover.reference_link_down,
+        ),
     ] {
         println!(
             "  {name:<28} {:>8.0} ms {:>8}/{:<5} {:>12} {:>14}",
@@ -118,7 +121,10 @@ fn print_table(f: &LbFigures) {
     }
     println!(
         "bulk {} MiB: load balancer {:.0} MiB/s, node port {:.0} MiB/s, ratio {:.3}",
-        f.transfer_mib, f.load_balancer_mib_per_second, f.node_port_mib_per_second, f.throughput_ratio
+        f.transfer_mib,
+        f.load_balancer_mib_per_second,
+        f.node_port_mib_per_second,
+        f.throughput_ratio
     );
     println!(
         "request (new connection): load balancer p50 {:.2} ms p99 {:.2} ms; node port p50 {:.2} ms p99 {:.2} ms",
@@ -133,7 +139,10 @@ fn print_table(f: &LbFigures) {
 }
 
 /// busybox httpd with a small page and a large file, and an echo server.
-fn server_deployment(image: &str, transfer_mib: u64) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+fn server_deployment(
+    image: &str,
+    transfer_mib: u64,
+) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
     let script = format!(
         "mkdir -p /w && echo hello > /w/hello && dd if=/dev/zero of=/w/big bs=1048576 count={transfer_mib} 2>/dev/null; nc -ll -p 9000 -e cat & exec httpd -f -p 8080 -h /w"
     );
@@ -169,7 +178,11 @@ fn load_balancer_service(name: &str) -> anyhow::Result<Service> {
     }))?)
 }
 
-async fn address_of(services: &Api<Service>, name: &str, limit: Duration) -> anyhow::Result<Ipv4Addr> {
+async fn address_of(
+    services: &Api<Service>,
+    name: &str,
+    limit: Duration,
+) -> anyhow::Result<Ipv4Addr> {
     let started = Instant::now();
     loop {
         let service = services.get(name).await?;
@@ -181,7 +194,10 @@ async fn address_of(services: &Api<Service>, name: &str, limit: Duration) -> any
         {
             return Ok(ip.parse()?);
         }
-        anyhow::ensure!(started.elapsed() < limit, "Service {name} got no address within {limit:?}");
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "Service {name} got no address within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -191,13 +207,17 @@ async fn until_answers(address: SocketAddr, limit: Duration) -> anyhow::Result<(
     let started = Instant::now();
     loop {
         let ok = tokio::task::spawn_blocking(move || {
-            traffic::get(address, "bench", "/hello", Duration::from_millis(200)).is_ok_and(|(s, _)| s == 200)
+            traffic::get(address, "bench", "/hello", Duration::from_millis(200))
+                .is_ok_and(|(s, _)| s == 200)
         })
         .await?;
         if ok {
             return Ok(());
         }
-        anyhow::ensure!(started.elapsed() < limit, "{address} did not answer within {limit:?}");
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "{address} did not answer within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -219,14 +239,31 @@ impl ExternalClient {
         let host_end = format!("kbc{}h", std::process::id() % 100_000);
         let sh = |args: &[&str]| -> anyhow::Result<()> {
             let out = std::process::Command::new("ip").args(args).output()?;
-            anyhow::ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             Ok(())
         };
-        let _ = std::process::Command::new("ip").args(["netns", "del", &netns]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &netns])
+            .output();
         sh(&["netns", "add", &netns])?;
-        sh(&["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        sh(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])?;
         sh(&["link", "set", &host_end, "master", &external.bridge, "up"])?;
-        sh(&["-n", &netns, "addr", "add", &format!("{address}/{}", external.cidr.prefix_len()), "dev", "eth0"])?;
+        sh(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/{}", external.cidr.prefix_len()),
+            "dev",
+            "eth0",
+        ])?;
         sh(&["-n", &netns, "link", "set", "eth0", "up"])?;
         sh(&["-n", &netns, "link", "set", "lo", "up"])?;
         Ok(ExternalClient { netns, provider })
@@ -235,17 +272,24 @@ impl ExternalClient {
 
 impl Drop for ExternalClient {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
         let provider = self.provider.clone();
         // The address goes back to the pool (best effort; the provider's destroy_all
         // after the benchmark releases it too).
         tokio::spawn(async move {
-            let _ = provider.release_address(&AddressScope::External, "bench-client").await;
+            let _ = provider
+                .release_address(&AddressScope::External, "bench-client")
+                .await;
         });
     }
 }
 
-async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> anyhow::Result<LbFigures> {
+async fn measure(
+    server: &RunningManagementPlane,
+    config: &LbBenchConfig,
+) -> anyhow::Result<LbFigures> {
     let kubeconfig = std::fs::read_to_string(&server.api.kubeconfig)?;
     let client = korvet_apimachinery::client_from_kubeconfig_yaml(&kubeconfig).await?;
     eprintln!("bench lb: creating cluster {CLUSTER} (1 master + 2 medium nodes)");
@@ -253,12 +297,18 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
     let tenant_config = korvet_platform::cluster_kubeconfig(&client, NAMESPACE, CLUSTER).await?;
     let tenant = korvet_apimachinery::client_from_kubeconfig_yaml(&tenant_config).await?;
     let registry = server.registry_url.trim_start_matches("https://");
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(tenant.clone(), NAMESPACE);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(tenant.clone(), NAMESPACE);
     deployments
-        .create(&PostParams::default(), &server_deployment(&format!("{registry}/busybox:latest"), config.transfer_mib)?)
+        .create(
+            &PostParams::default(),
+            &server_deployment(&format!("{registry}/busybox:latest"), config.transfer_mib)?,
+        )
         .await?;
     let services: Api<Service> = Api::namespaced(tenant.clone(), NAMESPACE);
-    services.create(&PostParams::default(), &load_balancer_service("web")?).await?;
+    services
+        .create(&PostParams::default(), &load_balancer_service("web")?)
+        .await?;
     let vip = address_of(&services, "web", Duration::from_secs(120)).await?;
     let web = SocketAddr::from((vip, 80));
     until_answers(web, Duration::from_secs(180)).await?;
@@ -280,7 +330,10 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
         if ready.len() >= 2 {
             break ready;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(180), "the pods never became ready");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(180),
+            "the pods never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
@@ -289,7 +342,9 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
     for i in 0..config.creates {
         let name = format!("probe-{i}");
         let started = Instant::now();
-        services.create(&PostParams::default(), &load_balancer_service(&name)?).await?;
+        services
+            .create(&PostParams::default(), &load_balancer_service(&name)?)
+            .await?;
         let address = address_of(&services, &name, Duration::from_secs(60)).await?;
         until_answers(SocketAddr::from((address, 80)), Duration::from_secs(60)).await?;
         creates.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -310,21 +365,33 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
         .items
         .iter()
         .find_map(|n| {
-            n.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
+            n.status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone())
         })
         .context("no node address")?
         .parse()?;
     let direct = SocketAddr::from((node_ip, u16::try_from(node_port)?));
     let (requests, transfer_mib) = (config.requests, config.transfer_mib);
-    let (lb_mib, np_mib, lb_times, np_times) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let (mut lb, mut np) = (0f64, 0f64);
-        for _ in 0..3 {
-            lb = lb.max(traffic::transfer(web, "/big")?);
-            np = np.max(traffic::transfer(direct, "/big")?);
-        }
-        Ok((lb, np, traffic::request_times(web, "/hello", requests)?, traffic::request_times(direct, "/hello", requests)?))
-    })
-    .await??;
+    let (lb_mib, np_mib, lb_times, np_times) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (mut lb, mut np) = (0f64, 0f64);
+            for _ in 0..3 {
+                lb = lb.max(traffic::transfer(web, "/big")?);
+                np = np.max(traffic::transfer(direct, "/big")?);
+            }
+            Ok((
+                lb,
+                np,
+                traffic::request_times(web, "/hello", requests)?,
+                traffic::request_times(direct, "/hello", requests)?,
+            ))
+        })
+        .await??;
     let _ = transfer_mib;
 
     eprintln!("bench lb: failover (kill -9, then link down), each beside haproxy + keepalived");
@@ -340,7 +407,11 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
         back_at: Duration::from_secs(4),
     };
     let korvet_kill = {
-        let info = server.provider.get_balancer(&key).await?.context("no balancer")?;
+        let info = server
+            .provider
+            .get_balancer(&key)
+            .await?
+            .context("no balancer")?;
         let active = info.active.context("no active instance")?;
         let netns = info.instances[active].netns.clone();
         let stream_netns = external.netns.clone();
@@ -357,7 +428,11 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
     };
     wait_both_running(server, &key).await?;
     let korvet_link_down = {
-        let info = server.provider.get_balancer(&key).await?.context("no balancer")?;
+        let info = server
+            .provider
+            .get_balancer(&key)
+            .await?
+            .context("no balancer")?;
         let active = info.active.context("no active instance")?;
         let link = info.instances[active].external_link.clone();
         let up = link.clone();
@@ -372,23 +447,27 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
         })
         .await??
     };
-    let (reference_kill, reference_link_down) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut lab = Lab::start()?;
-        let reference_stream = Stream {
-            web: lab.web(),
-            echo: lab.echo(),
-            duration: Duration::from_secs(14),
-            at: Duration::from_secs(2),
-            back_at: Duration::from_secs(10),
-        };
-        let kill = lab.failover_kill(&reference_stream)?;
-        std::thread::sleep(Duration::from_secs(3));
-        let link = lab.failover_link(&reference_stream)?;
-        Ok((kill, link))
-    })
-    .await??;
+    let (reference_kill, reference_link_down) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut lab = Lab::start()?;
+            let reference_stream = Stream {
+                web: lab.web(),
+                echo: lab.echo(),
+                duration: Duration::from_secs(14),
+                at: Duration::from_secs(2),
+                back_at: Duration::from_secs(10),
+            };
+            let kill = lab.failover_kill(&reference_stream)?;
+            std::thread::sleep(Duration::from_secs(3));
+            let link = lab.failover_link(&reference_stream)?;
+            Ok((kill, link))
+        })
+        .await??;
 
-    eprintln!("bench lb: Ingress against nginx, {} connections", config.connections);
+    eprintln!(
+        "bench lb: Ingress against nginx, {} connections",
+        config.connections
+    );
     let ingresses: Api<Ingress> = Api::namespaced(tenant.clone(), NAMESPACE);
     ingresses
         .create(
@@ -412,7 +491,10 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
         {
             break ip.parse()?;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the Ingress got no address");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the Ingress got no address"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let ingress_address = SocketAddr::from((ingress_ip, 80));
@@ -420,7 +502,9 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if traffic::get(probe, "bench.example", "/hello", Duration::from_secs(1)).is_ok_and(|(s, _)| s == 200) {
+            if traffic::get(probe, "bench.example", "/hello", Duration::from_secs(1))
+                .is_ok_and(|(s, _)| s == 200)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -428,23 +512,51 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
         anyhow::bail!("the Ingress never answered")
     })
     .await??;
-    let info = server.provider.get_balancer(&key).await?.context("no balancer")?;
+    let info = server
+        .provider
+        .get_balancer(&key)
+        .await?
+        .context("no balancer")?;
     let standby = 1 - info.active.unwrap_or(0).min(1);
     let standby_instance = info.instances[standby].clone();
     let nginx_address = SocketAddr::from((standby_instance.external_address, 8080));
     let _nginx = Nginx::start(&standby_instance.netns, nginx_address, &endpoints)?;
-    let (netns, connections, seconds) = (external.netns.clone(), config.connections, Duration::from_secs(config.load_seconds));
+    let (netns, connections, seconds) = (
+        external.netns.clone(),
+        config.connections,
+        Duration::from_secs(config.load_seconds),
+    );
     let (ingress, nginx) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // nginx takes a moment to start.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !traffic::in_netns(Some(&netns), move || {
-            traffic::get(nginx_address, "bench.example", "/hello", Duration::from_secs(1)).is_ok_and(|(s, _)| s == 200)
+            traffic::get(
+                nginx_address,
+                "bench.example",
+                "/hello",
+                Duration::from_secs(1),
+            )
+            .is_ok_and(|(s, _)| s == 200)
         })? {
             anyhow::ensure!(Instant::now() < deadline, "nginx never answered");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let ingress = traffic::load(Some(&netns), ingress_address, "bench.example", "/hello", connections, seconds)?;
-        let nginx = traffic::load(Some(&netns), nginx_address, "bench.example", "/hello", connections, seconds)?;
+        let ingress = traffic::load(
+            Some(&netns),
+            ingress_address,
+            "bench.example",
+            "/hello",
+            connections,
+            seconds,
+        )?;
+        let nginx = traffic::load(
+            Some(&netns),
+            nginx_address,
+            "bench.example",
+            "/hello",
+            connections,
+            seconds,
+        )?;
         Ok((ingress, nginx))
     })
     .await??;
@@ -471,10 +583,16 @@ async fn measure(server: &RunningManagementPlane, config: &LbBenchConfig) -> any
 
 /// `kill -9` of every process of an instance's namespace (its data plane).
 fn kill_netns(netns: &str) {
-    let Ok(out) = std::process::Command::new("ip").args(["netns", "pids", netns]).output() else {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+    else {
         return;
     };
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         // SAFETY: plain syscall on the PIDs of the platform's instance this benchmark
         // started (the namespace is the platform's own).
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -482,18 +600,27 @@ fn kill_netns(netns: &str) {
 }
 
 fn set_link(link: &str, state: &str) {
-    let _ = std::process::Command::new("ip").args(["link", "set", link, state]).status();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "set", link, state])
+        .status();
 }
 
 /// Waits until both instances run again (the keeper restarts a dead one).
 async fn wait_both_running(server: &RunningManagementPlane, key: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let info = server.provider.get_balancer(key).await?.context("no balancer")?;
+        let info = server
+            .provider
+            .get_balancer(key)
+            .await?
+            .context("no balancer")?;
         if info.instances.iter().all(|i| i.running) {
             return Ok(());
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "an instance did not come back");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "an instance did not come back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

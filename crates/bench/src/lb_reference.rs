@@ -17,7 +17,10 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 50);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 100);
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     anyhow::ensure!(
         out.status.success(),
         "ip {}: {}",
@@ -73,26 +76,64 @@ impl Lab {
         }
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        for (role, address) in [("a", "10.79.0.11"), ("b", "10.79.0.12"), ("c", "10.79.0.2"), ("s", "10.79.0.100")] {
+        for (role, address) in [
+            ("a", "10.79.0.11"),
+            ("b", "10.79.0.12"),
+            ("c", "10.79.0.2"),
+            ("s", "10.79.0.100"),
+        ] {
             let ns = lab.ns(role);
             let port = format!("p{role}");
-            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
         // The backend: a page, and an echo server for the established connection.
         let www = lab.dir.path().join("www");
         std::fs::create_dir_all(&www)?;
         std::fs::write(www.join("hello"), "hello\n")?;
-        lab.spawn("s", "httpd", &["busybox", "httpd", "-f", "-p", "8080", "-h", &www.display().to_string()])?;
-        lab.spawn("s", "echo", &["busybox", "nc", "-ll", "-p", "9000", "-e", "cat"])?;
-        for (role, me, peer, priority) in [("a", "10.79.0.11", "10.79.0.12", 100), ("b", "10.79.0.12", "10.79.0.11", 90)] {
+        lab.spawn(
+            "s",
+            "httpd",
+            &[
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "8080",
+                "-h",
+                &www.display().to_string(),
+            ],
+        )?;
+        lab.spawn(
+            "s",
+            "echo",
+            &["busybox", "nc", "-ll", "-p", "9000", "-e", "cat"],
+        )?;
+        for (role, me, peer, priority) in [
+            ("a", "10.79.0.11", "10.79.0.12", 100),
+            ("b", "10.79.0.12", "10.79.0.11", 90),
+        ] {
             lab.start_amphora(role, me, peer, priority)?;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while lab.master().is_none() {
-            anyhow::ensure!(Instant::now() < deadline, "no amphora became master within 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no amphora became master within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let web = lab.web();
@@ -100,12 +141,16 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = crate::traffic::in_netns(Some(&client), move || {
-                crate::traffic::get(web, "bench", "/hello", Duration::from_secs(1)).is_ok_and(|(s, _)| s == 200)
+                crate::traffic::get(web, "bench", "/hello", Duration::from_secs(1))
+                    .is_ok_and(|(s, _)| s == 200)
             })?;
             if ok {
                 return Ok(lab);
             }
-            anyhow::ensure!(Instant::now() < deadline, "the reference amphora never served");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the reference amphora never served"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -116,7 +161,13 @@ impl Lab {
         Ok(())
     }
 
-    fn start_amphora(&mut self, role: &str, me: &str, peer: &str, priority: u32) -> anyhow::Result<()> {
+    fn start_amphora(
+        &mut self,
+        role: &str,
+        me: &str,
+        peer: &str,
+        priority: u32,
+    ) -> anyhow::Result<()> {
         let started = start_amphora(&self.ns(role), self.dir.path(), role, me, peer, priority)?;
         self.children.extend(started);
         Ok(())
@@ -134,7 +185,9 @@ impl Lab {
 
     /// The PIDs of `role`'s haproxy and keepalived (keepalived forks a VRRP child).
     fn amphora_pids(&self, role: &str) -> Vec<u32> {
-        let out = Command::new("ip").args(["netns", "pids", &self.ns(role)]).output();
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns(role)])
+            .output();
         out.map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .split_whitespace()
@@ -188,10 +241,14 @@ impl Lab {
         let figures = stream.run(
             Some(&self.client_netns()),
             move || {
-                let _ = Command::new("ip").args(["-n", &down_hub, "link", "set", &down_port, "down"]).status();
+                let _ = Command::new("ip")
+                    .args(["-n", &down_hub, "link", "set", &down_port, "down"])
+                    .status();
             },
             move || {
-                let _ = Command::new("ip").args(["-n", &hub, "link", "set", &port, "up"]).status();
+                let _ = Command::new("ip")
+                    .args(["-n", &hub, "link", "set", &port, "up"])
+                    .status();
             },
         )?;
         Ok(figures)
@@ -199,7 +256,13 @@ impl Lab {
 }
 
 /// Starts `argv` inside `netns`, its output in `lab_dir/ROLE-WHAT.log`.
-fn spawn_in(netns: &str, lab_dir: &Path, role: &str, what: &str, argv: &[&str]) -> anyhow::Result<Child> {
+fn spawn_in(
+    netns: &str,
+    lab_dir: &Path,
+    role: &str,
+    what: &str,
+    argv: &[&str],
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(lab_dir.join(format!("{role}-{what}.log")))?;
     Command::new("ip")
         .args(["netns", "exec", netns])
@@ -221,24 +284,30 @@ fn start_amphora(
     priority: u32,
 ) -> anyhow::Result<Vec<(String, Child)>> {
     let dir = lab_dir.join(role);
-        std::fs::create_dir_all(&dir)?;
-        Command::new("ip")
-            .args(["netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])
-            .status()?;
-        let haproxy = dir.join("haproxy.cfg");
-        std::fs::write(
+    std::fs::create_dir_all(&dir)?;
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_nonlocal_bind=1",
+        ])
+        .status()?;
+    let haproxy = dir.join("haproxy.cfg");
+    std::fs::write(
             &haproxy,
             format!(
-                "global\n  maxconn 50000\n  pidfile {pid}\ndefaults\n  timeout connect 5s\n  timeout client 50s\n  timeout server 50s\n\
+                "global\n  maxconn 4096\ndefaults\n  timeout connect 5s\n  timeout client 50s\n  timeout server 50s\n\
                  frontend web\n  mode http\n  bind {VIP}:80\n  default_backend pods\n\
                  backend pods\n  mode http\n  server s {BACKEND}:8080 check inter 5s fall 3 rise 2\n\
-                 listen echo\n  mode tcp\n  bind {VIP}:9000\n  server s {BACKEND}:9000\n",
-                pid = dir.join("haproxy.pid").display()
+                 listen echo\n  mode tcp\n  bind {VIP}:9000\n  server s {BACKEND}:9000\n"
             ),
         )?;
-        let keepalived = dir.join("keepalived.conf");
-        // Octavia's amphora template and defaults.
-        std::fs::write(
+    let keepalived = dir.join("keepalived.conf");
+    // Octavia's amphora template and defaults.
+    std::fs::write(
             &keepalived,
             format!(
                 "vrrp_script check_script {{\n  script \"/bin/sh -c 'kill -0 $(cat {pid})'\"\n  interval 5\n  fall 2\n  rise 2\n}}\n\
@@ -248,25 +317,46 @@ fn start_amphora(
                 pid = dir.join("haproxy.pid").display()
             ),
         )?;
-        let haproxy = haproxy.display().to_string();
-        let mut children = vec![(format!("{role}-haproxy"), spawn_in(netns, lab_dir, role, "haproxy", &["haproxy", "-db", "-f", &haproxy])?)];
-        let (conf, pid, vrrp) = (
-            keepalived.display().to_string(),
-            dir.join("keepalived.pid").display().to_string(),
-            dir.join("vrrp.pid").display().to_string(),
-        );
-        children.push((
-            format!("{role}-keepalived"),
-            spawn_in(
-                netns,
-                lab_dir,
-                role,
+    let haproxy = haproxy.display().to_string();
+    let haproxy = spawn_in(
+        netns,
+        lab_dir,
+        role,
+        "haproxy",
+        &["haproxy", "-db", "-f", &haproxy],
+    )?;
+    // haproxy writes no pidfile in the foreground; the check script reads this one
+    // (`ip netns exec` execs haproxy, so the child is haproxy itself).
+    std::fs::write(dir.join("haproxy.pid"), haproxy.id().to_string())?;
+    let mut children = vec![(format!("{role}-haproxy"), haproxy)];
+    let (conf, pid, vrrp) = (
+        keepalived.display().to_string(),
+        dir.join("keepalived.pid").display().to_string(),
+        dir.join("vrrp.pid").display().to_string(),
+    );
+    children.push((
+        format!("{role}-keepalived"),
+        spawn_in(
+            netns,
+            lab_dir,
+            role,
+            "keepalived",
+            &[
                 "keepalived",
-                &["keepalived", "--dont-fork", "--vrrp", "--log-console", "-f", &conf, "-p", &pid, "-r", &vrrp],
-            )?,
-        ));
-        Ok(children)
-    }
+                "--dont-fork",
+                "--vrrp",
+                "--log-console",
+                "-f",
+                &conf,
+                "-p",
+                &pid,
+                "-r",
+                &vrrp,
+            ],
+        )?,
+    ));
+    Ok(children)
+}
 
 impl Drop for Lab {
     fn drop(&mut self) {
@@ -278,7 +368,9 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for role in ["a", "b", "c", "s", "hub"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(role)]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .output();
         }
     }
 }
@@ -291,13 +383,20 @@ pub(crate) struct Nginx {
 }
 
 impl Nginx {
-    pub(crate) fn start(netns: &str, listen: SocketAddr, backends: &[SocketAddr]) -> anyhow::Result<Nginx> {
+    pub(crate) fn start(
+        netns: &str,
+        listen: SocketAddr,
+        backends: &[SocketAddr],
+    ) -> anyhow::Result<Nginx> {
         anyhow::ensure!(
             korvet_cloud::which("nginx").is_some(),
             "nginx is missing: scripts/setup.sh installs nginx-light"
         );
         let dir = tempfile::tempdir()?;
-        let servers: String = backends.iter().map(|b| format!("    server {b};\n")).collect();
+        let servers: String = backends
+            .iter()
+            .map(|b| format!("    server {b};\n"))
+            .collect();
         let conf = dir.path().join("nginx.conf");
         let path = |p: &Path| p.display().to_string();
         std::fs::write(

@@ -30,7 +30,10 @@ pub(crate) fn in_netns<T: Send + 'static>(
         if let Some(file) = file {
             // SAFETY: setns on a descriptor we own; it moves only this thread.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+                return Err(anyhow::anyhow!(
+                    "setns: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         Ok(f())
@@ -40,7 +43,12 @@ pub(crate) fn in_netns<T: Send + 'static>(
 }
 
 /// One `GET path` with `host`; the status code and the body.
-pub(crate) fn get(address: SocketAddr, host: &str, path: &str, limit: Duration) -> anyhow::Result<(u16, Vec<u8>)> {
+pub(crate) fn get(
+    address: SocketAddr,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut conn = TcpStream::connect_timeout(&address, limit)?;
     conn.set_read_timeout(Some(limit))?;
     conn.set_write_timeout(Some(limit))?;
@@ -64,17 +72,23 @@ pub(crate) fn get(address: SocketAddr, host: &str, path: &str, limit: Duration) 
 /// MiB/s of a `GET path` of a large body.
 pub(crate) fn transfer(address: SocketAddr, path: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let (status, body) = get(address, "bench", path, Duration::from_secs(60))?;
+    let (status, body) = get(address, "bench", path, Duration::from_secs(60))
+        .with_context(|| format!("GET {path} through {address}"))?;
     anyhow::ensure!(status == 200, "GET {path} through {address}: {status}");
     Ok(body.len() as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64())
 }
 
 /// Milliseconds of `count` sequential requests, each on a new connection.
-pub(crate) fn request_times(address: SocketAddr, path: &str, count: usize) -> anyhow::Result<Vec<f64>> {
+pub(crate) fn request_times(
+    address: SocketAddr,
+    path: &str,
+    count: usize,
+) -> anyhow::Result<Vec<f64>> {
     let mut times = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
-        let (status, _) = get(address, "bench", path, Duration::from_secs(5))?;
+        let (status, _) = get(address, "bench", path, Duration::from_secs(5))
+            .with_context(|| format!("GET {path} through {address}"))?;
         anyhow::ensure!(status == 200, "GET {path} through {address}: {status}");
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
@@ -125,23 +139,20 @@ impl Stream {
                 in_netns(netns.as_deref(), move || echo_until(echo, &stop)).unwrap_or(false)
             })
         };
+        let started = Instant::now();
+        // The failure and the recovery run from this thread's namespace (the host's),
+        // the requests from the client's.
+        let events = std::thread::spawn(move || {
+            std::thread::sleep(at.saturating_sub(started.elapsed()));
+            event();
+            std::thread::sleep(back_at.saturating_sub(started.elapsed()));
+            back();
+        });
         let result = in_netns(netns, move || {
-            let started = Instant::now();
-            let (mut event, mut back) = (Some(event), Some(back));
             let mut figures = Failover::default();
             let mut last_ok = started;
             while started.elapsed() < duration {
                 let tick = Instant::now();
-                if tick.duration_since(started) >= at {
-                    if let Some(event) = event.take() {
-                        event();
-                    }
-                }
-                if tick.duration_since(started) >= back_at {
-                    if let Some(back) = back.take() {
-                        back();
-                    }
-                }
                 figures.requests += 1;
                 match get(web, "bench", "/hello", Duration::from_millis(500)) {
                     Ok((200, _)) => {
@@ -159,8 +170,12 @@ impl Stream {
                 }
                 std::thread::sleep(Duration::from_millis(10).saturating_sub(tick.elapsed()));
             }
+            // A stream that never recovered: the gap runs to its end.
+            let trailing = last_ok.elapsed().as_secs_f64() * 1000.0;
+            figures.longest_gap_ms = figures.longest_gap_ms.max(trailing);
             figures
         });
+        let _ = events.join();
         stop.store(true, Ordering::Relaxed);
         let survived = survived.join().unwrap_or(false);
         let mut figures = result?;
@@ -301,7 +316,8 @@ fn exchange_keep_alive(
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok());
-    let close = head.contains("connection: close") || head.starts_with("http/1.0") && !head.contains("keep-alive");
+    let close = head.contains("connection: close")
+        || head.starts_with("http/1.0") && !head.contains("keep-alive");
     match length {
         Some(length) => {
             let mut body = have.len() - head_end;

@@ -43,7 +43,7 @@ pub struct WorkloadBenchConfig {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub(crate) struct Latency {
+pub struct Latency {
     pub samples: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
