@@ -167,8 +167,10 @@ pub enum InstanceHealth {
     Healthy,
     /// The process is gone.
     Dead,
-    /// It runs but does not answer (network lost, hung).
+    /// It runs but does not answer (hung, or its network lost).
     Unresponsive,
+    /// Its link to the external network is down: it cannot be serving.
+    Unreachable,
     Unknown,
 }
 

@@ -874,10 +874,15 @@ impl LoadBalancers for LocalProvider {
         if !instance.running() {
             return InstanceHealth::Dead;
         }
+        // The provider sees its own links: one that is down needs no probe to time out.
+        let state = format!("/sys/class/net/{}/operstate", instance.ext_veth);
+        if std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "down") {
+            return InstanceHealth::Unreachable;
+        }
         if answers_health(
             instance.external_address,
             ADMIN_PORT,
-            Duration::from_millis(250),
+            Duration::from_millis(200),
         )
         .await
         {

@@ -1,7 +1,7 @@
 //! The failover keeper of a cluster's load-balancer instances (the health manager of a
 //! cloud's load-balancer service): it probes both instances ten times a second and,
-//! when the active one is dead (at once) or stops answering (three probes in a row)
-//! while the standby answers, moves the addresses to the standby. The provider fences
+//! when the active one is dead or cut off (at once) or stops answering (two probes of
+//! 200 ms in a row) while the standby answers, moves the addresses to the standby. The provider fences
 //! the old holder before the new one takes them, so no two instances ever answer for an
 //! address. A dead instance is started again, as the standby: a recovered instance
 //! never takes the addresses back (no preemption, no second outage).
