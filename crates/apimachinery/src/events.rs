@@ -69,6 +69,27 @@ impl EventRecorder {
         self.publish(object, "Warning", reason, note).await;
     }
 
+    /// A `Warning` or `Normal` event about `object`, also written to the log (what the
+    /// platform's controllers do with every event).
+    pub async fn logged<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        tracing::info!(
+            object = %object.meta().name.as_deref().unwrap_or_default(),
+            namespace = %object.meta().namespace.as_deref().unwrap_or_default(),
+            kind = %K::kind(&()),
+            reason,
+            note,
+            "event"
+        );
+        let type_ = if warning { "Warning" } else { "Normal" };
+        self.publish(object, type_, reason, note).await;
+    }
+
     async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,

@@ -100,7 +100,7 @@ fn print_table(f: &LbFigures) {
         "Service created -> external address answers: p50 {:.0} ms, max {:.0} ms ({} samples)",
         f.create.p50_ms, f.create.max_ms, f.create.samples
     );
-    println!("failover at 100 requests/s     longest gap   failed  established survived  failed when back");
+    println!("failover at 100 requests/s     longest gap   failed  established survived  failed when back  address holders");
     for (name, x) in [
         ("korvet, kill -9", &f.failover.korvet_kill),
         ("korvet, link down", &f.failover.korvet_link_down),
@@ -111,12 +111,13 @@ fn print_table(f: &LbFigures) {
         ),
     ] {
         println!(
-            "  {name:<28} {:>8.0} ms {:>8}/{:<5} {:>12} {:>14}",
+            "  {name:<28} {:>8.0} ms {:>8}/{:<5} {:>12} {:>14} {:>14}",
             x.longest_gap_ms,
             x.failed,
             x.requests,
             if x.established_survived { "yes" } else { "no" },
-            x.failed_when_back
+            x.failed_when_back,
+            x.address_holders
         );
     }
     println!(
@@ -237,16 +238,7 @@ impl ExternalClient {
             .await?;
         let netns = format!("kbc{}", std::process::id());
         let host_end = format!("kbc{}h", std::process::id() % 100_000);
-        let sh = |args: &[&str]| -> anyhow::Result<()> {
-            let out = std::process::Command::new("ip").args(args).output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            Ok(())
-        };
+        let sh = traffic::ip;
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &netns])
             .output();
@@ -376,7 +368,7 @@ async fn measure(
         .context("no node address")?
         .parse()?;
     let direct = SocketAddr::from((node_ip, u16::try_from(node_port)?));
-    let (requests, transfer_mib) = (config.requests, config.transfer_mib);
+    let requests = config.requests;
     let (lb_mib, np_mib, lb_times, np_times) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let (mut lb, mut np) = (0f64, 0f64);
@@ -392,7 +384,6 @@ async fn measure(
             ))
         })
         .await??;
-    let _ = transfer_mib;
 
     eprintln!("bench lb: failover (kill -9, then link down), each beside haproxy + keepalived");
     let external = ExternalClient::new(server).await?;
@@ -427,6 +418,8 @@ async fn measure(
         .await??
     };
     wait_both_running(server, &key).await?;
+    let mut korvet_kill = korvet_kill;
+    korvet_kill.address_holders = holders(server, &key, vip).await?;
     let korvet_link_down = {
         let info = server
             .provider
@@ -447,6 +440,8 @@ async fn measure(
         })
         .await??
     };
+    let mut korvet_link_down = korvet_link_down;
+    korvet_link_down.address_holders = holders(server, &key, vip).await?;
     let (reference_kill, reference_link_down) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut lab = Lab::start()?;
@@ -603,6 +598,29 @@ fn set_link(link: &str, state: &str) {
     let _ = std::process::Command::new("ip")
         .args(["link", "set", link, state])
         .status();
+}
+
+/// How many of the cluster's instances hold `address` (1: no split brain).
+async fn holders(
+    server: &RunningManagementPlane,
+    key: &str,
+    address: Ipv4Addr,
+) -> anyhow::Result<usize> {
+    let info = server
+        .provider
+        .get_balancer(key)
+        .await?
+        .context("no balancer")?;
+    let mut count = 0;
+    for instance in &info.instances {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &instance.netns, "-4", "addr", "show", "dev", "ext"])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("{address}/32")) {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// Waits until both instances run again (the keeper restarts a dead one).

@@ -11,28 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::traffic::{Failover, Stream};
+use crate::traffic::{ip, Failover, Stream};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 50);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 100);
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
 /// The lab; dropping it ends its processes (by PID) and removes its namespaces.
 pub(crate) struct Lab {
     prefix: String,
+    /// Who keepalived made master after the last failover: the address on an
+    /// interface does not tell, since a killed keepalived leaves it there.
+    master: Option<&'static str>,
     dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
 }
@@ -63,6 +52,7 @@ impl Lab {
             );
         }
         let mut lab = Lab {
+            master: None,
             prefix: format!("kbl{}", std::process::id()),
             dir: tempfile::tempdir().context("temporary directory")?,
             children: Vec::new(),
@@ -173,14 +163,24 @@ impl Lab {
         Ok(())
     }
 
-    /// The amphora holding the address now.
+    /// The amphorae holding the address now.
+    fn holders(&self) -> Vec<&'static str> {
+        ["a", "b"]
+            .into_iter()
+            .filter(|role| {
+                Command::new("ip")
+                    .args(["-n", &self.ns(role), "-4", "addr", "show", "dev", "eth0"])
+                    .output()
+                    .is_ok_and(|o| {
+                        String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/32"))
+                    })
+            })
+            .collect()
+    }
+
+    /// The master: the one keepalived made master last, else the holder of the address.
     fn master(&self) -> Option<&'static str> {
-        ["a", "b"].into_iter().find(|role| {
-            Command::new("ip")
-                .args(["-n", &self.ns(role), "-4", "addr", "show", "dev", "eth0"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/32")))
-        })
+        self.master.or_else(|| self.holders().first().copied())
     }
 
     /// The PIDs of `role`'s haproxy and keepalived (keepalived forks a VRRP child).
@@ -208,6 +208,7 @@ impl Lab {
     /// Failover of the reference when the master amphora dies (`kill -9` of haproxy
     /// and keepalived), then comes back as backup.
     pub(crate) fn failover_kill(&mut self, stream: &Stream) -> anyhow::Result<Failover> {
+        // keepalived (nopreempt) made the first one up master.
         let master = self.master().context("no master amphora")?;
         let (me, peer, priority) = if master == "a" {
             ("10.79.0.11", "10.79.0.12", 100)
@@ -230,12 +231,17 @@ impl Lab {
         if let Ok(started) = rx.recv_timeout(Duration::from_secs(5)) {
             self.children.extend(started?);
         }
+        self.master = Some(if master == "a" { "b" } else { "a" });
+        let mut figures = figures;
+        figures.address_holders = self.holders().len();
         Ok(figures)
     }
 
     /// Failover of the reference when the master amphora's link goes down, then up.
     pub(crate) fn failover_link(&mut self, stream: &Stream) -> anyhow::Result<Failover> {
         let master = self.master().context("no master amphora")?;
+        // Its peer takes over; the master cut off keeps the address on its interface.
+        self.master = Some(if master == "a" { "b" } else { "a" });
         let (hub, port) = (self.ns("hub"), format!("p{master}"));
         let (down_hub, down_port) = (hub.clone(), port.clone());
         let figures = stream.run(
@@ -251,6 +257,8 @@ impl Lab {
                     .status();
             },
         )?;
+        let mut figures = figures;
+        figures.address_holders = self.holders().len();
         Ok(figures)
     }
 }

@@ -13,6 +13,21 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+/// Runs `ip ARGS`, with its error output in the error.
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Runs `f` on a thread inside network namespace `netns` (`None`: this one); sockets
 /// it makes stay in that namespace.
 pub(crate) fn in_netns<T: Send + 'static>(
@@ -107,6 +122,8 @@ pub struct Failover {
     pub established_survived: bool,
     /// Requests failed while the failed instance came back (it must not take over).
     pub failed_when_back: usize,
+    /// Instances holding the service address at the end (1: no split brain).
+    pub address_holders: usize,
 }
 
 /// A request stream to `web` and an established echo connection to `echo`, from a

@@ -9,31 +9,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Cleanup;
 use korvet_cloud::local::default_pool;
 use korvet_cloud::{
     AddressScope, BalancerSpec, CloudError, InstanceHealth, LoadBalancers, LocalProvider, Provider,
     BALANCER_ADMIN_PORT,
 };
-
-struct Cleanup(Option<tempfile::TempDir>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(dir) = self.0.take() else { return };
-        let path = dir.path().to_path_buf();
-        let result = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let provider = LocalProvider::open(&path, default_pool())?;
-                provider.destroy_all().await
-            })
-        })
-        .join();
-        if !matches!(result, Ok(Ok(()))) {
-            eprintln!("cleanup of {} failed: {result:?}", dir.path().display());
-        }
-    }
-}
 
 fn output(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -70,8 +53,8 @@ fn mac_of(netns: &str, iface: &str) -> String {
 
 #[tokio::test]
 async fn a_pair_of_instances_holds_the_addresses_and_fails_over() {
-    let cleanup = Cleanup(Some(tempfile::tempdir().unwrap()));
-    let state = cleanup.0.as_ref().unwrap().path().to_path_buf();
+    let cleanup = Cleanup::new();
+    let state = cleanup.path().to_path_buf();
     let provider = LocalProvider::open(&state, default_pool()).unwrap();
     let cluster = format!("lb{}", std::process::id());
     let network = provider.ensure_network(&cluster).await.unwrap();

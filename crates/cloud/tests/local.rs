@@ -8,45 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Cleanup;
 use korvet_cloud::local::default_pool;
 use korvet_cloud::{
     BootSpec, CloudError, LocalProvider, MachineSpec, MachineState, PodRoute, Provider,
 };
-
-/// Destroys everything recorded in the state directory, also when the test failed.
-struct Cleanup {
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Cleanup {
-    fn new() -> Cleanup {
-        Cleanup {
-            dir: Some(tempfile::tempdir().unwrap()),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.as_ref().unwrap().path()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(dir) = self.dir.take() else { return };
-        // Its own runtime on its own thread: Drop may run inside the test's runtime.
-        let path = dir.path().to_path_buf();
-        let result = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let provider = LocalProvider::open(&path, default_pool())?;
-                provider.destroy_all().await
-            })
-        })
-        .join();
-        if !matches!(result, Ok(Ok(()))) {
-            eprintln!("cleanup of {} failed: {result:?}", dir.path().display());
-        }
-    }
-}
 
 /// A unique cluster name per test and run.
 fn cluster(tag: &str) -> String {

@@ -141,18 +141,7 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        tracing::info!(
-            object = %object.meta().name.as_deref().unwrap_or_default(),
-            kind = %K::kind(&()),
-            reason,
-            note,
-            "event"
-        );
-        if warning {
-            self.recorder.warning(object, reason, note).await;
-        } else {
-            self.recorder.normal(object, reason, note).await;
-        }
+        self.recorder.logged(object, warning, reason, note).await;
     }
 }
 

@@ -207,18 +207,7 @@ pub async fn scale_pool(
     {
         let mut pools = cluster.spec.node_pools.clone();
         pools[index].pool.replicas = replicas;
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": cluster.resource_version()},
-            "spec": {"nodePools": pools},
-        });
-        clusters
-            .patch(
-                &pool.cluster,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(explain)?;
+        set_inline_pools(&clusters, &cluster, &pools).await?;
     } else {
         let found = find_pool(client, namespace, pool).await?;
         let api: Api<NodePool> = Api::namespaced(client.clone(), namespace);
@@ -234,6 +223,27 @@ pub async fn scale_pool(
     Ok(())
 }
 
+/// Writes a Cluster's inline pools, refused if the Cluster changed since it was read.
+async fn set_inline_pools(
+    clusters: &Api<Cluster>,
+    cluster: &Cluster,
+    pools: &[korvet_api::InlineNodePool],
+) -> anyhow::Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": cluster.resource_version()},
+        "spec": {"nodePools": pools},
+    });
+    clusters
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(explain)?;
+    Ok(())
+}
+
 /// Deletes a pool: from the Cluster's spec for a pool made with the cluster, else the
 /// NodePool itself.
 async fn delete_pool(client: &kube::Client, namespace: &str, pool: &PoolRef) -> anyhow::Result<()> {
@@ -245,20 +255,9 @@ async fn delete_pool(client: &kube::Client, namespace: &str, pool: &PoolRef) -> 
             .node_pools
             .iter()
             .filter(|p| p.name != pool.pool)
+            .cloned()
             .collect();
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": cluster.resource_version()},
-            "spec": {"nodePools": pools},
-        });
-        clusters
-            .patch(
-                &pool.cluster,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(explain)?;
-        return Ok(());
+        return set_inline_pools(&clusters, &cluster, &pools).await;
     }
     let found = find_pool(client, namespace, pool).await?;
     let api: Api<NodePool> = Api::namespaced(client.clone(), namespace);

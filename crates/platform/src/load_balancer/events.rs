@@ -12,16 +12,8 @@ pub(super) async fn publish<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    tracing::info!(
-        object = %object.meta().name.as_deref().unwrap_or_default(),
-        namespace = %object.meta().namespace.as_deref().unwrap_or_default(),
-        reason,
-        note,
-        "cluster event"
-    );
-    if warning {
-        tenant.service_events.warning(object, reason, note).await;
-    } else {
-        tenant.service_events.normal(object, reason, note).await;
-    }
+    tenant
+        .service_events
+        .logged(object, warning, reason, note)
+        .await;
 }

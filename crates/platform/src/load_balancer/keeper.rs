@@ -20,7 +20,7 @@ use crate::layout::cluster_key;
 
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Probes without an answer (the process still there) before the standby takes over.
-const UNRESPONSIVE_PROBES: u32 = 3;
+const UNRESPONSIVE_PROBES: u32 = 2;
 /// How often a dead instance is started again at most.
 const RESTART_EVERY: Duration = Duration::from_secs(2);
 
@@ -77,6 +77,7 @@ impl Keeper {
     async fn run(self) {
         let mut unanswered = 0u32;
         let mut last_restart: [Option<Instant>; 2] = [None, None];
+        let mut seen: [Option<InstanceHealth>; 2] = [None, None];
         let mut ticker = tokio::time::interval(PROBE_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -94,18 +95,26 @@ impl Keeper {
                 InstanceHealth::Unresponsive => unanswered + 1,
                 _ => 0,
             };
-            let failing = active_health == InstanceHealth::Dead
-                || (active_health == InstanceHealth::Unresponsive
-                    && unanswered >= UNRESPONSIVE_PROBES);
+            for (index, health) in [(active, active_health), (standby, standby_health)] {
+                if seen[index] != Some(health) {
+                    tracing::info!(cluster = %self.key, instance = %info.instances[index].name, ?health, active = index == active, "load-balancer instance health");
+                    seen[index] = Some(health);
+                }
+            }
+            let failing = matches!(
+                active_health,
+                InstanceHealth::Dead | InstanceHealth::Unreachable
+            ) || (active_health == InstanceHealth::Unresponsive
+                && unanswered >= UNRESPONSIVE_PROBES);
             if failing && standby_health == InstanceHealth::Healthy {
                 let started = Instant::now();
                 match self.balancers.activate_instance(&self.key, standby).await {
                     Ok(()) => {
                         unanswered = 0;
-                        let why = if active_health == InstanceHealth::Dead {
-                            "its process is gone"
-                        } else {
-                            "it stopped answering its health check"
+                        let why = match active_health {
+                            InstanceHealth::Dead => "its process is gone",
+                            InstanceHealth::Unreachable => "its network link is down",
+                            _ => "it stopped answering its health check",
                         };
                         let note = format!(
                             "instance {} took over from {} ({why}) in {} ms",
