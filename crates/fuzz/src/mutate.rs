@@ -222,7 +222,7 @@ impl Mutator {
     fn mutate(&mut self, input: &mut Vec<u8>) {
         let len = input.len();
         let pos = self.rng.below(len + 1);
-        match self.rng.below(13) {
+        match self.rng.below(14) {
             // Flip one bit.
             0 if len > 0 => {
                 let at = self.rng.below(len);
@@ -293,6 +293,21 @@ impl Mutator {
                 let at = self.rng.below(other.len() + 1);
                 input.truncate(pos);
                 input.extend_from_slice(&other[at..]);
+            }
+            // A number written in the input becomes an edge value (`0-1023` to
+            // `0-18446744073709551615`), as lengths, ports and ranges are in text formats.
+            12 if input.iter().any(u8::is_ascii_digit) => {
+                let digits: Vec<usize> = (0..len).filter(|&i| input[i].is_ascii_digit()).collect();
+                let mut start = digits[self.rng.below(digits.len())];
+                while start > 0 && input[start - 1].is_ascii_digit() {
+                    start -= 1;
+                }
+                let mut end = start;
+                while end < len && input[end].is_ascii_digit() {
+                    end += 1;
+                }
+                let number = self.numbers[self.rng.below(self.numbers.len())];
+                input.splice(start..end, number.bytes());
             }
             // Swap two bytes.
             _ if len > 1 => {

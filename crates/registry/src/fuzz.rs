@@ -91,8 +91,17 @@ impl<'a> Script<'a> {
         taken
     }
 
+    /// Text up to the next newline (or the end): unlike a length, a terminator survives
+    /// mutations that insert into or cut from the text.
     fn text(&mut self) -> String {
-        String::from_utf8_lossy(self.bytes()).into_owned()
+        let end = self
+            .input
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(self.input.len());
+        let text = String::from_utf8_lossy(&self.input[..end]).into_owned();
+        self.input = self.input.get(end + 1..).unwrap_or_default();
+        text
     }
 
     async fn run(mut self) {
