@@ -6,6 +6,8 @@
 //! With the `client` feature: a `kube::Client` from a kubeconfig, the event recorder
 //! and leader election, for the components that talk to an API server.
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod names;
 pub mod node_affinity;
 pub mod quantity;

@@ -45,13 +45,22 @@ pub fn parse_milli(text: &str) -> Option<i128> {
     } else {
         digits.parse().ok()?
     };
-    let scale = exp10 + 3 - i32::try_from(frac_part.len()).ok()?;
+    // Checked throughout: the exponent and the digits come from the request, and an
+    // overflow must be a parse error, not a panic (or a wrapped, wrong value).
+    let scale = exp10
+        .checked_add(3)?
+        .checked_sub(i32::try_from(frac_part.len()).ok()?)?;
     let scaled = value.checked_mul(mult)?;
+    let pow = 10i128.checked_pow(scale.unsigned_abs());
     let out = if scale >= 0 {
-        scaled.checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?
+        scaled.checked_mul(pow?)?
     } else {
-        let div = 10i128.checked_pow(u32::try_from(-scale).ok()?)?;
-        (scaled + div - 1) / div
+        match pow {
+            // Rounded up; `scaled` is never negative (the sign is applied below).
+            Some(div) => scaled / div + i128::from(scaled % div != 0),
+            // More than 38 places below the unit: any digit rounds up to one milli-unit.
+            None => i128::from(scaled != 0),
+        }
     };
     Some(if negative { -out } else { out })
 }
@@ -65,21 +74,17 @@ pub fn format_decimal(milli: i128) -> String {
     if n == 0 {
         return "0".to_string();
     }
+    let mut unit = "";
     for suffix in ["k", "M", "G", "T", "P", "E"] {
         if n % 1000 != 0 {
             break;
         }
         n /= 1000;
-        if n % 1000 != 0 {
-            return format!("{n}{suffix}");
-        }
+        unit = suffix;
     }
-    let mut out = n.to_string();
-    // Only reached for values with no exact larger suffix.
-    if out.is_empty() {
-        out.push('0');
-    }
-    out
+    // Past `E` the number keeps its trailing zeros (`1000E`), as upstream's largest
+    // suffix does.
+    format!("{n}{unit}")
 }
 
 /// CPU as millicores: `500m` → 500, `2` → 2000, `0.25` → 250.
@@ -91,7 +96,9 @@ pub fn cpu_millis(text: &str) -> Option<i64> {
 /// → bytes.
 pub fn whole_units(text: &str) -> Option<i64> {
     let milli = parse_milli(text)?;
-    i64::try_from((milli + 999).div_euclid(1000)).ok()
+    // Rounded up without `milli + 999`, which overflows for the largest values.
+    let units = milli.div_euclid(1000) + i128::from(milli.rem_euclid(1000) != 0);
+    i64::try_from(units).ok()
 }
 
 /// A non-negative quantity as a plain number of its unit (cores, bytes), for sizes
@@ -161,6 +168,40 @@ mod tests {
         assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
         assert_eq!(parse_milli("x"), None);
         assert_eq!(parse_milli(""), None);
+    }
+
+    /// Inputs the fuzz target `quantity` found panicking (overflow) or formatted wrongly.
+    #[test]
+    fn extreme_values_are_errors_or_round_trip() {
+        // The exponent plus the milli-unit shift overflowed i32.
+        assert_eq!(parse_milli("3e2147483647"), None);
+        assert_eq!(parse_milli("1e-2147483648"), Some(1));
+        assert_eq!(parse_milli("0e-2147483648"), Some(0));
+        // Rounding up added to a value already at the top of i128.
+        assert_eq!(
+            parse_milli(".170141183460469231731687303715884105727"),
+            Some(171)
+        );
+        assert_eq!(
+            parse_milli("170141183460469231731687303715884105727m"),
+            Some(i128::MAX)
+        );
+        assert_eq!(
+            whole_units("170141183460469231731687303715884105727m"),
+            None
+        );
+        assert_eq!(whole_units("-1500m"), Some(-1));
+        // Values of more than 1000E lost their last thousands.
+        assert_eq!(format_decimal(10i128.pow(36)), "1000000000000000E");
+        assert_eq!(format_decimal(5 * 10i128.pow(24)), "5000E");
+        for milli in [
+            10i128.pow(36),
+            5 * 10i128.pow(24),
+            -(10i128.pow(30)),
+            i128::MAX,
+        ] {
+            assert_eq!(parse_milli(&format_decimal(milli)), Some(milli), "{milli}");
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ mod custom_schema;
 pub mod discovery;
 pub mod error;
 mod eviction;
+#[doc(hidden)]
+pub mod fuzz;
 mod handlers;
 pub mod launch;
 pub mod metrics;

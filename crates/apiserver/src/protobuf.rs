@@ -198,6 +198,32 @@ struct Message {
     fields: HashMap<u32, Field>,
 }
 
+/// The numbers of the embedded (not repeated, not inline) message fields that occur more
+/// than once in the message made of `parts`. Lenient: it stops at the first malformed
+/// key, which decoding then reports where it is.
+fn repeated_messages(message: &Message, parts: &[&[u8]]) -> Vec<u32> {
+    let (mut seen, mut repeated) = (Vec::new(), Vec::new());
+    for part in parts {
+        let mut reader = Reader::new(part);
+        while let Ok(Some((tag, wire))) = reader.key() {
+            let embedded = message.fields.get(&tag).is_some_and(|f| {
+                matches!(f.ty, Type::Message(_)) && !f.repeated && !f.inline && wire == WIRE_LEN
+            });
+            if embedded {
+                if !seen.contains(&tag) {
+                    seen.push(tag);
+                } else if !repeated.contains(&tag) {
+                    repeated.push(tag);
+                }
+            }
+            if reader.skip(tag, wire).is_err() {
+                break;
+            }
+        }
+    }
+    repeated
+}
+
 struct Table {
     messages: Vec<Message>,
     by_name: HashMap<String, usize>,
@@ -381,43 +407,79 @@ impl Table {
         data: &[u8],
         depth: usize,
     ) -> Result<Value, ProtobufError> {
+        self.decode_parts(index, &[data], depth)
+    }
+
+    /// A message given as the concatenation of `parts`, without copying them: one part,
+    /// or the occurrences of a field that occurs more than once (see `decode_fields`).
+    fn decode_parts(
+        &self,
+        index: usize,
+        parts: &[&[u8]],
+        depth: usize,
+    ) -> Result<Value, ProtobufError> {
         if depth > MAX_DEPTH {
             return Err(too_deep());
         }
         let message = &self.messages[index];
         if let Some(special) = message.special {
-            return self.decode_special(special, message, data, depth);
+            return self.decode_special(special, message, parts, depth);
         }
         let mut object = Map::new();
-        self.decode_fields(message, data, &mut object, depth)?;
+        self.decode_fields(message, parts, &mut object, depth)?;
         Ok(Value::Object(object))
     }
 
     /// Decodes a message's fields into `object` (also for inline fields, whose properties
     /// sit in the parent).
-    fn decode_fields(
+    ///
+    /// An embedded message that occurs more than once merges, as protobuf says
+    /// (`targetPort` {intVal: 8080} then an empty `targetPort` is still 8080; a second
+    /// `metadata` keeps the first one's fields): such a field is decoded once, after the
+    /// others, from all its occurrences as one message, which is what a merge means on
+    /// the wire. Decoding it at each occurrence instead would be exponential in the
+    /// nesting depth, and concatenating copies would multiply the memory by it.
+    fn decode_fields<'a>(
         &self,
         message: &Message,
-        data: &[u8],
+        parts: &[&'a [u8]],
         object: &mut Map<String, Value>,
         depth: usize,
     ) -> Result<(), ProtobufError> {
-        let mut reader = Reader::new(data);
-        while let Some((tag, wire)) = reader.key()? {
-            let Some(field) = message.fields.get(&tag) else {
-                reader.skip(tag, wire)?;
-                continue;
-            };
-            let result = match &field.ty {
-                Type::Scalar(scalar) => scalar_field(field, *scalar, wire, &mut reader, object),
-                Type::Message(index) => {
-                    self.message_field(field, *index, wire, &mut reader, object, depth)
-                }
-                Type::Map(key_ty, value_ty) => {
-                    self.map_field(field, key_ty, value_ty, wire, &mut reader, object, depth)
-                }
-            };
-            result.map_err(|e| e.within(&field.json))?;
+        let repeats = repeated_messages(message, parts);
+        let mut gathered: Vec<(&Field, usize, Vec<&'a [u8]>)> = Vec::new();
+        for part in parts {
+            let mut reader = Reader::new(part);
+            while let Some((tag, wire)) = reader.key()? {
+                let Some(field) = message.fields.get(&tag) else {
+                    reader.skip(tag, wire)?;
+                    continue;
+                };
+                let result = match &field.ty {
+                    Type::Scalar(scalar) => scalar_field(field, *scalar, wire, &mut reader, object),
+                    Type::Message(index) if repeats.contains(&tag) => {
+                        reader.length_delimited(wire).map(|payload| {
+                            match gathered.iter_mut().find(|(f, ..)| std::ptr::eq(*f, field)) {
+                                Some((.., earlier)) => earlier.push(payload),
+                                None => gathered.push((field, *index, vec![payload])),
+                            }
+                        })
+                    }
+                    Type::Message(index) => {
+                        self.message_field(field, *index, wire, &mut reader, object, depth)
+                    }
+                    Type::Map(key_ty, value_ty) => {
+                        self.map_field(field, key_ty, value_ty, wire, &mut reader, object, depth)
+                    }
+                };
+                result.map_err(|e| e.within(&field.json))?;
+            }
+        }
+        for (field, index, occurrences) in gathered {
+            let value = self
+                .decode_parts(index, &occurrences, depth + 1)
+                .map_err(|e| e.within(&field.json))?;
+            object.insert(field.json.clone(), value);
         }
         Ok(())
     }
@@ -437,19 +499,10 @@ impl Table {
             if depth + 1 > MAX_DEPTH {
                 return Err(too_deep());
             }
-            return self.decode_fields(&self.messages[index], data, object, depth + 1);
+            return self.decode_fields(&self.messages[index], &[data], object, depth + 1);
         }
         if !field.repeated {
-            // A repeated occurrence of an embedded message merges into the first, as
-            // protobuf says.
-            if self.messages[index].special.is_none() {
-                if let Some(Value::Object(existing)) = object.get_mut(&field.json) {
-                    if depth + 1 > MAX_DEPTH {
-                        return Err(too_deep());
-                    }
-                    return self.decode_fields(&self.messages[index], data, existing, depth + 1);
-                }
-            }
+            // One that occurs more than once is merged by `decode_fields` instead.
             let value = self.decode_message(index, data, depth + 1)?;
             object.insert(field.json.clone(), value);
             return Ok(());
@@ -478,26 +531,32 @@ impl Table {
         let mut entry = Reader::new(reader.length_delimited(wire)?);
         let mut key = None;
         let mut value = None;
+        // A message value that occurs more than once merges, as embedded messages do
+        // (see `decode_fields`): it is decoded once, from all its occurrences.
+        let mut message_value = Vec::new();
         while let Some((tag, wire)) = entry.key()? {
             match tag {
                 1 => key = Some(map_key(key_ty, wire, &mut entry)?),
                 2 => {
                     let decoded = match value_ty {
-                        Type::Scalar(scalar) => read_scalar(*scalar, wire, &mut entry),
-                        Type::Message(index) => match entry.length_delimited(wire) {
-                            Ok(data) => self.decode_message(*index, data, depth + 1),
-                            Err(e) => Err(e),
-                        },
+                        Type::Scalar(scalar) => read_scalar(*scalar, wire, &mut entry).map(Some),
+                        Type::Message(_) => entry.length_delimited(wire).map(|data| {
+                            message_value.push(data);
+                            None
+                        }),
                         Type::Map(..) => Err(ProtobufError::malformed("map of maps")),
                     };
-                    value = Some(decoded.map_err(|e| map_value_error(e, key.as_deref()))?);
+                    value = decoded.map_err(|e| map_value_error(e, key.as_deref()))?;
                 }
                 _ => entry.skip(tag, wire)?,
             }
         }
         let value = match (value, value_ty) {
             (Some(value), _) => value,
-            (None, Type::Message(index)) => self.decode_message(*index, &[], depth + 1)?,
+            // No occurrence at all is the message's zero value.
+            (None, Type::Message(index)) => self
+                .decode_parts(*index, &message_value, depth + 1)
+                .map_err(|e| map_value_error(e, key.as_deref()))?,
             (None, Type::Scalar(scalar)) => zero(*scalar),
             (None, Type::Map(..)) => Value::Object(Map::new()),
         };
@@ -518,18 +577,16 @@ impl Table {
         &self,
         special: Special,
         message: &Message,
-        data: &[u8],
+        parts: &[&[u8]],
         depth: usize,
     ) -> Result<Value, ProtobufError> {
         match special {
-            Special::Time => special_time(data, false),
-            Special::MicroTime => special_time(data, true),
-            Special::Duration => special_duration(data),
-            Special::Quantity => special_quantity(data),
-            Special::IntOrString => special_int_or_string(data),
-            Special::Items => special_items(data),
             Special::RawJson | Special::RawExtension => {
-                let raw = raw_field(data)?;
+                // `raw` is a bytes field: of several occurrences the last counts.
+                let mut raw = None;
+                for part in parts {
+                    raw = raw_field(part)?.or(raw);
+                }
                 match raw {
                     Some(raw) if special == Special::RawExtension && raw.starts_with(MAGIC) => {
                         // An embedded object in protobuf: its own envelope names its type.
@@ -539,7 +596,26 @@ impl Table {
                 }
             }
             Special::SchemaOrArray | Special::SchemaOrBool | Special::SchemaOrStringArray => {
-                self.decode_schema_wrapper(special, message, data, depth)
+                self.decode_schema_wrapper(special, message, parts, depth)
+            }
+            leaf => {
+                // Small messages that nest nothing: several occurrences are joined.
+                let joined;
+                let data: &[u8] = match parts {
+                    [one] => one,
+                    _ => {
+                        joined = parts.concat();
+                        &joined
+                    }
+                };
+                match leaf {
+                    Special::Time => special_time(data, false),
+                    Special::MicroTime => special_time(data, true),
+                    Special::Duration => special_duration(data),
+                    Special::Quantity => special_quantity(data),
+                    Special::IntOrString => special_int_or_string(data),
+                    _ => special_items(data),
+                }
             }
         }
     }
@@ -551,7 +627,7 @@ impl Table {
         &self,
         special: Special,
         message: &Message,
-        data: &[u8],
+        parts: &[&[u8]],
         depth: usize,
     ) -> Result<Value, ProtobufError> {
         let schema_tag = if special == Special::SchemaOrBool {
@@ -563,24 +639,30 @@ impl Table {
             Some(Type::Message(index)) => *index,
             _ => return Err(ProtobufError::Table("schema wrapper without schema".into())),
         };
-        let (mut schema, mut list, mut allows) = (None, Vec::new(), false);
-        let mut reader = Reader::new(data);
-        while let Some((tag, wire)) = reader.key()? {
-            if tag == schema_tag {
-                let data = reader.length_delimited(wire)?;
-                schema = Some(self.decode_message(schema_ty, data, depth + 1)?);
-            } else if tag == 1 {
-                // JSONSchemaPropsOrBool.allows
-                allows = reader.varint_of(wire)? != 0;
-            } else if tag == 2 && special == Special::SchemaOrArray {
-                let data = reader.length_delimited(wire)?;
-                list.push(self.decode_message(schema_ty, data, depth + 1)?);
-            } else if tag == 2 {
-                list.push(Value::String(lossy(reader.length_delimited(wire)?)));
-            } else {
-                reader.skip(tag, wire)?;
+        // Occurrences of the schema merge, as in `decode_fields`.
+        let (mut schema, mut list, mut allows) = (Vec::new(), Vec::new(), false);
+        for part in parts {
+            let mut reader = Reader::new(part);
+            while let Some((tag, wire)) = reader.key()? {
+                if tag == schema_tag {
+                    schema.push(reader.length_delimited(wire)?);
+                } else if tag == 1 {
+                    // JSONSchemaPropsOrBool.allows
+                    allows = reader.varint_of(wire)? != 0;
+                } else if tag == 2 && special == Special::SchemaOrArray {
+                    let data = reader.length_delimited(wire)?;
+                    list.push(self.decode_message(schema_ty, data, depth + 1)?);
+                } else if tag == 2 {
+                    list.push(Value::String(lossy(reader.length_delimited(wire)?)));
+                } else {
+                    reader.skip(tag, wire)?;
+                }
             }
         }
+        let schema = match schema.is_empty() {
+            true => None,
+            false => Some(self.decode_parts(schema_ty, &schema, depth + 1)?),
+        };
         Ok(match special {
             Special::SchemaOrBool => schema.unwrap_or(Value::Bool(allows)),
             _ if !list.is_empty() => Value::Array(list),

@@ -1398,3 +1398,129 @@ fn deep_schemas_decode_within_a_small_stack() {
         .join()
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by the fuzz target `protobuf_roundtrip` (crates/fuzz): an embedded message that occurs
+// more than once merges, as protobuf says, rather than being replaced by its last occurrence.
+
+/// A length-delimited field, for bodies no encoder writes (short payloads only).
+fn field(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u8::try_from(payload.len()).expect("a short payload");
+    assert!(len < 0x80 && tag < 16);
+    let mut out = vec![tag << 3 | 2, len];
+    out.extend_from_slice(payload);
+    out
+}
+
+fn raw_envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+        type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+            api_version: s(api_version),
+            kind: s(kind),
+        }),
+        raw: Some(raw),
+        content_encoding: None,
+        content_type: None,
+    };
+    let mut body = b"k8s\0".to_vec();
+    body.extend(unknown.encode_to_vec());
+    body
+}
+
+#[test]
+fn a_repeated_embedded_message_merges_into_the_first() {
+    // targetPort {type: 0, intVal: 8080}, then an empty targetPort, which changes nothing.
+    let mut port = core::ServicePort {
+        port: Some(80),
+        target_port: Some(IntOrString {
+            r#type: Some(0),
+            int_val: Some(8080),
+            str_val: None,
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    port.extend(field(4, &[]));
+    let spec = field(1, &port);
+    let service = field(2, &spec);
+    let value = decode(&raw_envelope("v1", "Service", service), "", "", "").unwrap();
+    assert_eq!(
+        value["spec"]["ports"],
+        json!([{"port": 80, "targetPort": 8080}])
+    );
+}
+
+#[test]
+fn objects_sent_in_two_pieces_merge_at_every_level() {
+    // Protobuf's merge is the concatenation of encodings: the second piece adds labels to
+    // the first's metadata, nanos to its time and a type to its spec.
+    let first = core::Service {
+        metadata: Some(meta::ObjectMeta {
+            name: s("web"),
+            creation_timestamp: Some(meta::Time {
+                seconds: Some(1_700_000_000),
+                nanos: None,
+            }),
+            ..Default::default()
+        }),
+        spec: Some(core::ServiceSpec {
+            ports: vec![core::ServicePort {
+                port: Some(80),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let second = core::Service {
+        metadata: Some(meta::ObjectMeta {
+            labels: map(&[("app", "web")]),
+            creation_timestamp: Some(meta::Time {
+                seconds: None,
+                nanos: Some(5),
+            }),
+            ..Default::default()
+        }),
+        spec: Some(core::ServiceSpec {
+            r#type: s("ClusterIP"),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let mut raw = first.encode_to_vec();
+    raw.extend(second.encode_to_vec());
+    let value = decode(&raw_envelope("v1", "Service", raw), "", "", "").unwrap();
+    assert_eq!(
+        value,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "web",
+                "labels": {"app": "web"},
+                "creationTimestamp": "2023-11-14T22:13:20Z",
+            },
+            "spec": {"ports": [{"port": 80}], "type": "ClusterIP"},
+        })
+    );
+    // The same as prost's own merge of the two.
+    let mut merged = first.clone();
+    merged.merge(second.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(
+        decode(&envelope("v1", "Service", &merged), "", "", "").unwrap(),
+        value
+    );
+}
+
+#[test]
+fn a_repeated_map_value_merges_too() {
+    // hard {key: "memory", value: {string: "1G"}, value: {}}: the empty second value
+    // merges into the first, as protobuf merges any embedded message.
+    let mut entry = field(1, b"memory");
+    entry.extend(field(2, &field(1, b"1G")));
+    entry.extend(field(2, &[]));
+    let spec = field(1, &entry);
+    let quota = field(2, &spec);
+    let value = decode(&raw_envelope("v1", "ResourceQuota", quota), "", "", "").unwrap();
+    assert_eq!(value["spec"]["hard"], json!({"memory": "1G"}));
+}

@@ -11,6 +11,8 @@
 mod admin;
 mod balancer;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 mod http;
 pub mod metrics;

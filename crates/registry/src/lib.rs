@@ -9,6 +9,8 @@ pub mod auth;
 pub mod build;
 pub mod client;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod metrics;
 pub mod server;
 pub mod storage;

@@ -50,6 +50,17 @@ impl Drop for ServeHandle {
 
 type Reply = Result<Response<Body>, ApiError>;
 
+/// What a request's body may be: hyper's `Incoming` when served, a buffer in tests.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Send> + Unpin + Send
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Send> + Unpin + Send
+{
+}
+
 impl Registry {
     /// Opens (creating if needed) the registry stored under `root`.
     pub fn open(root: &Path) -> Result<Registry, StoreError> {
@@ -107,10 +118,11 @@ impl Registry {
         Ok(ServeHandle { addr, task })
     }
 
-    /// Answers one request.
-    pub async fn handle(
+    /// Answers one request. Any body type will do, so that a request can be answered
+    /// without a connection (the fuzz target of the upload handling does so).
+    pub async fn handle<B: RequestBody>(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         auth: &dyn Authenticator,
     ) -> Response<Body> {
         let method = req.method().clone();
@@ -154,7 +166,7 @@ impl Registry {
         response
     }
 
-    async fn route(self: &Arc<Self>, req: Request<Incoming>, user: Option<User>) -> Reply {
+    async fn route<B: RequestBody>(self: &Arc<Self>, req: Request<B>, user: Option<User>) -> Reply {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match path.as_str() {
@@ -316,7 +328,12 @@ impl Registry {
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    async fn put_manifest(&self, name: &str, reference: &str, req: Request<Incoming>) -> Reply {
+    async fn put_manifest<B: RequestBody>(
+        &self,
+        name: &str,
+        reference: &str,
+        req: Request<B>,
+    ) -> Reply {
         let by_digest = reference.parse::<Digest>().ok();
         if by_digest.is_none() && !valid_tag(reference) {
             return Err(ApiError::tag_invalid(reference));
@@ -418,7 +435,12 @@ impl Registry {
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    async fn start_upload(&self, name: &str, req: Request<Incoming>, user: Option<&User>) -> Reply {
+    async fn start_upload<B: RequestBody>(
+        &self,
+        name: &str,
+        req: Request<B>,
+        user: Option<&User>,
+    ) -> Reply {
         let q = query(&req);
         if let (Some(mount), Some(from)) = (q.get("mount"), q.get("from")) {
             let digest = parse_digest(mount)?;
@@ -450,7 +472,7 @@ impl Registry {
         Ok(upload_response(StatusCode::ACCEPTED, name, &id, 0))
     }
 
-    async fn patch_upload(&self, name: &str, id: &str, req: Request<Incoming>) -> Reply {
+    async fn patch_upload<B: RequestBody>(&self, name: &str, id: &str, req: Request<B>) -> Reply {
         let start =
             match req.headers().get(header::CONTENT_RANGE) {
                 None => None,
@@ -477,7 +499,7 @@ impl Registry {
         Ok(upload_response(StatusCode::ACCEPTED, name, id, size))
     }
 
-    async fn put_upload(&self, name: &str, id: &str, req: Request<Incoming>) -> Reply {
+    async fn put_upload<B: RequestBody>(&self, name: &str, id: &str, req: Request<B>) -> Reply {
         let q = query(&req);
         let Some(raw) = q.get("digest") else {
             return Err(ApiError::digest_invalid(
@@ -612,7 +634,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
 }
 
-async fn read_limited(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_limited<B: RequestBody>(mut body: B, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =

@@ -8,7 +8,7 @@
 //! requests in flight carry on.
 
 mod forward;
-mod routes;
+pub(crate) mod routes;
 mod sni;
 mod upgrade;
 mod upstream;

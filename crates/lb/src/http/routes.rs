@@ -159,7 +159,7 @@ pub(crate) fn normalize_host(raw: &str) -> String {
 /// The path as routes compare it: `.` and `..` segments resolved and repeated slashes
 /// merged, so that `/public/../admin` cannot take the route of `/public` (the backend
 /// resolves it to `/admin`). The request is still forwarded as sent.
-fn clean_path(path: &str) -> Cow<'_, str> {
+pub(crate) fn clean_path(path: &str) -> Cow<'_, str> {
     let dirty = path.contains("//") || path.split('/').any(|s| s == "." || s == "..");
     if !dirty {
         return Cow::Borrowed(path);

@@ -4,6 +4,8 @@
 //! ([`writer`]) that commits them in batches; watches replay the change log
 //! ([`read::replay`]) and then follow the writer's fan-out ([`hub`]).
 
+#[doc(hidden)]
+pub mod fuzz;
 mod hub;
 mod leases;
 mod read;

@@ -85,12 +85,7 @@ impl Wal {
         if self.offset + total > CAPACITY || changes.len() > u32::MAX as usize {
             return Ok(false);
         }
-        let mut record = Vec::with_capacity(total as usize);
-        record.extend_from_slice(&MAGIC.to_le_bytes());
-        record.extend_from_slice(&(changes.len() as u32).to_le_bytes());
-        record.extend_from_slice(&checksum(seq, changes).to_le_bytes());
-        record.extend_from_slice(&seq.to_le_bytes());
-        record.extend_from_slice(changes);
+        let record = encode_record(seq, changes);
         self.file
             .write_all_at(&record, self.offset)
             .map_err(io_err(&self.path))?;
@@ -142,9 +137,26 @@ fn preallocate(file: &mut File, from: u64) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// One record as the log holds it; `changes` must be shorter than 4 GiB.
+pub(super) fn encode_record(seq: u64, changes: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(HEADER + changes.len());
+    record.extend_from_slice(&MAGIC.to_le_bytes());
+    record.extend_from_slice(&(changes.len() as u32).to_le_bytes());
+    record.extend_from_slice(&checksum(seq, changes).to_le_bytes());
+    record.extend_from_slice(&seq.to_le_bytes());
+    record.extend_from_slice(changes);
+    record
+}
+
 fn read_records(file: &mut File, checkpoint_seq: u64) -> std::io::Result<Vec<LoggedBatch>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
+    Ok(parse_records(&bytes, checkpoint_seq))
+}
+
+/// The records of a log's contents that follow checkpoint `checkpoint_seq`: from the
+/// start, while each has the magic, the next sequence number and a valid checksum.
+pub(super) fn parse_records(bytes: &[u8], checkpoint_seq: u64) -> Vec<LoggedBatch> {
     let mut batches = Vec::new();
     let mut at = 0usize;
     let mut expected = checkpoint_seq + 1;
@@ -172,7 +184,7 @@ fn read_records(file: &mut File, checkpoint_seq: u64) -> std::io::Result<Vec<Log
         expected += 1;
         at += HEADER + len;
     }
-    Ok(batches)
+    batches
 }
 
 /// The table changes of one batch, encoded for the log and applied again on recovery.
