@@ -85,6 +85,12 @@ cp -a /etc/apt/sources.list "$root/etc/apt/" 2>/dev/null || true
 rm -f "$root"/etc/apt/sources.list.d/*
 cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/" 2>/dev/null || true
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's own certificate authorities (an egress proxy's, say) are part of the
+# machine, not of Korvet's install: Debian's ca-certificates adds them to its bundle.
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 
 # The new root is a mount point of its own: `ip netns exec` remounts "/" as a slave,
 # and everything below goes with one `umount -R`.

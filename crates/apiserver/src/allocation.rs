@@ -14,8 +14,8 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::handlers::Call;
 
 /// Upstream's default service range.
-pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
-pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+pub(crate) const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
+pub(crate) const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 
@@ -123,14 +123,14 @@ fn invalid(call: &Call<'_>, object: &Value, cause: Cause) -> ApiError {
 }
 
 /// Assigns a ClusterIP and node ports to a new Service.
-pub async fn before_create(call: &Call<'_>, object: &mut Value) -> ApiResult<()> {
+pub(crate) async fn before_create(call: &Call<'_>, object: &mut Value) -> ApiResult<()> {
     if call.resource.kind != "Service" || !call.resource.group.is_empty() {
         return Ok(());
     }
     allocate(call, None, object).await
 }
 
-pub fn before_update(call: &Call<'_>, old: &Value, object: &mut Value) -> ApiResult<()> {
+pub(crate) fn before_update(call: &Call<'_>, old: &Value, object: &mut Value) -> ApiResult<()> {
     if call.resource.kind != "Service" || !call.resource.group.is_empty() {
         return Ok(());
     }

@@ -92,7 +92,7 @@ fn int_or_percent(value: &Value) -> Option<(i64, bool)> {
     }
 }
 
-pub fn validate_deployment(object: &Value, old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate_deployment(object: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = validate_replicated("deployment", object, old);
     let spec = &object["spec"];
     let strategy = &spec["strategy"];
@@ -173,7 +173,7 @@ pub fn validate_deployment(object: &Value, old: Option<&Value>) -> Vec<Cause> {
     causes
 }
 
-pub fn validate_replica_set(object: &Value, old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate_replica_set(object: &Value, old: Option<&Value>) -> Vec<Cause> {
     validate_replicated("replicaset", object, old)
 }
 

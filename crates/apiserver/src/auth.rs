@@ -11,9 +11,10 @@ pub struct UserInfo {
     pub groups: Vec<String>,
 }
 
-pub const MASTERS_GROUP: &str = "system:masters";
-pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
-pub const ANONYMOUS_USER: &str = "system:anonymous";
+pub(crate) const MASTERS_GROUP: &str = "system:masters";
+pub(crate) const AUTHENTICATED_GROUP: &str = "system:authenticated";
+#[cfg(test)]
+pub(crate) const ANONYMOUS_USER: &str = "system:anonymous";
 
 impl UserInfo {
     /// A user from a client certificate or token; every such user is also
@@ -49,13 +50,13 @@ pub struct Attributes {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Allow,
     Deny,
 }
 
 /// RBAC with upstream semantics; members of `system:masters` may do everything.
-pub async fn authorize(
+pub(crate) async fn authorize(
     objects: &Objects,
     user: &UserInfo,
     attrs: &Attributes,

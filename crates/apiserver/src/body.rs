@@ -14,18 +14,18 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult};
 
 /// Largest request body accepted (upstream's limit is 3 MiB).
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 /// A reply, before it becomes an HTTP response.
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: Vec<(String, String)>,
     pub body: ReplyBody,
 }
 
-pub enum ReplyBody {
+pub(crate) enum ReplyBody {
     Json(Value),
     Stream(BoxStream<'static, Bytes>),
     Raw(&'static str, Bytes),
@@ -34,7 +34,7 @@ pub enum ReplyBody {
 }
 
 impl Reply {
-    pub fn json(status: StatusCode, value: Value) -> Self {
+    pub(crate) fn json(status: StatusCode, value: Value) -> Self {
         Self {
             status,
             headers: Vec::new(),
@@ -42,7 +42,7 @@ impl Reply {
         }
     }
 
-    pub fn stream(stream: BoxStream<'static, Bytes>) -> Self {
+    pub(crate) fn stream(stream: BoxStream<'static, Bytes>) -> Self {
         Self {
             status: StatusCode::OK,
             headers: Vec::new(),
@@ -50,7 +50,7 @@ impl Reply {
         }
     }
 
-    pub fn text(status: StatusCode, text: &'static str) -> Self {
+    pub(crate) fn text(status: StatusCode, text: &'static str) -> Self {
         Self {
             status,
             headers: Vec::new(),
@@ -61,13 +61,13 @@ impl Reply {
         }
     }
 
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+    pub(crate) fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
 
     /// Warnings reach kubectl through `Warning: 299 - "..."` headers.
-    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+    pub(crate) fn with_warnings(mut self, warnings: Vec<String>) -> Self {
         for w in warnings {
             let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
             self.headers
@@ -76,7 +76,7 @@ impl Reply {
         self
     }
 
-    pub fn into_response(self) -> http::Response<Body> {
+    pub(crate) fn into_response(self) -> http::Response<Body> {
         let (content_type, body): (&'static str, Body) = match self.body {
             ReplyBody::Json(value) => {
                 let bytes = serde_json::to_vec(&value).unwrap_or_default();
@@ -117,7 +117,7 @@ impl Reply {
     }
 }
 
-pub fn content_type(headers: &HeaderMap) -> &str {
+pub(crate) fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -125,7 +125,7 @@ pub fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("application/json")
 }
 
-pub fn accepts_table(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_table(headers: &HeaderMap) -> bool {
     headers
         .get_all(http::header::ACCEPT)
         .iter()
@@ -141,7 +141,7 @@ pub fn accepts_table(headers: &HeaderMap) -> bool {
 }
 
 /// Decodes an object from JSON or YAML, as a JSON object.
-pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+pub(crate) fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let value = decode_value(content_type(headers), body)?;
     if !value.is_object() {
         return Err(ApiError::bad_request(
@@ -151,7 +151,7 @@ pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     Ok(value)
 }
 
-pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
+pub(crate) fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -178,7 +178,7 @@ pub fn decode_value(content_type: &str, body: &[u8]) -> ApiResult<Value> {
 /// Reads a request body, refusing more than [`MAX_BODY_BYTES`]. An oversize body is
 /// still read to its end (up to a bound) so that the client receives the 413 instead of a
 /// connection reset in the middle of sending.
-pub async fn read_limited(mut body: hyper::body::Incoming) -> ApiResult<Bytes> {
+pub(crate) async fn read_limited(mut body: hyper::body::Incoming) -> ApiResult<Bytes> {
     const DRAIN_LIMIT: usize = 8 * MAX_BODY_BYTES;
     let mut collected = bytes::BytesMut::new();
     let mut seen = 0usize;

@@ -12,15 +12,15 @@ use serde_json::Value;
 use crate::auth::UserInfo;
 use crate::server::ApiServer;
 
-pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
-pub const SECRET_NAMESPACE: &str = "kube-system";
-pub const SECRET_PREFIX: &str = "bootstrap-token-";
-pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
-pub const USER_PREFIX: &str = "system:bootstrap:";
+pub(crate) const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
+pub(crate) const SECRET_NAMESPACE: &str = "kube-system";
+pub(crate) const SECRET_PREFIX: &str = "bootstrap-token-";
+pub(crate) const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+pub(crate) const USER_PREFIX: &str = "system:bootstrap:";
 
 /// A token split into its public id and its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootstrapToken<'a> {
+pub(crate) struct BootstrapToken<'a> {
     pub id: &'a str,
     pub secret: &'a str,
 }
@@ -32,14 +32,14 @@ fn lowercase_alnum(s: &str, len: usize) -> bool {
 }
 
 /// `[a-z0-9]{6}.[a-z0-9]{16}`, or `None`.
-pub fn parse(token: &str) -> Option<BootstrapToken<'_>> {
+pub(crate) fn parse(token: &str) -> Option<BootstrapToken<'_>> {
     let (id, secret) = token.split_once('.')?;
     (lowercase_alnum(id, 6) && lowercase_alnum(secret, 16)).then_some(BootstrapToken { id, secret })
 }
 
 /// Why a well-formed token was not accepted (logged, never shown to the client).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejected {
+pub(crate) enum Rejected {
     #[error("secret has type {0:?}, not {SECRET_TYPE}")]
     WrongType(String),
     #[error("secret's token-id does not match")]
@@ -69,7 +69,7 @@ fn field(secret: &Value, key: &str) -> Option<String> {
 }
 
 /// Checks a token against its Secret at `now` (unix seconds); the user it stands for.
-pub fn validate(
+pub(crate) fn validate(
     token: &BootstrapToken<'_>,
     secret: &Value,
     now: i64,
@@ -118,7 +118,7 @@ pub fn validate(
 }
 
 /// The user of a bootstrap token, if it is one and its Secret accepts it.
-pub async fn authenticate(server: &ApiServer, token: &str) -> Option<UserInfo> {
+pub(crate) async fn authenticate(server: &ApiServer, token: &str) -> Option<UserInfo> {
     let parsed = parse(token)?;
     let secrets = server.registry.get("", "v1", "secrets")?;
     let key = secrets.key(

@@ -12,7 +12,7 @@ use crate::auth::UserInfo;
 use crate::error::Cause;
 
 /// Key usages upstream accepts in `spec.usages`.
-pub const KNOWN_USAGES: &[&str] = &[
+pub(crate) const KNOWN_USAGES: &[&str] = &[
     "signing",
     "digital signature",
     "content commitment",
@@ -43,7 +43,7 @@ const APPROVAL_CONDITIONS: [&str; 2] = ["Approved", "Denied"];
 
 /// At create, as upstream: the requester is who sent the request, whatever the body
 /// claims, and a new request has no status.
-pub fn record_requester(csr: &mut Value, user: &UserInfo) {
+pub(crate) fn record_requester(csr: &mut Value, user: &UserInfo) {
     if !csr["spec"].is_object() {
         csr["spec"] = json!({});
     }
@@ -61,7 +61,7 @@ pub fn record_requester(csr: &mut Value, user: &UserInfo) {
 
 /// Decodes `spec.request` (base64 of a PEM `CERTIFICATE REQUEST`) and checks its
 /// signature; the DER on success.
-pub fn parse_request(encoded: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_request(encoded: &str) -> Result<Vec<u8>, String> {
     let pem_bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|e| format!("not base64: {e}"))?;
@@ -85,7 +85,7 @@ fn has_condition(csr: &Value, kind: &str) -> bool {
     conditions(csr).any(|c| c["type"] == kind && c["status"] != "False")
 }
 
-pub fn validate(csr: &Value, old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate(csr: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let spec = &csr["spec"];
     match old {
@@ -231,7 +231,7 @@ fn validate_status(csr: &Value, old: Option<&Value>) -> Vec<Cause> {
 
 /// A `status` write keeps the approval conditions as they were (only `approval` sets
 /// them), as upstream.
-pub fn status_update(old: &Value, next: &mut Value) {
+pub(crate) fn status_update(old: &Value, next: &mut Value) {
     let keep: Vec<Value> = conditions(old)
         .filter(|c| APPROVAL_CONDITIONS.iter().any(|k| c["type"] == *k))
         .cloned()
@@ -254,7 +254,7 @@ pub fn status_update(old: &Value, next: &mut Value) {
 }
 
 /// An `approval` write changes only `status.conditions`.
-pub fn approval_update(old: &Value, next: &Value) -> Value {
+pub(crate) fn approval_update(old: &Value, next: &Value) -> Value {
     let mut merged = old.clone();
     if !merged["status"].is_object() {
         merged["status"] = json!({});

@@ -54,7 +54,7 @@ fn drop_empty_annotations(object: &mut Value) {
     }
 }
 
-pub fn hpa_v2_to_v1(stored: Value) -> Value {
+pub(crate) fn hpa_v2_to_v1(stored: Value) -> Value {
     let mut v1 = stored.clone();
     v1["apiVersion"] = json!("autoscaling/v1");
     let metrics = stored["spec"]["metrics"]
@@ -95,7 +95,7 @@ pub fn hpa_v2_to_v1(stored: Value) -> Value {
     v1
 }
 
-pub fn hpa_v1_to_v2(served: Value) -> Value {
+pub(crate) fn hpa_v1_to_v2(served: Value) -> Value {
     let mut v1 = served;
     let others = unstash(&mut v1, METRICS);
     let behavior = unstash(&mut v1, BEHAVIOR);
@@ -146,11 +146,11 @@ const EVENT_FIELDS: [(&str, &str); 8] = [
 ];
 
 /// Events are stored as `core/v1` Events, upstream's storage version.
-pub fn event_to_core(served: Value) -> Value {
+pub(crate) fn event_to_core(served: Value) -> Value {
     rename_fields(served, "v1", |(new, old)| (new, old))
 }
 
-pub fn event_from_core(stored: Value) -> Value {
+pub(crate) fn event_from_core(stored: Value) -> Value {
     rename_fields(stored, "events.k8s.io/v1", |(new, old)| (old, new))
 }
 

@@ -31,7 +31,7 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 /// The resources a CRD serves, one per served version.
-pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
+pub(crate) fn resource_types(crd: &Value) -> Vec<ResourceType> {
     let spec = &crd["spec"];
     let names = &spec["names"];
     let kind = text(&names["kind"]);
@@ -121,7 +121,7 @@ pub fn resource_types(crd: &Value) -> Vec<ResourceType> {
 }
 
 /// Validation of the CRD object itself.
-pub fn validate_crd(crd: &Value, _old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate_crd(crd: &Value, _old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or_default();
@@ -195,7 +195,7 @@ pub fn validate_crd(crd: &Value, _old: Option<&Value>) -> Vec<Cause> {
 
 /// Registers every CRD in the store and keeps the registry following them until the
 /// returned task is aborted.
-pub async fn sync(server: Arc<ApiServer>) -> ApiResult<tokio::task::JoinHandle<()>> {
+pub(crate) async fn sync(server: Arc<ApiServer>) -> ApiResult<tokio::task::JoinHandle<()>> {
     let Some(crds) = server
         .registry
         .get(CRD_GROUP, "v1", "customresourcedefinitions")
@@ -343,7 +343,7 @@ async fn delete_instances(server: &ApiServer, crd: &Value) {
 /// Makes sure each of `crds` is stored as given: created when missing, its spec replaced
 /// when it differs (a server that ships its own resource types, such as the management
 /// API, installs them this way on every start).
-pub async fn install(server: &ApiServer, crds: &[Value]) -> ApiResult<()> {
+pub(crate) async fn install(server: &ApiServer, crds: &[Value]) -> ApiResult<()> {
     let Some(resource) = server
         .registry
         .get(CRD_GROUP, "v1", "customresourcedefinitions")

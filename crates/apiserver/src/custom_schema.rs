@@ -8,7 +8,7 @@ use crate::error::Cause;
 /// Applies `schema` to a custom object: fills defaults, drops fields the schema does not
 /// declare (unless `x-kubernetes-preserve-unknown-fields`), and returns the causes of
 /// every violation. `apiVersion`, `kind` and `metadata` at the root are always kept.
-pub fn apply(schema: &Value, object: &mut Value) -> Vec<Cause> {
+pub(crate) fn apply(schema: &Value, object: &mut Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let Some(map) = object.as_object_mut() else {
         causes.push(Cause::new(
@@ -214,7 +214,7 @@ fn walk_object(schema: &Value, map: &mut Map<String, Value>, path: &str, causes:
 }
 
 /// Checks that a CRD's schema is structural enough to be applied (every level typed).
-pub fn check_structural(schema: &Value, path: &str) -> Vec<Cause> {
+pub(crate) fn check_structural(schema: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let typed = schema["type"].is_string()
         || schema["x-kubernetes-int-or-string"] == json!(true)

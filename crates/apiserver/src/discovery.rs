@@ -11,18 +11,13 @@ use crate::registry::{version_priority, Registry, ResourceType};
 
 /// Content type of an aggregated discovery reply. kubectl uses the aggregated document
 /// (and makes no per-group-version requests) only if the reply carries exactly this type.
-pub const AGGREGATED_CONTENT_TYPE: &str =
+pub(crate) const AGGREGATED_CONTENT_TYPE: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
-/// The v2beta1 form, still offered by kubectl's `Accept` (same body but for `apiVersion`).
-pub const AGGREGATED_V2BETA1_CONTENT_TYPE: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
-/// Content type of the legacy documents.
-pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// `apiVersion` of the aggregated documents.
-pub const AGGREGATED_API_VERSION: &str = "apidiscovery.k8s.io/v2";
+pub(crate) const AGGREGATED_API_VERSION: &str = "apidiscovery.k8s.io/v2";
 
 /// Verbs of an ordinary stored resource, in upstream's (sorted) order.
-pub const RESOURCE_VERBS: [&str; 8] = [
+pub(crate) const RESOURCE_VERBS: [&str; 8] = [
     "create",
     "delete",
     "deletecollection",
@@ -36,7 +31,7 @@ pub const RESOURCE_VERBS: [&str; 8] = [
 /// Whether an `Accept` header asks for the aggregated v2 document: some media range
 /// `application/json` with parameters `g=apidiscovery.k8s.io`, `v=v2` and
 /// `as=APIGroupDiscoveryList` (q-values are not weighed: kubectl lists it first).
-pub fn accepts_aggregated(accept: &str) -> bool {
+pub(crate) fn accepts_aggregated(accept: &str) -> bool {
     accept.split(',').any(|range| {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or_default();
@@ -62,7 +57,7 @@ pub fn accepts_aggregated(accept: &str) -> bool {
 
 /// What a subresource of a resource answers: its verbs and the kind it returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubresourceInfo {
+pub(crate) struct SubresourceInfo {
     pub name: String,
     pub verbs: &'static [&'static str],
     pub group: String,
@@ -71,7 +66,7 @@ pub struct SubresourceInfo {
 }
 
 /// Verbs and response kind of subresource `name` of `parent`, as upstream declares them.
-pub fn subresource_info(parent: &ResourceType, name: &str) -> SubresourceInfo {
+pub(crate) fn subresource_info(parent: &ResourceType, name: &str) -> SubresourceInfo {
     let own = |verbs: &'static [&'static str]| (verbs, None);
     let other = |verbs: &'static [&'static str], g: &str, v: &str, k: &str| {
         (verbs, Some((g.to_string(), v.to_string(), k.to_string())))
@@ -118,7 +113,7 @@ pub fn subresource_info(parent: &ResourceType, name: &str) -> SubresourceInfo {
 }
 
 /// Verbs of a resource itself: request-only kinds (reviews) can only be created.
-pub fn resource_verbs(resource: &ResourceType) -> &'static [&'static str] {
+pub(crate) fn resource_verbs(resource: &ResourceType) -> &'static [&'static str] {
     if resource.virtual_create {
         &["create"]
     } else if crate::resource_metrics::is_metrics(resource) {
@@ -145,7 +140,7 @@ fn verbs(items: &[&str]) -> Value {
 }
 
 /// `GET /api`: the core group's versions.
-pub fn api_versions(server_address: &str) -> Value {
+pub(crate) fn api_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions",
         "versions": ["v1"],
@@ -167,7 +162,7 @@ fn api_group_entry(group: &str, versions: &[String]) -> Value {
 }
 
 /// `GET /apis`: the named groups (not the core group) with their versions, preferred first.
-pub fn api_group_list(registry: &Registry) -> Value {
+pub(crate) fn api_group_list(registry: &Registry) -> Value {
     let groups: Vec<Value> = registry
         .groups()
         .into_iter()
@@ -178,7 +173,7 @@ pub fn api_group_list(registry: &Registry) -> Value {
 }
 
 /// `GET /apis/GROUP`: one named group; `None` if no resource is served in it.
-pub fn api_group(registry: &Registry, group: &str) -> Option<Value> {
+pub(crate) fn api_group(registry: &Registry, group: &str) -> Option<Value> {
     if group.is_empty() {
         return None;
     }
@@ -208,7 +203,7 @@ fn resources_of(
 
 /// `GET /api/v1`, `GET /apis/GROUP/VERSION`: the resources of a group-version with their
 /// subresources as `RESOURCE/SUB` entries; `None` if nothing is served there.
-pub fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+pub(crate) fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let resources = resources_of(registry, group, version);
     if resources.is_empty() {
         return None;
@@ -295,7 +290,7 @@ fn aggregated_resource(r: &ResourceType) -> Value {
 /// The aggregated discovery document (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`):
 /// for `/api` (`legacy`) only the core group, for `/apis` every named group. Groups come
 /// in the registry's order, versions preferred first, resources by name.
-pub fn aggregated(registry: &Registry, legacy: bool) -> Value {
+pub(crate) fn aggregated(registry: &Registry, legacy: bool) -> Value {
     let items: Vec<Value> = registry
         .groups()
         .into_iter()

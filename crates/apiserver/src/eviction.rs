@@ -61,7 +61,7 @@ fn status_i64(pdb: &Value, field: &str) -> i64 {
 
 /// Upstream's `checkAndDecrement`: the budget's status with one disruption spent on
 /// `pod`, or why not.
-pub fn spend_disruption(pdb: &Value, pod: &str, now: &str) -> ApiResult<Value> {
+pub(crate) fn spend_disruption(pdb: &Value, pod: &str, now: &str) -> ApiResult<Value> {
     let name = pdb["metadata"]["name"].as_str().unwrap_or_default();
     let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(0);
     if status_i64(pdb, "observedGeneration") < generation {
@@ -146,7 +146,7 @@ fn set_disruption_allowed(pdb: &mut Value, allowed: bool, now: &str) {
     }
 }
 
-pub async fn evict_pod(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn evict_pod(call: &Call<'_>) -> ApiResult<Reply> {
     let eviction = if call.body.is_empty() {
         json!({})
     } else {

@@ -29,7 +29,7 @@ const WRITE_RETRIES: usize = 8;
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// One resource request being served.
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     pub server: &'a Arc<ApiServer>,
     pub user: &'a UserInfo,
     pub resource: Arc<ResourceType>,
@@ -89,7 +89,7 @@ impl Call<'_> {
     }
 }
 
-pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn serve(call: Call<'_>) -> ApiResult<Reply> {
     if call.resource.namespaced
         && call.request.namespace.is_none()
         && !matches!(call.request.verb, Verb::List | Verb::Watch)
@@ -165,7 +165,7 @@ pub async fn serve(call: Call<'_>) -> ApiResult<Reply> {
     }
 }
 
-pub async fn load(call: &Call<'_>) -> ApiResult<(Value, Revision)> {
+pub(crate) async fn load(call: &Call<'_>) -> ApiResult<(Value, Revision)> {
     let (stored, revision) = call
         .server
         .objects
@@ -508,7 +508,7 @@ fn translate(event: &korvet_store::Event, filter: &Filter) -> Option<(&'static s
 
 /// Which part of an object a write may change.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     Main,
     Status,
     /// `pods/binding`: the spec's node and the `PodScheduled` condition in one write.
@@ -671,13 +671,13 @@ fn duplicate_fields(call: &Call<'_>) -> ApiResult<Vec<String>> {
     }
 }
 
-pub async fn create(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn create(call: &Call<'_>) -> ApiResult<Reply> {
     let duplicates = duplicate_fields(call)?;
     let object = body::decode_object(call.headers, &call.body)?;
     Ok(create_object(call, object).await?.with_warnings(duplicates))
 }
 
-pub async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Reply> {
+pub(crate) async fn create_object(call: &Call<'_>, mut object: Value) -> ApiResult<Reply> {
     check_type(&call.resource, &object)?;
     if !object["metadata"].is_object() {
         object["metadata"] = json!({});
@@ -789,7 +789,7 @@ async fn patch(call: &Call<'_>, part: Part) -> ApiResult<Reply> {
 
 /// Reads the current object, computes the new one, and writes it if nothing changed in
 /// between. With a client precondition a change is a Conflict; without one, it retries.
-pub async fn write_with_retry(
+pub(crate) async fn write_with_retry(
     call: &Call<'_>,
     part: Part,
     precondition: Option<Revision>,
@@ -1109,7 +1109,7 @@ async fn delete_collection(call: &Call<'_>) -> ApiResult<Reply> {
 }
 
 /// Builds the response body for an error.
-pub fn error_reply(err: &ApiError) -> Reply {
+pub(crate) fn error_reply(err: &ApiError) -> Reply {
     let status = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut reply = Reply::json(status, err.to_status());
     if let Some(secs) = err.retry_after_seconds {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::server::ApiServer;
 use crate::storage::{self, Written};
 
-pub fn finalize_in_background(server: Arc<ApiServer>, namespace: String) {
+pub(crate) fn finalize_in_background(server: Arc<ApiServer>, namespace: String) {
     tokio::spawn(async move {
         // Until the namespace is gone (finalizers may take long, e.g. pods' grace).
         let mut delay = 50;
@@ -32,7 +32,7 @@ pub fn finalize_in_background(server: Arc<ApiServer>, namespace: String) {
 }
 
 /// Picks up namespaces that were terminating when the server stopped.
-pub async fn resume_terminating(server: Arc<ApiServer>) {
+pub(crate) async fn resume_terminating(server: Arc<ApiServer>) {
     let Ok(namespaces) = server.list_objects("", "v1", "namespaces", None).await else {
         return;
     };

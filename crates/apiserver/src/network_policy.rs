@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::error::Cause;
 use crate::strategy::{validate_label_key, validate_label_value};
 
-pub fn defaults(policy: &mut Value) {
+pub(crate) fn defaults(policy: &mut Value) {
     let Some(spec) = policy.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
@@ -274,7 +274,7 @@ fn validate_peer(field: &str, peer: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-pub fn validate(policy: &Value, _old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate(policy: &Value, _old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let spec = &policy["spec"];
     validate_selector("spec.podSelector", &spec["podSelector"], &mut causes);

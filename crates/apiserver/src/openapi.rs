@@ -26,9 +26,9 @@ use crate::registry::{Registry, ResourceType};
 const DEFINITIONS_JSON: &str = include_str!("../openapi/k8s-v1.33-definitions.json");
 
 /// `info.version` of the documents: the Kubernetes version of the vendored schemas.
-pub const KUBERNETES_VERSION: &str = "v1.33.0";
+pub(crate) const KUBERNETES_VERSION: &str = "v1.33.0";
 /// Where schemas live in the documents.
-pub const SCHEMA_REF_PREFIX: &str = "#/components/schemas/";
+pub(crate) const SCHEMA_REF_PREFIX: &str = "#/components/schemas/";
 
 const DEFS_PREFIX: &str = "#/$defs/";
 const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
@@ -39,8 +39,9 @@ const INT_OR_STRING: &str = "io.k8s.apimachinery.pkg.util.intstr.IntOrString";
 /// to vendored definitions such as `#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta`).
 /// Resources for which it returns `None` still get their paths, with an untyped object
 /// schema, so that kubectl detects server-side field validation for them.
-pub type ExtraSchema<'a> = &'a dyn Fn(&ResourceType) -> Option<Value>;
+pub(crate) type ExtraSchema<'a> = &'a dyn Fn(&ResourceType) -> Option<Value>;
 
+#[cfg(test)]
 fn no_extra_schema(_: &ResourceType) -> Option<Value> {
     None
 }
@@ -179,7 +180,7 @@ fn convert_type(value: &Value) -> Option<Value> {
 }
 
 /// Name of the vendored definition of a kind, by its `x-kubernetes-group-version-kind`.
-pub fn schema_name_for(group: &str, version: &str, kind: &str) -> Option<&'static str> {
+pub(crate) fn schema_name_for(group: &str, version: &str, kind: &str) -> Option<&'static str> {
     DEFINITIONS
         .by_gvk
         .get(&(group.to_string(), version.to_string(), kind.to_string()))
@@ -187,7 +188,8 @@ pub fn schema_name_for(group: &str, version: &str, kind: &str) -> Option<&'stati
 }
 
 /// A vendored definition in its OpenAPI 3.0 form.
-pub fn definition(name: &str) -> Option<&'static Value> {
+#[cfg(test)]
+pub(crate) fn definition(name: &str) -> Option<&'static Value> {
     DEFINITIONS.schemas.get(name)
 }
 
@@ -213,7 +215,7 @@ fn custom_schema_name(group: &str, version: &str, kind: &str) -> String {
 
 /// `api/v1` or `apis/GROUP/VERSION`: the key of a group-version in the v3 root, and the
 /// path of its document under `/openapi/v3/`.
-pub fn group_version_path(group: &str, version: &str) -> String {
+pub(crate) fn group_version_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -223,7 +225,8 @@ pub fn group_version_path(group: &str, version: &str) -> String {
 
 /// The group and version of a document path under `/openapi/v3/` (`api/v1`,
 /// `apis/apps/v1`; without query).
-pub fn parse_group_version_path(path: &str) -> Option<(String, String)> {
+#[cfg(test)]
+pub(crate) fn parse_group_version_path(path: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         ["api", version] => Some((String::new(), version.to_string())),
@@ -242,7 +245,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// A stable hex digest of a document (what `?hash=` carries).
-pub fn doc_hash(doc: &Value) -> String {
+pub(crate) fn doc_hash(doc: &Value) -> String {
     let bytes = serde_json::to_vec(doc).unwrap_or_default();
     // Two FNV-1a passes with different seeds' worth of input make collisions unlikely
     // enough for cache keys.
@@ -255,12 +258,13 @@ pub fn doc_hash(doc: &Value) -> String {
 }
 
 /// `GET /openapi/v3`: every served group-version with the URL of its document.
-pub fn v3_root(registry: &Registry) -> Value {
+#[cfg(test)]
+pub(crate) fn v3_root(registry: &Registry) -> Value {
     v3_root_with(registry, &no_extra_schema)
 }
 
 /// [`v3_root`] with schemas for kinds that have no vendored definition.
-pub fn v3_root_with(registry: &Registry, extra: ExtraSchema) -> Value {
+pub(crate) fn v3_root_with(registry: &Registry, extra: ExtraSchema) -> Value {
     let mut paths = Map::new();
     for (group, versions) in registry.groups() {
         for version in versions {
@@ -276,7 +280,7 @@ pub fn v3_root_with(registry: &Registry, extra: ExtraSchema) -> Value {
 }
 
 /// A group-version document, serialized, with its hash.
-pub struct CachedDocument {
+pub(crate) struct CachedDocument {
     pub hash: String,
     pub json: bytes::Bytes,
 }
@@ -284,7 +288,7 @@ pub struct CachedDocument {
 /// The document of a group-version, built once per distinct set of served resources:
 /// kubectl fetches it for every create, apply and edit, and the root needs its hash.
 /// Kept serialized, since that is all a request needs and it is a fraction of the tree.
-pub fn cached_document(
+pub(crate) fn cached_document(
     registry: &Registry,
     group: &str,
     version: &str,
@@ -350,12 +354,13 @@ fn fingerprint(
 
 /// `GET /openapi/v3/api/v1`, `/openapi/v3/apis/G/V`: the OpenAPI 3.0 document of one
 /// group-version; `None` if nothing is served there.
-pub fn v3_group_version(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+#[cfg(test)]
+pub(crate) fn v3_group_version(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     v3_group_version_with(registry, group, version, &no_extra_schema)
 }
 
 /// [`v3_group_version`] with schemas for kinds that have no vendored definition.
-pub fn v3_group_version_with(
+pub(crate) fn v3_group_version_with(
     registry: &Registry,
     group: &str,
     version: &str,
@@ -1272,7 +1277,7 @@ mod tests {
 /// The OpenAPI v2 (Swagger 2.0) document of everything served, for clients that still
 /// read `/openapi/v2` as JSON: the v3 group-version documents, merged and rewritten into
 /// v2's shape (definitions, body parameters, response schemas).
-pub fn v2_document(registry: &Registry, extra: ExtraSchema) -> Value {
+pub(crate) fn v2_document(registry: &Registry, extra: ExtraSchema) -> Value {
     let mut paths = Map::new();
     let mut definitions = Map::new();
     for (group, versions) in registry.groups() {

@@ -6,15 +6,15 @@
 use serde_json::{Map, Value};
 
 /// Upstream answers with `.v1.0` (Go's MIME parser refuses the `@` of the Accept form).
-pub const CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+pub(crate) const CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 /// Whether an `Accept` header asks for the protobuf form of `/openapi/v2`.
-pub fn wanted(accept: Option<&str>) -> bool {
+pub(crate) fn wanted(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("application/com.github.proto-openapi.spec.v2"))
 }
 
 /// The protobuf `Document` for a Swagger 2.0 document in JSON.
-pub fn document(v2: &Value) -> Vec<u8> {
+pub(crate) fn document(v2: &Value) -> Vec<u8> {
     let mut doc = Message::default();
     doc.string(1, &v2["swagger"]);
     let mut info = Message::default();

@@ -17,7 +17,7 @@ fn patch_error(err: patch::PatchError) -> ApiError {
 
 /// Applies `patch` (of `content_type`) to `current`, using the kind's schema for
 /// strategic merge patch.
-pub fn apply_patch(
+pub(crate) fn apply_patch(
     resource: &ResourceType,
     content_type: &str,
     current: &Value,
@@ -32,7 +32,7 @@ pub fn apply_patch(
 }
 
 /// The same without a schema (strategic merge patch then merges like a merge patch).
-pub fn apply_patch_untyped(
+pub(crate) fn apply_patch_untyped(
     content_type: &str,
     current: &Value,
     patch_body: &[u8],

@@ -23,7 +23,7 @@ use crate::handlers::{load, Call};
 use crate::pki::{ClusterPki, PkiError};
 
 /// The user (CN) of the API server's client certificate towards kubelets.
-pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+pub(crate) const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 const KUBELET_PORT: u16 = 10250;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Query parameters passed on to the kubelet.
@@ -38,7 +38,7 @@ const FORWARDED: [&str; 6] = [
 
 /// TLS towards kubelets: a fresh kubelet-client certificate (`system:masters`) from the
 /// cluster CA; the kubelet's own certificate is accepted as it is.
-pub fn kubelet_client_config(pki: &ClusterPki) -> Result<rustls::ClientConfig, PkiError> {
+pub(crate) fn kubelet_client_config(pki: &ClusterPki) -> Result<rustls::ClientConfig, PkiError> {
     let (cert_pem, key_pem) = pki.issue_client_cert(
         KUBELET_CLIENT_USER,
         &["system:masters".to_string()],
@@ -119,7 +119,7 @@ fn names(list: &Value) -> Vec<String> {
 }
 
 /// The container whose log is asked for, as upstream's `pod.LogLocation` picks it.
-pub fn choose_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
+pub(crate) fn choose_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let containers = names(&pod["spec"]["containers"]);
     let init = names(&pod["spec"]["initContainers"]);
@@ -149,7 +149,7 @@ pub fn choose_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
 
 /// Whether the container has a log to show, as upstream's kubelet checks it
 /// (`validateContainerLogStatus`), with its messages.
-pub fn check_status(pod: &Value, container: &str, previous: bool) -> ApiResult<()> {
+pub(crate) fn check_status(pod: &Value, container: &str, previous: bool) -> ApiResult<()> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let status = [
         "containerStatuses",
@@ -245,7 +245,7 @@ fn kubelet_query(raw: Option<&str>) -> String {
         .finish()
 }
 
-pub async fn get(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn get(call: &Call<'_>) -> ApiResult<Reply> {
     let (pod, _) = load(call).await?;
     let query: Vec<(String, String)> =
         form_urlencoded::parse(call.query.raw.as_deref().unwrap_or_default().as_bytes())
@@ -317,7 +317,7 @@ pub(crate) async fn connect(
 
 /// `GET nodes/NAME/proxy/PATH`: the kubelet's `/PATH` (like `stats/summary`), as
 /// upstream's node proxy passes it on.
-pub async fn node_proxy(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn node_proxy(call: &Call<'_>) -> ApiResult<Reply> {
     let node = call.request.name.clone().unwrap_or_default();
     let (address, port) = kubelet_address(call, &node).await?;
     let sub = call.request.subpath.clone().unwrap_or_default();

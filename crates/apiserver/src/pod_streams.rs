@@ -16,7 +16,7 @@ use crate::handlers::{load, Call};
 use crate::pod_logs::{choose_container, connect, kubelet_address};
 
 /// The subresources served here.
-pub const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
+pub(crate) const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
 
 /// Request headers passed to the kubelet (the upgrade negotiation).
 const FORWARDED_HEADERS: [&str; 7] = [
@@ -39,7 +39,7 @@ const RETURNED_HEADERS: [&str; 5] = [
 
 /// The kubelet's query for the API's: upstream's `input`/`output`/`error`/`tty`/
 /// `command` for exec and attach, `port` for port-forward.
-pub fn kubelet_query(subresource: &str, raw: Option<&str>) -> String {
+pub(crate) fn kubelet_query(subresource: &str, raw: Option<&str>) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         let truthy = value == "true" || value == "1";
@@ -71,7 +71,7 @@ pub fn kubelet_query(subresource: &str, raw: Option<&str>) -> String {
     out.finish()
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     call: &Call<'_>,
     method: &http::Method,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,

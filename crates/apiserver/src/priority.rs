@@ -8,11 +8,11 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::server::ApiServer;
 
 /// Upstream's limit for classes users create; above it only the built-in ones.
-pub const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
+pub(crate) const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
 const SYSTEM_CRITICAL: i64 = 2 * HIGHEST_USER_PRIORITY;
 
 /// `system-node-critical` and `system-cluster-critical`, as upstream bootstraps them.
-pub fn bootstrap_classes() -> Vec<Value> {
+pub(crate) fn bootstrap_classes() -> Vec<Value> {
     [
         (
             "system-node-critical",
@@ -42,7 +42,7 @@ pub fn bootstrap_classes() -> Vec<Value> {
 
 /// Upstream's PriorityClass validation: users' classes stay at or below 1e9 and may not
 /// take the `system-` prefix; value and preemption policy never change.
-pub fn validate(class: &Value, old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate(class: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = class["metadata"]["name"].as_str().unwrap_or_default();
     let value = class["value"].as_i64();
@@ -89,7 +89,7 @@ pub fn validate(class: &Value, old: Option<&Value>) -> Vec<Cause> {
 }
 
 /// Defaults a new class's `preemptionPolicy`.
-pub fn defaults(class: &mut Value) {
+pub(crate) fn defaults(class: &mut Value) {
     if class["preemptionPolicy"].is_null() {
         class["preemptionPolicy"] = json!("PreemptLowerPriority");
     }
@@ -100,7 +100,7 @@ pub fn defaults(class: &mut Value) {
 
 /// The `Priority` admission plugin for a pod being created: `priorityClassName` (or the
 /// global default class) gives `spec.priority` and `spec.preemptionPolicy`.
-pub async fn admit_pod(server: &ApiServer, pod: &mut Value) -> ApiResult<()> {
+pub(crate) async fn admit_pod(server: &ApiServer, pod: &mut Value) -> ApiResult<()> {
     let pod_name = pod["metadata"]["name"]
         .as_str()
         .unwrap_or_default()

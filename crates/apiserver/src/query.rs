@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Clone, Debug, Default)]
-pub struct Query {
+pub(crate) struct Query {
     pub label_selector: Option<String>,
     pub field_selector: Option<String>,
     pub limit: usize,
@@ -33,7 +33,7 @@ fn truthy(v: &str) -> bool {
 }
 
 impl Query {
-    pub fn parse(raw: Option<&str>) -> ApiResult<Self> {
+    pub(crate) fn parse(raw: Option<&str>) -> ApiResult<Self> {
         let mut q = Query {
             raw: raw.map(str::to_string),
             ..Query::default()
@@ -84,14 +84,15 @@ impl Query {
         Ok(q)
     }
 
-    pub fn strict(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn strict(&self) -> bool {
         self.field_validation.as_deref() == Some("Strict")
     }
 }
 
 /// Upstream's continue token: base64 of `{"v":"meta.k8s.io/v1","rv":REV,"start":KEY}`,
 /// `KEY` relative to the list's prefix.
-pub fn encode_continue(revision: i64, start_relative: &[u8]) -> String {
+pub(crate) fn encode_continue(revision: i64, start_relative: &[u8]) -> String {
     let token = json!({
         "v": "meta.k8s.io/v1",
         "rv": revision,
@@ -100,7 +101,7 @@ pub fn encode_continue(revision: i64, start_relative: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(token.to_string())
 }
 
-pub fn decode_continue(token: &str) -> ApiResult<(i64, Vec<u8>)> {
+pub(crate) fn decode_continue(token: &str) -> ApiResult<(i64, Vec<u8>)> {
     let invalid = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(token)

@@ -16,7 +16,7 @@ use crate::auth::{Attributes, Decision, UserInfo};
 use crate::error::ApiResult;
 use crate::storage::Objects;
 
-pub const GROUP: &str = "rbac.authorization.k8s.io";
+pub(crate) const GROUP: &str = "rbac.authorization.k8s.io";
 const API_VERSION: &str = "rbac.authorization.k8s.io/v1";
 const KEY_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
 
@@ -24,7 +24,7 @@ const KEY_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
 /// (`/healthz`, `/version`) when `attrs.path` is set; for a `create` of a new object
 /// `attrs.name` must be empty, as upstream, so rules limited by `resourceNames` never
 /// allow it.
-pub async fn authorize(
+pub(crate) async fn authorize(
     objects: &Objects,
     user: &UserInfo,
     attrs: &Attributes,
@@ -164,7 +164,10 @@ fn is_aggregated(role: &Value) -> bool {
 /// other cluster role its selectors pick, transitively. Upstream's aggregation controller
 /// copies the picked rules into the role; Korvet has no such controller, so they are read
 /// here, which also makes a newly labelled role take effect at once.
-pub fn cluster_role_rules<'v>(role: &'v Value, all_cluster_roles: &'v [Value]) -> Vec<&'v Value> {
+pub(crate) fn cluster_role_rules<'v>(
+    role: &'v Value,
+    all_cluster_roles: &'v [Value],
+) -> Vec<&'v Value> {
     let mut picked = Vec::new();
     let mut seen = HashSet::new();
     seen.insert(object_name(role));
@@ -191,7 +194,7 @@ fn object_name(object: &Value) -> &str {
 
 /// Whether any subject of the binding is `user`. `binding_namespace` is the namespace of
 /// a RoleBinding and empty for a ClusterRoleBinding.
-pub fn binding_applies(binding: &Value, user: &UserInfo, binding_namespace: &str) -> bool {
+pub(crate) fn binding_applies(binding: &Value, user: &UserInfo, binding_namespace: &str) -> bool {
     binding["subjects"]
         .as_array()
         .into_iter()
@@ -202,7 +205,7 @@ pub fn binding_applies(binding: &Value, user: &UserInfo, binding_namespace: &str
 /// Upstream's `appliesToUser`: a User by name, a Group by membership, a ServiceAccount
 /// by its username `system:serviceaccount:NAMESPACE:NAME`, the namespace defaulting to
 /// the RoleBinding's so bindings can name their own namespace's accounts unqualified.
-pub fn subject_matches(subject: &Value, user: &UserInfo, binding_namespace: &str) -> bool {
+pub(crate) fn subject_matches(subject: &Value, user: &UserInfo, binding_namespace: &str) -> bool {
     let Some(name) = subject["name"].as_str() else {
         return false;
     };
@@ -222,7 +225,7 @@ pub fn subject_matches(subject: &Value, user: &UserInfo, binding_namespace: &str
 }
 
 /// Upstream's `RuleAllows` for one `PolicyRule`.
-pub fn rule_allows(rule: &Value, attrs: &Attributes) -> bool {
+pub(crate) fn rule_allows(rule: &Value, attrs: &Attributes) -> bool {
     let verb_matches = strings(rule, "verbs").any(|v| v == "*" || v == attrs.verb);
     if !verb_matches {
         return false;
@@ -269,7 +272,7 @@ fn non_resource_url_matches(rule: &Value, path: &str) -> bool {
 /// The message of a 403 as upstream words it (`forbiddenMessage` wrapped by
 /// `NewForbidden`), e.g. `pods "web" is forbidden: User "alice" cannot get resource
 /// "pods" in API group "" in the namespace "default"`.
-pub fn forbidden_message(user: &UserInfo, attrs: &Attributes) -> String {
+pub(crate) fn forbidden_message(user: &UserInfo, attrs: &Attributes) -> String {
     let user_name = &user.name;
     let verb = &attrs.verb;
     if let Some(path) = &attrs.path {
@@ -808,7 +811,7 @@ fn metrics_reader_rules() -> Vec<Value> {
     vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])]
 }
 
-pub fn bootstrap_policy() -> Vec<(String, Value)> {
+pub(crate) fn bootstrap_policy() -> Vec<(String, Value)> {
     let view = aggregate_to_view_rules();
     let mut view_all = view.clone();
     view_all.extend(metrics_reader_rules());
@@ -1073,7 +1076,7 @@ mod tests {
 
     fn anonymous() -> UserInfo {
         UserInfo {
-            name: "system:anonymous".into(),
+            name: crate::auth::ANONYMOUS_USER.into(),
             groups: vec!["system:unauthenticated".into()],
         }
     }

@@ -27,13 +27,13 @@ pub enum NameRule {
 
 /// Normalises an object through its typed form: rejects type errors and returns the
 /// object without fields the type does not have (`Err` carries the decoding message).
-pub type Normalize = fn(Value) -> Result<Value, String>;
-pub type Default = fn(&mut Value);
-pub type Validate = fn(&Value, Option<&Value>) -> Vec<Cause>;
+pub(crate) type Normalize = fn(Value) -> Result<Value, String>;
+pub(crate) type Default = fn(&mut Value);
+pub(crate) type Validate = fn(&Value, Option<&Value>) -> Vec<Cause>;
 /// Reads a field for field selectors; `None` if the resource does not support it.
-pub type FieldValue = fn(&Value, &str) -> Option<String>;
+pub(crate) type FieldValue = fn(&Value, &str) -> Option<String>;
 /// Sets what only the server may set at create, from the requesting user.
-pub type OnCreate = fn(&mut Value, &crate::auth::UserInfo);
+pub(crate) type OnCreate = fn(&mut Value, &crate::auth::UserInfo);
 
 pub struct ResourceType {
     pub group: String,
@@ -81,7 +81,7 @@ pub struct ScalePaths {
 }
 
 /// Parses a simple JSONPath like `.spec.replicas` into its fields.
-pub fn simple_path(path: &str) -> Vec<String> {
+pub(crate) fn simple_path(path: &str) -> Vec<String> {
     path.trim_start_matches('.')
         .split('.')
         .filter(|p| !p.is_empty())
@@ -349,7 +349,7 @@ impl Registry {
 }
 
 /// Kubernetes version ordering: GA above beta above alpha, higher numbers first.
-pub fn version_priority(version: &str) -> (u8, u32, u32) {
+pub(crate) fn version_priority(version: &str) -> (u8, u32, u32) {
     let Some(rest) = version.strip_prefix('v') else {
         return (0, 0, 0);
     };

@@ -3,7 +3,7 @@
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     Get,
     List,
     Watch,
@@ -16,7 +16,7 @@ pub enum Verb {
 
 impl Verb {
     /// The verb as RBAC names it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Verb::Get => "get",
             Verb::List => "list",
@@ -32,7 +32,7 @@ impl Verb {
 
 /// A request for a resource: `/api/v1/...` or `/apis/GROUP/VERSION/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResourceRequest {
+pub(crate) struct ResourceRequest {
     pub verb: Verb,
     pub group: String,
     pub version: String,
@@ -46,7 +46,7 @@ pub struct ResourceRequest {
 
 /// Everything the server answers, by path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Resource(ResourceRequest),
     /// `/api`, `/apis`, `/api/v1`, `/apis/GROUP`, `/apis/GROUP/VERSION`.
     Discovery {
@@ -58,7 +58,7 @@ pub enum Route {
 }
 
 /// Reads the route from a path (without query) and method.
-pub fn route(method: &str, path: &str, watch_param: bool) -> ApiResult<Route> {
+pub(crate) fn route(method: &str, path: &str, watch_param: bool) -> ApiResult<Route> {
     let parts: Vec<&str> = path
         .trim_matches('/')
         .split('/')

@@ -22,8 +22,8 @@ use crate::handlers::Call;
 use crate::registry::{NameRule, ResourceType};
 use crate::request::Verb;
 
-pub const GROUP: &str = "metrics.k8s.io";
-pub const VERSION: &str = "v1beta1";
+pub(crate) const GROUP: &str = "metrics.k8s.io";
+pub(crate) const VERSION: &str = "v1beta1";
 /// How long one node may take to answer before its figures are left out.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A summary larger than this is refused (a node with thousands of pods is ~1 MiB).
@@ -34,7 +34,7 @@ const FRESH_WINDOW: Duration = Duration::from_millis(200);
 const MAX_WINDOW: Duration = Duration::from_secs(60);
 
 /// NodeMetrics and PodMetrics, for the registry.
-pub fn resources() -> Vec<ResourceType> {
+pub(crate) fn resources() -> Vec<ResourceType> {
     [
         ("NodeMetrics", "nodes", false),
         ("PodMetrics", "pods", true),
@@ -69,12 +69,12 @@ pub fn resources() -> Vec<ResourceType> {
     .collect()
 }
 
-pub fn is_metrics(resource: &ResourceType) -> bool {
+pub(crate) fn is_metrics(resource: &ResourceType) -> bool {
     resource.group == GROUP
 }
 
 /// Upstream's metrics-server answers get and list (watch is refused).
-pub const VERBS: [&str; 2] = ["get", "list"];
+pub(crate) const VERBS: [&str; 2] = ["get", "list"];
 
 /// When this server last scraped each node, for `window`.
 fn last_scrapes() -> &'static Mutex<HashMap<String, Instant>> {
@@ -83,7 +83,7 @@ fn last_scrapes() -> &'static Mutex<HashMap<String, Instant>> {
 }
 
 /// CPU in nanocores as upstream's canonical quantity (`2`, `250m`, `1500u`, `123456n`).
-pub fn cpu_quantity(nano_cores: u64) -> String {
+pub(crate) fn cpu_quantity(nano_cores: u64) -> String {
     if nano_cores == 0 {
         return "0".to_string();
     }
@@ -96,7 +96,7 @@ pub fn cpu_quantity(nano_cores: u64) -> String {
 }
 
 /// Bytes as upstream's canonical binary-SI quantity (`123Ki`, `5Mi`, `1000`).
-pub fn memory_quantity(bytes: u64) -> String {
+pub(crate) fn memory_quantity(bytes: u64) -> String {
     if bytes == 0 {
         return "0".to_string();
     }
@@ -361,7 +361,7 @@ fn items_of(list: &Value) -> Vec<Value> {
 }
 
 /// Serves get and list of NodeMetrics and PodMetrics.
-pub async fn serve(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn serve(call: &Call<'_>) -> ApiResult<Reply> {
     let pod_kind = call.resource.namespaced;
     let namespace = call.request.namespace.clone();
     let name = call.request.name.clone();

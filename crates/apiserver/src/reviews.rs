@@ -54,7 +54,7 @@ async fn access_review(call: &Call<'_>, user: &UserInfo, mut review: Value) -> A
     Ok(Reply::json(StatusCode::CREATED, review))
 }
 
-pub async fn create(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn create(call: &Call<'_>) -> ApiResult<Reply> {
     let review = body::decode_object(call.headers, &call.body)?;
     match call.resource.kind.as_str() {
         "SelfSubjectAccessReview" => access_review(call, call.user, review).await,

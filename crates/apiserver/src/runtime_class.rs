@@ -30,7 +30,7 @@ pub(crate) async fn validate(server: &ApiServer, request: &AdmissionRequest<'_>)
 }
 
 /// Upstream's answer (403) for a pod naming a RuntimeClass that does not exist.
-pub fn rejected(pod: &str, class: &str) -> ApiError {
+pub(crate) fn rejected(pod: &str, class: &str) -> ApiError {
     ApiError::new(
         403,
         "Forbidden",

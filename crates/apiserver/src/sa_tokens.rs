@@ -30,13 +30,13 @@ use crate::server::ApiServer;
 
 /// Upstream's default `--service-account-issuer` for in-cluster DNS; also the default
 /// (and only) API audience.
-pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+pub(crate) const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Claims of the ServiceAccount and the bound objects, as upstream names them.
-pub const PRIVATE_CLAIM: &str = "kubernetes.io";
-pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
-pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
+pub(crate) const PRIVATE_CLAIM: &str = "kubernetes.io";
+pub(crate) const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+pub(crate) const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 /// go-jose's default leeway for `exp`, `nbf` and `iat`, which upstream relies on.
-pub const LEEWAY_SECONDS: i64 = 60;
+pub(crate) const LEEWAY_SECONDS: i64 = 60;
 /// Tokens longer than this are not looked at (upstream tokens are ~1 KiB).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// A deleted object's tokens stay valid for this long after its deletion timestamp, as
@@ -165,7 +165,7 @@ impl ServiceAccountClaims {
     }
 }
 
-pub fn service_account_username(namespace: &str, name: &str) -> String {
+pub(crate) fn service_account_username(namespace: &str, name: &str) -> String {
     format!("{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}")
 }
 
@@ -414,7 +414,7 @@ fn key_id(spki: &[u8]) -> String {
 }
 
 /// Whether a bearer token has the shape of a JWT (three dot-separated parts).
-pub fn looks_like_jwt(token: &str) -> bool {
+pub(crate) fn looks_like_jwt(token: &str) -> bool {
     let mut parts = token.split('.');
     matches!(
         (parts.next(), parts.next(), parts.next(), parts.next()),
@@ -422,7 +422,7 @@ pub fn looks_like_jwt(token: &str) -> bool {
     )
 }
 
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -430,7 +430,8 @@ pub fn unix_now() -> i64 {
 
 /// Verifies `token` and checks, as upstream's validator, that its ServiceAccount and
 /// bound object still exist with the uids it was issued for.
-pub async fn authenticate(server: &ApiServer, token: &str) -> Result<UserInfo, TokenError> {
+#[cfg(test)]
+pub(crate) async fn authenticate(server: &ApiServer, token: &str) -> Result<UserInfo, TokenError> {
     authenticate_for(server, token, &[])
         .await
         .map(|(user, _)| user)
@@ -438,7 +439,7 @@ pub async fn authenticate(server: &ApiServer, token: &str) -> Result<UserInfo, T
 
 /// [`authenticate`] for `audiences` (empty: the API server's own); also answers which of
 /// them the token is meant for, as a TokenReview's `status.audiences`.
-pub async fn authenticate_for(
+pub(crate) async fn authenticate_for(
     server: &ApiServer,
     token: &str,
     audiences: &[String],

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::error::ApiResult;
 use crate::server::ApiServer;
 
-pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const VOLUME_PREFIX: &str = "kube-api-access-";
 /// Upstream asks for an hour and 7 s so that it can tell such tokens apart.
 const EXPIRATION_SECONDS: i64 = 3607;

@@ -21,7 +21,7 @@ fn is_cidr(text: &str) -> bool {
     }
 }
 
-pub fn validate(service: &Value, _old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate(service: &Value, _old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let spec = &service["spec"];
     let load_balancer = spec["type"] == json!("LoadBalancer");

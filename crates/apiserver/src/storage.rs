@@ -33,7 +33,7 @@ pub struct Objects {
     store: Arc<dyn Store>,
 }
 
-pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
+pub(crate) fn decode(kv: &KeyValue) -> ApiResult<Value> {
     let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
         ApiError::internal(format!(
             "stored object {} is not valid JSON: {e}",
@@ -46,14 +46,14 @@ pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
 
 /// The revision a listed object was read at (its `resourceVersion`), for a conditional
 /// write or delete of exactly that version; 0 (never matching) if it has none.
-pub fn listed_revision(object: &Value) -> Revision {
+pub(crate) fn listed_revision(object: &Value) -> Revision {
     object["metadata"]["resourceVersion"]
         .as_str()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
-pub fn set_resource_version(object: &mut Value, revision: Revision) {
+pub(crate) fn set_resource_version(object: &mut Value, revision: Revision) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
             "resourceVersion".into(),

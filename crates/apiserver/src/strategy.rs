@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::error::Cause;
 use crate::registry::{NameRule, ResourceType};
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
     // Kubernetes timestamps have second precision.
     let secs = now.as_second();
@@ -20,14 +20,14 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The time `secs` seconds from now, as an RFC 3339 timestamp.
-pub fn rfc3339_in(secs: i64) -> String {
+pub(crate) fn rfc3339_in(secs: i64) -> String {
     let now = jiff::Timestamp::now().as_second();
     jiff::Timestamp::from_second(now + secs)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| now_rfc3339())
 }
 
-pub fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -35,7 +35,7 @@ const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lowe
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
 /// Checks a name against its rule; the causes carry upstream's messages.
-pub fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {
+pub(crate) fn validate_name(rule: NameRule, field: &str, name: &str) -> Vec<Cause> {
     let value = json!(name);
     match rule {
         NameRule::Label if !is_dns_label(name) => {
@@ -89,7 +89,7 @@ pub(crate) fn validate_label_value(field: &str, value: &str) -> Option<Cause> {
 }
 
 /// Metadata checks every object gets: labels, annotation keys, sizes.
-pub fn validate_metadata(resource: &ResourceType, object: &Value) -> Vec<Cause> {
+pub(crate) fn validate_metadata(resource: &ResourceType, object: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let meta = &object["metadata"];
     if let Some(name) = meta["name"].as_str() {
@@ -123,7 +123,7 @@ pub fn validate_metadata(resource: &ResourceType, object: &Value) -> Vec<Cause> 
 }
 
 /// Sets what the server owns on a new object.
-pub fn prepare_create(resource: &ResourceType, object: &mut Value) {
+pub(crate) fn prepare_create(resource: &ResourceType, object: &mut Value) {
     let meta = object_map(object, "metadata");
     meta.insert("uid".into(), json!(new_uid()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
@@ -150,7 +150,7 @@ pub fn prepare_create(resource: &ResourceType, object: &mut Value) {
 
 /// Carries server-owned metadata over from the stored object and bumps the generation
 /// when anything but metadata and status changed.
-pub fn prepare_update(resource: &ResourceType, old: &Value, object: &mut Value) {
+pub(crate) fn prepare_update(resource: &ResourceType, old: &Value, object: &mut Value) {
     {
         let meta = object_map(object, "metadata");
         for field in [
@@ -188,7 +188,7 @@ pub fn prepare_update(resource: &ResourceType, old: &Value, object: &mut Value) 
 }
 
 /// For the status subresource: only `status` of the new object counts.
-pub fn prepare_status_update(old: &Value, object: &Value) -> Value {
+pub(crate) fn prepare_status_update(old: &Value, object: &Value) -> Value {
     let mut merged = old.clone();
     match object.get("status") {
         Some(status) => merged["status"] = status.clone(),
@@ -241,7 +241,7 @@ fn set_default(object: &mut Value, path: &[&str], value: Value) {
     }
 }
 
-pub fn namespace_defaults(ns: &mut Value) {
+pub(crate) fn namespace_defaults(ns: &mut Value) {
     set_default(ns, &["spec", "finalizers"], json!(["kubernetes"]));
     set_default(ns, &["status", "phase"], json!("Active"));
     let name = ns["metadata"]["name"].clone();
@@ -274,7 +274,7 @@ fn container_defaults(container: &mut Value) {
     set_default(container, &["resources"], json!({}));
 }
 
-pub fn pod_spec_defaults(spec: &mut Value) {
+pub(crate) fn pod_spec_defaults(spec: &mut Value) {
     set_default(spec, &["restartPolicy"], json!("Always"));
     set_default(spec, &["terminationGracePeriodSeconds"], json!(30));
     set_default(spec, &["dnsPolicy"], json!("ClusterFirst"));
@@ -287,7 +287,7 @@ pub fn pod_spec_defaults(spec: &mut Value) {
     }
 }
 
-pub fn pod_defaults(pod: &mut Value) {
+pub(crate) fn pod_defaults(pod: &mut Value) {
     if pod["spec"].is_object() {
         pod_spec_defaults(&mut pod["spec"]);
         set_default(pod, &["spec", "serviceAccountName"], json!("default"));
@@ -334,7 +334,7 @@ fn default_toleration_seconds(spec: &mut Value) {
     }
 }
 
-pub fn validate_pod(pod: &Value, _old: Option<&Value>) -> Vec<Cause> {
+pub(crate) fn validate_pod(pod: &Value, _old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let containers = pod["spec"]["containers"].as_array();
     if containers.is_none_or(Vec::is_empty) {
@@ -380,7 +380,7 @@ pub fn validate_pod(pod: &Value, _old: Option<&Value>) -> Vec<Cause> {
     causes
 }
 
-pub fn service_defaults(svc: &mut Value) {
+pub(crate) fn service_defaults(svc: &mut Value) {
     set_default(svc, &["spec", "type"], json!("ClusterIP"));
     set_default(svc, &["spec", "sessionAffinity"], json!("None"));
     set_default(svc, &["spec", "internalTrafficPolicy"], json!("Cluster"));
@@ -404,7 +404,7 @@ pub fn service_defaults(svc: &mut Value) {
     set_default(svc, &["status", "loadBalancer"], json!({}));
 }
 
-pub fn secret_defaults(secret: &mut Value) {
+pub(crate) fn secret_defaults(secret: &mut Value) {
     set_default(secret, &["type"], json!("Opaque"));
     // As upstream: `stringData` is a write-only convenience merged into `data`.
     if let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|m| m.remove("stringData"))
@@ -427,7 +427,7 @@ fn template_defaults(workload: &mut Value) {
     }
 }
 
-pub fn deployment_defaults(d: &mut Value) {
+pub(crate) fn deployment_defaults(d: &mut Value) {
     set_default(d, &["spec", "replicas"], json!(1));
     set_default(d, &["spec", "revisionHistoryLimit"], json!(10));
     set_default(d, &["spec", "progressDeadlineSeconds"], json!(600));
@@ -447,12 +447,12 @@ pub fn deployment_defaults(d: &mut Value) {
     template_defaults(d);
 }
 
-pub fn replica_set_defaults(rs: &mut Value) {
+pub(crate) fn replica_set_defaults(rs: &mut Value) {
     set_default(rs, &["spec", "replicas"], json!(1));
     template_defaults(rs);
 }
 
-pub fn stateful_set_defaults(s: &mut Value) {
+pub(crate) fn stateful_set_defaults(s: &mut Value) {
     set_default(s, &["spec", "replicas"], json!(1));
     set_default(s, &["spec", "podManagementPolicy"], json!("OrderedReady"));
     set_default(s, &["spec", "revisionHistoryLimit"], json!(10));
@@ -464,7 +464,7 @@ pub fn stateful_set_defaults(s: &mut Value) {
     template_defaults(s);
 }
 
-pub fn daemon_set_defaults(ds: &mut Value) {
+pub(crate) fn daemon_set_defaults(ds: &mut Value) {
     set_default(ds, &["spec", "revisionHistoryLimit"], json!(10));
     set_default(
         ds,
@@ -474,7 +474,7 @@ pub fn daemon_set_defaults(ds: &mut Value) {
     template_defaults(ds);
 }
 
-pub fn job_defaults(job: &mut Value) {
+pub(crate) fn job_defaults(job: &mut Value) {
     job_spec_defaults(&mut job["spec"]);
 }
 
@@ -529,7 +529,7 @@ fn job_selector(job: &mut Value) {
     job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
 }
 
-pub fn cron_job_defaults(cj: &mut Value) {
+pub(crate) fn cron_job_defaults(cj: &mut Value) {
     set_default(cj, &["spec", "concurrencyPolicy"], json!("Allow"));
     set_default(cj, &["spec", "suspend"], json!(false));
     set_default(cj, &["spec", "successfulJobsHistoryLimit"], json!(3));
@@ -542,7 +542,7 @@ pub fn cron_job_defaults(cj: &mut Value) {
 }
 
 /// Field selector lookups per kind.
-pub mod fields {
+pub(crate) mod fields {
     use serde_json::Value;
 
     fn path(object: &Value, path: &str) -> Option<String> {
@@ -569,23 +569,23 @@ pub mod fields {
         }))
     }
 
-    pub fn pod(object: &Value, field: &str) -> Option<String> {
+    pub(crate) fn pod(object: &Value, field: &str) -> Option<String> {
         lookup(object, field, &["spec.hostNetwork"])
     }
 
-    pub fn node(object: &Value, field: &str) -> Option<String> {
+    pub(crate) fn node(object: &Value, field: &str) -> Option<String> {
         lookup(object, field, &["spec.unschedulable"])
     }
 
-    pub fn namespace(object: &Value, field: &str) -> Option<String> {
+    pub(crate) fn namespace(object: &Value, field: &str) -> Option<String> {
         lookup(object, field, &[])
     }
 
-    pub fn secret(object: &Value, field: &str) -> Option<String> {
+    pub(crate) fn secret(object: &Value, field: &str) -> Option<String> {
         lookup(object, field, &[])
     }
 
-    pub fn event(object: &Value, field: &str) -> Option<String> {
+    pub(crate) fn event(object: &Value, field: &str) -> Option<String> {
         if field == "source" {
             return Some(path(object, "source.component").unwrap_or_default());
         }

@@ -74,12 +74,12 @@ fn builtin_scale(object: &Value) -> Value {
     })
 }
 
-pub async fn get_scale(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn get_scale(call: &Call<'_>) -> ApiResult<Reply> {
     let (object, _) = load(call).await?;
     Ok(Reply::json(StatusCode::OK, scale_of(call, &object)))
 }
 
-pub async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn update_scale(call: &Call<'_>) -> ApiResult<Reply> {
     let content_type = body::content_type(call.headers).to_string();
     let request = call.body.clone();
     let reply = write_with_retry(call, Part::Main, None, |current| {
@@ -146,7 +146,7 @@ fn mark_scheduled(pod: &mut Value) {
 }
 
 /// `pods/binding`: assigns a node to a pod that has none (what the scheduler does).
-pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
     let binding = body::decode_object(call.headers, &call.body)?;
     let node = binding["target"]["name"]
         .as_str()
@@ -187,12 +187,12 @@ pub async fn bind_pod(call: &Call<'_>) -> ApiResult<Reply> {
 }
 
 /// Upstream's validation bounds of `TokenRequest.spec.expirationSeconds`.
-pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+pub(crate) const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 const MAX_VALID_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
-pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+pub(crate) const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// Longer requests are shortened to this, with a warning (upstream's
 /// `--service-account-max-token-expiration`).
-pub const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 48 * 3600;
+pub(crate) const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 48 * 3600;
 
 const TOKEN_REQUEST_TARGET: crate::error::Target<'static> = crate::error::Target {
     group: "authentication.k8s.io",
@@ -202,7 +202,7 @@ const TOKEN_REQUEST_TARGET: crate::error::Target<'static> = crate::error::Target
 };
 
 /// `serviceaccounts/token`: issues a bound ServiceAccount token (upstream's TokenRequest).
-pub async fn create_token(call: &Call<'_>) -> ApiResult<Reply> {
+pub(crate) async fn create_token(call: &Call<'_>) -> ApiResult<Reply> {
     let signer = call
         .server
         .sa_token_signer

@@ -42,7 +42,7 @@ const fn wide(name: &'static str, cell: fn(&Value) -> Value) -> Column {
     }
 }
 
-pub fn name_column() -> Column {
+pub(crate) fn name_column() -> Column {
     Column {
         format: Cow::Borrowed("name"),
         description: Cow::Borrowed("Name must be unique within a namespace."),
@@ -50,7 +50,7 @@ pub fn name_column() -> Column {
     }
 }
 
-pub fn age_column() -> Column {
+pub(crate) fn age_column() -> Column {
     Column {
         description: Cow::Borrowed("CreationTimestamp is a timestamp representing the server time when this object was created."),
         ..column("Age", "string", |o| json!(age(o["metadata"]["creationTimestamp"].as_str())))
@@ -58,7 +58,7 @@ pub fn age_column() -> Column {
 }
 
 /// A printer column of a custom resource.
-pub fn json_path_column(
+pub(crate) fn json_path_column(
     name: &str,
     kind: &str,
     format: &str,
@@ -79,7 +79,7 @@ pub fn json_path_column(
 
 /// Evaluates the JSONPath subset printer columns use: `.a.b`, `[N]`, and filters
 /// `[?(@.key=="value")]`. Several matches are joined with commas, as kubectl does.
-pub fn eval_json_path(object: &Value, path: &str) -> Value {
+pub(crate) fn eval_json_path(object: &Value, path: &str) -> Value {
     let path = path
         .trim()
         .trim_start_matches('{')
@@ -140,7 +140,7 @@ pub fn eval_json_path(object: &Value, path: &str) -> Value {
 }
 
 /// Upstream's `HumanDuration` of the time since `timestamp`.
-pub fn age(timestamp: Option<&str>) -> String {
+pub(crate) fn age(timestamp: Option<&str>) -> String {
     let Some(ts) = timestamp.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
         return "<unknown>".into();
     };
@@ -148,7 +148,7 @@ pub fn age(timestamp: Option<&str>) -> String {
     human_duration(secs)
 }
 
-pub fn human_duration(secs: i64) -> String {
+pub(crate) fn human_duration(secs: i64) -> String {
     if secs < 0 {
         return "<invalid>".into();
     }
@@ -219,7 +219,7 @@ fn framed(middle: Vec<Column>, after_age: Vec<Column>) -> Vec<Column> {
     columns
 }
 
-pub fn namespace_columns() -> Vec<Column> {
+pub(crate) fn namespace_columns() -> Vec<Column> {
     framed(
         vec![column("Status", "string", |o| o["status"]["phase"].clone())],
         vec![],
@@ -247,7 +247,7 @@ fn pod_status(o: &Value) -> Value {
     json!(reason)
 }
 
-pub fn pod_columns() -> Vec<Column> {
+pub(crate) fn pod_columns() -> Vec<Column> {
     framed(
         vec![
             column("Ready", "string", |o| {
@@ -283,7 +283,7 @@ pub fn pod_columns() -> Vec<Column> {
     )
 }
 
-pub fn service_columns() -> Vec<Column> {
+pub(crate) fn service_columns() -> Vec<Column> {
     framed(
         vec![
             column("Type", "string", |o| o["spec"]["type"].clone()),
@@ -373,7 +373,7 @@ fn containers_and_images(o: &Value) -> (Value, Value) {
     (json!(names.join(",")), json!(images.join(",")))
 }
 
-pub fn deployment_columns() -> Vec<Column> {
+pub(crate) fn deployment_columns() -> Vec<Column> {
     framed(
         vec![
             column("Ready", "string", |o| {
@@ -402,7 +402,7 @@ pub fn deployment_columns() -> Vec<Column> {
 
 /// Upstream's `TARGETS` of an HPA (v2, or v1's single CPU target): `cpu: 40%/50%`,
 /// `memory: 12Mi/100Mi`, `<unknown>` before a measurement, at most two then `+ N more...`.
-pub fn hpa_targets(o: &Value) -> String {
+pub(crate) fn hpa_targets(o: &Value) -> String {
     if let Some(target) = o["spec"]["targetCPUUtilizationPercentage"].as_i64() {
         let current = o["status"]["currentCPUUtilizationPercentage"]
             .as_i64()
@@ -474,7 +474,7 @@ pub fn hpa_targets(o: &Value) -> String {
     text
 }
 
-pub fn hpa_columns() -> Vec<Column> {
+pub(crate) fn hpa_columns() -> Vec<Column> {
     framed(
         vec![
             column("Reference", "string", |o| {
@@ -502,7 +502,7 @@ pub fn hpa_columns() -> Vec<Column> {
     )
 }
 
-pub fn replica_set_columns() -> Vec<Column> {
+pub(crate) fn replica_set_columns() -> Vec<Column> {
     framed(
         vec![
             column("Desired", "integer", |o| json!(int(&o["spec"]["replicas"]))),
@@ -523,7 +523,7 @@ pub fn replica_set_columns() -> Vec<Column> {
     )
 }
 
-pub fn stateful_set_columns() -> Vec<Column> {
+pub(crate) fn stateful_set_columns() -> Vec<Column> {
     framed(
         vec![column("Ready", "string", |o| {
             json!(format!(
@@ -539,7 +539,7 @@ pub fn stateful_set_columns() -> Vec<Column> {
     )
 }
 
-pub fn daemon_set_columns() -> Vec<Column> {
+pub(crate) fn daemon_set_columns() -> Vec<Column> {
     framed(
         vec![
             column("Desired", "integer", |o| {
@@ -622,7 +622,7 @@ fn job_duration(o: &Value) -> Value {
     json!(human_duration(end.duration_since(start).as_secs()))
 }
 
-pub fn job_columns() -> Vec<Column> {
+pub(crate) fn job_columns() -> Vec<Column> {
     framed(
         vec![
             column("Status", "string", job_status),
@@ -643,7 +643,7 @@ fn cron_job_template(o: &Value) -> Value {
     json!({"spec": {"template": o["spec"]["jobTemplate"]["spec"]["template"]}})
 }
 
-pub fn cron_job_columns() -> Vec<Column> {
+pub(crate) fn cron_job_columns() -> Vec<Column> {
     framed(
         vec![
             column("Schedule", "string", |o| o["spec"]["schedule"].clone()),
@@ -675,7 +675,7 @@ pub fn cron_job_columns() -> Vec<Column> {
     )
 }
 
-pub fn data_columns() -> Vec<Column> {
+pub(crate) fn data_columns() -> Vec<Column> {
     framed(
         vec![column("Data", "integer", |o| {
             json!(count(&o["data"]) + count(&o["binaryData"]))
@@ -684,7 +684,7 @@ pub fn data_columns() -> Vec<Column> {
     )
 }
 
-pub fn secret_columns() -> Vec<Column> {
+pub(crate) fn secret_columns() -> Vec<Column> {
     framed(
         vec![
             column("Type", "string", |o| o["type"].clone()),
@@ -694,7 +694,7 @@ pub fn secret_columns() -> Vec<Column> {
     )
 }
 
-pub fn service_account_columns() -> Vec<Column> {
+pub(crate) fn service_account_columns() -> Vec<Column> {
     framed(
         vec![column("Secrets", "integer", |o| {
             json!(count(&o["secrets"]))
@@ -703,7 +703,7 @@ pub fn service_account_columns() -> Vec<Column> {
     )
 }
 
-pub fn csr_columns() -> Vec<Column> {
+pub(crate) fn csr_columns() -> Vec<Column> {
     framed(
         vec![],
         vec![
@@ -739,7 +739,7 @@ pub fn csr_columns() -> Vec<Column> {
     )
 }
 
-pub fn node_columns() -> Vec<Column> {
+pub(crate) fn node_columns() -> Vec<Column> {
     framed(
         vec![
             column("Status", "string", |o| {
@@ -815,7 +815,7 @@ fn or_unknown(value: &Value) -> Value {
     }
 }
 
-pub fn event_columns() -> Vec<Column> {
+pub(crate) fn event_columns() -> Vec<Column> {
     vec![
         column("Last Seen", "string", |o| {
             let ts = o["lastTimestamp"]
@@ -839,13 +839,13 @@ pub fn event_columns() -> Vec<Column> {
 }
 
 /// The columns used when a kind declares none.
-pub fn default_columns() -> Vec<Column> {
+pub(crate) fn default_columns() -> Vec<Column> {
     vec![name_column(), age_column()]
 }
 
 /// Builds a `meta.k8s.io/v1` Table of `objects`; `include_object` is upstream's
 /// `includeObject` (`None`, `Object`, or the default `Metadata`).
-pub fn build(
+pub(crate) fn build(
     columns: &[Column],
     objects: &[Value],
     resource_version: &str,

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// Paths of fields present in `sent` but absent after the typed round trip, as upstream
 /// writes them (`spec.containers[0].imagee`).
-pub fn unknown_fields(sent: &Value, normalized: &Value) -> Vec<String> {
+pub(crate) fn unknown_fields(sent: &Value, normalized: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(sent, normalized, String::new(), &mut out);
     out
@@ -40,7 +40,7 @@ fn walk(sent: &Value, kept: &Value, path: String, out: &mut Vec<String>) {
 /// The first object key that occurs twice in one JSON object of `body`, if any.
 /// serde_json keeps the last value silently; upstream refuses such bodies in Strict mode
 /// and we refuse them always, since the client's intent is unclear.
-pub fn duplicate_field(body: &[u8]) -> Option<String> {
+pub(crate) fn duplicate_field(body: &[u8]) -> Option<String> {
     use std::collections::HashSet;
     let text = std::str::from_utf8(body).ok()?;
     let mut stack: Vec<Option<HashSet<String>>> = Vec::new();

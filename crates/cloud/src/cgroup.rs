@@ -35,7 +35,7 @@ pub struct Limits {
 
 /// Pure v2 is recognised by the controllers file at the root; the hybrid layout (v1
 /// hierarchies plus an empty `unified`) counts as v1.
-pub fn is_v2() -> bool {
+pub(crate) fn is_v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-pub mod cgroup;
+mod cgroup;
 pub mod local;
 pub mod process;
 

@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     minutes: u64,
     hours: u64,
     days: u64,
@@ -22,7 +22,7 @@ pub struct Schedule {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
-pub struct ParseError(String);
+pub(crate) struct ParseError(String);
 
 const MONTHS: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
@@ -104,7 +104,7 @@ fn field(
 }
 
 impl Schedule {
-    pub fn parse(text: &str) -> Result<Self, ParseError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ParseError> {
         let text = text.trim();
         let expanded = match text.to_ascii_lowercase().as_str() {
             "@yearly" | "@annually" => "0 0 1 1 *".to_string(),
@@ -151,7 +151,7 @@ impl Schedule {
     }
 
     /// The first scheduled time strictly after `after`, in `tz`.
-    pub fn next(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
+    pub(crate) fn next(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         let start = tz.to_datetime(after);
         let mut dt = start
             .with()
@@ -200,7 +200,7 @@ impl Schedule {
     }
 
     /// The latest scheduled time in `(earliest, now]` and how many there were.
-    pub fn most_recent(
+    pub(crate) fn most_recent(
         &self,
         earliest: Timestamp,
         now: Timestamp,

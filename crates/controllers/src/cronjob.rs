@@ -22,10 +22,10 @@ use crate::cron::Schedule;
 use crate::owned::{self, Ctx, SyncError};
 use crate::workload;
 
-pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+pub(crate) const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
 /// Runs the CronJob controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let ctx = Ctx::new(&client, "cronjob-controller");
     Controller::new(
         Api::<CronJob>::all(client.clone()),

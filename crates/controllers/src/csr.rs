@@ -29,11 +29,11 @@ use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
-pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
-pub const NODES_GROUP: &str = "system:nodes";
-pub const NODE_USER_PREFIX: &str = "system:node:";
-pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+pub(crate) const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub(crate) const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+pub(crate) const NODES_GROUP: &str = "system:nodes";
+pub(crate) const NODE_USER_PREFIX: &str = "system:node:";
+pub(crate) const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
 const DEFAULT_VALIDITY_SECONDS: i64 = 365 * 24 * 3600;
 /// Upstream's floor for `spec.expirationSeconds`.
 const MIN_VALIDITY_SECONDS: i64 = 600;
@@ -54,7 +54,7 @@ pub enum CsrError {
 
 /// What the approver needs from a request's PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestSubject {
+pub(crate) struct RequestSubject {
     pub common_name: String,
     pub organizations: Vec<String>,
     /// Whether the request asks for any subject alternative name.
@@ -62,7 +62,7 @@ pub struct RequestSubject {
 }
 
 /// Parses a PEM CSR (as in `spec.request`) and verifies its signature.
-pub fn parse_subject(request_pem: &[u8]) -> Result<RequestSubject, String> {
+pub(crate) fn parse_subject(request_pem: &[u8]) -> Result<RequestSubject, String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(request_pem)
         .map_err(|_| "spec.request is not PEM".to_string())?;
     let (_, csr) = X509CertificationRequest::from_der(&pem.contents)
@@ -121,7 +121,7 @@ fn client_usages_ok(usages: &[String]) -> Result<(), String> {
 }
 
 /// Whether a request may be approved automatically: `Ok` if so, else why not.
-pub fn kubelet_client_approval(csr: &CertificateSigningRequest) -> Result<(), String> {
+pub(crate) fn kubelet_client_approval(csr: &CertificateSigningRequest) -> Result<(), String> {
     let spec = &csr.spec;
     if spec.signer_name != KUBELET_CLIENT_SIGNER {
         return Err(format!("signer {} is not auto-approved", spec.signer_name));

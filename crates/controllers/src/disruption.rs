@@ -31,7 +31,7 @@ use crate::workload::{controller_of, is_pod_ready};
 const DELETION_TIMEOUT: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
 
 /// Upstream's `GetScaledValueFromIntOrPercent`, rounding up.
-pub fn scaled_value(value: &IntOrString, total: i32) -> Result<i32, String> {
+pub(crate) fn scaled_value(value: &IntOrString, total: i32) -> Result<i32, String> {
     match value {
         IntOrString::Int(i) => Ok(*i),
         IntOrString::String(s) => {
@@ -49,7 +49,7 @@ fn is_percent(value: &IntOrString) -> bool {
 }
 
 /// What a budget's status is computed from.
-pub struct Counts {
+pub(crate) struct Counts {
     pub expected: i32,
     pub desired_healthy: i32,
     pub current_healthy: i32,
@@ -57,7 +57,7 @@ pub struct Counts {
 }
 
 /// Upstream's `updatePdbStatus`: the status for `counts`, keeping conditions' times.
-pub fn status_for(
+pub(crate) fn status_for(
     pdb: &PodDisruptionBudget,
     counts: Counts,
     now: jiff::Timestamp,
@@ -260,7 +260,7 @@ async fn expected_counts(
     Ok((0, 0, Vec::new()))
 }
 
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let pdbs: Api<PodDisruptionBudget> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
     let (pdb_store, pdb_writer) = reflector::store();

@@ -34,14 +34,14 @@ use tokio::task::JoinSet;
 use crate::work_queue::WorkQueue;
 use crate::workload::is_pod_ready;
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
-pub const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+pub(crate) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+pub(crate) const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub(crate) const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Upstream's `--max-endpoints-per-slice` default.
-pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+pub(crate) const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 /// What a sync sees.
 #[derive(Clone)]
@@ -270,7 +270,7 @@ fn derived_labels(svc: &Service) -> BTreeMap<String, String> {
 // ---------------------------------------------------------------- Endpoints
 
 /// Runs the Endpoints controller until its task is aborted.
-pub async fn run_endpoints(client: kube::Client) {
+pub(crate) async fn run_endpoints(client: kube::Client) {
     run_per_service(client, "endpoint", sync_endpoints).await;
 }
 
@@ -283,7 +283,7 @@ type SubsetParts = (
 
 /// Upstream's subsets for `svc`, repacked: one subset per set of ports, addresses
 /// sorted by IP.
-pub fn endpoint_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
+pub(crate) fn endpoint_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
     let spec = svc.spec.clone().unwrap_or_default();
     let tolerate_unready = spec.publish_not_ready_addresses == Some(true);
     let ports = spec.ports.clone().unwrap_or_default();
@@ -410,13 +410,13 @@ async fn sync_endpoints(client: kube::Client, stores: Stores, key: Key) -> Resul
 // ----------------------------------------------------------- EndpointSlices
 
 /// Runs the EndpointSlice controller until its task is aborted.
-pub async fn run_endpoint_slices(client: kube::Client) {
+pub(crate) async fn run_endpoint_slices(client: kube::Client) {
     run_per_service(client, "endpointslice", sync_slices).await;
 }
 
 /// The endpoints of `svc`, grouped by their ports (upstream's slices before they are
 /// cut to size), in a stable order.
-pub fn slice_endpoints(
+pub(crate) fn slice_endpoints(
     svc: &Service,
     pods: &[Arc<Pod>],
     zone_of: impl Fn(&str) -> Option<String>,

@@ -18,7 +18,7 @@ use crate::owned::{self, SyncError};
 use crate::workload;
 
 /// What a revision stores: the template as a strategic-merge patch that replaces it.
-pub fn revision_data(template: &PodTemplateSpec) -> Result<Value, SyncError> {
+pub(crate) fn revision_data(template: &PodTemplateSpec) -> Result<Value, SyncError> {
     let mut template =
         serde_json::to_value(template).map_err(|e| SyncError::Invalid(e.to_string()))?;
     if let Some(map) = template.as_object_mut() {
@@ -28,7 +28,7 @@ pub fn revision_data(template: &PodTemplateSpec) -> Result<Value, SyncError> {
 }
 
 /// The pod template a revision holds.
-pub fn template_of(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
+pub(crate) fn template_of(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
     let mut template = revision
         .data
         .as_ref()?
@@ -43,7 +43,7 @@ pub fn template_of(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
 }
 
 /// The hash part of a revision's name for `data`.
-pub fn hash(data: &Value, collision_count: i32) -> String {
+pub(crate) fn hash(data: &Value, collision_count: i32) -> String {
     let mut bytes = data.to_string().into_bytes();
     if collision_count > 0 {
         bytes.extend(collision_count.to_string().bytes());
@@ -52,7 +52,7 @@ pub fn hash(data: &Value, collision_count: i32) -> String {
 }
 
 /// The revisions `owner` controls, oldest first.
-pub async fn list(
+pub(crate) async fn list(
     api: &Api<ControllerRevision>,
     selector: &LabelSelector,
     owner_uid: &str,
@@ -72,7 +72,7 @@ pub async fn list(
 /// The revision for `template`: an existing one with the same data (renumbered as the
 /// newest if it is not), or a new one.
 #[allow(clippy::too_many_arguments)]
-pub async fn ensure(
+pub(crate) async fn ensure(
     api: &Api<ControllerRevision>,
     revisions: &mut Vec<ControllerRevision>,
     owner: OwnerReference,
@@ -129,7 +129,7 @@ pub async fn ensure(
 }
 
 /// Deletes the oldest revisions that no pod and neither `live` name uses, keeping `limit`.
-pub async fn prune(
+pub(crate) async fn prune(
     api: &Api<ControllerRevision>,
     revisions: &[ControllerRevision],
     live: &BTreeSet<String>,

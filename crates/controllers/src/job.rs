@@ -31,11 +31,11 @@ use crate::owned::{self, Ctx, SyncError};
 use crate::pod_cache::{self, Expect};
 use crate::workload;
 
-pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
-pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+pub(crate) const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Runs the Job controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let (pods, pod_events) = pod_cache::watch(&client);
     let ctx = Ctx::with_pods(&client, "job-controller", pods);
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
@@ -89,12 +89,12 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, SyncError> {
 }
 
 /// Whether the Job has its terminal `Complete` or `Failed` condition.
-pub fn is_finished(job: &Job) -> bool {
+pub(crate) fn is_finished(job: &Job) -> bool {
     finished_at(job).is_some()
 }
 
 /// When the Job reached `Complete` or `Failed`.
-pub fn finished_at(job: &Job) -> Option<Timestamp> {
+pub(crate) fn finished_at(job: &Job) -> Option<Timestamp> {
     job.status
         .as_ref()?
         .conditions
@@ -160,7 +160,7 @@ fn pod_index(pod: &Pod) -> Option<i32> {
 }
 
 /// Indexes as upstream writes `completedIndexes`: `1,3-5,7`.
-pub fn format_indexes(indexes: &BTreeSet<i32>) -> String {
+pub(crate) fn format_indexes(indexes: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut iter = indexes.iter().copied().peekable();
     while let Some(start) = iter.next() {
@@ -178,7 +178,7 @@ pub fn format_indexes(indexes: &BTreeSet<i32>) -> String {
     out.join(",")
 }
 
-pub fn parse_indexes(text: &str) -> BTreeSet<i32> {
+pub(crate) fn parse_indexes(text: &str) -> BTreeSet<i32> {
     let mut set = BTreeSet::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -199,7 +199,7 @@ pub fn parse_indexes(text: &str) -> BTreeSet<i32> {
 
 /// What a matching `podFailurePolicy` rule says about a failed pod.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PolicyAction {
+pub(crate) enum PolicyAction {
     /// Fail the Job, with upstream's message.
     FailJob(String),
     /// Replace the pod without counting the failure.
@@ -208,7 +208,10 @@ pub enum PolicyAction {
 }
 
 /// The first rule of `policy` matching failed `pod`, as upstream's `matchPodFailurePolicy`.
-pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<PolicyAction> {
+pub(crate) fn match_pod_failure_policy(
+    policy: &PodFailurePolicy,
+    pod: &Pod,
+) -> Option<PolicyAction> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let status = pod.status.as_ref();
@@ -700,7 +703,7 @@ async fn sync(job: &Job, ctx: &Ctx) -> Result<Action, SyncError> {
 
 /// Upstream's pod failure back-off: 10 s doubling with each failure, at most 10 min,
 /// counted from the last failure; `None` when a pod may be made now.
-pub fn backoff_left(
+pub(crate) fn backoff_left(
     failures: i32,
     last_failure: Option<Timestamp>,
     now: Timestamp,

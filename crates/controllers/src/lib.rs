@@ -6,30 +6,30 @@
 //! Lease (`kube-system/kube-controller-manager`), and only the holder runs the
 //! controllers, so that of three masters exactly one acts.
 
-pub mod cron;
-pub mod cronjob;
-pub mod csr;
+mod cron;
+mod cronjob;
+mod csr;
 pub mod daemonset;
-pub mod deployment;
-pub mod disruption;
-pub mod endpoints;
+mod deployment;
+mod disruption;
+mod endpoints;
 pub mod event_ttl;
-pub mod garbage_collector;
-pub mod history;
-pub mod horizontal;
-pub mod job;
+mod garbage_collector;
+mod history;
+mod horizontal;
+mod job;
 pub mod metrics;
 pub mod node_ipam;
-pub mod node_lifecycle;
-pub mod owned;
-pub mod pod_cache;
-pub mod replicaset;
-pub mod resource_quota;
-pub mod service_accounts;
-pub mod statefulset;
-pub mod ttl_after_finished;
-pub mod work_queue;
-pub mod workload;
+mod node_lifecycle;
+mod owned;
+mod pod_cache;
+mod replicaset;
+mod resource_quota;
+mod service_accounts;
+mod statefulset;
+mod ttl_after_finished;
+mod work_queue;
+mod workload;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     #[error("API request failed: {0}")]
     Kube(#[from] kube::Error),
     #[error("{0}")]
@@ -24,7 +24,7 @@ pub enum SyncError {
 }
 
 /// What each of these controllers' syncs gets: the client and its Event recorder.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub client: kube::Client,
     pub events: korvet_apimachinery::events::EventRecorder,
     /// The controller's pods, where it keeps a store of them.
@@ -33,12 +33,12 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context recording Events as `reporter` (e.g. `job-controller`).
-    pub fn new(client: &kube::Client, reporter: &str) -> Arc<Self> {
+    pub(crate) fn new(client: &kube::Client, reporter: &str) -> Arc<Self> {
         Self::with_pods(client, reporter, crate::pod_cache::PodCache::none())
     }
 
     /// A context whose syncs read pods from `pods`.
-    pub fn with_pods(
+    pub(crate) fn with_pods(
         client: &kube::Client,
         reporter: &str,
         pods: crate::pod_cache::PodCache,
@@ -52,7 +52,7 @@ impl Ctx {
 }
 
 /// Runs one sync and records it in the controllers' metrics as `controller`.
-pub async fn timed(
+pub(crate) async fn timed(
     controller: &'static str,
     sync: impl std::future::Future<Output = Result<Action, SyncError>>,
 ) -> Result<Action, SyncError> {
@@ -63,20 +63,20 @@ pub async fn timed(
 }
 
 /// Retries a failed sync soon (upstream's rate-limited requeue, simplified).
-pub fn retry_soon<K, C>(_object: Arc<K>, error: &SyncError, _ctx: Arc<C>) -> Action {
+pub(crate) fn retry_soon<K, C>(_object: Arc<K>, error: &SyncError, _ctx: Arc<C>) -> Action {
     tracing::debug!(%error, "sync failed; retrying");
     Action::requeue(Duration::from_millis(500))
 }
 
-pub fn is_not_found(e: &kube::Error) -> bool {
+pub(crate) fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_not_found())
 }
 
-pub fn is_already_exists(e: &kube::Error) -> bool {
+pub(crate) fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_already_exists())
 }
 
-pub fn has_finalizer(
+pub(crate) fn has_finalizer(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     f: &str,
 ) -> bool {
@@ -84,7 +84,7 @@ pub fn has_finalizer(
 }
 
 /// Takes `finalizer` off `pod`; a pod already gone is fine.
-pub async fn remove_finalizer(
+pub(crate) async fn remove_finalizer(
     api: &Api<Pod>,
     pod: &Pod,
     finalizer: &str,
@@ -109,7 +109,7 @@ pub async fn remove_finalizer(
 }
 
 /// FNV-1a, 32 bits: upstream's hash for revision and template names.
-pub fn fnv32a(bytes: &[u8]) -> u32 {
+pub(crate) fn fnv32a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })

@@ -29,7 +29,7 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The effect of one pod write, as the store will show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// The pod of this name exists.
     Created(String),
     /// The pod of this uid is gone or terminating.
@@ -63,14 +63,14 @@ type Pending = Vec<(Expect, Instant)>;
 /// The pods store of one controller, and its writes the store does not show yet, by
 /// owner uid.
 #[derive(Clone)]
-pub struct PodCache {
+pub(crate) struct PodCache {
     store: Option<Store<Pod>>,
     pending: std::sync::Arc<Mutex<HashMap<String, Pending>>>,
 }
 
 /// A cache of all pods and the stream of pod changes that feeds it, for a Controller's
 /// `watches_stream` (the store is written before each change is passed on).
-pub fn watch(
+pub(crate) fn watch(
     client: &kube::Client,
 ) -> (
     PodCache,
@@ -87,7 +87,7 @@ pub fn watch(
 }
 
 /// The object of kind `K` that controls `pod`, for a Controller's `watches_stream`.
-pub fn controller_of_pod<K>(pod: Pod) -> Option<ObjectRef<K>>
+pub(crate) fn controller_of_pod<K>(pod: Pod) -> Option<ObjectRef<K>>
 where
     K: kube::Resource<DynamicType = ()>,
 {
@@ -97,7 +97,7 @@ where
 
 impl PodCache {
     /// A cache over `store` (a reflector of all pods).
-    pub fn new(store: Store<Pod>) -> Self {
+    pub(crate) fn new(store: Store<Pod>) -> Self {
         Self {
             store: Some(store),
             pending: Default::default(),
@@ -105,7 +105,7 @@ impl PodCache {
     }
 
     /// No store: [`PodCache::controlled`] always says to list.
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Self {
             store: None,
             pending: Default::default(),
@@ -113,7 +113,7 @@ impl PodCache {
     }
 
     /// Remembers a write this controller made to a pod of `owner_uid`.
-    pub fn expect(&self, owner_uid: &str, expect: Expect) {
+    pub(crate) fn expect(&self, owner_uid: &str, expect: Expect) {
         if self.store.is_none() {
             return;
         }
@@ -134,7 +134,7 @@ impl PodCache {
     /// The pods of `namespace` that `owner_uid` controls and `selector` selects (all of
     /// the owner's when `None`), from the store, or `None` when the store is not ready or
     /// does not show every write made for this owner yet: then list afresh.
-    pub async fn controlled(
+    pub(crate) async fn controlled(
         &self,
         namespace: &str,
         owner_uid: &str,

@@ -37,11 +37,9 @@ const SLOW_START_INITIAL_BATCH: usize = 1;
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReplicaSetError {
+pub(crate) enum ReplicaSetError {
     #[error("{0}")]
     Api(#[from] kube::Error),
-    #[error("invalid selector: {0}")]
-    Selector(String),
     #[error("{0}")]
     Manage(String),
 }
@@ -64,7 +62,7 @@ struct Context {
 }
 
 /// Runs the ReplicaSet controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let (pods, writer) = reflector::store();
     let pod_events = reflector::reflector(
         writer,
@@ -378,7 +376,7 @@ fn related_pods(rs: &ReplicaSet, ctx: &Context, all: &[Arc<Pod>]) -> Vec<Arc<Pod
 /// before assigned, Pending before Unknown before Running, not ready before ready, pods
 /// doubled up on a node (with related pods) first, ready more recently first, more
 /// restarts first, created more recently (by logarithmic bucket) first.
-pub fn pods_to_delete<'a>(
+pub(crate) fn pods_to_delete<'a>(
     pods: &[&'a Arc<Pod>],
     related: &[Arc<Pod>],
     count: usize,

@@ -31,11 +31,11 @@ use serde_json::{json, Value};
 const NAME: &str = "resourcequota";
 /// Recount period for what no watch replenishes (upstream: 5 min; shorter here so
 /// `count/...` of other kinds does not lag that long).
-pub const RESYNC: Duration = Duration::from_secs(30);
+pub(crate) const RESYNC: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct QuotaError(String);
+pub(crate) struct QuotaError(String);
 
 struct Ctx {
     client: kube::Client,
@@ -46,7 +46,7 @@ struct Ctx {
 }
 
 /// Runs the ResourceQuota controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let quotas: Api<ResourceQuota> = Api::all(client.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),

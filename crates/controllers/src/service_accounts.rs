@@ -15,13 +15,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 
-pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+pub(crate) const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 const DESCRIPTION: &str = "kubernetes.io/description";
 const DESCRIPTION_TEXT: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Error(#[from] kube::Error);
+pub(crate) struct Error(#[from] kube::Error);
 
 fn terminating(ns: &Namespace) -> bool {
     ns.metadata.deletion_timestamp.is_some()
@@ -34,7 +34,7 @@ fn namespace_of<K: kube::Resource>(obj: &K) -> Option<ObjectRef<Namespace>> {
 }
 
 /// Keeps a `default` ServiceAccount in every active namespace.
-pub async fn run_service_accounts(client: kube::Client) {
+pub(crate) async fn run_service_accounts(client: kube::Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let accounts: Api<ServiceAccount> = Api::all(client.clone());
     Controller::new(namespaces, watcher::Config::default())
@@ -85,7 +85,7 @@ async fn ensure_service_account(
 }
 
 /// Keeps the `kube-root-ca.crt` ConfigMap, with `ca_pem`, in every namespace.
-pub async fn run_root_ca_publisher(client: kube::Client, ca_pem: String) {
+pub(crate) async fn run_root_ca_publisher(client: kube::Client, ca_pem: String) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let config_maps: Api<ConfigMap> = Api::all(client.clone());
     Controller::new(namespaces, watcher::Config::default())

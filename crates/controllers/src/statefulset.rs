@@ -25,12 +25,12 @@ use crate::owned::{self, Ctx, SyncError};
 use crate::pod_cache::{self, Expect};
 use crate::{history, workload};
 
-pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
-pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
-pub const REVISION_LABEL: &str = "controller-revision-hash";
+pub(crate) const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+pub(crate) const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+pub(crate) const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// Runs the StatefulSet controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let (pods, pod_events) = pod_cache::watch(&client);
     let ctx = Ctx::with_pods(&client, "statefulset-controller", pods);
     Controller::new(
@@ -48,7 +48,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, SyncE
 }
 
 /// The ordinal of pod `pod_name` of set `set`, if it is one of its names.
-pub fn ordinal_of(set: &str, pod_name: &str) -> Option<i32> {
+pub(crate) fn ordinal_of(set: &str, pod_name: &str) -> Option<i32> {
     let rest = pod_name.strip_prefix(set)?.strip_prefix('-')?;
     if rest.is_empty() || (rest.len() > 1 && rest.starts_with('0')) {
         return None;
@@ -77,7 +77,7 @@ fn revision_of(pod: &Pod) -> Option<&str> {
 
 /// What one sync should do next, given the pods by ordinal: upstream's ordering rules.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Create(i32),
     /// Delete a failed or succeeded pod so that it is made again.
     Recreate(i32),
@@ -89,7 +89,7 @@ pub enum Step {
 
 /// A pod's state as the ordering needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodState {
+pub(crate) struct PodState {
     pub finished: bool,
     pub terminating: bool,
     pub healthy: bool,
@@ -99,7 +99,7 @@ pub struct PodState {
 /// The steps of one sync, in order, stopping where `OrderedReady` has to wait.
 /// Ordinals run from `start` (`spec.ordinals.start`) for `replicas`; the partition
 /// counts from `start`.
-pub fn plan(
+pub(crate) fn plan(
     pods: &BTreeMap<i32, PodState>,
     start: i32,
     replicas: i32,

@@ -21,7 +21,7 @@ struct Ctx {
 }
 
 /// Runs the TTL-after-finished controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
     });
@@ -33,7 +33,7 @@ pub async fn run(client: kube::Client) {
 
 /// When a Job finished at `finished` with `ttl` expires, measured from `now`: `None`
 /// when it is due.
-pub fn time_left(finished: Timestamp, ttl: i32, now: Timestamp) -> Option<Duration> {
+pub(crate) fn time_left(finished: Timestamp, ttl: i32, now: Timestamp) -> Option<Duration> {
     let expires = finished + SignedDuration::from_secs(i64::from(ttl.max(0)));
     (expires > now).then(|| Duration::from_millis(expires.duration_since(now).as_millis() as u64))
 }

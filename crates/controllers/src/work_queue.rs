@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-pub struct WorkQueue<T> {
+pub(crate) struct WorkQueue<T> {
     state: Mutex<State<T>>,
     ready: Notify,
 }
@@ -41,7 +41,7 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add(&self, item: T) {
+    pub(crate) fn add(&self, item: T) {
         let mut s = self.state();
         if !s.dirty.insert(item.clone()) || s.processing.contains(&item) {
             return;
@@ -52,7 +52,7 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
     }
 
     /// The next item; the caller must hand it back with [`WorkQueue::done`].
-    pub async fn get(&self) -> T {
+    pub(crate) async fn get(&self) -> T {
         loop {
             {
                 let mut s = self.state();
@@ -70,7 +70,7 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
         }
     }
 
-    pub fn done(&self, item: &T) {
+    pub(crate) fn done(&self, item: &T) {
         let mut s = self.state();
         s.processing.remove(item);
         if s.dirty.contains(item) {
@@ -80,12 +80,12 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
         }
     }
 
-    pub fn forget(&self, item: &T) {
+    pub(crate) fn forget(&self, item: &T) {
         self.state().failures.remove(item);
     }
 
     /// How long to wait before retrying `item` after one more failure: 50 ms doubling to 5 s.
-    pub fn backoff(&self, item: &T) -> Duration {
+    pub(crate) fn backoff(&self, item: &T) -> Duration {
         let mut s = self.state();
         let n = s.failures.entry(item.clone()).or_insert(0);
         *n = n.saturating_add(1);

@@ -9,7 +9,7 @@ use kube::Resource;
 
 /// The owner reference a controller puts on what it creates: `controller: true` and
 /// `blockOwnerDeletion: true`, as upstream's `NewControllerRef`.
-pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
     // kube's `controller_owner_ref` leaves blockOwnerDeletion unset, so foreground
     // deletion of the owner would not wait for the dependent.
     Some(OwnerReference {
@@ -19,7 +19,7 @@ pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerR
 }
 
 /// The reference among `meta`'s owners that has `controller: true`.
-pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references
         .as_deref()?
         .iter()
@@ -27,13 +27,13 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
 }
 
 /// Whether `meta` is controlled by the object with `uid`.
-pub fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+pub(crate) fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
     controller_of(meta).is_some_and(|r| r.uid == uid)
 }
 
 /// A new pod from `template`, owned by `owner`, named `name` or (when `None`) generated
 /// from `generate_name` by the API server.
-pub fn pod_from_template(
+pub(crate) fn pod_from_template(
     template: &PodTemplateSpec,
     owner: OwnerReference,
     namespace: &str,
@@ -58,18 +58,18 @@ pub fn pod_from_template(
 }
 
 /// Neither finished nor being deleted: a pod that counts towards replicas.
-pub fn is_pod_active(pod: &Pod) -> bool {
+pub(crate) fn is_pod_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// The pod's `Ready` condition is `True`.
-pub fn is_pod_ready(pod: &Pod) -> bool {
+pub(crate) fn is_pod_ready(pod: &Pod) -> bool {
     ready_since(pod).is_some()
 }
 
 /// When the pod last became ready, if it is.
-pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+pub(crate) fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
     let condition = pod
         .status
         .as_ref()?
@@ -87,7 +87,7 @@ pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// Ready for at least `min_ready_seconds` at `now` (upstream's `IsPodAvailable`).
-pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+pub(crate) fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
     let Some(since) = ready_since(pod) else {
         return false;
     };
@@ -99,7 +99,7 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
 
 /// How long to sleep until `at` (10 ms past it, so the time has surely come), or an hour
 /// when nothing is due.
-pub fn sleep_until(at: Option<jiff::Timestamp>) -> std::time::Duration {
+pub(crate) fn sleep_until(at: Option<jiff::Timestamp>) -> std::time::Duration {
     at.map(|at| {
         let ms = (at - jiff::Timestamp::now())
             .total(jiff::Unit::Millisecond)
@@ -110,7 +110,7 @@ pub fn sleep_until(at: Option<jiff::Timestamp>) -> std::time::Duration {
 }
 
 /// Whether every `key: value` of `selector` (matchLabels form) is among `labels`.
-pub fn labels_match(
+pub(crate) fn labels_match(
     selector: &BTreeMap<String, String>,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {

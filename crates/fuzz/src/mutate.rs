@@ -4,14 +4,14 @@
 use serde_json::{Map, Value};
 
 /// SplitMix64: small, fast, and good enough to choose mutations with; no dependency.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -20,7 +20,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n`; 0 when `n` is 0.
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             0
         } else {
@@ -43,7 +43,7 @@ const INTERESTING: &[u8] = &[
 /// Recent inputs kept as bases for further mutation, so that mutations compound.
 const POOL: usize = 512;
 
-pub struct Mutator {
+pub(crate) struct Mutator {
     rng: Rng,
     seeds: Vec<Vec<u8>>,
     pool: Vec<Vec<u8>>,
@@ -57,7 +57,7 @@ pub struct Mutator {
 }
 
 impl Mutator {
-    pub fn new(
+    pub(crate) fn new(
         rng: Rng,
         seeds: Vec<Vec<u8>>,
         dictionary: &'static [&'static str],
@@ -77,7 +77,7 @@ impl Mutator {
     }
 
     /// The next input to try.
-    pub fn next_input(&mut self) -> Vec<u8> {
+    pub(crate) fn next_input(&mut self) -> Vec<u8> {
         if self.rng.chance(64) || (self.seeds.is_empty() && self.pool.is_empty()) {
             let len = self.rng.below(self.max_len.min(64) + 1);
             return (0..len).map(|_| self.rng.next() as u8).collect();

@@ -7,7 +7,7 @@
 //! built in memory: the images built here are base images of a few megabytes.
 
 mod base;
-pub mod digest;
+mod digest;
 mod image;
 mod layer;
 mod reference;

@@ -9,7 +9,7 @@ use korvet_bench::store::StoreBenchConfig;
 use korvet_bench::workloads::WorkloadBenchConfig;
 
 #[derive(Subcommand)]
-pub enum Bench {
+pub(crate) enum Bench {
     /// The store: embedded against etcd with 1 and 3 members (puts, CAS, ranges, watch).
     Store {
         /// Print one JSON document instead of a table.
@@ -175,7 +175,7 @@ pub enum Bench {
     },
 }
 
-pub async fn run(bench: Bench) -> anyhow::Result<()> {
+pub(crate) async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Scheduler { json, pods, nodes } => {
             korvet_bench::scheduler::run(json, pods, nodes).await

@@ -9,7 +9,7 @@ use korvet_control_plane::{ControlPlane, DnsListen};
 use korvet_store::StoreLocation;
 
 #[derive(Args)]
-pub struct ControlPlaneArgs {
+pub(crate) struct ControlPlaneArgs {
     /// Directory for the cluster's certificates, store and admin kubeconfig.
     #[arg(long)]
     data_dir: PathBuf,
@@ -60,7 +60,7 @@ fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     Ok((net.network(), net.prefix_len()))
 }
 
-pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let store: StoreLocation = args.store.parse().context("--store")?;
     let running = ControlPlane {
         data_dir: args.data_dir,

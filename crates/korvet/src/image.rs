@@ -14,7 +14,7 @@ use korvet_registry::client::Client;
 use kube::Api;
 
 #[derive(Subcommand)]
-pub enum ImageCommand {
+pub(crate) enum ImageCommand {
     /// Build an image from a root filesystem directory or a static binary.
     Build(BuildArgs),
     /// Print the full reference of every image in a registry.
@@ -22,7 +22,7 @@ pub enum ImageCommand {
 }
 
 #[derive(Args)]
-pub struct RegistryArgs {
+pub(crate) struct RegistryArgs {
     /// The registry, https://HOST:PORT (or http://); default: the platform's, as the
     /// management API publishes it.
     #[arg(long, env = "KORVET_REGISTRY")]
@@ -39,7 +39,7 @@ pub struct RegistryArgs {
 }
 
 #[derive(Args)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     /// The directory whose contents become the image's root filesystem.
     #[arg(
         long,
@@ -171,7 +171,7 @@ async fn push_token(client: &kube::Client) -> anyhow::Result<String> {
         .context("the management API issued an empty token")
 }
 
-pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::List(args) => {
             let client = registry_client(&args, None, false).await?;

@@ -14,7 +14,7 @@ use korvet_lb::{Balance, HealthCheck, LbConfig, TcpBalancer};
 use crate::cli;
 
 #[derive(Subcommand)]
-pub enum LbCommand {
+pub(crate) enum LbCommand {
     /// List the platform's load balancers.
     List {
         #[command(flatten)]
@@ -36,7 +36,7 @@ pub enum LbCommand {
 }
 
 #[derive(Args)]
-pub struct EdgeArgs {
+pub(crate) struct EdgeArgs {
     /// The instance's configuration (JSON, as the platform writes it).
     #[arg(long)]
     config: PathBuf,
@@ -45,7 +45,7 @@ pub struct EdgeArgs {
     admin_listen: Option<SocketAddr>,
 }
 
-pub async fn run(command: LbCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: LbCommand) -> anyhow::Result<()> {
     match command {
         LbCommand::List { global, cluster } => {
             cli::run_load_balancer(global, cli::LoadBalancerCommand::List { cluster }).await
@@ -73,7 +73,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args)]
-pub struct LbArgs {
+pub(crate) struct LbArgs {
     /// Address clients connect to (port 0 picks a free port).
     #[arg(long)]
     listen: SocketAddr,

@@ -11,7 +11,7 @@ use clap::Args;
 use korvet_node::config::{self, NodeConfig};
 
 #[derive(Args)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// Directory for the node's key and kubeconfig (kubelet.key, kubelet.kubeconfig).
     #[arg(long)]
     data_dir: PathBuf,
@@ -94,7 +94,7 @@ impl InOwnNetns {
     }
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut capacity = config::default_capacity();
     if let Some(text) = &args.capacity {
         capacity.extend(config::parse_capacity(text).context("--capacity")?);

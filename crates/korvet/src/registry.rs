@@ -9,7 +9,7 @@ use clap::Args;
 use korvet_registry::{Authenticator, NoAuth, Registry, StaticTokens, TokenAuthenticator};
 
 #[derive(Args)]
-pub struct RegistryArgs {
+pub(crate) struct RegistryArgs {
     /// Where blobs, manifests and uploads are stored.
     #[arg(long)]
     data_dir: PathBuf,
@@ -31,7 +31,7 @@ pub struct RegistryArgs {
     base_images: bool,
 }
 
-pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let registry = Arc::new(
         Registry::open(&args.data_dir)
             .with_context(|| format!("opening the registry in {}", args.data_dir.display()))?,

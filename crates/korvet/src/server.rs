@@ -9,7 +9,7 @@ use clap::Args;
 use korvet_platform::{ManagementPlane, DEFAULT_POOL};
 
 #[derive(Args, Clone)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Directory for the management API's store and PKI, hosted control planes and machines.
     #[arg(long, default_value = "/var/lib/korvet")]
     pub data_dir: PathBuf,
@@ -29,7 +29,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub fn management_plane(&self) -> anyhow::Result<ManagementPlane> {
+    pub(crate) fn management_plane(&self) -> anyhow::Result<ManagementPlane> {
         let store = self.store.parse().context("--store")?;
         let pool = self.pool.parse().with_context(|| {
             format!(
@@ -48,7 +48,7 @@ impl ServerArgs {
     }
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server = args.management_plane()?.start().await?;
     println!("management API on {}", server.api.url());
     println!("admin kubeconfig: {}", server.api.kubeconfig.display());

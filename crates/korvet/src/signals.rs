@@ -1,6 +1,6 @@
 //! Waiting for Ctrl-C or SIGTERM, so long-running commands shut down cleanly.
 
-pub async fn wait_for_shutdown() {
+pub(crate) async fn wait_for_shutdown() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use crate::server::ServerArgs;
 
 #[derive(Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// Where Korvet keeps its state (default ~/.korvet).
     #[arg(long)]
     home: Option<PathBuf>,
@@ -28,7 +28,7 @@ pub struct UpArgs {
     nodes: i32,
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let home = match args.home {
         Some(home) => home,
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --home")?)

@@ -13,20 +13,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BackendLabels {
+pub(crate) struct BackendLabels {
     pub listener: String,
     pub backend: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
+pub(crate) struct ListenerLabels {
     pub listener: String,
 }
 
 /// One HTTP request's series: the route's backend (empty when no route took the
 /// request) and the status class (`2xx`, `5xx`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpRequestLabels {
+pub(crate) struct HttpRequestLabels {
     pub listener: String,
     pub backend: String,
     pub code: &'static str,

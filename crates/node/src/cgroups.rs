@@ -13,13 +13,13 @@ const UNLIMITED: u64 = 1 << 62;
 
 /// Which layout this host has.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub root: PathBuf,
     pub v2: bool,
 }
 
 impl Layout {
-    pub fn detect() -> Layout {
+    pub(crate) fn detect() -> Layout {
         let root = PathBuf::from(ROOT);
         let v2 = root.join("cgroup.controllers").exists();
         Layout { root, v2 }
@@ -36,7 +36,7 @@ impl Layout {
     }
 
     /// Total CPU time of the cgroup and below, in nanoseconds.
-    pub fn cpu_usage_nanos(&self, path: &str) -> Option<u64> {
+    pub(crate) fn cpu_usage_nanos(&self, path: &str) -> Option<u64> {
         if self.v2 {
             let stat = read(&self.dir("", path).join("cpu.stat"))?;
             Some(stat_value(&stat, "usage_usec")? * 1000)
@@ -48,7 +48,7 @@ impl Layout {
         }
     }
 
-    pub fn memory(&self, path: &str) -> Option<Memory> {
+    pub(crate) fn memory(&self, path: &str) -> Option<Memory> {
         let dir = self.dir("memory", path);
         let stat = read(&dir.join("memory.stat"))?;
         if self.v2 {
@@ -78,7 +78,7 @@ impl Layout {
     }
 
     /// Processes now and the most allowed (`None`: no limit).
-    pub fn pids(&self, path: &str) -> Option<(u64, Option<u64>)> {
+    pub(crate) fn pids(&self, path: &str) -> Option<(u64, Option<u64>)> {
         let dir = self.dir("pids", path);
         let current = read_u64(&dir.join("pids.current"))?;
         let max = read(&dir.join("pids.max")).and_then(|s| s.trim().parse().ok());
@@ -89,7 +89,7 @@ impl Layout {
 /// Memory of a cgroup, as cAdvisor computes it: the working set is usage less the
 /// inactive page cache (what the kernel could drop first).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Memory {
+pub(crate) struct Memory {
     pub usage: u64,
     pub working_set: u64,
     pub rss: u64,
@@ -107,7 +107,7 @@ fn read_u64(path: &Path) -> Option<u64> {
 }
 
 /// The value of `key` in a `key value` per line file (`memory.stat`, `cpu.stat`).
-pub fn stat_value(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn stat_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
@@ -115,7 +115,7 @@ pub fn stat_value(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The machine's memory (MemTotal), the limit when the cgroup has none.
-pub fn mem_total() -> Option<u64> {
+pub(crate) fn mem_total() -> Option<u64> {
     let text = read(Path::new("/proc/meminfo"))?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -123,7 +123,7 @@ pub fn mem_total() -> Option<u64> {
 }
 
 /// The kernel's PID limit, the limit when the cgroup has none.
-pub fn pid_max() -> Option<u64> {
+pub(crate) fn pid_max() -> Option<u64> {
     read_u64(Path::new("/proc/sys/kernel/pid_max"))
 }
 
@@ -139,7 +139,7 @@ pub struct FsStats {
 
 // The statvfs fields are u64 here but narrower on 32-bit targets.
 #[allow(clippy::unnecessary_cast)]
-pub fn fs_stats(path: &Path) -> Option<FsStats> {
+pub(crate) fn fs_stats(path: &Path) -> Option<FsStats> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -162,7 +162,7 @@ pub fn fs_stats(path: &Path) -> Option<FsStats> {
 }
 
 /// The agent's own cgroup (the machine's), `/` when it cannot tell.
-pub fn own_cgroup() -> String {
+pub(crate) fn own_cgroup() -> String {
     std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|text| crate::pods::runtime::own_cgroup(&text))

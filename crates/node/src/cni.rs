@@ -11,11 +11,11 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde_json::json;
 
-pub const CONFLIST_FILE: &str = "10-korvet.conflist";
-pub const BRIDGE: &str = "cni0";
+pub(crate) const CONFLIST_FILE: &str = "10-korvet.conflist";
+pub(crate) const BRIDGE: &str = "cni0";
 
 /// The conflist for `pod_cidr`; `ipam_dir` keeps host-local's address claims.
-pub fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
+pub(crate) fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
     json!({
         "cniVersion": "0.4.0",
         "name": "korvet",
@@ -42,7 +42,7 @@ pub fn conflist(pod_cidr: Ipv4Net, ipam_dir: &Path) -> serde_json::Value {
 /// Makes traffic between pods on the bridge pass the IP netfilter hooks (br_netfilter),
 /// as the service proxy (conntrack, DNAT replies on the same bridge, hairpin) and the
 /// network policies (the FORWARD filter) need; a new network namespace may have it off.
-pub fn enable_bridge_netfilter() {
+pub(crate) fn enable_bridge_netfilter() {
     let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
     if let Err(e) = std::fs::write(path, "1") {
         tracing::warn!(
@@ -54,7 +54,7 @@ pub fn enable_bridge_netfilter() {
 }
 
 /// Writes the conflist into `conf_dir` (atomically: containerd watches the directory).
-pub fn write(conf_dir: &Path, pod_cidr: Ipv4Net, ipam_dir: &Path) -> std::io::Result<bool> {
+pub(crate) fn write(conf_dir: &Path, pod_cidr: Ipv4Net, ipam_dir: &Path) -> std::io::Result<bool> {
     let text =
         serde_json::to_vec_pretty(&conflist(pod_cidr, ipam_dir)).map_err(std::io::Error::other)?;
     let path = conf_dir.join(CONFLIST_FILE);

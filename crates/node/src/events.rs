@@ -19,8 +19,8 @@ use korvet_apimachinery::events::{count_repeat, new_event, Source};
 use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 
-pub const NORMAL: &str = "Normal";
-pub const WARNING: &str = "Warning";
+pub(crate) const NORMAL: &str = "Normal";
+pub(crate) const WARNING: &str = "Warning";
 const COMPONENT: &str = "kubelet";
 const QUEUE: usize = 1000;
 /// A repeat sooner than this after the last write of the same event is counted
@@ -32,7 +32,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// One event to record.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Record {
+pub(crate) struct Record {
     pub object: ObjectReference,
     pub type_: &'static str,
     pub reason: String,
@@ -41,13 +41,13 @@ pub struct Record {
 
 /// Sends events to the recording task; cheap to clone.
 #[derive(Clone)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     tx: mpsc::Sender<Record>,
 }
 
 /// The reference to `pod`, or to its container `container` (`spec.containers{NAME}`,
 /// `spec.initContainers{NAME}` for an init container).
-pub fn reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
+pub(crate) fn reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
     let field_path = container.map(|name| {
         let init = pod
             .spec
@@ -73,19 +73,13 @@ pub fn reference(pod: &Pod, container: Option<&str>) -> ObjectReference {
 
 impl Recorder {
     /// Starts the recording task for node `node`; it ends when every `Recorder` is gone.
-    pub fn start(client: kube::Client, node: &str) -> Recorder {
+    pub(crate) fn start(client: kube::Client, node: &str) -> Recorder {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_events(client, node.to_string(), rx));
         Recorder { tx }
     }
 
-    /// A recorder whose events go nowhere (tests, or an agent without an API).
-    pub fn discard() -> Recorder {
-        let (tx, _) = mpsc::channel(1);
-        Recorder { tx }
-    }
-
-    pub fn record(
+    pub(crate) fn record(
         &self,
         object: ObjectReference,
         type_: &'static str,
@@ -104,12 +98,18 @@ impl Recorder {
     }
 
     /// An event about the pod itself.
-    pub fn pod(&self, pod: &Pod, type_: &'static str, reason: &str, message: impl Into<String>) {
+    pub(crate) fn pod(
+        &self,
+        pod: &Pod,
+        type_: &'static str,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         self.record(reference(pod, None), type_, reason, message);
     }
 
     /// An event about container `container` of `pod`.
-    pub fn container(
+    pub(crate) fn container(
         &self,
         pod: &Pod,
         container: &str,
@@ -219,7 +219,7 @@ impl Correlator {
 
 /// The Event first written for `r`, as the shared recorder builds it, with this node as
 /// the source host.
-pub fn event(node: &str, r: &Record) -> Event {
+pub(crate) fn event(node: &str, r: &Record) -> Event {
     let source = Source {
         component: COMPONENT,
         instance: node,

@@ -16,14 +16,14 @@ use crate::metrics::Metrics;
 use crate::pressure::Monitor;
 use crate::registration;
 
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-pub const LEASE_DURATION_SECONDS: i32 = 40;
-pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub(crate) const LEASE_DURATION_SECONDS: i32 = 40;
+pub(crate) const RENEW_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const STATUS_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The Lease this agent holds, owned by its Node so it goes with it.
-pub fn lease(node: &Node, name: &str) -> Lease {
+pub(crate) fn lease(node: &Node, name: &str) -> Lease {
     let owner = node.metadata.uid.clone().map(|uid| OwnerReference {
         api_version: "v1".into(),
         kind: "Node".into(),
@@ -48,7 +48,11 @@ pub fn lease(node: &Node, name: &str) -> Lease {
 }
 
 /// Creates the Lease or renews it (an optimistic-concurrency replace of what was read).
-pub async fn renew_lease(api: &Api<Lease>, node: &Node, name: &str) -> Result<Lease, kube::Error> {
+pub(crate) async fn renew_lease(
+    api: &Api<Lease>,
+    node: &Node,
+    name: &str,
+) -> Result<Lease, kube::Error> {
     match api.get_opt(name).await? {
         None => api.create(&PostParams::default(), &lease(node, name)).await,
         Some(mut current) => {
@@ -71,7 +75,7 @@ fn next_backoff(current: Duration) -> Duration {
 
 /// Registers the Node (retrying until it works), then keeps the Lease and status fresh
 /// until `shutdown` resolves. The Node is left in place on shutdown.
-pub async fn run(
+pub(crate) async fn run(
     client: kube::Client,
     config: &NodeConfig,
     metrics: &Metrics,

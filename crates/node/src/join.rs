@@ -21,10 +21,10 @@ use kube::config::Kubeconfig;
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::json;
 
-pub const KUBECONFIG_FILE: &str = "kubelet.kubeconfig";
-pub const KEY_FILE: &str = "kubelet.key";
-pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-pub const NODES_GROUP: &str = "system:nodes";
+pub(crate) const KUBECONFIG_FILE: &str = "kubelet.kubeconfig";
+pub(crate) const KEY_FILE: &str = "kubelet.key";
+pub(crate) const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub(crate) const NODES_GROUP: &str = "system:nodes";
 /// A certificate this close to its end is treated as expired, so the agent joins anew
 /// rather than start with an identity about to stop working.
 const EXPIRY_MARGIN_SECONDS: i64 = 60;
@@ -59,7 +59,7 @@ pub enum JoinError {
     Watch { name: String, reason: String },
 }
 
-pub fn user_name(node: &str) -> String {
+pub(crate) fn user_name(node: &str) -> String {
     format!("system:node:{node}")
 }
 
@@ -110,7 +110,7 @@ fn cluster_of(kubeconfig: &Kubeconfig, path: &Path) -> Result<(String, String), 
 }
 
 /// The CA certificate (PEM) of a kubeconfig's current cluster.
-pub fn ca_of(path: &Path) -> Result<String, JoinError> {
+pub(crate) fn ca_of(path: &Path) -> Result<String, JoinError> {
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| JoinError::Bootstrap {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -118,7 +118,7 @@ pub fn ca_of(path: &Path) -> Result<String, JoinError> {
     Ok(cluster_of(&kubeconfig, path)?.1)
 }
 
-pub async fn client_for(path: &Path) -> Result<kube::Client, JoinError> {
+pub(crate) async fn client_for(path: &Path) -> Result<kube::Client, JoinError> {
     korvet_apimachinery::client_from_kubeconfig(path)
         .await
         .map_err(|e| JoinError::Bootstrap {
@@ -129,7 +129,7 @@ pub async fn client_for(path: &Path) -> Result<kube::Client, JoinError> {
 
 /// Seconds the client certificate of a kubeconfig stays valid from `now`, if it has one
 /// that parses.
-pub fn certificate_seconds_left(kubeconfig: &Path, now: i64) -> Option<i64> {
+pub(crate) fn certificate_seconds_left(kubeconfig: &Path, now: i64) -> Option<i64> {
     let config = Kubeconfig::read_from(kubeconfig).ok()?;
     let data = config
         .auth_infos
@@ -150,7 +150,7 @@ fn unix_now() -> i64 {
 }
 
 /// Writes `contents` to `path` atomically with mode 0600.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), JoinError> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), JoinError> {
     let io = |source| JoinError::Io {
         path: path.to_path_buf(),
         source,
@@ -183,7 +183,7 @@ fn load_or_create_key(data_dir: &Path) -> Result<KeyPair, JoinError> {
 }
 
 /// A PEM certificate request for the node's client identity.
-pub fn certificate_request(node: &str, key: &KeyPair) -> Result<String, JoinError> {
+pub(crate) fn certificate_request(node: &str, key: &KeyPair) -> Result<String, JoinError> {
     let mut params = CertificateParams::default();
     params
         .distinguished_name
@@ -225,7 +225,7 @@ fn kubeconfig_yaml(
 
 /// Makes sure `DATA_DIR/kubelet.kubeconfig` holds a valid node identity, joining with the
 /// bootstrap kubeconfig if it does not; returns its path.
-pub async fn ensure_identity(
+pub(crate) async fn ensure_identity(
     data_dir: &Path,
     bootstrap_kubeconfig: &Path,
     node: &str,
@@ -266,7 +266,7 @@ pub async fn ensure_identity(
 }
 
 /// Creates the CSR and waits (watching) until it is issued, denied or failed.
-pub async fn request_certificate(
+pub(crate) async fn request_certificate(
     client: kube::Client,
     node: &str,
     key: &KeyPair,

@@ -5,30 +5,30 @@
 //! its service proxy ([`proxy`]) keeps the node's nftables rules for Services, and
 //! [`netpol`] enforces NetworkPolicies for its pods on nftables.
 
-pub mod cgroups;
-pub mod cni;
+mod cgroups;
+mod cni;
 pub mod config;
 pub mod cri;
 pub mod dns;
-pub mod events;
-pub mod heartbeat;
+mod events;
+mod heartbeat;
 pub mod images;
-pub mod join;
-pub mod logs;
-pub mod metrics;
+mod join;
+mod logs;
+mod metrics;
 pub mod netpol;
 /// The one nft runner (the service proxy, network policies, and their tests use it).
 pub use korvet_nft as nft;
-pub mod node_images;
-pub mod pods;
+mod node_images;
+mod pods;
 pub mod pressure;
-pub mod protocol;
+mod protocol;
 pub mod proxy;
-pub mod registration;
-pub mod server;
-pub mod stats;
-pub mod streaming;
-pub mod watch;
+mod registration;
+mod server;
+mod stats;
+mod streaming;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

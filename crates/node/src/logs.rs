@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The query of `GET /containerLogs/...`, as upstream's `PodLogOptions`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogOptions {
+pub(crate) struct LogOptions {
     pub follow: bool,
     pub previous: bool,
     pub timestamps: bool,
@@ -18,7 +18,7 @@ pub struct LogOptions {
 
 impl LogOptions {
     /// Reads the query string; invalid numbers are errors, unknown keys are ignored.
-    pub fn parse(query: Option<&str>) -> Result<LogOptions, String> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<LogOptions, String> {
         let mut options = LogOptions::default();
         for pair in query
             .unwrap_or_default()
@@ -48,7 +48,7 @@ impl LogOptions {
 
 /// One line of a CRI log file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CriLine<'a> {
+pub(crate) struct CriLine<'a> {
     pub timestamp: &'a str,
     pub stream: &'a str,
     pub partial: bool,
@@ -56,7 +56,7 @@ pub struct CriLine<'a> {
 }
 
 /// Parses one line (without its newline); `None` for a line not in CRI format.
-pub fn parse_line(line: &[u8]) -> Option<CriLine<'_>> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<CriLine<'_>> {
     let mut parts = line.splitn(4, |b| *b == b' ');
     let timestamp = std::str::from_utf8(parts.next()?).ok()?;
     let stream = std::str::from_utf8(parts.next()?).ok()?;
@@ -77,7 +77,7 @@ pub fn parse_line(line: &[u8]) -> Option<CriLine<'_>> {
 
 /// A whole log line: its fragments joined, stamped with the first fragment's time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogLine {
+pub(crate) struct LogLine {
     pub timestamp: String,
     pub content: Vec<u8>,
 }
@@ -85,7 +85,7 @@ pub struct LogLine {
 impl LogLine {
     /// The line as served: `content\n`, or `TIMESTAMP content\n` (RFC 3339 with
     /// nanoseconds, UTC) with timestamps.
-    pub fn render(&self, timestamps: bool) -> Vec<u8> {
+    pub(crate) fn render(&self, timestamps: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.content.len() + 32);
         if timestamps {
             out.extend_from_slice(fixed_timestamp(&self.timestamp).as_bytes());
@@ -114,13 +114,13 @@ fn fixed_timestamp(text: &str) -> String {
 
 /// Joins CRI lines into whole lines; fragments wait for the full line that ends them.
 #[derive(Default)]
-pub struct Joiner {
+pub(crate) struct Joiner {
     pending: Option<LogLine>,
 }
 
 impl Joiner {
     /// Feeds one raw line (without newline); returns a whole line when one completes.
-    pub fn push(&mut self, raw: &[u8]) -> Option<LogLine> {
+    pub(crate) fn push(&mut self, raw: &[u8]) -> Option<LogLine> {
         let line = parse_line(raw)?;
         let mut whole = self.pending.take().unwrap_or_else(|| LogLine {
             timestamp: line.timestamp.to_string(),
@@ -138,7 +138,7 @@ impl Joiner {
 
 /// The whole lines of `data` (complete raw lines only); returns them and how many bytes
 /// were consumed, so a follower can continue after the last newline.
-pub fn parse_lines(joiner: &mut Joiner, data: &[u8]) -> (Vec<LogLine>, usize) {
+pub(crate) fn parse_lines(joiner: &mut Joiner, data: &[u8]) -> (Vec<LogLine>, usize) {
     let mut lines = Vec::new();
     let mut consumed = 0;
     while let Some(end) = data[consumed..].iter().position(|b| *b == b'\n') {
@@ -151,7 +151,7 @@ pub fn parse_lines(joiner: &mut Joiner, data: &[u8]) -> (Vec<LogLine>, usize) {
 }
 
 /// Applies `sinceSeconds` (relative to `now`, Unix seconds) and `tailLines`.
-pub fn select(lines: Vec<LogLine>, options: &LogOptions, now: i64) -> Vec<LogLine> {
+pub(crate) fn select(lines: Vec<LogLine>, options: &LogOptions, now: i64) -> Vec<LogLine> {
     let mut lines: Vec<LogLine> = match options.since_seconds {
         Some(since) => lines
             .into_iter()
@@ -168,7 +168,7 @@ pub fn select(lines: Vec<LogLine>, options: &LogOptions, now: i64) -> Vec<LogLin
 
 /// Run `attempt` of container `container`'s log files in pod directory `pod_dir`,
 /// newest first: `(attempt, path)`.
-pub fn attempts(pod_dir: &Path, container: &str) -> Vec<(u32, PathBuf)> {
+pub(crate) fn attempts(pod_dir: &Path, container: &str) -> Vec<(u32, PathBuf)> {
     let dir = pod_dir.join(container);
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
         .into_iter()
@@ -186,7 +186,7 @@ pub fn attempts(pod_dir: &Path, container: &str) -> Vec<(u32, PathBuf)> {
 
 /// The log directory of pod `namespace/name` under `log_root` (`NS_NAME_UID`); the
 /// newest when a pod of that name was made again.
-pub fn pod_dir(log_root: &Path, namespace: &str, name: &str) -> Option<PathBuf> {
+pub(crate) fn pod_dir(log_root: &Path, namespace: &str, name: &str) -> Option<PathBuf> {
     let prefix = format!("{namespace}_{name}_");
     std::fs::read_dir(log_root)
         .ok()?

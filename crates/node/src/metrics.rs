@@ -148,7 +148,7 @@ fn reply(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Binds `address` now (so a bad address is an error at start), then serves in a task.
-pub async fn serve(
+pub(crate) async fn serve(
     address: SocketAddr,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {

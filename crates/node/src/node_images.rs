@@ -11,11 +11,11 @@ use kube::api::{Api, Patch, PatchParams};
 use crate::cri::Cri;
 
 /// Upstream's `--node-status-max-images` default.
-pub const MAX_IMAGES: usize = 50;
+pub(crate) const MAX_IMAGES: usize = 50;
 const INTERVAL: Duration = Duration::from_secs(10);
 
 /// The images as the Node lists them: every digest and tag as a name, largest first.
-pub fn from_runtime(images: &[cri::Image]) -> Vec<ContainerImage> {
+pub(crate) fn from_runtime(images: &[cri::Image]) -> Vec<ContainerImage> {
     let mut out: Vec<ContainerImage> = images
         .iter()
         .map(|image| ContainerImage {
@@ -41,7 +41,7 @@ pub fn from_runtime(images: &[cri::Image]) -> Vec<ContainerImage> {
 }
 
 /// Keeps the Node's `status.images` in line with the runtime until aborted.
-pub async fn run(client: kube::Client, cri: Cri, node_name: String) {
+pub(crate) async fn run(client: kube::Client, cri: Cri, node_name: String) {
     let nodes: Api<Node> = Api::all(client);
     let mut posted: Option<Vec<ContainerImage>> = None;
     loop {

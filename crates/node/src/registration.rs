@@ -15,13 +15,13 @@ use crate::config::NodeConfig;
 use crate::pressure::Pressure;
 
 /// The Kubernetes version whose kubelet this agent stands in for.
-pub const KUBELET_VERSION: &str = "v1.33.0";
-pub const READY_MESSAGE: &str = "korvet node is posting ready status";
+pub(crate) const KUBELET_VERSION: &str = "v1.33.0";
+pub(crate) const READY_MESSAGE: &str = "korvet node is posting ready status";
 
-pub use korvet_image::go_arch;
+pub(crate) use korvet_image::go_arch;
 
 /// `containerd://VERSION` if `containerd --version` answers, else `unknown`.
-pub fn container_runtime_version() -> String {
+pub(crate) fn container_runtime_version() -> String {
     let output = std::process::Command::new("containerd")
         .arg("--version")
         .stdin(std::process::Stdio::null())
@@ -56,7 +56,7 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-pub fn labels(config: &NodeConfig) -> BTreeMap<String, String> {
+pub(crate) fn labels(config: &NodeConfig) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (
             "kubernetes.io/hostname".to_string(),
@@ -84,7 +84,7 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str, now: &Time) 
 
 /// The status the agent reports, with the pressures measured; `previous` keeps the
 /// transition times of conditions whose status did not change.
-pub fn status(
+pub(crate) fn status(
     config: &NodeConfig,
     runtime_version: &str,
     pressure: Pressure,
@@ -152,7 +152,7 @@ pub fn status(
 
 /// Creates the Node, or brings an existing one of the same name in line with this
 /// agent's labels, taints and providerID; then posts its status. Returns the Node.
-pub async fn register(
+pub(crate) async fn register(
     api: &Api<Node>,
     config: &NodeConfig,
     runtime_version: &str,
@@ -198,7 +198,7 @@ pub async fn register(
 }
 
 /// Writes the node's status (heartbeat times now).
-pub async fn post_status(
+pub(crate) async fn post_status(
     api: &Api<Node>,
     config: &NodeConfig,
     runtime_version: &str,

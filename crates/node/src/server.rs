@@ -33,7 +33,7 @@ use crate::pods::runtime::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE};
 use crate::streaming;
 
 /// The user of the API server's client certificate for kubelets.
-pub const APISERVER_KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+pub(crate) const APISERVER_KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 const MASTERS_GROUP: &str = "system:masters";
 /// How often a followed log is checked for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -41,7 +41,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error("making the node's serving certificate: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("TLS configuration of the node's server: {0}")]
@@ -55,7 +55,7 @@ pub enum ServerError {
 }
 
 #[derive(Clone)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     pub listen: SocketAddr,
     pub node_name: String,
     /// Where the pods' log directories are (`NS_NAME_UID/CONTAINER/ATTEMPT.log`).
@@ -71,7 +71,7 @@ struct State {
 }
 
 /// Binds the listener and serves until the returned task is aborted.
-pub async fn serve(
+pub(crate) async fn serve(
     config: ServerConfig,
     cri: Cri,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {

@@ -21,7 +21,7 @@ use crate::pods::runtime::{POD_NAME, POD_NAMESPACE, POD_UID};
 const MIN_WINDOW: Duration = Duration::from_millis(100);
 const SECOND_SAMPLE_AFTER: Duration = Duration::from_millis(200);
 
-pub struct Stats {
+pub(crate) struct Stats {
     node_name: String,
     layout: Layout,
     /// The machine's cgroup; pods are at `CGROUP/kubepods/podUID`.
@@ -36,13 +36,13 @@ pub struct Stats {
 
 /// One cgroup's CPU: total time and, with a previous sample, the rate.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Cpu {
+pub(crate) struct Cpu {
     pub usage_core_nano_seconds: u64,
     pub usage_nano_cores: Option<u64>,
 }
 
 /// The rate between two samples of CPU time, in nanocores.
-pub fn nano_cores(before: (Instant, u64), after: (Instant, u64)) -> Option<u64> {
+pub(crate) fn nano_cores(before: (Instant, u64), after: (Instant, u64)) -> Option<u64> {
     let elapsed = after.0.checked_duration_since(before.0)?;
     if elapsed < MIN_WINDOW || after.1 < before.1 {
         return None;
@@ -61,7 +61,7 @@ fn time_of_nanos(nanos: i64) -> Option<String> {
         .map(rfc3339)
 }
 
-pub fn cpu_json(cpu: &Cpu, time: &str) -> Value {
+pub(crate) fn cpu_json(cpu: &Cpu, time: &str) -> Value {
     let mut v = json!({"time": time, "usageCoreNanoSeconds": cpu.usage_core_nano_seconds});
     if let Some(n) = cpu.usage_nano_cores {
         v["usageNanoCores"] = json!(n);
@@ -70,7 +70,7 @@ pub fn cpu_json(cpu: &Cpu, time: &str) -> Value {
 }
 
 /// Upstream reports availableBytes only when there is a limit to measure against.
-pub fn memory_json(m: &Memory, capacity: Option<u64>, time: &str) -> Value {
+pub(crate) fn memory_json(m: &Memory, capacity: Option<u64>, time: &str) -> Value {
     let mut v = json!({
         "time": time,
         "usageBytes": m.usage,
@@ -85,7 +85,7 @@ pub fn memory_json(m: &Memory, capacity: Option<u64>, time: &str) -> Value {
     v
 }
 
-pub fn fs_json(fs: &FsStats, used: Option<u64>, time: &str) -> Value {
+pub(crate) fn fs_json(fs: &FsStats, used: Option<u64>, time: &str) -> Value {
     json!({
         "time": time,
         "availableBytes": fs.available,
@@ -98,7 +98,7 @@ pub fn fs_json(fs: &FsStats, used: Option<u64>, time: &str) -> Value {
 }
 
 impl Stats {
-    pub fn new(node_name: String, nodefs: PathBuf, cri: Cri) -> Stats {
+    pub(crate) fn new(node_name: String, nodefs: PathBuf, cri: Cri) -> Stats {
         Stats {
             node_name,
             layout: Layout::detect(),
@@ -167,7 +167,7 @@ impl Stats {
     }
 
     /// The summary, as upstream's kubelet serves it.
-    pub async fn summary(&self) -> Result<Value, tonic::Status> {
+    pub(crate) async fn summary(&self) -> Result<Value, tonic::Status> {
         let sandboxes = self
             .cri
             .runtime

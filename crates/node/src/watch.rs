@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 /// Keeps a reflector of `api` in a task that pokes `changed` on every event; `what`
 /// names the objects and their user in warnings.
-pub fn reflect<K>(
+pub(crate) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: Arc<Notify>,

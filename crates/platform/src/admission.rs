@@ -19,12 +19,12 @@ use korvet_apiserver::server::ApiServer;
 use serde_json::{json, Value};
 
 /// Longest cluster name: machine and node names are built from it and must stay DNS labels.
-pub const MAX_CLUSTER_NAME: usize = 30;
-pub const MAX_POOL_NAME: usize = 20;
+pub(crate) const MAX_CLUSTER_NAME: usize = 30;
+pub(crate) const MAX_POOL_NAME: usize = 20;
 /// Most machines one pool may have.
-pub const MAX_POOL_REPLICAS: i32 = 100;
+pub(crate) const MAX_POOL_REPLICAS: i32 = 100;
 
-pub struct KorvetAdmission {
+pub(crate) struct KorvetAdmission {
     /// Zones the infrastructure provider offers.
     pub zones: Vec<String>,
     /// The provider's address pool, which cluster networks must not overlap.

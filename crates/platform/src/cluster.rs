@@ -25,7 +25,7 @@ const CONVERGING: Duration = Duration::from_millis(500);
 const STEADY: Duration = Duration::from_secs(5);
 
 /// The Cluster an object names in its spec, as a reconcile trigger.
-pub fn of_object<K: Resource>(
+pub(crate) fn of_object<K: Resource>(
     store: &Store<Cluster>,
     object: &K,
     cluster: &str,
@@ -35,11 +35,14 @@ pub fn of_object<K: Resource>(
     store.get(&reference).map(|_| reference)
 }
 
-pub fn owner_reference(cluster: &Cluster) -> Option<OwnerReference> {
+pub(crate) fn owner_reference(cluster: &Cluster) -> Option<OwnerReference> {
     cluster.controller_owner_ref(&())
 }
 
-pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, PlatformError> {
+pub(crate) async fn reconcile(
+    cluster: Arc<Cluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, PlatformError> {
     let namespace = cluster.namespace().unwrap_or_else(|| "default".into());
     let name = cluster.name_any();
     let key = cluster_key(&namespace, &name);
@@ -353,7 +356,7 @@ async fn machines_of(
 
 /// Node pools of a cluster: NodePool objects naming it, and inline pools not yet made
 /// into objects.
-pub async fn pools_of(
+pub(crate) async fn pools_of(
     ctx: &Context,
     namespace: &str,
     cluster: &str,

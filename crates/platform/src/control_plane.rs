@@ -140,13 +140,13 @@ fn members(
 
 /// A cluster's PKI with the admin client TLS configuration the platform probes it with,
 /// both made once per cluster and kept (reconciles run every few seconds).
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub pki: ClusterPki,
     pub admin_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// The PKI of a cluster, created on first use; the CA never changes afterwards.
-pub fn credentials(layout: &ClusterLayout) -> Result<Credentials, PlatformError> {
+pub(crate) fn credentials(layout: &ClusterLayout) -> Result<Credentials, PlatformError> {
     let pki = ClusterPki::load_or_create(&layout.pki_dir(), &layout.serving_hosts())
         .map_err(|e| PlatformError::Io(format!("the cluster's PKI: {e}")))?;
     let admin_tls = pki::client_tls_config(
@@ -161,7 +161,7 @@ pub fn credentials(layout: &ClusterLayout) -> Result<Credentials, PlatformError>
 }
 
 /// The admin kubeconfig of the cluster, pointing at its endpoint.
-pub fn admin_kubeconfig(
+pub(crate) fn admin_kubeconfig(
     pki: &ClusterPki,
     layout: &ClusterLayout,
     cluster_name: &str,
@@ -172,7 +172,7 @@ pub fn admin_kubeconfig(
 
 /// What the control plane's processes are doing.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     /// Processes that had to be (re)started by this call.
     pub started: Vec<String>,
     /// Processes waiting out a crash back-off.
@@ -180,7 +180,7 @@ pub struct Health {
 }
 
 /// Makes sure every process of the control plane runs.
-pub async fn ensure(
+pub(crate) async fn ensure(
     supervisor: &Supervisor,
     layout: &ClusterLayout,
     binaries: &Binaries,
@@ -208,12 +208,15 @@ pub async fn ensure(
 }
 
 /// Stops every process of the control plane; data stays.
-pub async fn stop(supervisor: &Supervisor, layout: &ClusterLayout) -> Result<(), PlatformError> {
+pub(crate) async fn stop(
+    supervisor: &Supervisor,
+    layout: &ClusterLayout,
+) -> Result<(), PlatformError> {
     stop_processes(supervisor, &layout.process_dir()).await
 }
 
 /// Stops the processes recorded in a control plane's process directory.
-pub async fn stop_processes(
+pub(crate) async fn stop_processes(
     supervisor: &Supervisor,
     dir: &std::path::Path,
 ) -> Result<(), PlatformError> {
@@ -227,7 +230,7 @@ pub async fn stop_processes(
 }
 
 /// How many API servers answer `/readyz`, and whether the endpoint does.
-pub async fn readiness(
+pub(crate) async fn readiness(
     tls: &std::sync::Arc<rustls::ClientConfig>,
     layout: &ClusterLayout,
 ) -> (i32, bool) {

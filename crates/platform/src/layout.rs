@@ -10,14 +10,14 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-pub const API_PORT: u16 = 6443;
+pub(crate) const API_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
 const LB_ADMIN_PORT: u16 = 8404;
 const DNS_PORT: u16 = 53;
 
 #[derive(Clone, Debug)]
-pub struct ClusterLayout {
+pub(crate) struct ClusterLayout {
     /// `NAMESPACE.NAME`: the cluster's key with the provider and on disk.
     pub key: String,
     pub dir: PathBuf,
@@ -28,12 +28,18 @@ pub struct ClusterLayout {
 
 /// The provider's key of a cluster (namespaces and cluster names are DNS labels, so the
 /// dot cannot be ambiguous).
-pub fn cluster_key(namespace: &str, name: &str) -> String {
+pub(crate) fn cluster_key(namespace: &str, name: &str) -> String {
     format!("{namespace}.{name}")
 }
 
 impl ClusterLayout {
-    pub fn new(data_dir: &Path, key: &str, index: u32, endpoint: Ipv4Addr, masters: u8) -> Self {
+    pub(crate) fn new(
+        data_dir: &Path,
+        key: &str,
+        index: u32,
+        endpoint: Ipv4Addr,
+        masters: u8,
+    ) -> Self {
         ClusterLayout {
             key: key.to_string(),
             dir: cluster_dir(data_dir, key),
@@ -47,33 +53,33 @@ impl ClusterLayout {
         Ipv4Addr::new(127, first, (self.index >> 8) as u8, self.index as u8)
     }
 
-    pub fn pki_dir(&self) -> PathBuf {
+    pub(crate) fn pki_dir(&self) -> PathBuf {
         self.dir.join("pki")
     }
 
-    pub fn process_dir(&self) -> PathBuf {
+    pub(crate) fn process_dir(&self) -> PathBuf {
         self.dir.join("processes")
     }
 
-    pub fn master_dir(&self, i: u8) -> PathBuf {
+    pub(crate) fn master_dir(&self, i: u8) -> PathBuf {
         self.dir.join(format!("master-{i}"))
     }
 
-    pub fn etcd_dir(&self, i: u8) -> PathBuf {
+    pub(crate) fn etcd_dir(&self, i: u8) -> PathBuf {
         self.dir.join(format!("etcd-{i}"))
     }
 
-    pub fn etcd_client_url(&self, i: u8) -> String {
+    pub(crate) fn etcd_client_url(&self, i: u8) -> String {
         format!("http://{}:{ETCD_CLIENT_PORT}", self.loopback(20 + i))
     }
 
-    pub fn etcd_peer_url(&self, i: u8) -> String {
+    pub(crate) fn etcd_peer_url(&self, i: u8) -> String {
         format!("http://{}:{ETCD_PEER_PORT}", self.loopback(20 + i))
     }
 
     /// Where master `i` serves: the endpoint itself with one master, else a loopback
     /// address behind the load balancer.
-    pub fn master_listen(&self, i: u8) -> SocketAddr {
+    pub(crate) fn master_listen(&self, i: u8) -> SocketAddr {
         if self.masters == 1 {
             SocketAddr::from((self.endpoint, API_PORT))
         } else {
@@ -84,7 +90,7 @@ impl ClusterLayout {
     /// Where master `i`'s cluster DNS serves: the endpoint with one master, else the
     /// provider's per-master address beside it (`endpoint + 1 + i`), reachable from
     /// the machines and distinct per cluster, so that control planes never share :53.
-    pub fn master_dns(&self, i: u8) -> SocketAddr {
+    pub(crate) fn master_dns(&self, i: u8) -> SocketAddr {
         let ip = if self.masters == 1 {
             self.endpoint
         } else {
@@ -93,23 +99,23 @@ impl ClusterLayout {
         SocketAddr::from((ip, DNS_PORT))
     }
 
-    pub fn lb_admin(&self) -> SocketAddr {
+    pub(crate) fn lb_admin(&self) -> SocketAddr {
         SocketAddr::from((self.loopback(40), LB_ADMIN_PORT))
     }
 
-    pub fn endpoint_url(&self) -> String {
+    pub(crate) fn endpoint_url(&self) -> String {
         format!("https://{}:{API_PORT}", self.endpoint)
     }
 
     /// Every address the serving certificate must name.
-    pub fn serving_hosts(&self) -> Vec<String> {
+    pub(crate) fn serving_hosts(&self) -> Vec<String> {
         let mut hosts = vec![self.endpoint.to_string()];
         hosts.extend((0..self.masters).map(|i| self.master_listen(i).ip().to_string()));
         hosts
     }
 }
 
-pub fn cluster_dir(data_dir: &Path, key: &str) -> PathBuf {
+pub(crate) fn cluster_dir(data_dir: &Path, key: &str) -> PathBuf {
     data_dir.join("clusters").join(key)
 }
 

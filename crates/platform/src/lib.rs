@@ -6,16 +6,16 @@
 //! triggered and idempotent, so that a `korvet server` killed at any point and started
 //! again converges to what the objects ask for.
 
-pub mod admission;
+mod admission;
 mod cluster;
-pub mod control_plane;
-pub mod layout;
-pub mod load_balancer;
+mod control_plane;
+mod layout;
+mod load_balancer;
 mod machine;
 mod management_plane;
 mod node_pool;
 mod probe;
-pub mod supervisor;
+mod supervisor;
 mod tenant;
 
 use std::path::PathBuf;

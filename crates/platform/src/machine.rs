@@ -25,7 +25,7 @@ const MAX_PODS: u32 = 110;
 const BOOTSTRAP_KUBECONFIG: &str = "bootstrap.kubeconfig";
 
 /// The machines of a cluster, as reconcile triggers when the cluster changes.
-pub fn of_cluster(store: &Store<Machine>, cluster: &Cluster) -> Vec<ObjectRef<Machine>> {
+pub(crate) fn of_cluster(store: &Store<Machine>, cluster: &Cluster) -> Vec<ObjectRef<Machine>> {
     let namespace = cluster.namespace();
     store
         .state()
@@ -35,7 +35,10 @@ pub fn of_cluster(store: &Store<Machine>, cluster: &Cluster) -> Vec<ObjectRef<Ma
         .collect()
 }
 
-pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, PlatformError> {
+pub(crate) async fn reconcile(
+    machine: Arc<Machine>,
+    ctx: Arc<Context>,
+) -> Result<Action, PlatformError> {
     let namespace = machine.namespace().unwrap_or_else(|| "default".into());
     let name = machine.name_any();
     let provider_name = cluster_key(&namespace, &name);

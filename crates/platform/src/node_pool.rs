@@ -15,7 +15,7 @@ use crate::{Context, PlatformError};
 
 /// The pools of a cluster, as reconcile triggers when the cluster changes (stopped,
 /// started).
-pub fn of_cluster(store: &Store<NodePool>, cluster: &Cluster) -> Vec<ObjectRef<NodePool>> {
+pub(crate) fn of_cluster(store: &Store<NodePool>, cluster: &Cluster) -> Vec<ObjectRef<NodePool>> {
     let namespace = cluster.namespace();
     store
         .state()
@@ -25,7 +25,10 @@ pub fn of_cluster(store: &Store<NodePool>, cluster: &Cluster) -> Vec<ObjectRef<N
         .collect()
 }
 
-pub async fn reconcile(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action, PlatformError> {
+pub(crate) async fn reconcile(
+    pool: Arc<NodePool>,
+    ctx: Arc<Context>,
+) -> Result<Action, PlatformError> {
     let namespace = pool.namespace().unwrap_or_else(|| "default".into());
     let name = pool.name_any();
     let api: Api<NodePool> = Api::namespaced(ctx.client.clone(), &namespace);

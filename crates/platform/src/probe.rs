@@ -10,7 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-pub async fn readyz(tls: Arc<rustls::ClientConfig>, target: SocketAddr, timeout: Duration) -> bool {
+pub(crate) async fn readyz(
+    tls: Arc<rustls::ClientConfig>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> bool {
     tokio::time::timeout(timeout, get_status(tls, target, "/readyz"))
         .await
         .ok()

@@ -21,7 +21,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A process that ran this long before it ended starts again without delay.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Supervised {
@@ -35,7 +35,7 @@ struct Supervised {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProcessState {
+pub(crate) enum ProcessState {
     Running {
         pid: u32,
     },
@@ -56,7 +56,7 @@ struct Backoff {
 }
 
 #[derive(Default)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     backoff: Mutex<HashMap<PathBuf, Backoff>>,
 }
 
@@ -80,7 +80,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError + '_ {
 
 impl Supervisor {
     /// Makes sure the process recorded at `record` runs `spec`.
-    pub async fn ensure(
+    pub(crate) async fn ensure(
         &self,
         record: &Path,
         spec: &ProcessSpec,
@@ -163,7 +163,7 @@ impl Supervisor {
 
     /// Ends the recorded process (SIGTERM, then SIGKILL after the grace period) and
     /// removes its record.
-    pub async fn stop(&self, record: &Path) -> Result<(), PlatformError> {
+    pub(crate) async fn stop(&self, record: &Path) -> Result<(), PlatformError> {
         let existing: Option<Supervised> = read_json(record).map_err(io_err(record))?;
         if let Some(existing) = existing {
             if let Some(process) = self.running(&existing) {
@@ -183,7 +183,7 @@ impl Supervisor {
     }
 
     /// Stops every process recorded in `dir` (at once, not one after the other).
-    pub async fn stop_all(&self, dir: &Path) -> Result<(), PlatformError> {
+    pub(crate) async fn stop_all(&self, dir: &Path) -> Result<(), PlatformError> {
         let records = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -196,12 +196,6 @@ impl Supervisor {
         let results =
             futures::future::join_all(records.iter().map(|record| self.stop(record))).await;
         results.into_iter().collect()
-    }
-
-    /// The PID of the live process recorded at `record`, if any.
-    pub fn pid(&self, record: &Path) -> Option<u32> {
-        let supervised: Supervised = read_json(record).ok()??;
-        self.running(&supervised).map(|p| p.pid)
     }
 }
 

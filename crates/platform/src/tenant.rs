@@ -12,7 +12,7 @@ use crate::PlatformError;
 
 /// What the platform keeps per hosted cluster once its API answers.
 #[derive(Clone)]
-pub struct Tenant {
+pub(crate) struct Tenant {
     pub client: kube::Client,
     pub endpoint: String,
     pub ca_pem: String,
@@ -22,12 +22,12 @@ pub struct Tenant {
 }
 
 #[derive(Default)]
-pub struct Tenants {
+pub(crate) struct Tenants {
     by_key: Mutex<HashMap<String, Tenant>>,
 }
 
 impl Tenants {
-    pub fn get(&self, key: &str) -> Option<Tenant> {
+    pub(crate) fn get(&self, key: &str) -> Option<Tenant> {
         self.by_key
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -35,7 +35,7 @@ impl Tenants {
             .cloned()
     }
 
-    pub fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         self.by_key
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -43,7 +43,7 @@ impl Tenants {
     }
 
     /// The client of a cluster, built from its admin kubeconfig on first use.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         key: &str,
         kubeconfig: &str,
@@ -93,7 +93,7 @@ fn random_chars(n: usize) -> String {
 }
 
 /// Creates a bootstrap token (`ID.SECRET`) in the cluster for one machine to join with.
-pub async fn create_bootstrap_token(
+pub(crate) async fn create_bootstrap_token(
     tenant: &Tenant,
     machine: &str,
 ) -> Result<String, PlatformError> {
@@ -128,7 +128,7 @@ pub async fn create_bootstrap_token(
 }
 
 /// Whether the cluster has a Node of that name reporting Ready.
-pub async fn node_ready(tenant: &Tenant, name: &str) -> Result<bool, PlatformError> {
+pub(crate) async fn node_ready(tenant: &Tenant, name: &str) -> Result<bool, PlatformError> {
     let nodes: Api<Node> = Api::all(tenant.client.clone());
     let Some(node) = nodes.get_opt(name).await? else {
         return Ok(false);
@@ -143,7 +143,9 @@ pub async fn node_ready(tenant: &Tenant, name: &str) -> Result<bool, PlatformErr
 
 /// Every Node's pod CIDR with the Node's InternalIP: the routes the cluster's network
 /// needs so that pods reach pods on other nodes.
-pub async fn pod_routes(tenant: &Tenant) -> Result<Vec<korvet_cloud::PodRoute>, PlatformError> {
+pub(crate) async fn pod_routes(
+    tenant: &Tenant,
+) -> Result<Vec<korvet_cloud::PodRoute>, PlatformError> {
     let nodes: Api<Node> = Api::all(tenant.client.clone());
     let mut routes = Vec::new();
     for node in nodes.list(&Default::default()).await?.items {
@@ -167,7 +169,7 @@ pub async fn pod_routes(tenant: &Tenant) -> Result<Vec<korvet_cloud::PodRoute>, 
     Ok(routes)
 }
 
-pub async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformError> {
+pub(crate) async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformError> {
     let nodes: Api<Node> = Api::all(tenant.client.clone());
     crate::not_found_is_done(nodes.delete(name, &DeleteParams::default()).await)
 }
@@ -175,7 +177,10 @@ pub async fn delete_node(tenant: &Tenant, name: &str) -> Result<(), PlatformErro
 /// Removes what a cluster keeps that the platform no longer needs: Nodes of the
 /// platform's pools whose Machine is gone (deleted while the cluster was stopped), and
 /// bootstrap tokens past their expiration (upstream's token cleaner).
-pub async fn housekeeping(tenant: &Tenant, machines: &[String]) -> Result<(), PlatformError> {
+pub(crate) async fn housekeeping(
+    tenant: &Tenant,
+    machines: &[String],
+) -> Result<(), PlatformError> {
     let nodes: Api<Node> = Api::all(tenant.client.clone());
     let pooled = kube::api::ListParams::default().labels(korvet_api::labels::NODE_POOL);
     for node in nodes.list(&pooled).await?.items {

@@ -281,7 +281,7 @@ impl<'a> Script<'a> {
 
     /// POST with `?digest=`: the whole blob in one request.
     async fn monolithic(&mut self) {
-        let right = self.byte().unwrap_or(0) % 2 == 0;
+        let right = self.byte().unwrap_or(0).is_multiple_of(2);
         let data = self.bytes();
         let digest = if right {
             Digest::of(data)

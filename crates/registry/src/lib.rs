@@ -5,15 +5,15 @@
 //! platform's TLS configuration and an [`Authenticator`]; [`build::ensure_base_images`]
 //! fills it with the base images when they are missing.
 
-pub mod auth;
+mod auth;
 pub mod build;
 pub mod client;
-pub mod error;
+mod error;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod metrics;
+mod metrics;
 pub mod server;
-pub mod storage;
+mod storage;
 
 pub use auth::{Authenticator, NoAuth, StaticTokens, TokenAuthenticator, TokenVerifier, User};
 pub use error::{ApiError, StoreError};

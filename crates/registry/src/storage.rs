@@ -24,12 +24,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::error::{io_at, ApiError, StoreError};
 use korvet_image::{Digest, Hasher};
 
-pub use korvet_image::media::{OCI_INDEX, OCI_MANIFEST};
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) use korvet_image::media::{OCI_INDEX, OCI_MANIFEST};
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Manifests are small; anything larger is refused rather than buffered.
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+pub(crate) const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 pub struct Storage {
     root: PathBuf,
@@ -503,7 +503,7 @@ fn walk_repositories(dir: &Path, prefix: &str, found: &mut Vec<String>) {
     }
 }
 
-pub fn is_manifest_type(t: &str) -> bool {
+pub(crate) fn is_manifest_type(t: &str) -> bool {
     matches!(t, OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST)
 }
 
@@ -587,9 +587,4 @@ async fn remove_if_exists(path: &Path) -> Result<bool, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_at(path)(e)),
     }
-}
-
-/// Bytes as a body, for [`Storage::append`] from memory.
-pub fn full_body(data: impl Into<Bytes>) -> http_body_util::Full<Bytes> {
-    http_body_util::Full::new(data.into())
 }

@@ -8,9 +8,9 @@
 //! `kube-system/korvet-scheduler` schedules; the others keep their caches warm.
 
 pub mod kwok;
-pub mod plugins;
-pub mod preemption;
-pub mod volumes;
+mod plugins;
+mod preemption;
+mod volumes;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -15,9 +15,9 @@ use korvet_apimachinery::quantity::parse_milli;
 use korvet_apimachinery::taints::tolerates;
 use korvet_apimachinery::{node_affinity, selector};
 
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-pub const MAX_NODE_SCORE: i64 = 100;
+pub(crate) const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub(crate) const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub(crate) const MAX_NODE_SCORE: i64 = 100;
 /// Requests assumed for a container without any, when scoring (upstream's
 /// `DefaultMilliCPURequest` and `DefaultMemoryRequest`).
 const DEFAULT_MILLI_CPU: i128 = 100;
@@ -25,7 +25,7 @@ const DEFAULT_MEMORY_MILLI: i128 = 200 * 1024 * 1024 * 1000;
 
 /// Why a node does not fit; `unresolvable` reasons are those preemption cannot help.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reason {
+pub(crate) struct Reason {
     pub message: String,
     pub unresolvable: bool,
 }
@@ -51,7 +51,7 @@ fn quantity(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<i128
 
 /// Requests of cpu, memory, ephemeral storage (milli-units) and a pod count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Resources {
+pub(crate) struct Resources {
     pub cpu: i128,
     pub memory: i128,
     pub ephemeral: i128,
@@ -99,7 +99,7 @@ fn container_requests(c: &Container, non_zero: bool) -> Resources {
 /// A pod's effective requests: the sum of its containers (and sidecars), or the largest
 /// init container if that is more, plus overhead; `pods` is 1. With `non_zero`,
 /// containers without cpu or memory requests count upstream's defaults (for scoring).
-pub fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
+pub(crate) fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
     let Some(spec) = pod.spec.as_ref() else {
         return Resources {
             pods: 1,
@@ -133,7 +133,7 @@ pub fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
 
 /// A node with the pods assigned (or assumed) to it.
 #[derive(Clone, Debug)]
-pub struct NodeInfo {
+pub(crate) struct NodeInfo {
     pub node: Arc<Node>,
     pub pods: Vec<Arc<Pod>>,
     pub requested: Resources,
@@ -142,7 +142,7 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub(crate) fn new(node: Arc<Node>) -> Self {
         Self {
             node,
             pods: Vec::new(),
@@ -151,22 +151,22 @@ impl NodeInfo {
         }
     }
 
-    pub fn add_pod(&mut self, pod: Arc<Pod>) {
+    pub(crate) fn add_pod(&mut self, pod: Arc<Pod>) {
         self.requested.add(&pod_requests(&pod, false));
         self.non_zero.add(&pod_requests(&pod, true));
         self.pods.push(pod);
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.node.metadata.name.as_deref().unwrap_or_default()
     }
 
-    pub fn labels(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn labels(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
         self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
     }
 
-    pub fn allocatable(&self) -> Resources {
+    pub(crate) fn allocatable(&self) -> Resources {
         let status = self.node.status.as_ref();
         let alloc = status
             .and_then(|s| s.allocatable.as_ref())
@@ -200,13 +200,13 @@ fn namespace(pod: &Pod) -> &str {
 // ---------------------------------------------------------------- node affinity
 
 /// nodeSelector and required node affinity (NodeAffinity's filter).
-pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
+pub(crate) fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
     pod.spec
         .as_ref()
         .is_none_or(|spec| node_affinity::required_matches(spec, node))
 }
 
-pub fn filter_node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub(crate) fn filter_node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     if node_affinity_matches(pod, &node.node) {
         Ok(())
     } else {
@@ -217,7 +217,7 @@ pub fn filter_node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
 }
 
 /// Sum of the weights of the preferred node-affinity terms the node matches.
-pub fn score_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
+pub(crate) fn score_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
@@ -235,7 +235,7 @@ pub fn score_node_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
 
 // ---------------------------------------------------------------- node name, cordon
 
-pub fn filter_node_name(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub(crate) fn filter_node_name(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
         Some(name) if !name.is_empty() && name != node.name() => Err(Reason::unresolvable(
             "node(s) didn't match the requested node name",
@@ -251,7 +251,7 @@ fn tolerations(pod: &Pod) -> &[Toleration] {
         .unwrap_or_default()
 }
 
-pub fn filter_node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub(crate) fn filter_node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     let cordoned = node
         .node
         .spec
@@ -271,7 +271,7 @@ pub fn filter_node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reaso
 
 // ---------------------------------------------------------------- taints
 
-pub fn filter_taints(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub(crate) fn filter_taints(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     let tols = tolerations(pod);
     match node.taints().iter().find(|taint| {
         matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
@@ -287,7 +287,7 @@ pub fn filter_taints(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
 }
 
 /// Untolerated PreferNoSchedule taints (fewer is better).
-pub fn count_prefer_no_schedule(pod: &Pod, node: &NodeInfo) -> i64 {
+pub(crate) fn count_prefer_no_schedule(pod: &Pod, node: &NodeInfo) -> i64 {
     let tols: Vec<&Toleration> = tolerations(pod)
         .iter()
         .filter(|t| {
@@ -331,7 +331,7 @@ fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
         .collect()
 }
 
-pub fn filter_node_ports(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub(crate) fn filter_node_ports(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     let wanted = host_ports(pod);
     if wanted.is_empty() {
         return Ok(());
@@ -353,7 +353,7 @@ pub fn filter_node_ports(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
 
 // ---------------------------------------------------------------- resources
 
-pub fn filter_resources(req: &Resources, node: &NodeInfo) -> Result<(), Vec<Reason>> {
+pub(crate) fn filter_resources(req: &Resources, node: &NodeInfo) -> Result<(), Vec<Reason>> {
     let alloc = node.allocatable();
     let used = node.requested;
     let mut reasons = Vec::new();
@@ -390,7 +390,7 @@ fn fractions(non_zero_req: &Resources, node: &NodeInfo) -> [(i128, i128); 2] {
 }
 
 /// LeastAllocated: the mean over cpu and memory of the free share after placing the pod.
-pub fn score_least_allocated(non_zero_req: &Resources, node: &NodeInfo) -> i64 {
+pub(crate) fn score_least_allocated(non_zero_req: &Resources, node: &NodeInfo) -> i64 {
     let parts = fractions(non_zero_req, node);
     let sum: i128 = parts
         .iter()
@@ -406,7 +406,7 @@ pub fn score_least_allocated(non_zero_req: &Resources, node: &NodeInfo) -> i64 {
 }
 
 /// BalancedAllocation: 100 × (1 − standard deviation of the cpu and memory shares).
-pub fn score_balanced(non_zero_req: &Resources, node: &NodeInfo) -> i64 {
+pub(crate) fn score_balanced(non_zero_req: &Resources, node: &NodeInfo) -> i64 {
     let shares: Vec<f64> = fractions(non_zero_req, node)
         .iter()
         .map(|(r, c)| {
@@ -425,10 +425,9 @@ pub fn score_balanced(non_zero_req: &Resources, node: &NodeInfo) -> i64 {
 
 /// One spreading constraint with the matching pods counted per domain.
 #[derive(Clone, Debug)]
-pub struct Spread {
+pub(crate) struct Spread {
     pub key: String,
     pub max_skew: i64,
-    pub selector: LabelSelector,
     pub self_match: i64,
     pub counts: HashMap<String, i64>,
     pub min: i64,
@@ -484,7 +483,6 @@ impl Spread {
         Self {
             key: key.to_string(),
             max_skew,
-            selector,
             self_match,
             counts,
             min,
@@ -501,7 +499,7 @@ fn constraints(pod: &Pod) -> &[TopologySpreadConstraint] {
 }
 
 /// The DoNotSchedule constraints, counted.
-pub fn hard_spreads(pod: &Pod, nodes: &[NodeInfo]) -> Vec<Spread> {
+pub(crate) fn hard_spreads(pod: &Pod, nodes: &[NodeInfo]) -> Vec<Spread> {
     let hard: Vec<&TopologySpreadConstraint> = constraints(pod)
         .iter()
         .filter(|c| c.when_unsatisfiable == "DoNotSchedule")
@@ -524,7 +522,7 @@ pub fn hard_spreads(pod: &Pod, nodes: &[NodeInfo]) -> Vec<Spread> {
 
 /// The ScheduleAnyway constraints, or, for a pod without any constraint, upstream's
 /// default spreading (maxSkew 3 over hosts, 5 over zones) of the pods of its owner.
-pub fn soft_spreads(pod: &Pod, nodes: &[NodeInfo]) -> Vec<Spread> {
+pub(crate) fn soft_spreads(pod: &Pod, nodes: &[NodeInfo]) -> Vec<Spread> {
     let all = constraints(pod);
     if all.is_empty() {
         let Some(selector) = owner_selector(pod) else {
@@ -568,7 +566,7 @@ fn owner_selector(pod: &Pod) -> Option<LabelSelector> {
     })
 }
 
-pub fn filter_spread(spreads: &[Spread], node: &NodeInfo) -> Result<(), Reason> {
+pub(crate) fn filter_spread(spreads: &[Spread], node: &NodeInfo) -> Result<(), Reason> {
     let labels = node.labels();
     for s in spreads {
         let Some(value) = labels.get(&s.key) else {
@@ -587,7 +585,7 @@ pub fn filter_spread(spreads: &[Spread], node: &NodeInfo) -> Result<(), Reason> 
 }
 
 /// Raw spreading score (lower is better); None for a node lacking a key.
-pub fn spread_raw(spreads: &[Spread], node: &NodeInfo) -> Option<f64> {
+pub(crate) fn spread_raw(spreads: &[Spread], node: &NodeInfo) -> Option<f64> {
     let labels = node.labels();
     let mut total = 0.0;
     for s in spreads {
@@ -627,7 +625,7 @@ fn term_matches_pod(term: &PodAffinityTerm, owner: &Pod, candidate: &Pod) -> boo
 
 /// The topology domains, per term, that hold a matching pod.
 #[derive(Clone, Debug, Default)]
-pub struct Affinity {
+pub(crate) struct Affinity {
     affinity: Vec<(String, HashSet<String>)>,
     /// No pod in the cluster matches the affinity terms, but the pod matches them
     /// itself: the first pod of a group may go anywhere.
@@ -687,7 +685,7 @@ fn required_terms(pod: &Pod, anti: bool) -> &[PodAffinityTerm] {
 }
 
 impl Affinity {
-    pub fn new(pod: &Pod, nodes: &[NodeInfo]) -> Self {
+    pub(crate) fn new(pod: &Pod, nodes: &[NodeInfo]) -> Self {
         let aff_terms = required_terms(pod, false);
         let anti_terms = required_terms(pod, true);
         let mut out = Affinity {
@@ -759,7 +757,7 @@ impl Affinity {
     }
 
     /// The node's raw InterPodAffinity score: the weights of the topology domains it is in.
-    pub fn preferred_score(&self, node: &NodeInfo) -> i64 {
+    pub(crate) fn preferred_score(&self, node: &NodeInfo) -> i64 {
         if self.preferred.is_empty() {
             return 0;
         }
@@ -769,7 +767,7 @@ impl Affinity {
             .sum()
     }
 
-    pub fn filter(&self, node: &NodeInfo) -> Result<(), Reason> {
+    pub(crate) fn filter(&self, node: &NodeInfo) -> Result<(), Reason> {
         let labels = node.labels();
         if self
             .existing_anti
@@ -804,7 +802,7 @@ impl Affinity {
 // ---------------------------------------------------------------- one pod, all nodes
 
 /// What is computed once per pod and shared by every node's filters and scores.
-pub struct PodContext<'a> {
+pub(crate) struct PodContext<'a> {
     pub pod: &'a Pod,
     pub requests: Resources,
     pub non_zero: Resources,
@@ -815,7 +813,7 @@ pub struct PodContext<'a> {
 }
 
 impl<'a> PodContext<'a> {
-    pub fn new(pod: &'a Pod, nodes: &[NodeInfo]) -> Self {
+    pub(crate) fn new(pod: &'a Pod, nodes: &[NodeInfo]) -> Self {
         Self {
             pod,
             requests: pod_requests(pod, false),
@@ -828,13 +826,13 @@ impl<'a> PodContext<'a> {
     }
 
     /// With what the pod's claims require (see [`crate::volumes`]).
-    pub fn with_volumes(mut self, volumes: crate::volumes::PodVolumes) -> Self {
+    pub(crate) fn with_volumes(mut self, volumes: crate::volumes::PodVolumes) -> Self {
         self.volumes = volumes;
         self
     }
 
     /// Every filter in upstream's order, stopping at the first that fails.
-    pub fn filter(&self, node: &NodeInfo) -> Result<(), Vec<Reason>> {
+    pub(crate) fn filter(&self, node: &NodeInfo) -> Result<(), Vec<Reason>> {
         let one = |r: Result<(), Reason>| r.map_err(|e| vec![e]);
         one(filter_node_unschedulable(self.pod, node))?;
         one(filter_node_name(self.pod, node))?;
@@ -850,7 +848,7 @@ impl<'a> PodContext<'a> {
 
     /// Weighted, normalised scores of the feasible nodes (upstream's default weights:
     /// fit 1, balanced 1, node affinity 2, taints 3, spreading 2, inter-pod affinity 2).
-    pub fn score(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
+    pub(crate) fn score(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
         let affinity: Vec<i64> = nodes
             .iter()
             .map(|n| score_node_affinity(self.pod, n))
@@ -914,7 +912,7 @@ impl<'a> PodContext<'a> {
 
 /// Upstream's FitError text: `0/3 nodes are available: 1 node(s) had untolerated taint
 /// {k: v}, 2 Insufficient cpu. preemption: 0/3 nodes are available: ...`.
-pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
+pub(crate) fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
     if total == 0 {
         return "no nodes available to schedule pods".into();
     }
@@ -948,7 +946,7 @@ pub fn unschedulable_message(total: usize, per_node: &[Vec<Reason>]) -> String {
 
 /// The filters' part of upstream's message: "0/3 nodes are available: 1 node(s) had
 /// untolerated taint ..., 2 Insufficient cpu."
-pub fn filter_message(total: usize, per_node: &[Vec<Reason>]) -> String {
+pub(crate) fn filter_message(total: usize, per_node: &[Vec<Reason>]) -> String {
     let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
     for reasons in per_node {
         for r in reasons {

@@ -12,19 +12,19 @@ use crate::plugins::{NodeInfo, PodContext, Reason};
 
 /// A node and the pods that must go for the preemptor to fit there.
 #[derive(Debug)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub node: String,
     pub victims: Vec<Arc<Pod>>,
 }
 
-pub fn priority(pod: &Pod) -> i32 {
+pub(crate) fn priority(pod: &Pod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
 /// Whether `pod` may preempt at all: not with `preemptionPolicy: Never`, and not while
 /// victims it already caused on its nominated node are still terminating (upstream's
 /// `PodEligibleToPreemptOthers`).
-pub fn eligible(pod: &Pod, infos: &[NodeInfo]) -> Result<(), &'static str> {
+pub(crate) fn eligible(pod: &Pod, infos: &[NodeInfo]) -> Result<(), &'static str> {
     let spec = pod.spec.as_ref();
     if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
         return Err("not eligible due to preemptionPolicy=Never.");
@@ -49,7 +49,7 @@ pub fn eligible(pod: &Pod, infos: &[NodeInfo]) -> Result<(), &'static str> {
 
 /// The best candidate among the nodes that failed only for reasons eviction can fix
 /// (`failed`: index into `infos` and that node's reasons).
-pub fn select_candidate(
+pub(crate) fn select_candidate(
     ctx: &PodContext,
     infos: &[NodeInfo],
     failed: &[(usize, Vec<Reason>)],

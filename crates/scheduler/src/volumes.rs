@@ -28,7 +28,7 @@ const REGION_LABELS: [&str; 2] = [
 
 /// Caches of claims, volumes and classes, kept by reflectors.
 #[derive(Clone)]
-pub struct VolumeCaches {
+pub(crate) struct VolumeCaches {
     claims: Store<PersistentVolumeClaim>,
     volumes: Store<PersistentVolume>,
     classes: Store<StorageClass>,
@@ -36,7 +36,7 @@ pub struct VolumeCaches {
 
 /// What one pod's claims require of a node, resolved once per scheduling attempt.
 #[derive(Default)]
-pub struct PodVolumes {
+pub(crate) struct PodVolumes {
     /// A reason no node can fix (missing or unbound claim).
     blocked: Option<String>,
     volumes: Vec<Arc<PersistentVolume>>,
@@ -45,7 +45,7 @@ pub struct PodVolumes {
 impl VolumeCaches {
     /// Starts the reflectors; `changed` gets a message whenever any of them changes, so
     /// that pods waiting on a claim are retried.
-    pub fn spawn(
+    pub(crate) fn spawn(
         client: &kube::Client,
         changed: mpsc::UnboundedSender<()>,
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
@@ -63,7 +63,7 @@ impl VolumeCaches {
         )
     }
 
-    pub fn for_pod(&self, pod: &Pod) -> PodVolumes {
+    pub(crate) fn for_pod(&self, pod: &Pod) -> PodVolumes {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let claims = pod
             .spec
@@ -122,7 +122,7 @@ impl VolumeCaches {
 }
 
 impl PodVolumes {
-    pub fn filter(&self, node: &NodeInfo) -> Result<(), Reason> {
+    pub(crate) fn filter(&self, node: &NodeInfo) -> Result<(), Reason> {
         if let Some(blocked) = &self.blocked {
             return Err(Reason::unresolvable(blocked.clone()));
         }

@@ -180,8 +180,8 @@ fn redb_file_without_marker(path: &Path) -> redb_probe::Db {
 
 /// A tiny redb user, standing in for any other program's database file.
 mod redb_probe {
-    pub struct Db(#[allow(dead_code)] redb::Database);
-    pub fn create(path: &std::path::Path) -> Db {
+    pub(crate) struct Db(#[allow(dead_code)] redb::Database);
+    pub(crate) fn create(path: &std::path::Path) -> Db {
         const T: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("things");
         let db = redb::Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();

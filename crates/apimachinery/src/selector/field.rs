@@ -138,7 +138,7 @@ impl FromStr for FieldSelector {
 }
 
 /// Escapes `\`, `,` and `=` so that any string can be a field selector value.
-pub fn escape_field_value(value: &str) -> String {
+pub(super) fn escape_field_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         if matches!(c, '\\' | ',' | '=') {
@@ -151,7 +151,7 @@ pub fn escape_field_value(value: &str) -> String {
 
 /// Reverses [`escape_field_value`], rejecting unknown escapes, a trailing
 /// backslash, and unescaped `,` or `=`.
-pub fn unescape_field_value(raw: &str) -> Result<String, SelectorError> {
+pub(super) fn unescape_field_value(raw: &str) -> Result<String, SelectorError> {
     let invalid = |msg: String| SelectorError::InvalidFieldSelector(msg);
     let mut out = String::with_capacity(raw.len());
     let mut escaped = false;

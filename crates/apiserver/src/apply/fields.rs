@@ -16,13 +16,13 @@ use serde_json::{json, Map, Value};
 use crate::patch::schema::{FieldKind, SchemaNode};
 
 /// One path element sequence, e.g. `["f:spec", "f:replicas"]`.
-pub type FieldPath = Vec<String>;
+pub(crate) type FieldPath = Vec<String>;
 
 /// The `FieldsV1` tree of every field set in `object`.
 ///
 /// `apiVersion`, `kind` and `status` are skipped, and of `metadata` only `labels` and
 /// `annotations` are tracked.
-pub fn field_set(object: &Value, schema: Option<SchemaNode<'_>>) -> Value {
+pub(crate) fn field_set(object: &Value, schema: Option<SchemaNode<'_>>) -> Value {
     let mut root = Map::new();
     let Some(fields) = object.as_object() else {
         return Value::Object(root);
@@ -160,7 +160,7 @@ fn item_key(item: &Value, keys: &[&str]) -> Option<String> {
 }
 
 /// The member paths of a set, sorted. A `.` member is reported as its parent's path.
-pub fn leaves(set: &Value) -> Vec<FieldPath> {
+pub(crate) fn leaves(set: &Value) -> Vec<FieldPath> {
     let mut out = BTreeSet::new();
     collect(set, &mut Vec::new(), &mut out);
     out.into_iter().collect()
@@ -232,20 +232,23 @@ fn leaf_set(set: &Value) -> BTreeSet<FieldPath> {
 }
 
 /// Members of either set.
-pub fn union(a: &Value, b: &Value) -> Value {
+#[cfg(test)]
+pub(crate) fn union(a: &Value, b: &Value) -> Value {
     let mut all = leaf_set(a);
     all.extend(leaf_set(b));
     from_leaves(&all)
 }
 
 /// Members of `a` that are not members of `b`.
-pub fn difference(a: &Value, b: &Value) -> Value {
+#[cfg(test)]
+pub(crate) fn difference(a: &Value, b: &Value) -> Value {
     let b = leaf_set(b);
     from_leaves(&leaf_set(a).into_iter().filter(|p| !b.contains(p)).collect())
 }
 
 /// Members of both sets.
-pub fn intersection(a: &Value, b: &Value) -> Value {
+#[cfg(test)]
+pub(crate) fn intersection(a: &Value, b: &Value) -> Value {
     let b = leaf_set(b);
     from_leaves(&leaf_set(a).into_iter().filter(|p| b.contains(p)).collect())
 }
@@ -293,14 +296,14 @@ fn step<'v>(value: &'v Value, element: &Element) -> Option<&'v Value> {
 }
 
 /// The value at a field path, if present.
-pub fn value_at<'v>(object: &'v Value, path: &[String]) -> Option<&'v Value> {
+pub(crate) fn value_at<'v>(object: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(object, |value, element| {
         step(value, &parse_element(element)?)
     })
 }
 
 /// Removes the field, map entry or list item at `path`; a no-op when it is absent.
-pub fn remove_path(object: &mut Value, path: &[String]) {
+pub(crate) fn remove_path(object: &mut Value, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
@@ -346,7 +349,7 @@ pub fn remove_path(object: &mut Value, path: &[String]) {
 }
 
 /// A path in upstream's human form: `.spec.template.spec.containers[name="web"].image`.
-pub fn human_path(path: &[String]) -> String {
+pub(crate) fn human_path(path: &[String]) -> String {
     let mut out = String::new();
     for element in path {
         match parse_element(element) {
@@ -403,7 +406,7 @@ fn differs(path: &[String], live_value: Option<&Value>, applied_value: Option<&V
 /// operation) whose live value differs from the applied one, as `(manager, human path)`.
 /// Without `force` they are returned as the error; with `force` those members move to
 /// `manager`. Members whose values agree are shared.
-pub fn apply_ownership(
+pub(crate) fn apply_ownership(
     live: &Value,
     applied: &Value,
     manager: &str,
@@ -497,7 +500,7 @@ pub fn apply_ownership(
 /// changed become its own (`operation: Update`), taken from whoever owned them, as
 /// upstream records updates. Returns the new `managedFields`, or `None` when nothing
 /// changed ownership. `apiVersion` and `time` are left for the caller.
-pub fn record_update(
+pub(crate) fn record_update(
     live: &Value,
     next: &Value,
     manager: &str,
@@ -541,7 +544,7 @@ pub fn record_update(
 }
 
 /// The message of a conflict error, as upstream words it.
-pub fn conflict_message(conflicts: &[(String, String)], api_version: &str) -> String {
+pub(crate) fn conflict_message(conflicts: &[(String, String)], api_version: &str) -> String {
     if let [(manager, path)] = conflicts {
         return format!(
             "Apply failed with 1 conflict: conflict with \"{manager}\" using {api_version}: {path}"

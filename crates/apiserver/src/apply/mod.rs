@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult, Cause};
 use crate::handlers::{create_object, write_with_retry, Call, Part};
 use crate::patch;
 
-pub mod fields;
+pub(crate) mod fields;
 
 /// Completes the manager's `Apply` entry with the API version and the time.
 fn stamp(call: &Call<'_>, managed: &mut Value, manager: &str) {
@@ -26,7 +26,10 @@ fn stamp(call: &Call<'_>, managed: &mut Value, manager: &str) {
     }
 }
 
-pub async fn server_side_apply(call: &Call<'_>, part: Part) -> ApiResult<crate::body::Reply> {
+pub(crate) async fn server_side_apply(
+    call: &Call<'_>,
+    part: Part,
+) -> ApiResult<crate::body::Reply> {
     let applied = body::decode_object(call.headers, &call.body)?;
     let manager = call
         .query

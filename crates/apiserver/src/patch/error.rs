@@ -1,7 +1,7 @@
 /// Why a patch could not be applied. Messages name the field (as a path like
 /// `spec.containers[name=web].image`) so they can go straight into a Status response.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PatchError {
+pub(crate) enum PatchError {
     /// The patch document itself is malformed: wrong top-level shape, or a directive
     /// (`$patch`, `$retainKeys`, `$setElementOrder/…`, `$deleteFromPrimitiveList/…`) with a
     /// bad value.
@@ -41,7 +41,7 @@ impl PatchError {
     /// The HTTP status the Kubernetes API server answers with for this kind of failure:
     /// 400 for malformed patches and type errors (upstream's decode errors), 422 for patches
     /// that cannot be applied, 413 for oversized JSON patches.
-    pub fn http_status(&self) -> u16 {
+    pub(crate) fn http_status(&self) -> u16 {
         match self {
             Self::Malformed { .. } | Self::TypeMismatch { .. } => 400,
             Self::MissingMergeKey { .. }

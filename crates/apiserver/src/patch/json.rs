@@ -8,11 +8,11 @@ use super::error::{json_type, PatchError};
 
 /// The most operations one patch may carry; the Kubernetes API server has the same limit
 /// so that a request cannot make it spend unbounded time.
-pub const MAX_OPERATIONS: usize = 10_000;
+pub(crate) const MAX_OPERATIONS: usize = 10_000;
 
 /// Applies a JSON patch given as its JSON document (an array of operations). Either every
 /// operation applies or the original is returned unchanged through the error.
-pub fn apply(original: &Value, patch_ops: &Value) -> Result<Value, PatchError> {
+pub(crate) fn apply(original: &Value, patch_ops: &Value) -> Result<Value, PatchError> {
     let ops = parse(patch_ops)?;
     let mut doc = original.clone();
     // Not `json_patch::patch`: on a failed operation it undoes the ones before, and its
@@ -28,7 +28,7 @@ pub fn apply(original: &Value, patch_ops: &Value) -> Result<Value, PatchError> {
 }
 
 /// Decodes the operations one by one so that an error can name the bad one.
-pub fn parse(patch_ops: &Value) -> Result<Vec<PatchOperation>, PatchError> {
+pub(crate) fn parse(patch_ops: &Value) -> Result<Vec<PatchOperation>, PatchError> {
     let Value::Array(items) = patch_ops else {
         return Err(PatchError::Malformed {
             path: "<root>".to_owned(),

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// Applies a JSON merge patch. Cannot fail: any JSON value is a valid merge patch (a
 /// non-object patch simply replaces the document).
-pub fn apply(original: &Value, patch: &Value) -> Value {
+pub(crate) fn apply(original: &Value, patch: &Value) -> Value {
     let mut doc = original.clone();
     json_patch::merge(&mut doc, patch);
     doc

@@ -6,19 +6,21 @@
 //! not handled here.
 
 mod error;
-pub mod json;
-pub mod merge;
-pub mod schema;
-pub mod strategic;
+pub(crate) mod json;
+pub(crate) mod merge;
+pub(crate) mod schema;
+pub(crate) mod strategic;
 
+#[cfg(test)]
 use serde_json::Value;
 
-pub use error::PatchError;
-pub use schema::{FieldKind, PatchSchema, SchemaNode};
+pub(crate) use error::PatchError;
+pub(crate) use schema::{PatchSchema, SchemaNode};
 
 /// A PATCH request body format, named by its `Content-Type`.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchType {
+pub(crate) enum PatchType {
     /// RFC 6902, `application/json-patch+json`.
     Json,
     /// RFC 7396, `application/merge-patch+json`.
@@ -27,9 +29,10 @@ pub enum PatchType {
     StrategicMerge,
 }
 
+#[cfg(test)]
 impl PatchType {
     /// Parses a `Content-Type` header value, ignoring parameters such as `charset`.
-    pub fn from_content_type(content_type: &str) -> Option<Self> {
+    pub(crate) fn from_content_type(content_type: &str) -> Option<Self> {
         let media_type = content_type.split(';').next().unwrap_or_default().trim();
         match media_type.to_ascii_lowercase().as_str() {
             "application/json-patch+json" => Some(Self::Json),
@@ -39,7 +42,7 @@ impl PatchType {
         }
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Self::Json => "application/json-patch+json",
             Self::Merge => "application/merge-patch+json",
@@ -52,7 +55,8 @@ impl PatchType {
 /// without one (custom resources) it behaves as JSON merge patch. Upstream refuses
 /// strategic merge patch for custom resources with 415, so a server that wants the same
 /// must check before calling.
-pub fn apply(
+#[cfg(test)]
+pub(crate) fn apply(
     patch_type: PatchType,
     original: &Value,
     patch: &Value,

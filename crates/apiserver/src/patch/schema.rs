@@ -29,7 +29,7 @@ const MAX_REF_DEPTH: usize = 32;
 
 /// Schema definitions indexed for patching.
 #[derive(Debug, Default)]
-pub struct PatchSchema {
+pub(crate) struct PatchSchema {
     defs: Map<String, Value>,
     /// `"group/version/Kind"` to definition name.
     by_gvk: HashMap<String, String>,
@@ -37,7 +37,7 @@ pub struct PatchSchema {
 
 /// Why a schema document could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum SchemaError {
+pub(crate) enum SchemaError {
     #[error("schema document is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("schema document has no `$defs`, `definitions` or `components.schemas` object")]
@@ -46,17 +46,17 @@ pub enum SchemaError {
 
 impl PatchSchema {
     /// The built-in Kubernetes schema, parsed on first use.
-    pub fn builtin() -> &'static PatchSchema {
+    pub(crate) fn builtin() -> &'static PatchSchema {
         &BUILTIN
     }
 
-    pub fn from_json_str(text: &str) -> Result<Self, SchemaError> {
+    pub(crate) fn from_json_str(text: &str) -> Result<Self, SchemaError> {
         Self::from_value(serde_json::from_str(text)?)
     }
 
     /// Accepts JSON Schema (`$defs`), Swagger 2 (`definitions`) and OpenAPI 3
     /// (`components.schemas`) layouts, since all three carry the same extensions.
-    pub fn from_value(doc: Value) -> Result<Self, SchemaError> {
+    pub(crate) fn from_value(doc: Value) -> Result<Self, SchemaError> {
         let Value::Object(mut doc) = doc else {
             return Err(SchemaError::NoDefinitions);
         };
@@ -99,19 +99,25 @@ impl PatchSchema {
 
     /// The root schema of a kind; the core group is `""`. `None` for kinds the schema does
     /// not know (custom resources), whose callers should fall back to JSON merge patch.
-    pub fn for_kind(&self, group: &str, version: &str, kind: &str) -> Option<SchemaNode<'_>> {
+    pub(crate) fn for_kind(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+    ) -> Option<SchemaNode<'_>> {
         let name = self.by_gvk.get(&gvk_key(group, version, kind))?;
         self.definition(name)
     }
 
     /// A definition by its full name, e.g. `io.k8s.api.core.v1.PodSpec`.
-    pub fn definition(&self, name: &str) -> Option<SchemaNode<'_>> {
+    pub(crate) fn definition(&self, name: &str) -> Option<SchemaNode<'_>> {
         self.defs
             .get(name)
             .map(|raw| SchemaNode { schema: self, raw })
     }
 
-    pub fn definition_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn definition_count(&self) -> usize {
         self.defs.len()
     }
 
@@ -137,7 +143,7 @@ fn gvk_key(group: &str, version: &str, kind: &str) -> String {
 
 /// A borrowed view of the schema of one field (or of a kind's root object).
 #[derive(Clone, Copy)]
-pub struct SchemaNode<'a> {
+pub(crate) struct SchemaNode<'a> {
     schema: &'a PatchSchema,
     /// The schema object as written at the field, before `$ref` resolution: the patch
     /// extensions live here, next to the `$ref`.
@@ -155,7 +161,7 @@ impl std::fmt::Debug for SchemaNode<'_> {
 
 /// What a field is, as far as patching cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldKind<'a> {
+pub(crate) enum FieldKind<'a> {
     /// A struct with named properties. `replace` (patch strategy `replace`) means a patch
     /// value replaces the whole object instead of merging into it.
     Object { replace: bool, retain_keys: bool },
@@ -177,7 +183,7 @@ pub enum FieldKind<'a> {
 
 /// The JSON primitive types a scalar field accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ScalarTypes {
+pub(crate) struct ScalarTypes {
     pub string: bool,
     pub integer: bool,
     pub number: bool,
@@ -199,7 +205,7 @@ impl ScalarTypes {
     }
 
     /// Whether `v` (never null: nulls mean deletion and are handled before typing) fits.
-    pub fn accepts(self, v: &Value) -> bool {
+    pub(crate) fn accepts(self, v: &Value) -> bool {
         match v {
             Value::String(_) => self.string,
             Value::Bool(_) => self.boolean,
@@ -211,7 +217,7 @@ impl ScalarTypes {
     }
 
     /// A short description for error messages.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         let names: Vec<&str> = [
             (self.string, "string"),
             (self.integer, "integer"),
@@ -228,7 +234,7 @@ impl ScalarTypes {
 
 /// Parsed `x-kubernetes-patch-strategy` (e.g. `merge,retainKeys`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PatchStrategy {
+pub(crate) struct PatchStrategy {
     pub merge: bool,
     pub replace: bool,
     pub retain_keys: bool,
@@ -258,14 +264,14 @@ impl<'a> SchemaNode<'a> {
     }
 
     /// The name of the definition this field refers to, if any.
-    pub fn ref_name(&self) -> Option<&'a str> {
+    pub(crate) fn ref_name(&self) -> Option<&'a str> {
         self.chain()
             .filter_map(|v| v.get("$ref").and_then(Value::as_str))
             .last()
             .map(|r| r.rsplit('/').next().unwrap_or(r))
     }
 
-    pub fn patch_strategy(&self) -> PatchStrategy {
+    pub(crate) fn patch_strategy(&self) -> PatchStrategy {
         let mut strategy = PatchStrategy::default();
         if let Some(text) = self
             .extension("x-kubernetes-patch-strategy")
@@ -283,19 +289,19 @@ impl<'a> SchemaNode<'a> {
         strategy
     }
 
-    pub fn merge_key(&self) -> Option<&'a str> {
+    pub(crate) fn merge_key(&self) -> Option<&'a str> {
         self.extension("x-kubernetes-patch-merge-key")
             .and_then(Value::as_str)
     }
 
     /// `x-kubernetes-list-type`: `atomic`, `set` or `map`. Informational only: strategic
     /// merge patch follows the patch strategy, as upstream does.
-    pub fn list_type(&self) -> Option<&'a str> {
+    pub(crate) fn list_type(&self) -> Option<&'a str> {
         self.extension("x-kubernetes-list-type")
             .and_then(Value::as_str)
     }
 
-    pub fn list_map_keys(&self) -> Vec<&'a str> {
+    pub(crate) fn list_map_keys(&self) -> Vec<&'a str> {
         self.extension("x-kubernetes-list-map-keys")
             .and_then(Value::as_array)
             .map(|keys| keys.iter().filter_map(Value::as_str).collect())
@@ -303,7 +309,7 @@ impl<'a> SchemaNode<'a> {
     }
 
     /// The schema of a property (for objects) or of the values (for maps).
-    pub fn child(&self, key: &str) -> Option<SchemaNode<'a>> {
+    pub(crate) fn child(&self, key: &str) -> Option<SchemaNode<'a>> {
         let s = self.resolved();
         if let Some(prop) = s.get("properties").and_then(|p| p.get(key)) {
             return Some(self.node(prop));
@@ -314,7 +320,7 @@ impl<'a> SchemaNode<'a> {
     }
 
     /// The schema of list items.
-    pub fn items(&self) -> Option<SchemaNode<'a>> {
+    pub(crate) fn items(&self) -> Option<SchemaNode<'a>> {
         self.resolved()
             .get("items")
             .filter(|i| i.is_object())
@@ -323,7 +329,11 @@ impl<'a> SchemaNode<'a> {
 
     /// Walks a path of property names; any segment below a list (an index or a merge-key
     /// value) steps into the items.
-    pub fn lookup<'p>(&self, path: impl IntoIterator<Item = &'p str>) -> Option<SchemaNode<'a>> {
+    #[cfg(test)]
+    pub(crate) fn lookup<'p>(
+        &self,
+        path: impl IntoIterator<Item = &'p str>,
+    ) -> Option<SchemaNode<'a>> {
         let mut node = *self;
         for segment in path {
             node = match node.field_kind() {
@@ -334,7 +344,7 @@ impl<'a> SchemaNode<'a> {
         Some(node)
     }
 
-    pub fn field_kind(&self) -> FieldKind<'a> {
+    pub(crate) fn field_kind(&self) -> FieldKind<'a> {
         let strategy = self.patch_strategy();
         match shape(self.schema, self.resolved(), 0) {
             Shape::Object => FieldKind::Object {

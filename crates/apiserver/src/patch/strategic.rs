@@ -41,7 +41,7 @@ const DELETE_FROM_PRIMITIVE_LIST: &str = "$deleteFromPrimitiveList";
 /// [`PatchSchema::for_kind`](super::schema::PatchSchema::for_kind)). Without one, and below
 /// any field the schema does not describe, lists are replaced and maps merged: JSON merge
 /// patch semantics, with the map-level directives still honoured.
-pub fn apply(
+pub(crate) fn apply(
     original: &Value,
     patch: &Value,
     schema: Option<SchemaNode<'_>>,

@@ -34,7 +34,7 @@ use crate::{
     InstanceHealth, LoadBalancers,
 };
 
-pub const EXTERNAL_BRIDGE: &str = "korvet-ext";
+pub(super) const EXTERNAL_BRIDGE: &str = "korvet-ext";
 /// Where instances serve `/healthz` and `/metrics`, on their external address.
 pub const ADMIN_PORT: u16 = 8404;
 /// Offsets in the control-plane /24: the instances, their shared gateway, internal

@@ -8,17 +8,17 @@ use korvet_cloud::local::default_pool;
 use korvet_cloud::LocalProvider;
 
 /// Destroys everything recorded in the state directory, also when the test failed.
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     dir: Option<tempfile::TempDir>,
 }
 
 impl Cleanup {
-    pub fn new() -> Cleanup {
+    pub(crate) fn new() -> Cleanup {
         Cleanup {
             dir: Some(tempfile::tempdir().unwrap()),
         }
     }
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
     }
 }

@@ -8,10 +8,10 @@
 //! stale cache fails with a conflict and is retried on fresh data instead of acting
 //! twice (upstream gets the same from its updates).
 
-pub mod progress;
+pub(crate) mod progress;
 mod recreate;
-pub mod revisions;
-pub mod rolling;
+pub(crate) mod revisions;
+pub(crate) mod rolling;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use revisions::{compute_hash, equal_ignore_hash, HASH_LABEL};
 use rolling::{is_rolling_update, max_surge};
 
 #[derive(Debug, thiserror::Error)]
-pub enum DeploymentError {
+pub(crate) enum DeploymentError {
     #[error("{0}")]
     Api(#[from] kube::Error),
     #[error("{0}")]
@@ -85,7 +85,7 @@ pub(crate) fn by_creation(a: &ReplicaSet, b: &ReplicaSet) -> std::cmp::Ordering 
 }
 
 /// Runs the Deployment controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let (replica_sets, rs_writer) = reflector::store();
     let rs_events = reflector::reflector(
         rs_writer,
@@ -681,7 +681,7 @@ async fn scale_sync(
 }
 
 /// The share of `to_add` replicas that `rs` gets (upstream's `GetProportion`).
-pub fn proportion(
+pub(crate) fn proportion(
     rs_size: i32,
     max_replicas_annotation: Option<i32>,
     d_size: i32,

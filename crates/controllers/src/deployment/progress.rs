@@ -12,15 +12,20 @@ use kube::ResourceExt;
 use super::rolling::max_unavailable;
 use super::{available, d_replicas, rs_replicas};
 
-pub const PROGRESSING: &str = "Progressing";
-pub const AVAILABLE: &str = "Available";
-pub const REPLICA_FAILURE: &str = "ReplicaFailure";
-pub const NEW_RS_AVAILABLE: &str = "NewReplicaSetAvailable";
-pub const TIMED_OUT: &str = "ProgressDeadlineExceeded";
-pub const PAUSED: &str = "DeploymentPaused";
-pub const RESUMED: &str = "DeploymentResumed";
+pub(crate) const PROGRESSING: &str = "Progressing";
+pub(crate) const AVAILABLE: &str = "Available";
+pub(crate) const REPLICA_FAILURE: &str = "ReplicaFailure";
+pub(crate) const NEW_RS_AVAILABLE: &str = "NewReplicaSetAvailable";
+pub(crate) const TIMED_OUT: &str = "ProgressDeadlineExceeded";
+pub(crate) const PAUSED: &str = "DeploymentPaused";
+pub(crate) const RESUMED: &str = "DeploymentResumed";
 
-pub fn condition(type_: &str, status: &str, reason: &str, message: String) -> DeploymentCondition {
+pub(crate) fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> DeploymentCondition {
     let now = Some(Time(jiff::Timestamp::now()));
     DeploymentCondition {
         type_: type_.into(),
@@ -32,7 +37,10 @@ pub fn condition(type_: &str, status: &str, reason: &str, message: String) -> De
     }
 }
 
-pub fn get<'a>(status: &'a DeploymentStatus, type_: &str) -> Option<&'a DeploymentCondition> {
+pub(crate) fn get<'a>(
+    status: &'a DeploymentStatus,
+    type_: &str,
+) -> Option<&'a DeploymentCondition> {
     status
         .conditions
         .as_ref()?
@@ -42,7 +50,7 @@ pub fn get<'a>(status: &'a DeploymentStatus, type_: &str) -> Option<&'a Deployme
 
 /// Upstream's `SetDeploymentCondition`: nothing changes when status and reason are the
 /// same; the transition time is kept while the status is.
-pub fn set(status: &mut DeploymentStatus, mut new: DeploymentCondition) {
+pub(crate) fn set(status: &mut DeploymentStatus, mut new: DeploymentCondition) {
     if let Some(current) = get(status, &new.type_) {
         if current.status == new.status && current.reason == new.reason {
             return;
@@ -55,13 +63,13 @@ pub fn set(status: &mut DeploymentStatus, mut new: DeploymentCondition) {
     status.conditions.get_or_insert_with(Vec::new).push(new);
 }
 
-pub fn remove(status: &mut DeploymentStatus, type_: &str) {
+pub(crate) fn remove(status: &mut DeploymentStatus, type_: &str) {
     if let Some(c) = status.conditions.as_mut() {
         c.retain(|c| c.type_ != type_);
     }
 }
 
-pub fn has_progress_deadline(d: &Deployment) -> bool {
+pub(crate) fn has_progress_deadline(d: &Deployment) -> bool {
     d.spec
         .as_ref()
         .and_then(|s| s.progress_deadline_seconds)
@@ -69,7 +77,7 @@ pub fn has_progress_deadline(d: &Deployment) -> bool {
 }
 
 /// Status from the ReplicaSets' status (upstream's `calculateStatus`).
-pub fn calculate(
+pub(crate) fn calculate(
     d: &Deployment,
     new_rs: Option<&ReplicaSet>,
     all: &[&ReplicaSet],
@@ -123,7 +131,7 @@ fn n(v: Option<i32>) -> i32 {
 }
 
 /// Every replica updated and available, none old left, and this generation observed.
-pub fn deployment_complete(d: &Deployment, status: Option<&DeploymentStatus>) -> bool {
+pub(crate) fn deployment_complete(d: &Deployment, status: Option<&DeploymentStatus>) -> bool {
     let Some(s) = status else {
         return false;
     };
@@ -135,7 +143,7 @@ pub fn deployment_complete(d: &Deployment, status: Option<&DeploymentStatus>) ->
 }
 
 /// Whether `new` shows progress over the Deployment's current status.
-pub fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> bool {
+pub(crate) fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> bool {
     let old = d.status.clone().unwrap_or_default();
     let old_old = n(old.replicas) - n(old.updated_replicas);
     let new_old = n(new.replicas) - n(new.updated_replicas);
@@ -147,7 +155,7 @@ pub fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> bool {
 
 /// The time left before the progress deadline passes: `None` when no deadline applies,
 /// zero when it has passed.
-pub fn deadline_left(d: &Deployment, status: &DeploymentStatus) -> Option<Duration> {
+pub(crate) fn deadline_left(d: &Deployment, status: &DeploymentStatus) -> Option<Duration> {
     if !has_progress_deadline(d) {
         return None;
     }
@@ -175,7 +183,7 @@ fn timed_out(d: &Deployment, status: &DeploymentStatus) -> bool {
 
 /// The Progressing condition after this sync (upstream's `syncRolloutStatus`), and the
 /// ReplicaSets' ReplicaFailure carried over.
-pub fn rollout_status(
+pub(crate) fn rollout_status(
     d: &Deployment,
     new_rs: Option<&ReplicaSet>,
     all: &[&ReplicaSet],
@@ -250,7 +258,7 @@ pub fn rollout_status(
 }
 
 /// Whether two statuses differ in what is reported (upstream compares deeply).
-pub fn differs(old: Option<&DeploymentStatus>, new: &DeploymentStatus) -> bool {
+pub(crate) fn differs(old: Option<&DeploymentStatus>, new: &DeploymentStatus) -> bool {
     let old = old.cloned().unwrap_or_default();
     n(old.replicas) != n(new.replicas)
         || n(old.updated_replicas) != n(new.updated_replicas)
@@ -263,7 +271,7 @@ pub fn differs(old: Option<&DeploymentStatus>, new: &DeploymentStatus) -> bool {
 }
 
 /// A merge patch with every status field; zero counts removed as upstream omits them.
-pub fn patch(status: &DeploymentStatus) -> serde_json::Value {
+pub(crate) fn patch(status: &DeploymentStatus) -> serde_json::Value {
     let count = |v: Option<i32>| match v {
         Some(n) if n != 0 => serde_json::json!(n),
         _ => serde_json::Value::Null,

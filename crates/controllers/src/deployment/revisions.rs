@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
-pub const HASH_LABEL: &str = "pod-template-hash";
-pub const REVISION: &str = "deployment.kubernetes.io/revision";
-pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
-pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
-pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
+pub(crate) const HASH_LABEL: &str = "pod-template-hash";
+pub(crate) const REVISION: &str = "deployment.kubernetes.io/revision";
+pub(crate) const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
+pub(crate) const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
+pub(crate) const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 /// Upstream caps `revision-history` at this many characters.
 const MAX_HISTORY_CHARS: usize = 2000;
 
@@ -31,7 +31,7 @@ fn skip_copy(key: &str) -> bool {
 /// A stable hash of `template` (and the collision count, to step past a name taken by
 /// a ReplicaSet with another template): FNV-1a over the template's JSON, encoded as
 /// upstream encodes its hash.
-pub fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+pub(crate) fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     let mut hash: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
@@ -66,12 +66,12 @@ fn without_hash(template: &PodTemplateSpec) -> serde_json::Value {
 }
 
 /// Upstream's `EqualIgnoreHash`.
-pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+pub(crate) fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
     without_hash(a) == without_hash(b)
 }
 
 /// The ReplicaSet's revision, 0 when it has none.
-pub fn revision(rs: &ReplicaSet) -> i64 {
+pub(crate) fn revision(rs: &ReplicaSet) -> i64 {
     rs.metadata
         .annotations
         .as_ref()
@@ -80,7 +80,7 @@ pub fn revision(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
-pub fn max_revision<'a>(sets: impl IntoIterator<Item = &'a ReplicaSet>) -> i64 {
+pub(crate) fn max_revision<'a>(sets: impl IntoIterator<Item = &'a ReplicaSet>) -> i64 {
     sets.into_iter().map(revision).max().unwrap_or(0)
 }
 
@@ -100,7 +100,7 @@ fn copy_annotations(d: &Deployment, annotations: &mut BTreeMap<String, String>) 
 /// Upstream's `SetNewReplicaSetAnnotations`: copied annotations, the new revision (the
 /// revision a re-used ReplicaSet had goes to `revision-history`), and for a ReplicaSet
 /// about to be created the replica annotations. Returns whether anything changed.
-pub fn set_new_rs_annotations(
+pub(crate) fn set_new_rs_annotations(
     d: &Deployment,
     rs: &mut ReplicaSet,
     new_revision: i64,
@@ -145,7 +145,7 @@ pub fn set_new_rs_annotations(
 }
 
 /// Sets `desired-replicas` and `max-replicas`; whether either changed.
-pub fn set_replicas_annotations(
+pub(crate) fn set_replicas_annotations(
     annotations: &mut BTreeMap<String, String>,
     desired: i32,
     max: i32,
@@ -161,7 +161,7 @@ pub fn set_replicas_annotations(
     changed
 }
 
-pub fn annotation_i32(rs: &ReplicaSet, key: &str) -> Option<i32> {
+pub(crate) fn annotation_i32(rs: &ReplicaSet, key: &str) -> Option<i32> {
     rs.metadata.annotations.as_ref()?.get(key)?.parse().ok()
 }
 

@@ -11,7 +11,7 @@ use super::{
 
 /// `value` resolved against `total`: an int as is, a percentage of `total` rounded up
 /// or down; `None` for a malformed percentage.
-pub fn scaled_value(value: &IntOrString, total: i32, round_up: bool) -> Option<i32> {
+pub(crate) fn scaled_value(value: &IntOrString, total: i32, round_up: bool) -> Option<i32> {
     match value {
         IntOrString::Int(n) => Some(*n),
         IntOrString::String(s) => {
@@ -29,7 +29,7 @@ pub fn scaled_value(value: &IntOrString, total: i32, round_up: bool) -> Option<i
 
 /// (maxSurge, maxUnavailable) for `desired` replicas: surge rounds up, unavailability
 /// down, and both zero would deadlock, so unavailability becomes 1.
-pub fn resolve_fenceposts(
+pub(crate) fn resolve_fenceposts(
     max_surge: Option<&IntOrString>,
     max_unavailable: Option<&IntOrString>,
     desired: i32,
@@ -44,7 +44,7 @@ pub fn resolve_fenceposts(
     (surge, unavailable)
 }
 
-pub fn is_rolling_update(d: &Deployment) -> bool {
+pub(crate) fn is_rolling_update(d: &Deployment) -> bool {
     d.spec
         .as_ref()
         .and_then(|s| s.strategy.as_ref())
@@ -66,7 +66,7 @@ fn fenceposts(d: &Deployment) -> (i32, i32) {
 }
 
 /// How many pods above the desired count a rollout may run.
-pub fn max_surge(d: &Deployment) -> i32 {
+pub(crate) fn max_surge(d: &Deployment) -> i32 {
     if !is_rolling_update(d) {
         return 0;
     }
@@ -74,7 +74,7 @@ pub fn max_surge(d: &Deployment) -> i32 {
 }
 
 /// How many pods below the desired count a rollout may leave unavailable.
-pub fn max_unavailable(d: &Deployment) -> i32 {
+pub(crate) fn max_unavailable(d: &Deployment) -> i32 {
     if !is_rolling_update(d) || d_replicas(d) == 0 {
         return 0;
     }
@@ -82,7 +82,7 @@ pub fn max_unavailable(d: &Deployment) -> i32 {
 }
 
 /// The replicas the new ReplicaSet may have now (upstream's `NewRSNewReplicas`).
-pub fn new_rs_new_replicas(d: &Deployment, all: &[&ReplicaSet], new_rs: &ReplicaSet) -> i32 {
+pub(crate) fn new_rs_new_replicas(d: &Deployment, all: &[&ReplicaSet], new_rs: &ReplicaSet) -> i32 {
     let desired = d_replicas(d);
     if !is_rolling_update(d) {
         return desired;
@@ -98,7 +98,7 @@ pub fn new_rs_new_replicas(d: &Deployment, all: &[&ReplicaSet], new_rs: &Replica
 
 /// How many old replicas may go now, after `new_rs`'s unavailable ones are counted
 /// (upstream's `maxScaledDown` of `reconcileOldReplicaSets`).
-pub fn max_scaled_down(d: &Deployment, all: &[&ReplicaSet], new_rs: &ReplicaSet) -> i32 {
+pub(crate) fn max_scaled_down(d: &Deployment, all: &[&ReplicaSet], new_rs: &ReplicaSet) -> i32 {
     let min_available = d_replicas(d) - max_unavailable(d);
     let new_unavailable = rs_replicas(new_rs) - available(new_rs);
     sum_replicas(all) - min_available - new_unavailable

@@ -133,7 +133,7 @@ enum GcError {
 }
 
 /// Runs the garbage collector until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let gc = Arc::new(Collector {
         client,
         graph: Mutex::default(),

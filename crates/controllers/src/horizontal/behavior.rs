@@ -8,37 +8,37 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
 
 /// Upstream's `--horizontal-pod-autoscaler-downscale-stabilization`.
-pub const DOWNSCALE_STABILIZATION: SignedDuration = SignedDuration::from_secs(300);
+pub(crate) const DOWNSCALE_STABILIZATION: SignedDuration = SignedDuration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Select {
+pub(crate) enum Select {
     Max,
     Min,
     Disabled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PolicyKind {
+pub(crate) enum PolicyKind {
     Pods,
     Percent,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub kind: PolicyKind,
     pub value: i32,
     pub period: SignedDuration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Rules {
+pub(crate) struct Rules {
     pub stabilization: SignedDuration,
     pub select: Select,
     pub policies: Vec<Policy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Behavior {
+pub(crate) struct Behavior {
     pub up: Rules,
     pub down: Rules,
 }
@@ -88,7 +88,7 @@ fn rules(spec: Option<&HPAScalingRules>, default: Rules) -> Rules {
 impl Behavior {
     /// `behavior` with upstream's defaults filled in; `None` without one (the classic
     /// rules apply).
-    pub fn from_spec(spec: Option<&HorizontalPodAutoscalerBehavior>) -> Option<Behavior> {
+    pub(crate) fn from_spec(spec: Option<&HorizontalPodAutoscalerBehavior>) -> Option<Behavior> {
         let spec = spec?;
         let up = Rules {
             stabilization: SignedDuration::ZERO,
@@ -119,7 +119,7 @@ struct ScaleEvent {
 
 /// What one HPA's controller remembers between syncs (upstream keeps it in memory too).
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     recommendations: Vec<(i32, Timestamp)>,
     up_events: Vec<ScaleEvent>,
     down_events: Vec<ScaleEvent>,
@@ -127,7 +127,7 @@ pub struct History {
 
 /// A condition's reason and message.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Reason {
+pub(crate) struct Reason {
     pub reason: &'static str,
     pub message: &'static str,
 }
@@ -168,7 +168,7 @@ const TOO_FEW: Reason = reason(
 
 /// The outcome of normalising: the replicas to set and the two conditions.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Normalized {
+pub(crate) struct Normalized {
     pub replicas: i32,
     /// AbleToScale (status True) reason.
     pub able_to_scale: Reason,
@@ -246,7 +246,7 @@ impl History {
     }
 
     /// Upstream's `normalizeDesiredReplicasWithBehaviors`.
-    pub fn normalize_with_behavior(
+    pub(crate) fn normalize_with_behavior(
         &mut self,
         behavior: &Behavior,
         current: i32,
@@ -329,7 +329,7 @@ impl History {
     }
 
     /// Upstream's `normalizeDesiredReplicas`, for an HPA without `behavior`.
-    pub fn normalize_plain(
+    pub(crate) fn normalize_plain(
         &mut self,
         current: i32,
         desired: i32,
@@ -373,7 +373,7 @@ impl History {
     }
 
     /// Remembers a rescale for the rate policies (upstream's `storeScaleEvent`).
-    pub fn record_scale(
+    pub(crate) fn record_scale(
         &mut self,
         behavior: Option<&Behavior>,
         from: i32,

@@ -10,8 +10,8 @@
 //! Pods/Object/External metrics need a custom metrics API that is not served, and make
 //! ScalingActive False as upstream does when that API fails.
 
-pub mod behavior;
-pub mod replicas;
+pub(crate) mod behavior;
+pub(crate) mod replicas;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ use replicas::{PodInfo, PodMetric};
 
 const NAME: &str = "horizontal-pod-autoscaler";
 /// Upstream's `--horizontal-pod-autoscaler-sync-period`.
-pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
+pub(crate) const SYNC_PERIOD: Duration = Duration::from_secs(15);
 
 struct Ctx {
     client: kube::Client,
@@ -53,10 +53,10 @@ struct Ctx {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SyncError(String);
+pub(crate) struct SyncError(String);
 
 /// Runs the HPA controller until its task is aborted.
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let api: Api<HorizontalPodAutoscaler> = Api::all(client.clone());
     let ctx = Arc::new(Ctx {
         recorder: EventRecorder::new(client.clone(), NAME),

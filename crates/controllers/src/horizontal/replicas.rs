@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 
 /// Changes smaller than this fraction of the target are not acted on.
-pub const TOLERANCE: f64 = 0.1;
+pub(crate) const TOLERANCE: f64 = 0.1;
 /// Upstream's `--horizontal-pod-autoscaler-cpu-initialization-period`.
-pub const CPU_INITIALIZATION_PERIOD: SignedDuration = SignedDuration::from_secs(300);
+pub(crate) const CPU_INITIALIZATION_PERIOD: SignedDuration = SignedDuration::from_secs(300);
 /// Upstream's `--horizontal-pod-autoscaler-initial-readiness-delay`.
-pub const INITIAL_READINESS_DELAY: SignedDuration = SignedDuration::from_secs(30);
+pub(crate) const INITIAL_READINESS_DELAY: SignedDuration = SignedDuration::from_secs(30);
 
 /// What the calculator needs of one pod selected by the target.
 #[derive(Clone, Debug)]
-pub struct PodInfo {
+pub(crate) struct PodInfo {
     pub name: String,
     pub phase: String,
     pub deleting: bool,
@@ -28,7 +28,7 @@ pub struct PodInfo {
 
 /// One pod's usage from metrics.k8s.io, summed over its containers (milli-units).
 #[derive(Clone, Copy, Debug)]
-pub struct PodMetric {
+pub(crate) struct PodMetric {
     pub value: i128,
     pub timestamp: Timestamp,
     pub window: SignedDuration,
@@ -163,7 +163,7 @@ fn second_pass(current: i32, ratio: f64, new_ratio: f64, counted: usize) -> i32 
 
 /// Replicas for a target utilization (percent of request): `(replicas, utilization %,
 /// average usage in milli-units)`.
-pub fn utilization_replicas(
+pub(crate) fn utilization_replicas(
     current: i32,
     target: i32,
     pods: &[PodInfo],
@@ -219,7 +219,7 @@ pub fn utilization_replicas(
 }
 
 /// Replicas for a target average value (milli-units): `(replicas, average usage)`.
-pub fn average_value_replicas(
+pub(crate) fn average_value_replicas(
     current: i32,
     target: i128,
     pods: &[PodInfo],

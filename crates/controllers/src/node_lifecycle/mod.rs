@@ -13,7 +13,7 @@
 //! Not yet: upstream's zone-aware eviction rate limits (a whole zone going dark stops
 //! evictions).
 
-pub mod taint_eviction;
+pub(crate) mod taint_eviction;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -28,13 +28,13 @@ use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
-pub const TAINT_MEMORY_PRESSURE: &str = "node.kubernetes.io/memory-pressure";
-pub const TAINT_DISK_PRESSURE: &str = "node.kubernetes.io/disk-pressure";
-pub const TAINT_PID_PRESSURE: &str = "node.kubernetes.io/pid-pressure";
-pub const TAINT_NETWORK_UNAVAILABLE: &str = "node.kubernetes.io/network-unavailable";
+pub(crate) const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub(crate) const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub(crate) const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+pub(crate) const TAINT_MEMORY_PRESSURE: &str = "node.kubernetes.io/memory-pressure";
+pub(crate) const TAINT_DISK_PRESSURE: &str = "node.kubernetes.io/disk-pressure";
+pub(crate) const TAINT_PID_PRESSURE: &str = "node.kubernetes.io/pid-pressure";
+pub(crate) const TAINT_NETWORK_UNAVAILABLE: &str = "node.kubernetes.io/network-unavailable";
 
 /// Every taint key this controller owns; other taints on a Node are left alone.
 const CONTROLLED: [&str; 7] = [
@@ -54,7 +54,7 @@ const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// How the controller judges Node health.
 #[derive(Clone, Copy, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// A Node not heard from (Lease or status) for this long is `Unknown`.
     pub grace_period: Duration,
     /// How often every Node is looked at even when nothing changed.
@@ -71,7 +71,7 @@ impl Default for Config {
 }
 
 /// Runs the node lifecycle controller with the default [`Config`].
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     run_with(client, Config::default()).await;
 }
 
@@ -82,7 +82,7 @@ struct Probe {
     at: Instant,
 }
 
-pub async fn run_with(client: kube::Client, config: Config) {
+pub(crate) async fn run_with(client: kube::Client, config: Config) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let (node_store, node_writer) = reflector::store();
@@ -198,7 +198,7 @@ impl Drop for Driven {
     }
 }
 
-pub fn condition<'n>(node: &'n Node, type_: &str) -> Option<&'n NodeCondition> {
+pub(crate) fn condition<'n>(node: &'n Node, type_: &str) -> Option<&'n NodeCondition> {
     node.status
         .as_ref()?
         .conditions
@@ -321,7 +321,7 @@ async fn mark_pods_not_ready(pods: &Api<Pod>, recorder: &EventRecorder, node: &s
 }
 
 /// The taints this controller wants on `node`, by (key, effect).
-pub fn wanted_taints(node: &Node) -> Vec<(&'static str, &'static str)> {
+pub(crate) fn wanted_taints(node: &Node) -> Vec<(&'static str, &'static str)> {
     let mut wanted = Vec::new();
     match condition(node, "Ready").map(|c| c.status.as_str()) {
         Some("False") => {
@@ -357,7 +357,7 @@ pub fn wanted_taints(node: &Node) -> Vec<(&'static str, &'static str)> {
 
 /// `node`'s taints with the controlled ones made as wanted; `None` if nothing changes.
 /// NoExecute taints keep their `timeAdded` (taint eviction counts from it).
-pub fn next_taints(node: &Node, now: &Time) -> Option<Vec<Taint>> {
+pub(crate) fn next_taints(node: &Node, now: &Time) -> Option<Vec<Taint>> {
     let current: Vec<Taint> = node
         .spec
         .as_ref()

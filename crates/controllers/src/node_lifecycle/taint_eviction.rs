@@ -19,7 +19,7 @@ use serde_json::json;
 
 /// What the NoExecute `taints` mean for a pod with `tolerations`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// No NoExecute taint, or all tolerated forever.
     Stay,
     /// Delete now.
@@ -28,7 +28,11 @@ pub enum Verdict {
     EvictAt(jiff::Timestamp),
 }
 
-pub fn verdict(tolerations: &[Toleration], taints: &[Taint], now: jiff::Timestamp) -> Verdict {
+pub(crate) fn verdict(
+    tolerations: &[Toleration],
+    taints: &[Taint],
+    now: jiff::Timestamp,
+) -> Verdict {
     let no_execute: Vec<&Taint> = taints.iter().filter(|t| t.effect == "NoExecute").collect();
     let mut deadline: Option<jiff::Timestamp> = None;
     for taint in no_execute {
@@ -57,7 +61,7 @@ pub fn verdict(tolerations: &[Toleration], taints: &[Taint], now: jiff::Timestam
     }
 }
 
-pub async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client) {
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
     let (node_store, node_writer) = reflector::store();

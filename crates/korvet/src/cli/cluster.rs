@@ -15,7 +15,7 @@ use super::output::{age, print};
 use super::{explain, ClusterCommand, Global};
 
 #[derive(Args)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     pub name: String,
     /// Kubernetes version (MAJOR.MINOR).
     #[arg(long)]
@@ -38,7 +38,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Args)]
-pub struct ScaleArgs {
+pub(crate) struct ScaleArgs {
     pub name: String,
     /// The pool to scale (its name in the cluster).
     #[arg(long)]
@@ -48,7 +48,7 @@ pub struct ScaleArgs {
 }
 
 #[derive(Args)]
-pub struct NameWait {
+pub(crate) struct NameWait {
     pub name: String,
     /// Wait until the operation has finished.
     #[arg(long)]
@@ -76,7 +76,7 @@ fn parse_pool(text: &str) -> anyhow::Result<InlineNodePool> {
     })
 }
 
-pub async fn run(
+pub(super) async fn run(
     client: kube::Client,
     global: &Global,
     command: ClusterCommand,
@@ -161,7 +161,7 @@ pub async fn run(
 }
 
 /// Waits (with progress) until the cluster is Running and Ready.
-pub async fn wait_running(api: &Api<Cluster>, name: &str) -> anyhow::Result<Cluster> {
+pub(crate) async fn wait_running(api: &Api<Cluster>, name: &str) -> anyhow::Result<Cluster> {
     wait_for(api, name, |c| {
         c.map(|c| c.phase() == phase::RUNNING && ready(c))
     })
@@ -288,7 +288,7 @@ fn print_clusters(global: &Global, clusters: &[Cluster], single: bool) -> anyhow
 }
 
 /// The admin kubeconfig of a cluster, from the Secret the platform keeps.
-pub async fn kubeconfig(
+pub(crate) async fn kubeconfig(
     client: &kube::Client,
     namespace: &str,
     name: &str,

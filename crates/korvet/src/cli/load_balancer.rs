@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use super::output::{age, print};
 use super::{explain, Global};
 
-pub async fn list(
+pub(super) async fn list(
     client: kube::Client,
     global: &Global,
     cluster: Option<String>,
@@ -29,7 +29,7 @@ pub async fn list(
 }
 
 /// One load balancer, by its object name or as `CLUSTER NAMESPACE/SERVICE`.
-pub async fn get(
+pub(super) async fn get(
     client: kube::Client,
     global: &Global,
     cluster_or_name: String,

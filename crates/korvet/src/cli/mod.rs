@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-pub use cluster::{kubeconfig as cluster_kubeconfig, wait_running};
-pub use output::Format;
+pub(crate) use cluster::{kubeconfig as cluster_kubeconfig, wait_running};
+pub(crate) use output::Format;
 
 /// Options every CLI command takes.
 #[derive(Args, Clone)]
-pub struct Global {
+pub(crate) struct Global {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
@@ -25,7 +25,7 @@ pub struct Global {
 }
 
 #[derive(Subcommand)]
-pub enum ClusterCommand {
+pub(crate) enum ClusterCommand {
     /// Create a cluster.
     Create(cluster::CreateArgs),
     /// List clusters.
@@ -45,7 +45,7 @@ pub enum ClusterCommand {
 /// Every node-pool command names a pool as `CLUSTER POOL`, whether the pool was made
 /// with the cluster (`--pool`) or added later.
 #[derive(Subcommand)]
-pub enum NodePoolCommand {
+pub(crate) enum NodePoolCommand {
     /// Add a node pool to a cluster.
     Add(nodepool::AddArgs),
     /// List node pools (of every cluster, or of one).
@@ -67,7 +67,10 @@ pub enum NodePoolCommand {
 }
 
 /// `korvet lb list|get`.
-pub async fn run_load_balancer(global: Global, command: LoadBalancerCommand) -> anyhow::Result<()> {
+pub(crate) async fn run_load_balancer(
+    global: Global,
+    command: LoadBalancerCommand,
+) -> anyhow::Result<()> {
     let client = client().await?;
     match command {
         LoadBalancerCommand::List { cluster } => {
@@ -80,7 +83,7 @@ pub async fn run_load_balancer(global: Global, command: LoadBalancerCommand) -> 
 }
 
 #[derive(Subcommand)]
-pub enum LoadBalancerCommand {
+pub(crate) enum LoadBalancerCommand {
     /// List the load balancers (of every cluster, or of one).
     List {
         /// Only the load balancers of this cluster.
@@ -95,7 +98,7 @@ pub enum LoadBalancerCommand {
 }
 
 /// The management API's kubeconfig: `$KORVET_KUBECONFIG`, else `~/.korvet/admin.kubeconfig`.
-pub fn kubeconfig_path() -> anyhow::Result<PathBuf> {
+pub(crate) fn kubeconfig_path() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KORVET_KUBECONFIG") {
         return Ok(PathBuf::from(path));
     }
@@ -103,7 +106,7 @@ pub fn kubeconfig_path() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".korvet").join("admin.kubeconfig"))
 }
 
-pub async fn client() -> anyhow::Result<kube::Client> {
+pub(crate) async fn client() -> anyhow::Result<kube::Client> {
     let path = kubeconfig_path()?;
     let yaml = std::fs::read_to_string(&path).map_err(|e| {
         anyhow::anyhow!(
@@ -117,7 +120,7 @@ pub async fn client() -> anyhow::Result<kube::Client> {
 }
 
 /// A management-API error as a CLI message that says what to do.
-pub fn explain(error: kube::Error) -> anyhow::Error {
+pub(crate) fn explain(error: kube::Error) -> anyhow::Error {
     match error {
         kube::Error::Api(status) => anyhow::anyhow!("{}", status.message),
         kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow::anyhow!(
@@ -127,18 +130,18 @@ pub fn explain(error: kube::Error) -> anyhow::Error {
     }
 }
 
-pub async fn run_cluster(global: Global, command: ClusterCommand) -> anyhow::Result<()> {
+pub(crate) async fn run_cluster(global: Global, command: ClusterCommand) -> anyhow::Result<()> {
     let client = client().await?;
     cluster::run(client, &global, command).await
 }
 
-pub async fn run_nodepool(global: Global, command: NodePoolCommand) -> anyhow::Result<()> {
+pub(crate) async fn run_nodepool(global: Global, command: NodePoolCommand) -> anyhow::Result<()> {
     let client = client().await?;
     nodepool::run(client, &global, command).await
 }
 
 /// `korvet kubeconfig NAME`: the cluster's admin kubeconfig on stdout.
-pub async fn kubeconfig(global: Global, name: String) -> anyhow::Result<()> {
+pub(crate) async fn kubeconfig(global: Global, name: String) -> anyhow::Result<()> {
     let client = client().await?;
     let text = cluster::kubeconfig(&client, &global.namespace, &name).await?;
     print!("{text}");

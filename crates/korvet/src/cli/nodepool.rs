@@ -10,7 +10,7 @@ use super::{explain, Global, NodePoolCommand};
 
 /// A pool as `CLUSTER POOL`.
 #[derive(Args)]
-pub struct PoolRef {
+pub(crate) struct PoolRef {
     /// The cluster the pool belongs to.
     pub cluster: String,
     /// The pool's name in the cluster.
@@ -18,7 +18,7 @@ pub struct PoolRef {
 }
 
 #[derive(Args)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// The cluster the pool belongs to.
     pub cluster: String,
     /// Name of the pool.
@@ -52,7 +52,7 @@ fn parse_taint(text: &str) -> anyhow::Result<Taint> {
     })
 }
 
-pub async fn run(
+pub(super) async fn run(
     client: kube::Client,
     global: &Global,
     command: NodePoolCommand,
@@ -191,7 +191,7 @@ async fn no_such_pool(client: &kube::Client, namespace: &str, pool: &PoolRef) ->
 
 /// Sets a pool's node count: in the Cluster's spec for a pool made with the cluster (the
 /// platform keeps its NodePool in step with it), on the NodePool for one added later.
-pub async fn scale_pool(
+pub(super) async fn scale_pool(
     client: &kube::Client,
     namespace: &str,
     pool: &PoolRef,

@@ -4,14 +4,14 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
     Yaml,
 }
 
 /// Prints `objects` in `format`; `columns` and `row` make the table.
-pub fn print<T: Serialize>(
+pub(super) fn print<T: Serialize>(
     format: Format,
     objects: &[T],
     single: bool,
@@ -45,7 +45,7 @@ pub fn print<T: Serialize>(
     Ok(())
 }
 
-pub fn table(columns: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(columns: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -72,7 +72,9 @@ pub fn table(columns: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Age of an object as kubectl shows it (`45s`, `3m`, `2h`, `5d`).
-pub fn age(created: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+pub(super) fn age(
+    created: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> String {
     let Some(created) = created else {
         return "<unknown>".into();
     };

@@ -12,7 +12,7 @@ use super::runtime::identity;
 /// The objects a container's environment refers to; `None` when the API has none by
 /// that name.
 #[derive(Clone, Debug, Default)]
-pub struct Sources {
+pub(crate) struct Sources {
     pub config_maps: HashMap<String, Option<ConfigMap>>,
     pub secrets: HashMap<String, Option<Secret>>,
     pub pod_ip: String,
@@ -26,7 +26,7 @@ pub struct Sources {
 /// Why a container cannot be configured; its text is upstream's message for
 /// `CreateContainerConfigError`.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum EnvError {
+pub(crate) enum EnvError {
     #[error("configmap \"{0}\" not found")]
     ConfigMapNotFound(String),
     #[error("secret \"{0}\" not found")]
@@ -50,7 +50,7 @@ pub enum EnvError {
 }
 
 /// The ConfigMaps and Secrets (by name) that container `c` reads its environment from.
-pub fn referenced(c: &Container) -> (BTreeSet<String>, BTreeSet<String>) {
+pub(crate) fn referenced(c: &Container) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut maps, mut secrets) = (BTreeSet::new(), BTreeSet::new());
     for from in c.env_from.iter().flatten() {
         if let Some(r) = &from.config_map_ref {
@@ -97,7 +97,7 @@ fn secret_data(s: &Secret) -> BTreeMap<String, String> {
 }
 
 /// The environment of container `c` of `pod`, in order.
-pub fn resolve(
+pub(crate) fn resolve(
     pod: &Pod,
     c: &Container,
     sources: &Sources,
@@ -196,7 +196,7 @@ pub fn resolve(
 
 /// `$(NAME)` references to earlier variables are replaced, `$$` escapes, unknown
 /// references stay as written (upstream's expansion rules).
-pub fn expand(text: &str, env: &[(String, String)]) -> String {
+pub(crate) fn expand(text: &str, env: &[(String, String)]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {

@@ -6,12 +6,12 @@
 //! the pod-UID label, so a restarted agent adopts what is already running) and acts,
 //! once on every change and at least every second, so container exits are noticed.
 
-pub mod env;
-pub mod probe;
-pub mod pull_secrets;
-pub mod runtime;
-pub mod status;
-pub mod volumes;
+pub(crate) mod env;
+pub(crate) mod probe;
+pub(crate) mod pull_secrets;
+pub(crate) mod runtime;
+pub(crate) mod status;
+pub(crate) mod volumes;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -29,14 +29,14 @@ use tokio::sync::Notify;
 use crate::cri::Cri;
 
 /// How often each pod is looked at even when nothing in the API changed.
-pub const RESYNC: Duration = Duration::from_secs(1);
+pub(crate) const RESYNC: Duration = Duration::from_secs(1);
 
 /// How often every pod of the store is checked for a worker, and the runtime for
 /// sandboxes of pods this node no longer has.
 const ORPHAN_SCAN: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
-pub struct PodsConfig {
+pub(crate) struct PodsConfig {
     pub node_name: String,
     /// The node's InternalIP, reported as each pod's hostIP.
     pub host_ip: String,
@@ -70,7 +70,7 @@ impl PodsConfig {
 /// Runs pods until the task is aborted. Pods wait until the node has a podCIDR (its
 /// CNI configuration) and the built-in images are imported; the caller's heartbeat does
 /// not.
-pub async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
+pub(crate) async fn run(client: kube::Client, cri: Cri, config: PodsConfig) {
     let images = tokio::spawn(import_builtins(cri.clone(), config.data_dir.join("images")));
     wait_for_pod_cidr(&client, &config).await;
     if let Err(e) = images.await {

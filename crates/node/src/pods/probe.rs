@@ -18,7 +18,7 @@ use crate::events::{Recorder, NORMAL, WARNING};
 /// Upstream's threshold rule: the outcome flips only after `success_threshold`
 /// successes or `failure_threshold` failures in a row.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Threshold {
+pub(crate) struct Threshold {
     success_threshold: u32,
     failure_threshold: u32,
     last: Option<bool>,
@@ -27,7 +27,7 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    pub fn new(success_threshold: i32, failure_threshold: i32, initial: bool) -> Threshold {
+    pub(crate) fn new(success_threshold: i32, failure_threshold: i32, initial: bool) -> Threshold {
         Threshold {
             success_threshold: success_threshold.max(1) as u32,
             failure_threshold: failure_threshold.max(1) as u32,
@@ -46,7 +46,7 @@ impl Threshold {
     }
 
     /// Counts one probe result; true when the outcome changed.
-    pub fn record(&mut self, ok: bool) -> bool {
+    pub(crate) fn record(&mut self, ok: bool) -> bool {
         if self.last == Some(ok) {
             self.run = self.run.saturating_add(1);
         } else {
@@ -68,7 +68,7 @@ impl Threshold {
 
 /// What the probes may reach and act on.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub cri: Cri,
     pub container_id: String,
     pub pod_ip: String,
@@ -99,7 +99,7 @@ impl Target {
 }
 
 /// The probes of one run of one container; dropping it stops them.
-pub struct Prober {
+pub(crate) struct Prober {
     pub container_id: String,
     started: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
@@ -117,7 +117,7 @@ impl Drop for Prober {
 impl Prober {
     /// Starts the container's probes. Without a startup probe the container counts as
     /// started at once; without a readiness probe it is ready once started.
-    pub fn start(target: Target) -> Prober {
+    pub(crate) fn start(target: Target) -> Prober {
         let c = &target.container;
         let (started_tx, started) = watch::channel(c.startup_probe.is_none());
         let started_tx = Arc::new(started_tx);
@@ -149,11 +149,11 @@ impl Prober {
         }
     }
 
-    pub fn started(&self) -> bool {
+    pub(crate) fn started(&self) -> bool {
         *self.started.borrow()
     }
 
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.started() && self.ready.load(Ordering::Relaxed)
     }
 }
@@ -268,7 +268,7 @@ async fn kill(t: &Target, p: &Probe, probe: &str) {
 }
 
 /// The container port `port` names (a number or a named port of the container).
-pub fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
+pub(crate) fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
     let n = match port {
         IntOrString::Int(n) => *n,
         IntOrString::String(s) => match s.parse::<i32>() {
@@ -289,7 +289,7 @@ pub fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
 }
 
 /// One probe attempt; `Err` says why it failed.
-pub async fn check(p: &Probe, t: &Target) -> Result<(), String> {
+pub(crate) async fn check(p: &Probe, t: &Target) -> Result<(), String> {
     let timeout = seconds(p.timeout_seconds, 1).max(Duration::from_secs(1));
     if let Some(exec) = &p.exec {
         let request = cri::ExecSyncRequest {
@@ -395,7 +395,7 @@ async fn http_get(
 }
 
 /// The code of an HTTP status line (`HTTP/1.1 200 OK`).
-pub fn status_code(head: &[u8]) -> Option<u16> {
+pub(crate) fn status_code(head: &[u8]) -> Option<u16> {
     let line = String::from_utf8_lossy(head);
     let mut parts = line.lines().next()?.split_whitespace();
     parts.next().filter(|v| v.starts_with("HTTP/"))?;

@@ -32,7 +32,7 @@ struct DockerConfigJson {
 
 /// Registry host and repository path of an image reference (`docker.io` and
 /// `library/` as container runtimes default them).
-pub fn registry_of(image: &str) -> (String, String) {
+pub(crate) fn registry_of(image: &str) -> (String, String) {
     let name = image.split('@').next().unwrap_or_default();
     let (first, rest) = name.split_once('/').unwrap_or(("", name));
     let (host, path) = if first.contains(['.', ':']) || first == "localhost" {
@@ -113,7 +113,7 @@ fn entries(secret: &Secret) -> Vec<(String, Entry)> {
 
 /// The credentials the secrets hold for `image`, best match first (several entries are
 /// tried in turn, as upstream).
-pub fn credentials_for(image: &str, secrets: &[Secret]) -> Vec<AuthConfig> {
+pub(crate) fn credentials_for(image: &str, secrets: &[Secret]) -> Vec<AuthConfig> {
     let (host, path) = registry_of(image);
     let mut found: Vec<(usize, AuthConfig)> = Vec::new();
     for secret in secrets {

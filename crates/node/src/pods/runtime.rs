@@ -8,21 +8,21 @@ use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use korvet_apimachinery::quantity;
 
-pub const POD_UID: &str = "io.kubernetes.pod.uid";
-pub const POD_NAME: &str = "io.kubernetes.pod.name";
-pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub(crate) const POD_UID: &str = "io.kubernetes.pod.uid";
+pub(crate) const POD_NAME: &str = "io.kubernetes.pod.name";
+pub(crate) const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub(crate) const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// CPU period of every quota, as upstream (100 ms).
 const CPU_PERIOD: i64 = 100_000;
 const MIN_SHARES: i64 = 2;
 
-pub struct PodIdentity<'a> {
+pub(crate) struct PodIdentity<'a> {
     pub name: &'a str,
     pub namespace: &'a str,
     pub uid: &'a str,
 }
 
-pub fn identity(pod: &Pod) -> PodIdentity<'_> {
+pub(crate) fn identity(pod: &Pod) -> PodIdentity<'_> {
     PodIdentity {
         name: pod.metadata.name.as_deref().unwrap_or_default(),
         namespace: pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -40,7 +40,7 @@ fn pod_labels(id: &PodIdentity<'_>) -> HashMap<String, String> {
 
 /// The sandbox for `pod`; its logs go to `log_root/NAMESPACE_NAME_UID`, its cgroup
 /// under `cgroup_parent`.
-pub fn sandbox_config(
+pub(crate) fn sandbox_config(
     pod: &Pod,
     attempt: u32,
     log_root: &Path,
@@ -121,7 +121,7 @@ fn namespaces(host_network: bool) -> cri::NamespaceOption {
 
 /// The container `c` of `pod`, run `attempt` (its restart count), with its resolved
 /// environment and mounts.
-pub fn container_config(
+pub(crate) fn container_config(
     pod: &Pod,
     c: &Container,
     attempt: u32,
@@ -179,7 +179,7 @@ pub fn container_config(
 }
 
 /// CPU shares from the request, CFS quota from the limit, memory limit, as upstream.
-pub fn resources(c: &Container) -> cri::LinuxContainerResources {
+pub(crate) fn resources(c: &Container) -> cri::LinuxContainerResources {
     let r = c.resources.clone().unwrap_or_default();
     let limits = r.limits.unwrap_or_default();
     let requests = r.requests.unwrap_or_default();
@@ -202,7 +202,7 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
 
 /// The agent's own cgroup (the machine's), under which pods' cgroups go, from
 /// `/proc/self/cgroup` of v2 (`0::PATH`) or v1 (the memory controller's line).
-pub fn own_cgroup(proc_self_cgroup: &str) -> Option<String> {
+pub(crate) fn own_cgroup(proc_self_cgroup: &str) -> Option<String> {
     let mut v1 = None;
     for line in proc_self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// One container's state as the runtime (and the agent's own bookkeeping) shows it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Seen {
+pub(crate) enum Seen {
     Waiting {
         reason: String,
         message: Option<String>,
@@ -27,7 +27,7 @@ pub enum Seen {
 }
 
 impl Seen {
-    pub fn waiting(reason: &str, message: Option<String>) -> Seen {
+    pub(crate) fn waiting(reason: &str, message: Option<String>) -> Seen {
         Seen::Waiting {
             reason: reason.into(),
             message,
@@ -71,7 +71,7 @@ impl Seen {
 }
 
 /// The reason upstream reports for a container that ended.
-pub fn terminated_reason(exit_code: i32, runtime_reason: &str) -> String {
+pub(crate) fn terminated_reason(exit_code: i32, runtime_reason: &str) -> String {
     match (exit_code, runtime_reason) {
         (_, "OOMKilled") => "OOMKilled".into(),
         (0, _) => "Completed".into(),
@@ -81,7 +81,7 @@ pub fn terminated_reason(exit_code: i32, runtime_reason: &str) -> String {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct ContainerView {
+pub(crate) struct ContainerView {
     pub name: String,
     pub image: String,
     pub image_id: String,
@@ -97,7 +97,7 @@ pub struct ContainerView {
 }
 
 impl ContainerView {
-    pub fn status(&self) -> ContainerStatus {
+    pub(crate) fn status(&self) -> ContainerStatus {
         ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),
@@ -118,7 +118,7 @@ impl ContainerView {
 }
 
 /// The pod phase by upstream's rules (`getPhase`), restart policy included.
-pub fn phase(
+pub(crate) fn phase(
     restart_policy: &str,
     init: &[ContainerView],
     containers: &[ContainerView],
@@ -182,7 +182,7 @@ fn condition(
 
 /// Everything the agent reports in `status`; fields it does not own (nominatedNodeName,
 /// ...) are kept from `pod`. Unchanged conditions keep their transition times.
-pub fn pod_status(
+pub(crate) fn pod_status(
     pod: &Pod,
     init: &[ContainerView],
     containers: &[ContainerView],
@@ -244,7 +244,7 @@ pub fn pod_status(
 
 /// Guaranteed when every container has equal cpu and memory requests and limits,
 /// BestEffort when none sets any, else Burstable.
-pub fn qos_class(pod: &Pod) -> &'static str {
+pub(crate) fn qos_class(pod: &Pod) -> &'static str {
     let containers = pod
         .spec
         .as_ref()

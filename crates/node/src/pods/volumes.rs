@@ -18,7 +18,7 @@ use super::env::{self as podenv, Sources};
 
 /// The object data a container's volumes need; `None` when the API has none.
 #[derive(Clone, Debug, Default)]
-pub struct Objects {
+pub(crate) struct Objects {
     pub config_maps: BTreeMap<String, Option<ConfigMap>>,
     pub secrets: BTreeMap<String, Option<Secret>>,
     /// Service-account tokens of projected volumes, by [`token_key`].
@@ -29,19 +29,19 @@ pub struct Objects {
 
 /// A projected service-account token the pod's volumes need.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenNeed {
+pub(crate) struct TokenNeed {
     pub key: String,
     pub audience: Option<String>,
     pub expiration_seconds: i64,
 }
 
 /// Identifies a projected token: the volume and the file path within it.
-pub fn token_key(volume: &str, path: &str) -> String {
+pub(crate) fn token_key(volume: &str, path: &str) -> String {
     format!("{volume}/{path}")
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
+pub(crate) enum VolumeError {
     #[error("volume {0:?} is not defined in the pod")]
     Undefined(String),
     #[error("volume {0:?}: only emptyDir, configMap, secret, downwardAPI, projected and hostPath volumes are supported")]
@@ -87,12 +87,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
 }
 
 /// Where pod `uid`'s volumes live on the machine.
-pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
+pub(crate) fn pod_dir(root: &Path, uid: &str) -> PathBuf {
     root.join(uid)
 }
 
 /// Removes pod `uid`'s volumes (nothing there is fine).
-pub fn remove(root: &Path, uid: &str) {
+pub(crate) fn remove(root: &Path, uid: &str) {
     let dir = pod_dir(root, uid);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -102,7 +102,7 @@ pub fn remove(root: &Path, uid: &str) {
 }
 
 /// The ConfigMaps and Secrets the volumes container `c` mounts come from.
-pub fn referenced(pod: &Pod, c: &Container) -> (Vec<String>, Vec<String>) {
+pub(crate) fn referenced(pod: &Pod, c: &Container) -> (Vec<String>, Vec<String>) {
     let (mut maps, mut secrets) = (Vec::new(), Vec::new());
     for v in mounted(pod, c) {
         if let Some(cm) = &v.config_map {
@@ -124,7 +124,7 @@ pub fn referenced(pod: &Pod, c: &Container) -> (Vec<String>, Vec<String>) {
 }
 
 /// The service-account tokens the projected volumes container `c` mounts need.
-pub fn tokens_needed(pod: &Pod, c: &Container) -> Vec<TokenNeed> {
+pub(crate) fn tokens_needed(pod: &Pod, c: &Container) -> Vec<TokenNeed> {
     let mut out = Vec::new();
     for v in mounted(pod, c) {
         for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
@@ -355,7 +355,7 @@ fn in_host_root(host_root: &Path, path: &str) -> Result<PathBuf, VolumeError> {
 
 /// Makes the volumes container `c` of pod `uid` mounts under `root` and returns the
 /// CRI mounts for them.
-pub fn prepare(
+pub(crate) fn prepare(
     root: &Path,
     host_root: &Path,
     pod: &Pod,

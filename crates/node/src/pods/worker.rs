@@ -23,7 +23,7 @@ use crate::cri::{Cri, CriError};
 use crate::events::{self, Recorder, NORMAL, WARNING};
 use crate::images::BUILTIN_PREFIX;
 
-pub struct Shared {
+pub(super) struct Shared {
     pub client: kube::Client,
     pub cri: Cri,
     pub config: PodsConfig,
@@ -66,12 +66,12 @@ fn time_from_nanos(nanos: i64) -> Option<Time> {
 }
 
 /// Restart delay after run `attempt` (0-based) ended: base, 2·base, ... up to max.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+pub(super) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
         .min(max)
 }
 
-pub async fn run(
+pub(super) async fn run(
     shared: Arc<Shared>,
     reader: Store<Pod>,
     key: ObjectRef<Pod>,
@@ -131,7 +131,7 @@ pub async fn run(
 }
 
 /// The pod UIDs of every sandbox the runtime has.
-pub async fn sandbox_uids(cri: &Cri) -> Result<Vec<String>, CriError> {
+pub(super) async fn sandbox_uids(cri: &Cri) -> Result<Vec<String>, CriError> {
     let reply = cri
         .runtime
         .clone()
@@ -180,7 +180,7 @@ async fn containers_where(
 
 /// Stops every container of pod `uid` (SIGTERM, SIGKILL after `grace` seconds), then
 /// stops and removes its sandboxes with them.
-pub async fn teardown(shared: &Shared, uid: &str, grace: i64) {
+pub(super) async fn teardown(shared: &Shared, uid: &str, grace: i64) {
     let cri = &shared.cri;
     let filter = cri::ContainerFilter {
         label_selector: HashMap::from([(POD_UID.to_string(), uid.to_string())]),

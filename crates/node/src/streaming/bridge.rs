@@ -22,7 +22,7 @@ use super::Options;
 const CHUNK: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BridgeError {
+pub(crate) enum BridgeError {
     #[error(transparent)]
     Spdy(#[from] spdy::SpdyError),
     #[error("runtime connection: {0}")]
@@ -80,7 +80,7 @@ fn open_streams(options: &Options) -> (Streams, Vec<Frame>) {
     (Streams { ids }, frames)
 }
 
-pub async fn run<S, R>(
+pub(crate) async fn run<S, R>(
     ws: WebSocketStream<S>,
     runtime: R,
     options: &Options,

@@ -4,24 +4,24 @@
 
 use base64::Engine;
 
-pub const STDIN: u8 = 0;
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
+pub(crate) const STDIN: u8 = 0;
+pub(crate) const STDOUT: u8 = 1;
+pub(crate) const STDERR: u8 = 2;
 /// The server's final `metav1.Status` (JSON).
-pub const ERROR: u8 = 3;
+pub(crate) const ERROR: u8 = 3;
 /// Terminal size, JSON `{"Width":W,"Height":H}`.
-pub const RESIZE: u8 = 4;
+pub(crate) const RESIZE: u8 = 4;
 /// v5 only: the payload is the id of a stream the client is done writing to.
-pub const CLOSE: u8 = 255;
+pub(crate) const CLOSE: u8 = 255;
 
-pub const V5: &str = "v5.channel.k8s.io";
-pub const V4: &str = "v4.channel.k8s.io";
+pub(crate) const V5: &str = "v5.channel.k8s.io";
+pub(crate) const V4: &str = "v4.channel.k8s.io";
 /// `kubectl port-forward`'s WebSocket tunnel: SPDY frames inside binary messages.
-pub const PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+pub(crate) const PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// What a client's binary message asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Incoming<'a> {
+pub(crate) enum Incoming<'a> {
     Stdin(&'a [u8]),
     Resize(&'a [u8]),
     /// The client's stdin has ended (v5 close of stream 0).
@@ -30,7 +30,7 @@ pub enum Incoming<'a> {
     Ignored,
 }
 
-pub fn parse(message: &[u8], v5: bool) -> Incoming<'_> {
+pub(crate) fn parse(message: &[u8], v5: bool) -> Incoming<'_> {
     match message.split_first() {
         Some((&STDIN, data)) => Incoming::Stdin(data),
         Some((&RESIZE, data)) => Incoming::Resize(data),
@@ -40,7 +40,7 @@ pub fn parse(message: &[u8], v5: bool) -> Incoming<'_> {
 }
 
 /// A message for `channel` with `data`.
-pub fn message(channel: u8, data: &[u8]) -> Vec<u8> {
+pub(crate) fn message(channel: u8, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(channel);
     out.extend_from_slice(data);
@@ -49,7 +49,7 @@ pub fn message(channel: u8, data: &[u8]) -> Vec<u8> {
 
 /// The first protocol the client offers (`Sec-WebSocket-Protocol`, in its order) that
 /// is one of `supported`.
-pub fn choose_protocol<'a>(offered: &str, supported: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn choose_protocol<'a>(offered: &str, supported: &[&'a str]) -> Option<&'a str> {
     offered
         .split(',')
         .map(str::trim)
@@ -57,7 +57,7 @@ pub fn choose_protocol<'a>(offered: &str, supported: &[&'a str]) -> Option<&'a s
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 4.2.2).
-pub fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     let mut context = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     context.update(key.trim().as_bytes());

@@ -11,9 +11,9 @@
 //!
 //! Any other WebSocket protocol is refused with 400, which makes kubectl fall back to SPDY.
 
-pub mod bridge;
-pub mod channel;
-pub mod spdy;
+pub(crate) mod bridge;
+pub(crate) mod channel;
+pub(crate) mod spdy;
 
 use std::convert::Infallible;
 
@@ -40,7 +40,7 @@ const PORT_FORWARD_V1: &str = "portforward.k8s.io";
 const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Exec,
     Attach,
     PortForward,
@@ -48,7 +48,7 @@ pub enum Kind {
 
 /// Which streams a command wants (the kubelet's `input`/`output`/`error`/`tty`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Options {
+pub(crate) struct Options {
     pub command: Vec<String>,
     pub stdin: bool,
     pub stdout: bool,
@@ -59,7 +59,7 @@ pub struct Options {
 
 impl Options {
     /// Upstream's kubelet names (`input`, `output`, `error`) and kubectl's (`stdin`, ...).
-    pub fn parse(query: Option<&str>) -> Result<Options, String> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<Options, String> {
         let mut options = Options::default();
         let truthy = |v: &str| v == "1" || v.eq_ignore_ascii_case("true");
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -119,7 +119,7 @@ fn all_values(headers: &HeaderMap, name: &str) -> String {
 
 /// Serves one streaming request for `namespace/pod` (and `container`, but for
 /// port-forward).
-pub async fn serve(
+pub(crate) async fn serve(
     cri: &Cri,
     kind: Kind,
     mut req: Request<Incoming>,

@@ -14,7 +14,7 @@ const FLAG_FIN: u8 = 0x01;
 /// Header blocks larger than this are refused (spdystream's limit is similar).
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 /// Frames larger than this are refused: SPDY lengths are 24 bits, data frames far less.
-pub const MAX_FRAME: usize = (1 << 24) - 1;
+pub(crate) const MAX_FRAME: usize = (1 << 24) - 1;
 
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
@@ -26,17 +26,17 @@ const HEADERS: u16 = 8;
 const WINDOW_UPDATE: u16 = 9;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SpdyError {
+pub(crate) enum SpdyError {
     #[error("SPDY protocol error: {0}")]
     Protocol(String),
     #[error("SPDY header compression: {0}")]
     Compression(String),
 }
 
-pub type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub(crate) enum Frame {
     SynStream {
         stream_id: u32,
         associated: u32,
@@ -80,7 +80,7 @@ pub enum Frame {
 
 /// The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00, 2.6.10.1):
 /// length-prefixed common header names and values, then a run of common text.
-pub fn dictionary() -> &'static [u8] {
+pub(crate) fn dictionary() -> &'static [u8] {
     static DICT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     DICT.get_or_init(|| {
         const WORDS: &[&str] = &[
@@ -108,7 +108,7 @@ pub fn dictionary() -> &'static [u8] {
 }
 
 /// Encodes frames of one direction of a connection (owns its compression context).
-pub struct Encoder {
+pub(crate) struct Encoder {
     compress: Compress,
     started: bool,
 }
@@ -160,7 +160,7 @@ impl Encoder {
         }
     }
 
-    pub fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), SpdyError> {
+    pub(crate) fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), SpdyError> {
         let control = |out: &mut Vec<u8>, kind: u16, flags: u8, body: &[u8]| {
             out.extend_from_slice(&(0x8000 | VERSION).to_be_bytes());
             out.extend_from_slice(&kind.to_be_bytes());
@@ -252,7 +252,7 @@ impl Encoder {
 }
 
 /// Decodes frames of one direction of a connection (owns its decompression context).
-pub struct Decoder {
+pub(crate) struct Decoder {
     decompress: Decompress,
 }
 
@@ -335,7 +335,7 @@ impl Decoder {
     }
 
     /// Takes one whole frame off the front of `buf`, if it holds one.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, SpdyError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, SpdyError> {
         if buf.len() < 8 {
             return Ok(None);
         }
@@ -454,7 +454,8 @@ impl Decoder {
 }
 
 /// The value of header `name` (case-insensitive).
-pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+#[cfg(test)]
+pub(crate) fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))

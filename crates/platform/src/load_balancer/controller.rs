@@ -47,7 +47,10 @@ fn other_scope(lb: &LoadBalancer, namespace: &str) -> AddressScope {
     }
 }
 
-pub async fn reconcile(lb: Arc<LoadBalancer>, ctx: Arc<Context>) -> Result<Action, PlatformError> {
+pub(crate) async fn reconcile(
+    lb: Arc<LoadBalancer>,
+    ctx: Arc<Context>,
+) -> Result<Action, PlatformError> {
     let Some(balancers) = ctx.load_balancers.clone() else {
         return Ok(Action::await_change());
     };

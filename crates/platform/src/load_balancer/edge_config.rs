@@ -16,7 +16,7 @@ use korvet_lb::proxy_protocol::Version;
 
 /// One LoadBalancer ready to serve: its address, and the files of each TLS Secret its
 /// listeners name (an Ingress load balancer's by `NAMESPACE/NAME`).
-pub struct Served<'a> {
+pub(crate) struct Served<'a> {
     pub load_balancer: &'a LoadBalancer,
     pub address: Ipv4Addr,
     pub tls: BTreeMap<String, Tls>,
@@ -24,7 +24,7 @@ pub struct Served<'a> {
 
 /// The configuration of the instances; `masquerade` are the clients whose replies
 /// would not come back through them (the host, the cluster's network and pods).
-pub fn edge_config(masquerade: Vec<Ipv4Net>, served: &[Served<'_>]) -> EdgeConfig {
+pub(crate) fn edge_config(masquerade: Vec<Ipv4Net>, served: &[Served<'_>]) -> EdgeConfig {
     let mut listeners = Vec::new();
     for s in served {
         let spec = &s.load_balancer.spec;

@@ -14,7 +14,7 @@ use korvet_api::{HttpBackendSpec, HttpRouteSpec, HttpSpec, HttpTlsSpec, INGRESS_
 const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 /// Whether the platform serves this Ingress.
-pub fn ours(ingress: &Ingress) -> bool {
+pub(crate) fn ours(ingress: &Ingress) -> bool {
     let by_field = ingress
         .spec
         .as_ref()
@@ -109,7 +109,7 @@ fn backend_spec(
 }
 
 /// The routes of every Ingress of ours; `None` when there is none.
-pub fn desired(
+pub(crate) fn desired(
     ingresses: &[Ingress],
     services: &[Service],
     slices: &[EndpointSlice],

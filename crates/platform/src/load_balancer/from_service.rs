@@ -14,7 +14,7 @@ const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer
 
 /// Whether the platform serves this Service: `type: LoadBalancer`, and no other
 /// implementation's `loadBalancerClass`.
-pub fn wants_load_balancer(service: &Service) -> bool {
+pub(crate) fn wants_load_balancer(service: &Service) -> bool {
     let Some(spec) = &service.spec else {
         return false;
     };
@@ -28,7 +28,7 @@ pub fn wants_load_balancer(service: &Service) -> bool {
 /// The addresses of the nodes that may carry traffic: Ready, schedulable or not (as
 /// upstream's service controller since 1.19 keeps cordoned nodes), not being deleted,
 /// without `node.kubernetes.io/exclude-from-external-load-balancers`.
-pub fn backend_addresses(nodes: &[Node]) -> Vec<String> {
+pub(crate) fn backend_addresses(nodes: &[Node]) -> Vec<String> {
     let mut out: Vec<String> = nodes
         .iter()
         .filter(|n| n.metadata.deletion_timestamp.is_none())
@@ -60,7 +60,7 @@ pub fn backend_addresses(nodes: &[Node]) -> Vec<String> {
 
 /// The load balancer `service` of `cluster` asks for over `backends`, or what is wrong
 /// with it.
-pub fn desired(
+pub(crate) fn desired(
     cluster: &str,
     service: &Service,
     backends: Vec<String>,
@@ -260,7 +260,7 @@ pub fn desired(
 
 /// The LoadBalancer object's name for a Service: `CLUSTER.NAMESPACE.NAME` (dots cannot
 /// appear in any of the three, so no two Services share one).
-pub fn object_name(cluster: &str, namespace: &str, name: &str) -> String {
+pub(crate) fn object_name(cluster: &str, namespace: &str, name: &str) -> String {
     format!("{cluster}.{namespace}.{name}")
 }
 

@@ -25,7 +25,7 @@ const UNRESPONSIVE_PROBES: u32 = 2;
 const RESTART_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
-pub struct Keepers {
+pub(crate) struct Keepers {
     tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 

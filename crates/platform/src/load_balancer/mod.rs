@@ -16,15 +16,15 @@ mod services;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use controller::reconcile;
-pub use keeper::Keepers;
+pub(crate) use controller::reconcile;
+pub(crate) use keeper::Keepers;
 
 use crate::layout::cluster_key;
 use crate::Context;
 
 /// The running service controllers, one per hosted cluster whose API answers.
 #[derive(Default)]
-pub struct ServiceControllers {
+pub(crate) struct ServiceControllers {
     tasks: Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>,
 }
 

@@ -8,9 +8,9 @@ use korvet_apiserver::pki::ClusterPki;
 use korvet_registry::client::Client;
 use korvet_registry::{Registry, ServeHandle, StaticTokens, TokenAuthenticator};
 
-pub const TOKEN: &str = "s3cret-token";
+pub(crate) const TOKEN: &str = "s3cret-token";
 
-pub struct Served {
+pub(crate) struct Served {
     pub dir: tempfile::TempDir,
     pub registry: Arc<Registry>,
     pub handle: ServeHandle,
@@ -22,12 +22,12 @@ pub struct Served {
 }
 
 impl Served {
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         format!("127.0.0.1:{}", self.handle.local_addr().port())
     }
 }
 
-pub async fn serve() -> Served {
+pub(crate) async fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
     let cert_dir = dir.path().join("certs");

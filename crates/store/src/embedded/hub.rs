@@ -48,7 +48,7 @@ pub(super) struct WatcherState {
 }
 
 impl WatchHub {
-    pub fn new(published: Revision) -> Self {
+    pub(super) fn new(published: Revision) -> Self {
         Self {
             inner: Mutex::new(HubInner {
                 published,
@@ -63,11 +63,11 @@ impl WatchHub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn published(&self) -> Revision {
+    pub(super) fn published(&self) -> Revision {
         self.lock().published
     }
 
-    pub fn next_id(&self) -> u64 {
+    pub(super) fn next_id(&self) -> u64 {
         let mut inner = self.lock();
         inner.next_id += 1;
         inner.next_id
@@ -75,7 +75,7 @@ impl WatchHub {
 
     /// Joins the watcher if it has seen everything up to the published revision
     /// (`seen`); otherwise returns it so the caller can catch up further.
-    pub fn try_join(&self, state: WatcherState, seen: Revision) -> Option<WatcherState> {
+    pub(super) fn try_join(&self, state: WatcherState, seen: Revision) -> Option<WatcherState> {
         let mut inner = self.lock();
         if seen < inner.published {
             return Some(state);
@@ -93,12 +93,12 @@ impl WatchHub {
         None
     }
 
-    pub fn leave(&self, id: u64) {
+    pub(super) fn leave(&self, id: u64) {
         self.lock().watchers.remove(&id);
     }
 
     /// Hands a committed batch (events in revision order) to every synced watcher.
-    pub fn publish(&self, events: &[Event], revision: Revision) {
+    pub(super) fn publish(&self, events: &[Event], revision: Revision) {
         let mut inner = self.lock();
         inner.published = revision;
         if events.is_empty() {
@@ -143,7 +143,7 @@ impl WatchHub {
 
     /// Sends a progress notification to one synced watcher, unless its buffer is full
     /// (then it has responses pending that say as much).
-    pub fn notify_progress(&self, id: u64) {
+    pub(super) fn notify_progress(&self, id: u64) {
         let inner = self.lock();
         if let Some(sub) = inner.watchers.get(&id) {
             let _ = sub.tx.try_send(Ok(WatchResponse {
@@ -154,7 +154,7 @@ impl WatchHub {
     }
 
     /// Ends every watch, e.g. when the store shuts down.
-    pub fn close_all(&self, reason: &str) {
+    pub(super) fn close_all(&self, reason: &str) {
         let mut inner = self.lock();
         for (_, sub) in inner.watchers.drain() {
             *sub.cancelled.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());

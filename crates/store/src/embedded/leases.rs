@@ -25,12 +25,12 @@ fn ttl(secs: i64) -> Duration {
 }
 
 impl Leases {
-    pub fn contains(&self, id: LeaseId) -> bool {
+    pub(super) fn contains(&self, id: LeaseId) -> bool {
         self.by_id.contains_key(&id)
     }
 
     /// A fresh id: positive, never 0, never one in use.
-    pub fn new_id(&mut self) -> LeaseId {
+    pub(super) fn new_id(&mut self) -> LeaseId {
         if self.last_id == 0 {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -46,7 +46,7 @@ impl Leases {
         }
     }
 
-    pub fn grant(&mut self, id: LeaseId, ttl_secs: i64) {
+    pub(super) fn grant(&mut self, id: LeaseId, ttl_secs: i64) {
         self.by_id.insert(
             id,
             Lease {
@@ -58,32 +58,32 @@ impl Leases {
     }
 
     /// Forgets the lease and returns the keys that were attached to it.
-    pub fn remove(&mut self, id: LeaseId) -> Option<Vec<Vec<u8>>> {
+    pub(super) fn remove(&mut self, id: LeaseId) -> Option<Vec<Vec<u8>>> {
         self.by_id
             .remove(&id)
             .map(|lease| lease.keys.into_iter().collect())
     }
 
-    pub fn attach(&mut self, id: LeaseId, key: &[u8]) {
+    pub(super) fn attach(&mut self, id: LeaseId, key: &[u8]) {
         if let Some(lease) = self.by_id.get_mut(&id) {
             lease.keys.insert(key.to_vec());
         }
     }
 
-    pub fn detach(&mut self, id: LeaseId, key: &[u8]) {
+    pub(super) fn detach(&mut self, id: LeaseId, key: &[u8]) {
         if let Some(lease) = self.by_id.get_mut(&id) {
             lease.keys.remove(key);
         }
     }
 
     /// Renews the lease; returns its TTL, or `None` if it does not exist.
-    pub fn keep_alive(&mut self, id: LeaseId) -> Option<i64> {
+    pub(super) fn keep_alive(&mut self, id: LeaseId) -> Option<i64> {
         let lease = self.by_id.get_mut(&id)?;
         lease.deadline = Instant::now() + ttl(lease.ttl_secs);
         Some(lease.ttl_secs)
     }
 
-    pub fn info(&self, id: LeaseId) -> LeaseInfo {
+    pub(super) fn info(&self, id: LeaseId) -> LeaseInfo {
         match self.by_id.get(&id) {
             None => LeaseInfo {
                 id,
@@ -104,7 +104,7 @@ impl Leases {
     }
 
     /// Leases whose deadline has passed.
-    pub fn expired(&self, now: Instant) -> Vec<LeaseId> {
+    pub(super) fn expired(&self, now: Instant) -> Vec<LeaseId> {
         let mut ids: Vec<LeaseId> = self
             .by_id
             .iter()
@@ -115,7 +115,7 @@ impl Leases {
         ids
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.by_id.values().map(|lease| lease.deadline).min()
     }
 }

@@ -40,7 +40,7 @@ pub(super) struct Record {
 }
 
 impl Record {
-    pub fn live(kv: &KeyValue) -> Self {
+    pub(super) fn live(kv: &KeyValue) -> Self {
         Self {
             tombstone: false,
             create_revision: kv.create_revision,
@@ -51,7 +51,7 @@ impl Record {
         }
     }
 
-    pub fn tombstone(revision: Revision) -> Self {
+    pub(super) fn tombstone(revision: Revision) -> Self {
         Self {
             tombstone: true,
             create_revision: 0,
@@ -62,7 +62,7 @@ impl Record {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.value.len());
         out.push(if self.tombstone { TOMBSTONE } else { 0 });
         for n in [
@@ -77,7 +77,7 @@ impl Record {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
         if bytes.len() < HEADER_LEN {
             return None;
         }
@@ -98,11 +98,11 @@ impl Record {
     }
 
     /// Only the header, without copying the value.
-    pub fn decode_header(bytes: &[u8]) -> Option<Self> {
+    pub(super) fn decode_header(bytes: &[u8]) -> Option<Self> {
         Self::decode(bytes.get(..HEADER_LEN)?)
     }
 
-    pub fn into_kv(self, key: Vec<u8>) -> KeyValue {
+    pub(super) fn into_kv(self, key: Vec<u8>) -> KeyValue {
         KeyValue {
             key,
             value: self.value,

@@ -50,7 +50,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 impl Wal {
     /// Opens (creating and preallocating if needed) the log in `dir` and returns the
     /// records that follow checkpoint `checkpoint_seq`, in order.
-    pub fn open(dir: &Path, checkpoint_seq: u64) -> Result<(Self, Vec<LoggedBatch>)> {
+    pub(super) fn open(dir: &Path, checkpoint_seq: u64) -> Result<(Self, Vec<LoggedBatch>)> {
         let path = dir.join(WAL_FILE);
         let mut file = File::options()
             .read(true)
@@ -80,7 +80,7 @@ impl Wal {
 
     /// Appends one batch and fsyncs it. Returns false, writing nothing, when the batch
     /// does not fit: the caller must then make the batch durable by a checkpoint.
-    pub fn append(&mut self, seq: u64, changes: &[u8]) -> Result<bool> {
+    pub(super) fn append(&mut self, seq: u64, changes: &[u8]) -> Result<bool> {
         let total = (HEADER + changes.len()) as u64;
         if self.offset + total > CAPACITY || changes.len() > u32::MAX as usize {
             return Ok(false);
@@ -97,7 +97,7 @@ impl Wal {
 
     /// Takes back the last record after its batch failed to commit, so that recovery can
     /// never apply it.
-    pub fn retract(&mut self) {
+    pub(super) fn retract(&mut self) {
         let Some(last) = self.last_record else { return };
         if self
             .file
@@ -112,7 +112,7 @@ impl Wal {
     }
 
     /// After a checkpoint every record is obsolete: the next one starts at the beginning.
-    pub fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.offset = 0;
         self.last_record = None;
     }
@@ -200,7 +200,7 @@ pub(super) enum Change<'a> {
 }
 
 impl Change<'_> {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
         fn bytes(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(b);
@@ -245,7 +245,7 @@ impl Change<'_> {
     }
 
     /// Decodes every change of a batch; `None` if the encoding is damaged.
-    pub fn decode_all(mut input: &[u8]) -> Option<Vec<Change<'_>>> {
+    pub(super) fn decode_all(mut input: &[u8]) -> Option<Vec<Change<'_>>> {
         fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             let (head, tail) = (input.get(..n)?, input.get(n..)?);
             *input = tail;

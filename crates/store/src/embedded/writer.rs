@@ -75,7 +75,7 @@ pub(super) struct Resume {
 }
 
 impl Writer {
-    pub fn new(
+    pub(super) fn new(
         db: Arc<Database>,
         path: PathBuf,
         requests: Receiver<Request>,
@@ -100,7 +100,7 @@ impl Writer {
         }
     }
 
-    pub fn run(mut self) {
+    pub(super) fn run(mut self) {
         loop {
             let wait = self
                 .lock_leases()

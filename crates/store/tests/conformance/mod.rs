@@ -10,14 +10,14 @@ use std::time::Duration;
 use korvet_store::*;
 
 /// A store under test and whatever must live as long as it (temp dirs, etcd processes).
-pub struct TestStore {
+pub(crate) struct TestStore {
     pub store: Arc<dyn Store>,
     pub guard: Box<dyn std::any::Any + Send>,
 }
 
 const WAIT: Duration = Duration::from_secs(10);
 
-pub async fn next_response(watch: &mut Watch) -> WatchResponse {
+pub(crate) async fn next_response(watch: &mut Watch) -> WatchResponse {
     match tokio::time::timeout(WAIT, watch.next()).await {
         Ok(Some(Ok(resp))) => resp,
         Ok(Some(Err(err))) => panic!("watch failed: {err}"),
@@ -27,7 +27,7 @@ pub async fn next_response(watch: &mut Watch) -> WatchResponse {
 }
 
 /// Collects events until `count` have arrived (progress notifications are skipped).
-pub async fn next_events(watch: &mut Watch, count: usize) -> Vec<Event> {
+pub(crate) async fn next_events(watch: &mut Watch, count: usize) -> Vec<Event> {
     let mut events = Vec::new();
     while events.len() < count {
         events.extend(next_response(watch).await.events);
@@ -50,7 +50,7 @@ fn keys(kvs: &[KeyValue]) -> Vec<String> {
         .collect()
 }
 
-pub async fn put_get_versions(store: &dyn Store) {
+pub(crate) async fn put_get_versions(store: &dyn Store) {
     assert_eq!(store.get(b"/v/a").await.unwrap(), None);
     let r1 = put(store, "/v/a", "1").await;
     let kv = store.get(b"/v/a").await.unwrap().unwrap();
@@ -94,7 +94,7 @@ pub async fn put_get_versions(store: &dyn Store) {
     assert_eq!(store.status().await.unwrap().revision, r4);
 }
 
-pub async fn range_prefix_limit_and_past_revisions(store: &dyn Store) {
+pub(crate) async fn range_prefix_limit_and_past_revisions(store: &dyn Store) {
     for k in ["/r/a", "/r/b", "/r/c", "/r/d", "/rx", "/s/a"] {
         put(store, k, k).await;
     }
@@ -159,7 +159,7 @@ pub async fn range_prefix_limit_and_past_revisions(store: &dyn Store) {
     );
 }
 
-pub async fn txn_compare_and_branches(store: &dyn Store) {
+pub(crate) async fn txn_compare_and_branches(store: &dyn Store) {
     let created = store
         .txn(
             Txn::new()
@@ -280,7 +280,7 @@ pub async fn txn_compare_and_branches(store: &dyn Store) {
     );
 }
 
-pub async fn concurrent_cas_increments_are_exact(store: Arc<dyn Store>) {
+pub(crate) async fn concurrent_cas_increments_are_exact(store: Arc<dyn Store>) {
     const TASKS: usize = 16;
     const EACH: usize = 25;
     let mut handles = Vec::new();
@@ -367,7 +367,7 @@ fn summarize(events: &[Event]) -> Vec<(EventKind, String, String)> {
         .collect()
 }
 
-pub async fn watch_replays_from_every_revision(store: &dyn Store) {
+pub(crate) async fn watch_replays_from_every_revision(store: &dyn Store) {
     let (first, expected) = write_history(store).await;
     let revisions: Vec<Revision> = {
         let mut watch = store
@@ -412,7 +412,7 @@ pub async fn watch_replays_from_every_revision(store: &dyn Store) {
     assert_eq!(prevs, [None, Some(b"a1".to_vec()), Some(b"a2".to_vec())]);
 }
 
-pub async fn watch_sees_every_concurrent_write_once(store: Arc<dyn Store>) {
+pub(crate) async fn watch_sees_every_concurrent_write_once(store: Arc<dyn Store>) {
     let start = put(&*store, "/live/start", "0").await;
     // One watcher from now, one from the past that must catch up while writes go on.
     let mut live = store
@@ -456,7 +456,7 @@ pub async fn watch_sees_every_concurrent_write_once(store: Arc<dyn Store>) {
     assert_eq!(last[0].kv.key, b"/live/end");
 }
 
-pub async fn compaction_bounds_reads_and_watches(store: &dyn Store) {
+pub(crate) async fn compaction_bounds_reads_and_watches(store: &dyn Store) {
     let r1 = put(store, "/c/a", "1").await;
     put(store, "/c/a", "2").await;
     put(store, "/c/b", "1").await;
@@ -513,7 +513,7 @@ pub async fn compaction_bounds_reads_and_watches(store: &dyn Store) {
     );
 }
 
-pub async fn leases_expire_and_revoke_keys(store: &dyn Store) {
+pub(crate) async fn leases_expire_and_revoke_keys(store: &dyn Store) {
     let lease = store.lease_grant(2).await.unwrap();
     assert!(lease.id > 0 && lease.ttl_secs >= 2);
     let rev = store
@@ -579,7 +579,7 @@ pub async fn leases_expire_and_revoke_keys(store: &dyn Store) {
     );
 }
 
-pub async fn size_limits(store: &dyn Store) {
+pub(crate) async fn size_limits(store: &dyn Store) {
     let big = vec![7u8; MAX_VALUE_BYTES];
     store
         .put(PutRequest::new("/big/ok", big.clone()))
@@ -602,7 +602,7 @@ pub async fn size_limits(store: &dyn Store) {
     assert_eq!(store.get(b"/big/no").await.unwrap(), None);
 }
 
-pub async fn progress_notifications(store: &dyn Store) {
+pub(crate) async fn progress_notifications(store: &dyn Store) {
     let rev = put(store, "/p/a", "1").await;
     let mut watch = store
         .watch(WatchRequest::new(KeyRange::prefix("/p/")).with_progress_notify())
@@ -620,7 +620,7 @@ pub async fn progress_notifications(store: &dyn Store) {
     assert!(resp.revision >= rev + unrelated);
 }
 
-pub async fn many_keys_and_status(store: &dyn Store) {
+pub(crate) async fn many_keys_and_status(store: &dyn Store) {
     let before = store.status().await.unwrap();
     for i in 0..200 {
         put(store, &format!("/many/{i:04}"), "v").await;
