@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::auth::{self, Attributes, Decision, UserInfo};
 use crate::body::{self, Body, Reply};
@@ -146,9 +147,28 @@ impl ApiServer {
             ),
             _ => (method.as_str().to_lowercase(), String::new(), String::new()),
         };
+        // Everything logged while serving (admission, storage, watches) carries the request.
+        let span = tracing::info_span!(
+            "request",
+            verb = %verb,
+            resource = %resource,
+            namespace = tracing::field::Empty,
+            name = tracing::field::Empty,
+            user = user.as_ref().map(|u| u.name.as_str()),
+            status = tracing::field::Empty,
+        );
+        if let Ok((Route::Resource(r), _)) = &parsed {
+            if let Some(namespace) = &r.namespace {
+                span.record("namespace", namespace.as_str());
+            }
+            if let Some(name) = &r.name {
+                span.record("name", name.as_str());
+            }
+        }
         let outcome = match parsed {
             Ok((route, query)) => {
                 self.dispatch(parts, incoming, route, query, user.as_ref())
+                    .instrument(span.clone())
                     .await
             }
             Err(err) => Err(err),
@@ -158,6 +178,7 @@ impl ApiServer {
             Err(err) => handlers::error_reply(&err),
         };
         let status = reply.status.as_u16();
+        span.record("status", status);
         self.metrics
             .latency
             .get_or_create(&crate::metrics::LatencyLabels {
@@ -174,7 +195,9 @@ impl ApiServer {
                 code: status.to_string(),
             })
             .inc();
-        tracing::debug!(%method, %path, status, user = user.as_ref().map(|u| u.name.as_str()), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        span.in_scope(|| {
+            tracing::debug!(%method, %path, elapsed_us = started.elapsed().as_micros() as u64, "served")
+        });
         reply.into_response()
     }
 
