@@ -81,6 +81,14 @@ pub fn random_suffix() -> String {
     )
 }
 
+/// A random serial number for a certificate: 122 random bits (a version 4 UUID's),
+/// positive with a non-zero top byte, so that its DER INTEGER is exactly 16 bytes.
+pub fn certificate_serial() -> [u8; 16] {
+    let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    bytes
+}
+
 /// Upstream's `rand.SafeEncodeString`: `s` spelled in the suffix alphabet, for names
 /// derived from a hash (ReplicaSets' and ControllerRevisions' `pod-template-hash`).
 pub fn safe_encode(s: &str) -> String {

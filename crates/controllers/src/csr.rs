@@ -23,7 +23,6 @@ use rcgen::{
     CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use ring::rand::SecureRandom;
 use serde_json::json;
 use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
@@ -200,7 +199,9 @@ impl CsrSigner {
         let params = &mut request.params;
         params.not_before = now - time::Duration::seconds(BACKDATE_SECONDS);
         params.not_after = (now + time::Duration::seconds(seconds)).min(self.ca_not_after);
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(SerialNumber::from_slice(
+            &korvet_apimachinery::names::certificate_serial(),
+        ));
         params.is_ca = IsCa::ExplicitNoCa;
         // The certificate says what the approved usages say, not what the CSR asked for.
         params.subject_alt_names.clear();
@@ -222,15 +223,6 @@ impl CsrSigner {
             .map_err(|e| CsrError::Request(format!("signing: {e}")))?;
         Ok(cert.pem())
     }
-}
-
-fn random_serial() -> Result<SerialNumber, CsrError> {
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| CsrError::Ca("system random number generator failed".into()))?;
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
 }
 
 struct Context {

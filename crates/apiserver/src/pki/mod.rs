@@ -31,7 +31,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
-use ring::rand::SecureRandom;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -442,16 +441,6 @@ fn parse_key(path: &Path, pem: &str) -> Result<KeyPair, PkiError> {
     KeyPair::from_pem(pem).map_err(|e| invalid(path, format!("unusable private key: {e}")))
 }
 
-fn random_serial() -> Result<SerialNumber, PkiError> {
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| PkiError::Internal("system random number generator failed".into()))?;
-    // A positive INTEGER with a non-zero top byte keeps the DER encoding exactly 16 bytes.
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
-}
-
 fn new_key() -> Result<KeyPair, PkiError> {
     Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
 }
@@ -522,7 +511,9 @@ fn create_ca(cert_path: &Path, key_path: &Path) -> Result<Ca, PkiError> {
     ];
     params.not_before = now - BACKDATE;
     params.not_after = now + CA_VALIDITY;
-    params.serial_number = Some(random_serial()?);
+    params.serial_number = Some(SerialNumber::from_slice(
+        &korvet_apimachinery::names::certificate_serial(),
+    ));
     let cert = params.self_signed(&key)?;
     write_atomic(key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(cert_path, cert.pem().as_bytes(), 0o644)?;
@@ -552,7 +543,9 @@ fn leaf_params(
     params.not_after = now
         .checked_add(validity)
         .map_or(ca.not_after, |end| end.min(ca.not_after));
-    params.serial_number = Some(random_serial()?);
+    params.serial_number = Some(SerialNumber::from_slice(
+        &korvet_apimachinery::names::certificate_serial(),
+    ));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
