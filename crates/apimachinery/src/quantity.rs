@@ -215,3 +215,144 @@ mod tests {
         assert_eq!(format_decimal(12_345_000), "12345");
     }
 }
+
+/// Property tests: the canonical form round-trips, the suffixes agree with each other,
+/// and no input makes the parser panic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DECIMAL: [(&str, i32); 10] = [
+        ("n", -9),
+        ("u", -6),
+        ("m", -3),
+        ("", 0),
+        ("k", 3),
+        ("M", 6),
+        ("G", 9),
+        ("T", 12),
+        ("P", 15),
+        ("E", 18),
+    ];
+    const BINARY: [(&str, u32); 6] = [
+        ("Ki", 10),
+        ("Mi", 20),
+        ("Gi", 30),
+        ("Ti", 40),
+        ("Pi", 50),
+        ("Ei", 60),
+    ];
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Every milli-value parse can return: the sign is applied to a magnitude, so
+    /// `i128::MIN` (whose magnitude is not an i128) is outside.
+    fn milli() -> impl Strategy<Value = i128> {
+        prop_oneof![
+            -i128::MAX..=i128::MAX,
+            -10_000_000i128..10_000_000,
+            // Multiples of powers of ten, where the suffixes k..E are chosen.
+            (-1_000_000i128..1_000_000, 0u32..=31).prop_map(|(n, p)| n * 10i128.pow(p)),
+            Just(i128::MAX),
+            Just(-i128::MAX),
+            Just(0),
+        ]
+    }
+
+    /// A quantity string as a user writes one: a sign, digits with an optional
+    /// fraction, and any suffix upstream allows (decimal, binary or an exponent).
+    fn quantity() -> impl Strategy<Value = String> {
+        let suffix = prop_oneof![
+            proptest::sample::select(DECIMAL.map(|(s, _)| s.to_string()).to_vec()),
+            proptest::sample::select(BINARY.map(|(s, _)| s.to_string()).to_vec()),
+            (prop_oneof![Just("e"), Just("E")], -40i32..40).prop_map(|(e, n)| format!("{e}{n}")),
+        ];
+        (
+            prop_oneof![Just(""), Just("-"), Just("+")],
+            "[0-9]{0,20}",
+            proptest::option::of("[0-9]{0,12}"),
+            suffix,
+        )
+            .prop_filter_map("a number needs a digit", |(sign, int, frac, suffix)| {
+                let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
+                (int.len() + frac.len() > 1 || !int.is_empty())
+                    .then(|| format!("{sign}{int}{frac}{suffix}"))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn canonical_form_parses_back(m in milli()) {
+            let text = format_decimal(m);
+            prop_assert_eq!(parse_milli(&text), Some(m), "{} formats as {}", m, text);
+        }
+
+        /// Parsing, formatting and parsing again keeps the value, and the canonical
+        /// form is a fixed point of the round trip.
+        #[test]
+        fn parsed_quantities_reach_a_canonical_fixed_point(text in quantity()) {
+            if let Some(value) = parse_milli(&text) {
+                let canonical = format_decimal(value);
+                let again = parse_milli(&canonical);
+                prop_assert_eq!(again, Some(value), "{} -> {} -> {}", text, value, canonical);
+                prop_assert_eq!(format_decimal(value), canonical);
+            }
+        }
+
+        /// A decimal suffix means its power of ten: `7k` = `7e3` = `7000`, `7m` =
+        /// `7e-3`; and a binary suffix multiplies the plain number by its power of two.
+        #[test]
+        fn suffixes_agree_with_exponents_and_powers(
+            negative in any::<bool>(),
+            digits in "[0-9]{1,18}",
+            decimal in proptest::sample::select(DECIMAL.to_vec()),
+            binary in proptest::sample::select(BINARY.to_vec()),
+        ) {
+            let sign = if negative { "-" } else { "" };
+            let with_suffix = parse_milli(&format!("{sign}{digits}{}", decimal.0));
+            let with_exponent = parse_milli(&format!("{sign}{digits}e{}", decimal.1));
+            prop_assert_eq!(with_suffix, with_exponent);
+            let n: i128 = digits.parse().unwrap();
+            let n = if negative { -n } else { n };
+            // Whole milli-units: exact, else the magnitude rounds up.
+            let scale = decimal.1 + 3;
+            // Past the range of i128 the parser must refuse the number.
+            let expected = if scale >= 0 {
+                n.checked_mul(10i128.pow(scale as u32))
+            } else {
+                let div = 10i128.pow(scale.unsigned_abs());
+                let magnitude = n.abs() / div + i128::from(n.abs() % div != 0);
+                Some(if negative { -magnitude } else { magnitude })
+            };
+            prop_assert_eq!(with_suffix, expected);
+            let binary_value = parse_milli(&format!("{sign}{digits}{}", binary.0));
+            prop_assert_eq!(binary_value, n.checked_mul(1000 << binary.1));
+        }
+
+        #[test]
+        fn parse_never_panics(text in any::<String>()) {
+            let _ = parse_milli(&text);
+            let _ = whole_units(&text);
+            let _ = cpu_millis(&text);
+            let _ = as_f64(&text);
+        }
+
+        /// Strings of the quantity alphabet reach far more of the parser than any
+        /// string does.
+        #[test]
+        fn parse_never_panics_on_quantity_like_text(text in "[-+0-9.eEnumkMGTPKi ]{0,48}") {
+            if let Some(value) = parse_milli(&text) {
+                prop_assert_eq!(parse_milli(&format_decimal(value)), Some(value));
+            }
+            let _ = whole_units(&text);
+        }
+    }
+}
