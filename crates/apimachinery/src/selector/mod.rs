@@ -69,6 +69,9 @@ pub fn matches_json(selector: &serde_json::Value, labels: &serde_json::Value) ->
 }
 
 /// `selector` as a `labelSelector` query (`a=b,c in (d,e),!f`), for a list call.
+/// Values are listed as the set they are, each once: the grammar cannot spell three
+/// empty values (`in (,,)` does not parse, upstream's parser neither), while `in ()`
+/// is the set of the empty value.
 pub fn query_string(selector: &TypedLabelSelector) -> String {
     let mut parts: Vec<String> = selector
         .match_labels
@@ -77,7 +80,9 @@ pub fn query_string(selector: &TypedLabelSelector) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
+        let values: std::collections::BTreeSet<&str> =
+            e.values.iter().flatten().map(String::as_str).collect();
+        let values = values.into_iter().collect::<Vec<_>>().join(",");
         parts.push(match e.operator.as_str() {
             "In" => format!("{} in ({values})", e.key),
             "NotIn" => format!("{} notin ({values})", e.key),
@@ -132,6 +137,15 @@ mod tests {
             }]),
         };
         assert_eq!(query_string(&sel), "app=web,tier in (a,b)");
+        // Each value once: three empty values would print as `(,,)`, which no parser
+        // accepts.
+        let empties = expression("tier", "NotIn", &["", "", ""]);
+        assert_eq!(query_string(&empties), "tier notin ()");
+        assert!(LabelSelector::parse(&query_string(&empties)).is_ok());
+        assert_eq!(
+            query_string(&expression("tier", "In", &["b", "", "a", "b"])),
+            "tier in (,a,b)"
+        );
         let labels: BTreeMap<String, String> =
             [("app".into(), "web".into()), ("tier".into(), "b".into())].into();
         assert!(matches(&sel, Some(&labels)));
