@@ -375,3 +375,102 @@ mod tests {
         );
     }
 }
+
+/// Property tests: a `metav1.LabelSelector` means the same as JSON, as its query
+/// string and as the typed matcher.
+#[cfg(test)]
+mod properties {
+    use super::label::properties::{canonical, config, labels, pools};
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// A valid typed selector over the pools: matchLabels, and expressions with the
+    /// four operators `metav1.LabelSelector` allows.
+    fn typed(
+        keys: &[String],
+        values: &[String],
+        match_labels: &Option<Vec<(Index, Index)>>,
+        expressions: &[(usize, Index, Vec<Index>, bool)],
+    ) -> TypedLabelSelector {
+        let pick = |picks: &[Index]| -> Vec<String> {
+            picks.iter().map(|i| i.get(values).clone()).collect()
+        };
+        TypedLabelSelector {
+            match_labels: match_labels
+                .as_ref()
+                .map(|picks| labels(keys, values, picks)),
+            match_expressions: Some(
+                expressions
+                    .iter()
+                    .map(|(op, key, picks, null_values)| {
+                        let (operator, values) = match op {
+                            0 => ("In", Some(pick(picks))),
+                            1 => ("NotIn", Some(pick(picks))),
+                            // Exists and DoesNotExist: values null or empty.
+                            2 => ("Exists", (!null_values).then(Vec::new)),
+                            _ => ("DoesNotExist", (!null_values).then(Vec::new)),
+                        };
+                        LabelSelectorRequirement {
+                            key: key.get(keys).clone(),
+                            operator: operator.to_owned(),
+                            values,
+                        }
+                    })
+                    .collect(),
+            )
+            .filter(|e: &Vec<_>| !e.is_empty()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// The JSON form and the query string parse to the same requirements, and
+        /// the JSON selector, the parsed query and the typed matcher select the same
+        /// label sets.
+        #[test]
+        fn json_query_string_and_typed_selectors_agree(
+            (keys, values) in pools(),
+            match_labels in proptest::option::of(
+                proptest::collection::vec((any::<Index>(), any::<Index>()), 0..=3),
+            ),
+            expressions in proptest::collection::vec(
+                (
+                    0usize..4,
+                    any::<Index>(),
+                    proptest::collection::vec(any::<Index>(), 1..=4),
+                    any::<bool>(),
+                ),
+                0..=4,
+            ),
+            label_sets in proptest::collection::vec(
+                proptest::collection::vec((any::<Index>(), any::<Index>()), 0..=4),
+                1..=6,
+            ),
+        ) {
+            let typed = typed(&keys, &values, &match_labels, &expressions);
+            let json = serde_json::to_value(&typed).unwrap();
+            let from_json = LabelSelector::from_label_selector_json(&json);
+            let query = query_string(&typed);
+            let from_query = LabelSelector::parse(&query);
+            let (from_json, from_query) = match (from_json, from_query) {
+                (Ok(a), Ok(b)) => (a, b),
+                (a, b) => panic!("{json} gives {a:?}, its query {query:?} gives {b:?}"),
+            };
+            let as_sets = |s: &LabelSelector| -> Vec<_> {
+                s.requirements().iter().cloned().map(canonical).collect()
+            };
+            prop_assert_eq!(as_sets(&from_json), as_sets(&from_query), "{} as {:?}", json, query);
+            for picks in &label_sets {
+                let labels = labels(&keys, &values, picks);
+                let by_json = from_json.matches(&labels);
+                prop_assert_eq!(from_query.matches(&labels), by_json, "{:?} on {:?}", query, labels);
+                prop_assert_eq!(matches(&typed, Some(&labels)), by_json, "{} on {:?}", json, labels);
+                let labels_json = serde_json::to_value(&labels).unwrap();
+                prop_assert_eq!(matches_json(&json, &labels_json), by_json);
+            }
+        }
+    }
+}
