@@ -481,3 +481,117 @@ mod tests {
         );
     }
 }
+
+/// Property tests: any requirements print (values escaped) and parse back, and
+/// escaping is undone exactly.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// A field name: anything but the separators `,` and `=`, and the escape `\`
+    /// (field names are not unescaped); one ending in `!` would read as `!=`.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("metadata.name".to_owned()),
+            Just("spec.nodeName".to_owned()),
+            "[a-zA-Z0-9._ !/é-]{0,12}",
+        ]
+        .prop_filter("a field ending in ! reads as the operator !=", |f| {
+            !f.ends_with('!')
+        })
+    }
+
+    /// Values of every kind, most with the characters that need escaping.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-z0-9\\\\,=! .é-]{0,12}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn requirement() -> impl Strategy<Value = FieldRequirement> {
+        (field(), any::<bool>(), value())
+            .prop_filter(
+                "a term with neither field nor value selects everything",
+                |(f, _, v)| !(f.is_empty() && v.is_empty()),
+            )
+            .prop_map(|(field, equals, value)| FieldRequirement {
+                field,
+                operator: if equals {
+                    FieldOperator::Equals
+                } else {
+                    FieldOperator::NotEquals
+                },
+                value,
+            })
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn escaping_is_undone(value in value()) {
+            prop_assert_eq!(unescape_field_value(&escape_field_value(&value)), Ok(value));
+        }
+
+        /// A selector prints as a string that parses back to the same requirements
+        /// (parsing sorts the terms), and matches as the plain model says.
+        #[test]
+        fn selectors_print_and_parse_back(
+            requirements in proptest::collection::vec(requirement(), 0..=5),
+            present in proptest::collection::vec(any::<bool>(), 5),
+        ) {
+            let selector = FieldSelector { requirements: requirements.clone() };
+            let text = selector.to_string();
+            let parsed = match FieldSelector::parse(&text) {
+                Ok(parsed) => parsed,
+                Err(e) => panic!("{requirements:?} prints as {text:?}, which does not parse: {e}"),
+            };
+            let mut want = requirements.clone();
+            let mut got = parsed.requirements().to_vec();
+            want.sort();
+            got.sort();
+            prop_assert_eq!(&got, &want, "{:?}", text);
+            // Objects whose fields hold some of the selector's values.
+            let fields: BTreeMap<String, String> = requirements
+                .iter()
+                .zip(&present)
+                .filter(|(_, present)| **present)
+                .map(|(r, _)| (r.field.clone(), r.value.clone()))
+                .collect();
+            let get = |f: &str| fields.get(f).cloned();
+            let model = requirements.iter().all(|r| {
+                let actual = fields.get(&r.field).map(String::as_str).unwrap_or("");
+                (actual == r.value) == (r.operator == FieldOperator::Equals)
+            });
+            prop_assert_eq!(selector.matches(&get), model);
+            prop_assert_eq!(parsed.matches(&get), model);
+        }
+
+        /// Parsing any text returns a selector or an error, never a panic; what it
+        /// accepts prints as a string that parses to the same requirements.
+        #[test]
+        fn parse_is_total(text in prop_oneof![any::<String>(), "[a-z\\\\,=! .-]{0,24}"]) {
+            if let Ok(selector) = FieldSelector::parse(&text) {
+                let printed = selector.to_string();
+                let again = FieldSelector::parse(&printed).map(|s| {
+                    let mut r = s.requirements().to_vec();
+                    r.sort();
+                    r
+                });
+                let mut want = selector.requirements().to_vec();
+                want.sort();
+                prop_assert_eq!(again, Ok(want), "{:?} prints as {:?}", text, printed);
+            }
+        }
+    }
+}
