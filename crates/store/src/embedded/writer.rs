@@ -693,3 +693,6 @@ pub(super) fn validate_range(range: &KeyRange) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod wal_properties;
