@@ -330,7 +330,7 @@ fn the_log_replays_to_the_model_and_a_damaged_log_to_a_prefix() {
     // records follows its own.
     let dirty = RefCell::new(0usize);
     let mut runner = TestRunner::new(Config {
-        cases: 48,
+        cases: 32,
         failure_persistence: None,
         ..Config::default()
     });
