@@ -24,7 +24,6 @@ pub mod fuzz;
 mod handlers;
 pub mod launch;
 pub mod metrics;
-mod namespaces;
 pub mod network_policy;
 pub mod openapi;
 pub mod openapi_proto;
