@@ -979,6 +979,12 @@ async fn delete_named(call: &Call<'_>, name: &str, options: &Value) -> ApiResult
     let resource = &call.resource;
     let key = resource.key(call.namespace(), name);
     let not_found = || ApiError::not_found(&resource.target(name));
+    // Dry run from the query or from the DeleteOptions body (kubectl and kube send it
+    // there).
+    let dry_run = call.query.dry_run
+        || options["dryRun"]
+            .as_array()
+            .is_some_and(|modes| modes.iter().any(|m| m == "All"));
     for _ in 0..WRITE_RETRIES {
         let (stored, revision) = call.server.objects.get(&key).await?.ok_or_else(not_found)?;
         let current = resource.present(stored);
@@ -1027,7 +1033,7 @@ async fn delete_named(call: &Call<'_>, name: &str, options: &Value) -> ApiResult
         let held = is_namespace && !namespace_finalizers(resource, &current).is_empty();
         let deferred = !fins.is_empty() || grace.is_some() || held;
         if !deferred {
-            if call.query.dry_run {
+            if dry_run {
                 return Ok(current);
             }
             return match call.server.objects.delete(&key, revision).await? {
@@ -1052,7 +1058,7 @@ async fn delete_named(call: &Call<'_>, name: &str, options: &Value) -> ApiResult
         }
         // Deleting what is already marked changes nothing (the namespace controller's
         // deletecollection meets such objects again on every pass).
-        if call.query.dry_run || marked == current {
+        if dry_run || marked == current {
             return Ok(marked);
         }
         match call
