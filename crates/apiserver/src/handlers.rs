@@ -858,8 +858,12 @@ pub(crate) async fn write_with_retry(
                 .reply_object(StatusCode::OK, next)
                 .with_warnings(warnings));
         }
-        // An object being deleted goes once its last finalizer is removed.
-        if next["metadata"]["deletionTimestamp"].is_string() && finalizers(&next).is_empty() {
+        // An object being deleted goes once its last finalizer is removed; a namespace
+        // also waits for its `spec.finalizers` (upstream's ShouldDeleteNamespaceDuringUpdate).
+        if next["metadata"]["deletionTimestamp"].is_string()
+            && finalizers(&next).is_empty()
+            && namespace_finalizers(&call.resource, &next).is_empty()
+        {
             return match call.server.objects.delete(&key, revision).await? {
                 Written::Ok(deleted) => {
                     Ok(call.reply_object(StatusCode::OK, call.resource.present(deleted)))
@@ -943,6 +947,17 @@ fn finalizers(object: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `spec.finalizers` of a namespace (empty for anything else).
+fn namespace_finalizers(resource: &ResourceType, object: &Value) -> Vec<Value> {
+    if !strategy::is_namespace(resource) {
+        return Vec::new();
+    }
+    object["spec"]["finalizers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn delete_options(call: &Call<'_>) -> ApiResult<Value> {
     if call.body.is_empty() {
         return Ok(json!({}));
@@ -952,13 +967,31 @@ fn delete_options(call: &Call<'_>) -> ApiResult<Value> {
 
 pub(crate) async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
     let options = delete_options(call)?;
-    let key = call.key();
+    let object = delete_named(call, call.name(), &options).await?;
+    Ok(call.reply_object(StatusCode::OK, object))
+}
+
+/// Deletes object `name` of the call's resource and namespace, as a DELETE of it does:
+/// preconditions, propagation policy as finalizers, graceful deletion of bound pods,
+/// namespaces marked Terminating for the namespace controller, dry run. Returns the
+/// object as deleted, or as marked when its deletion waits.
+async fn delete_named(call: &Call<'_>, name: &str, options: &Value) -> ApiResult<Value> {
+    let resource = &call.resource;
+    let key = resource.key(call.namespace(), name);
+    let not_found = || ApiError::not_found(&resource.target(name));
+    // Dry run from the query or from the DeleteOptions body (kubectl and kube send it
+    // there).
+    let dry_run = call.query.dry_run
+        || options["dryRun"]
+            .as_array()
+            .is_some_and(|modes| modes.iter().any(|m| m == "All"));
     for _ in 0..WRITE_RETRIES {
-        let (current, revision) = load(call).await?;
+        let (stored, revision) = call.server.objects.get(&key).await?.ok_or_else(not_found)?;
+        let current = resource.present(stored);
         if let Some(uid) = options["preconditions"]["uid"].as_str() {
             if current["metadata"]["uid"].as_str() != Some(uid) {
                 return Err(ApiError::conflict(
-                    &call.resource.target(call.name()),
+                    &resource.target(name),
                     &format!(
                         "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                         current["metadata"]["uid"].as_str().unwrap_or_default()
@@ -969,7 +1002,7 @@ pub(crate) async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
         if let Some(rv) = options["preconditions"]["resourceVersion"].as_str() {
             if parse_revision(rv)? != revision {
                 return Err(ApiError::conflict(
-                    &call.resource.target(call.name()),
+                    &resource.target(name),
                     &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"),
                 ));
             }
@@ -993,18 +1026,19 @@ pub(crate) async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
                 )))
             }
         }
-        let grace = graceful_deletion_seconds(call, &current, &options);
-        let is_namespace = call.resource.kind == "Namespace";
-        let deferred = !fins.is_empty() || grace.is_some() || is_namespace;
+        let grace = graceful_deletion_seconds(call, &current, options);
+        // A namespace waits for the namespace controller to empty it (its `kubernetes`
+        // finalizer in `spec.finalizers`), then goes when that is taken out.
+        let is_namespace = strategy::is_namespace(resource);
+        let held = is_namespace && !namespace_finalizers(resource, &current).is_empty();
+        let deferred = !fins.is_empty() || grace.is_some() || held;
         if !deferred {
-            if call.query.dry_run {
-                return Ok(call.reply_object(StatusCode::OK, current));
+            if dry_run {
+                return Ok(current);
             }
             return match call.server.objects.delete(&key, revision).await? {
-                Written::Ok(deleted) => {
-                    Ok(call.reply_object(StatusCode::OK, call.resource.present(deleted)))
-                }
-                Written::NotFound => Err(call.not_found()),
+                Written::Ok(deleted) => Ok(resource.present(deleted)),
+                Written::NotFound => Err(not_found()),
                 Written::Conflict => continue,
             };
         }
@@ -1016,35 +1050,30 @@ pub(crate) async fn delete(call: &Call<'_>) -> ApiResult<Reply> {
             marked["metadata"]["deletionTimestamp"] = json!(when);
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(0));
         }
-        marked["metadata"]["finalizers"] = json!(fins);
+        if fins != finalizers(&current) {
+            marked["metadata"]["finalizers"] = json!(fins);
+        }
         if is_namespace {
             marked["status"]["phase"] = json!("Terminating");
         }
-        if call.query.dry_run {
-            return Ok(call.reply_object(StatusCode::OK, marked));
+        // Deleting what is already marked changes nothing (the namespace controller's
+        // deletecollection meets such objects again on every pass).
+        if dry_run || marked == current {
+            return Ok(marked);
         }
         match call
             .server
             .objects
-            .update(&key, &call.resource.stored(&marked), revision)
+            .update(&key, &resource.stored(&marked), revision)
             .await?
         {
-            Written::Ok(updated) => {
-                let updated = call.resource.present(updated);
-                if is_namespace {
-                    crate::namespaces::finalize_in_background(
-                        call.server.clone(),
-                        call.name().to_string(),
-                    );
-                }
-                return Ok(call.reply_object(StatusCode::OK, updated));
-            }
-            Written::NotFound => return Err(call.not_found()),
+            Written::Ok(updated) => return Ok(resource.present(updated)),
+            Written::NotFound => return Err(not_found()),
             Written::Conflict => continue,
         }
     }
     Err(ApiError::conflict(
-        &call.resource.target(call.name()),
+        &resource.target(name),
         "the object is being changed too often; try again",
     ))
 }
@@ -1072,7 +1101,11 @@ fn graceful_deletion_seconds(call: &Call<'_>, object: &Value, options: &Value) -
     (grace > 0).then_some(grace)
 }
 
+/// Deletes every object the selectors match, each through the same path as a DELETE of
+/// it (finalizers, graceful deletion, dry run), and answers the list of what was deleted
+/// or marked for deletion, as upstream does.
 async fn delete_collection(call: &Call<'_>) -> ApiResult<Reply> {
+    let options = delete_options(call)?;
     let filter = Filter::from_query(&call.resource, &call.query)?;
     let prefix = call.resource.list_prefix(call.namespace());
     let page = call
@@ -1082,19 +1115,14 @@ async fn delete_collection(call: &Call<'_>) -> ApiResult<Reply> {
         .await?;
     let mut deleted = Vec::new();
     for object in page.items {
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
-        let key = call.resource.key(namespace.as_deref(), &name);
-        let revision = storage::listed_revision(&object);
-        if call.query.dry_run {
-            deleted.push(call.resource.present(object));
+        let Some(name) = object["metadata"]["name"].as_str() else {
             continue;
-        }
-        if let Written::Ok(gone) = call.server.objects.delete(&key, revision).await? {
-            deleted.push(call.resource.present(gone));
+        };
+        match delete_named(call, name, &options).await {
+            Ok(object) => deleted.push(object),
+            // Gone meanwhile: nothing left to delete.
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(Reply::json(

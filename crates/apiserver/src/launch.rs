@@ -157,7 +157,6 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, LaunchEr
     let spec = pki.admin_kubeconfig(&config.cluster_name, &format!("https://{address}"));
     pki::write_kubeconfig(&kubeconfig, &spec).map_err(pki_err(&pki_dir))?;
     let task = tokio::spawn(server::serve(server.clone(), listener, tls));
-    tokio::spawn(crate::namespaces::resume_terminating(server.clone()));
     tracing::info!(%address, kubeconfig = %kubeconfig.display(), "API server serving");
     Ok(RunningApiServer {
         address,

@@ -24,7 +24,6 @@ pub mod fuzz;
 mod handlers;
 pub mod launch;
 mod metrics;
-mod namespaces;
 mod network_policy;
 mod openapi;
 mod openapi_proto;

@@ -139,6 +139,9 @@ pub(crate) fn prepare_create(resource: &ResourceType, object: &mut Value) {
     if resource.kind == "Job" && resource.group == "batch" {
         job_selector(object);
     }
+    if is_namespace(resource) {
+        namespace_finalizer(object);
+    }
     if resource.has_status() && resource.kind != "Namespace" {
         // Status is written through the status subresource only (upstream drops it on
         // create for resources with a status subresource).
@@ -167,6 +170,18 @@ pub(crate) fn prepare_update(resource: &ResourceType, old: &Value, object: &mut 
                 None => {
                     meta.remove(field);
                 }
+            }
+        }
+    }
+    if is_namespace(resource) {
+        // Only `namespaces/NAME/finalize` changes a namespace's finalizers (upstream).
+        let spec = object_map(object, "spec");
+        match old["spec"].get("finalizers") {
+            Some(finalizers) => {
+                spec.insert("finalizers".into(), finalizers.clone());
+            }
+            None => {
+                spec.remove("finalizers");
             }
         }
     }
@@ -241,8 +256,33 @@ fn set_default(object: &mut Value, path: &[&str], value: Value) {
     }
 }
 
+/// The finalizer of upstream's namespace controller: a namespace is removed only once
+/// it has emptied the namespace and taken this out of `spec.finalizers`.
+pub(crate) const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+pub(crate) fn is_namespace(resource: &ResourceType) -> bool {
+    resource.kind == "Namespace" && resource.group.is_empty()
+}
+
+/// A new namespace always carries the namespace controller's finalizer. Only at create,
+/// not as a default: a default would put it back on every write after `finalize` took it
+/// out (upstream's PrepareForCreate).
+fn namespace_finalizer(ns: &mut Value) {
+    if !ns["spec"].is_object() {
+        ns["spec"] = json!({});
+    }
+    let finalizers = &mut ns["spec"]["finalizers"];
+    if !finalizers.is_array() {
+        *finalizers = json!([]);
+    }
+    if let Some(list) = finalizers.as_array_mut() {
+        if !list.iter().any(|f| f == NAMESPACE_FINALIZER) {
+            list.push(json!(NAMESPACE_FINALIZER));
+        }
+    }
+}
+
 pub(crate) fn namespace_defaults(ns: &mut Value) {
-    set_default(ns, &["spec", "finalizers"], json!(["kubernetes"]));
     set_default(ns, &["status", "phase"], json!("Active"));
     let name = ns["metadata"]["name"].clone();
     if name.is_string() {

@@ -2,7 +2,7 @@
 //! and `runtime::watcher` following changes, on both stores.
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use korvet_test_support::{on_every_store, StoreKind, TestControlPlane};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -157,4 +157,154 @@ async fn runtime_watcher_follows_changes(store: StoreKind) {
     assert!(names.contains(&"delete:after".to_string()), "{names:?}");
 }
 
-on_every_store!(typed_crud_and_lists, runtime_watcher_follows_changes);
+/// `deletecollection` deletes each object as a DELETE of it would: bound pods get their
+/// grace period, objects with finalizers are only marked, and the answer lists both.
+async fn deletecollection_is_a_delete_of_each(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let client = client(&cp).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, node) in [("bound", json!("node-a")), ("pending", json!(null))] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "dc"}},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 45,
+                     "containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (name, finalizers) in [
+        ("plain", json!(null)),
+        ("held", json!(["example.com/hold"])),
+    ] {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "dc"}, "finalizers": finalizers},
+        }))
+        .expect("config map");
+        config_maps
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("create config map");
+    }
+    let selected = ListParams::default().labels("app=dc");
+
+    // A dry run answers what would go and changes nothing.
+    let dry = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    let answer = config_maps
+        .delete_collection(&dry, &selected)
+        .await
+        .expect("dry-run deletecollection");
+    let listed = answer.left().expect("a list");
+    assert_eq!(listed.items.len(), 2);
+    assert_eq!(
+        config_maps.list(&selected).await.expect("list").items.len(),
+        2
+    );
+
+    let answer = pods
+        .delete_collection(&DeleteParams::default(), &selected)
+        .await
+        .expect("deletecollection of pods");
+    let listed = answer.left().expect("a list");
+    assert_eq!(listed.items.len(), 2);
+    // The bound pod waits for its node, its grace period counted from now.
+    let bound = pods.get("bound").await.expect("the bound pod stays");
+    assert!(bound.metadata.deletion_timestamp.is_some());
+    assert_eq!(bound.metadata.deletion_grace_period_seconds, Some(45));
+    assert!(pods.get_opt("pending").await.expect("get").is_none());
+
+    let answer = config_maps
+        .delete_collection(&DeleteParams::default(), &selected)
+        .await
+        .expect("deletecollection of config maps");
+    let names: Vec<_> = answer
+        .left()
+        .expect("a list")
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["held", "plain"]);
+    assert!(config_maps.get_opt("plain").await.expect("get").is_none());
+    let held = config_maps.get("held").await.expect("the held one stays");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    // Its finalizer removed, it goes.
+    config_maps
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("remove the finalizer");
+    assert!(config_maps.get_opt("held").await.expect("get").is_none());
+}
+
+/// A namespace keeps the namespace controller's finalizer until `finalize` takes it out;
+/// deleted, it is Terminating until no finalizer is left, then gone. (No controllers run
+/// here: the test plays the namespace controller.)
+async fn namespaces_go_when_finalized(store: StoreKind) {
+    let cp = TestControlPlane::start(store).await;
+    let namespaces: Api<Namespace> = Api::all(client(&cp).await);
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "fin"}})).expect("namespace");
+    let created = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    let finalizers = |ns: &Namespace| ns.spec.clone().and_then(|s| s.finalizers);
+    assert_eq!(finalizers(&created), Some(vec!["kubernetes".to_string()]));
+    // An update cannot drop it: only `finalize` changes spec.finalizers.
+    let mut replaced = created.clone();
+    replaced.spec = None;
+    let replaced = namespaces
+        .replace("fin", &PostParams::default(), &replaced)
+        .await
+        .expect("replace");
+    assert_eq!(finalizers(&replaced), Some(vec!["kubernetes".to_string()]));
+
+    namespaces
+        .delete("fin", &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let terminating = namespaces.get("fin").await.expect("still there");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        terminating.status.clone().and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+
+    // Another finalizer in place of `kubernetes`: still held.
+    let mut body = terminating.clone();
+    body.spec.get_or_insert_default().finalizers = Some(vec!["example.com/other".into()]);
+    let after = namespaces
+        .replace_subresource("finalize", "fin", &PostParams::default(), &body)
+        .await
+        .expect("finalize");
+    assert_eq!(
+        finalizers(&after),
+        Some(vec!["example.com/other".to_string()])
+    );
+    assert!(namespaces.get_opt("fin").await.expect("get").is_some());
+
+    // None left: the namespace goes.
+    let mut body = namespaces.get("fin").await.expect("get");
+    body.spec.get_or_insert_default().finalizers = None;
+    namespaces
+        .replace_subresource("finalize", "fin", &PostParams::default(), &body)
+        .await
+        .expect("finalize");
+    assert!(namespaces.get_opt("fin").await.expect("get").is_none());
+}
+
+on_every_store!(
+    typed_crud_and_lists,
+    runtime_watcher_follows_changes,
+    deletecollection_is_a_delete_of_each,
+    namespaces_go_when_finalized
+);

@@ -335,7 +335,8 @@ async fn watch_sees_changes(store: StoreKind) {
 }
 
 async fn namespaces_and_rbac(store: StoreKind) {
-    let cp = TestControlPlane::start(store).await;
+    // The namespace controller empties and finalizes the deleted namespace.
+    let cp = TestControlPlane::start_with_controllers(store).await;
     let k = cp.kubectl();
     k.ok_with_input(
         &["apply", "-f", "-"],

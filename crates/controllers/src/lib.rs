@@ -19,6 +19,7 @@ mod history;
 mod horizontal;
 mod job;
 pub mod metrics;
+pub mod namespace;
 pub mod node_ipam;
 mod node_lifecycle;
 mod owned;
@@ -123,6 +124,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         }));
     }
     loops.push(controller("garbage-collector", garbage_collector::run));
+    loops.push(controller("namespace", namespace::run));
     loops.push(controller("endpoint", endpoints::run_endpoints));
     loops.push(controller("endpointslice", endpoints::run_endpoint_slices));
     loops.push(controller("event-ttl", event_ttl::run));

@@ -229,3 +229,108 @@ async fn deleting_a_namespace_empties_and_removes_it() {
     })
     .await;
 }
+
+/// The namespace controller alone, started after the namespace was deleted (as after a
+/// restart of the control plane: its watch's initial list finds the namespace): bound pods
+/// get their grace period, held objects are waited for with upstream's conditions, and the
+/// namespace goes once the last one does.
+#[tokio::test]
+async fn a_terminating_namespace_waits_for_its_content_and_survives_a_restart() {
+    let cp = TestControlPlane::start(StoreKind::Embedded).await;
+    let client = cp.client().await;
+    namespace(&client, "later").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "later");
+    for (name, finalizers) in [
+        ("plain", json!(null)),
+        ("held", json!(["example.com/hold"])),
+    ] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "finalizers": finalizers}}))
+                .unwrap();
+        config_maps
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "later");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "runner"},
+        "spec": {"nodeName": "node-a", "terminationGracePeriodSeconds": 30,
+                 "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete("later", &DeleteParams::default())
+        .await
+        .unwrap();
+    // No controller runs yet: the API server only marks the namespace.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ns = namespaces.get("later").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert!(config_maps.get_opt("plain").await.unwrap().is_some());
+
+    let controller = tokio::spawn(korvet_controllers::namespace::run(client.clone()));
+    let condition = |ns: &Namespace, type_: &str| {
+        ns.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == type_)
+            .cloned()
+    };
+    let ns = wait_for(20, "the namespace to say what it waits for", || async {
+        let ns = namespaces.get("later").await.unwrap();
+        let remaining = condition(&ns, "NamespaceContentRemaining")?;
+        (remaining.message.as_deref()
+            == Some("Some resources are remaining: configmaps. has 1 resource instances, pods. has 1 resource instances"))
+        .then_some(ns)
+    })
+    .await;
+    let held = condition(&ns, "NamespaceFinalizersRemaining").unwrap();
+    assert_eq!(held.status, "True");
+    assert_eq!(held.reason.as_deref(), Some("SomeFinalizersRemain"));
+    assert_eq!(
+        held.message.as_deref(),
+        Some("Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances")
+    );
+    let failure = condition(&ns, "NamespaceDeletionContentFailure").unwrap();
+    assert_eq!(failure.status, "False");
+    assert_eq!(
+        ns.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+    assert!(config_maps.get_opt("plain").await.unwrap().is_none());
+    // The bound pod waits for its node, with its own grace period.
+    let runner = pods.get("runner").await.unwrap();
+    assert!(runner.metadata.deletion_timestamp.is_some());
+    assert_eq!(runner.metadata.deletion_grace_period_seconds, Some(30));
+
+    // The node has stopped it (the kubelet's final delete), and the finalizer goes.
+    pods.delete("runner", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(namespaces.get_opt("later").await.unwrap().is_some());
+    config_maps
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    wait_for(20, "the namespace to be removed", || async {
+        namespaces
+            .get_opt("later")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    controller.abort();
+}

@@ -386,7 +386,8 @@ where
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the cluster, node-pool and machine controllers until the future is dropped.
+/// Runs the cluster, node-pool, machine, load-balancer and namespace controllers until
+/// the future is dropped.
 pub async fn run(client: kube::Client, config: PlatformConfig) {
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -448,7 +449,16 @@ pub async fn run(client: kube::Client, config: PlatformConfig) {
     .run(load_balancer::reconcile, error_policy, ctx.clone())
     .for_each(|_| async {});
 
-    tokio::join!(cluster_task, pool_task, machine_task, load_balancer_task);
+    // Projects are namespaces: deleting one empties it, as in every cluster.
+    let namespace_task = korvet_controllers::namespace::run(client.clone());
+
+    tokio::join!(
+        cluster_task,
+        pool_task,
+        machine_task,
+        load_balancer_task,
+        namespace_task
+    );
 }
 
 /// Stops every machine and hosted control plane this platform runs, keeping all data
