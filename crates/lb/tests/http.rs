@@ -67,6 +67,16 @@ where
 /// - `/ws`: a WebSocket that echoes text as `NAME: TEXT`;
 /// - anything else: `key: value` lines of what it was sent, and from where.
 async fn backend(name: &'static str) -> SocketAddrV4 {
+    serve_backend(name, true).await
+}
+
+/// A backend that closes the connection after each answer (`Connection: close`), as
+/// busybox httpd and CGI servers do.
+async fn closing_backend(name: &'static str) -> SocketAddrV4 {
+    serve_backend(name, false).await
+}
+
+async fn serve_backend(name: &'static str, keep_alive: bool) -> SocketAddrV4 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
         unreachable!()
@@ -79,6 +89,7 @@ async fn backend(name: &'static str) -> SocketAddrV4 {
             tokio::spawn(async move {
                 let service = service_fn(move |request| answer(name, peer, request));
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await;
@@ -474,6 +485,65 @@ fn large_bodies_stream_both_ways() {
             total += frame.unwrap().data_ref().map_or(0, |d| d.len());
         }
         assert_eq!(total, 16 * 1024 * 1024);
+        edge.shutdown().await;
+    });
+}
+
+#[test]
+fn backends_that_close_after_each_answer_stream_whole_answers() {
+    in_netns("closing", || async {
+        let alpha = closing_backend("alpha").await;
+        let http = HttpConfig {
+            default_backend: Some(http_backend("shop/alpha:80", &[alpha])),
+            ..Default::default()
+        };
+        let edge = Edge::start(serving("web", HTTP_PORT, http)).await.unwrap();
+        let mut sender = h1(HTTP_PORT).await;
+        // Each request needs a new backend connection; the client keeps its own.
+        for _ in 0..20 {
+            sender.ready().await.unwrap();
+            let response = sender
+                .send_request(request("shop.example", "/", empty()))
+                .await
+                .unwrap();
+            let (status, body) = read_all(response).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(fields(&body)["name"], "alpha");
+        }
+        let chunks = futures::stream::iter(0..64)
+            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![1u8; 64 * 1024]))));
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(header::HOST, "shop.example")
+            .body(BodyExt::boxed(StreamBody::new(chunks)))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let (status, body) = read_all(sender.send_request(upload).await.unwrap()).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "alpha got 4194304 bytes")
+        );
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(request("shop.example", "/download", empty()))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            total += frame.unwrap().data_ref().map_or(0, |d| d.len());
+        }
+        assert_eq!(total, 16 * 1024 * 1024);
+        // An answer that trickles in arrives whole.
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(request("shop.example", "/slow", empty()))
+            .await
+            .unwrap();
+        let (status, body) = read_all(response).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.lines().count(), 10, "{body}");
         edge.shutdown().await;
     });
 }
