@@ -276,6 +276,39 @@ fn request(host: &str, path: &str, body: Body) -> Request<Body> {
         .unwrap()
 }
 
+/// POSTs `chunks` chunks of 64 KiB to `/upload` (chunked) and returns the answer.
+async fn upload(
+    sender: &mut hyper::client::conn::http1::SendRequest<Body>,
+    host: &str,
+    chunks: usize,
+) -> (StatusCode, String) {
+    let chunks = futures::stream::iter(0..chunks)
+        .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![1u8; 64 * 1024]))));
+    let upload = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header(header::HOST, host)
+        .body(BodyExt::boxed(StreamBody::new(chunks)))
+        .unwrap();
+    sender.ready().await.unwrap();
+    read_all(sender.send_request(upload).await.unwrap()).await
+}
+
+/// GETs `/download` and counts its bytes frame by frame.
+async fn download(sender: &mut hyper::client::conn::http1::SendRequest<Body>, host: &str) -> usize {
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(request(host, "/download", empty()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        total += frame.unwrap().data_ref().map_or(0, |d| d.len());
+    }
+    total
+}
+
 async fn read_all(response: Response<Incoming>) -> (StatusCode, String) {
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -460,30 +493,13 @@ fn large_bodies_stream_both_ways() {
         let edge = Edge::start(serving("web", HTTP_PORT, http)).await.unwrap();
         let mut sender = h1(HTTP_PORT).await;
         // 16 MiB up, in 64 KiB chunks of unknown total length (chunked).
-        let chunks = futures::stream::iter(0..256)
-            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![1u8; 64 * 1024]))));
-        let upload = Request::builder()
-            .method("POST")
-            .uri("/upload")
-            .header(header::HOST, "big.example")
-            .body(BodyExt::boxed(StreamBody::new(chunks)))
-            .unwrap();
-        let (status, body) = read_all(sender.send_request(upload).await.unwrap()).await;
+        let (status, body) = upload(&mut sender, "big.example", 256).await;
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::OK, "alpha got 16777216 bytes")
         );
         // 16 MiB down, counted frame by frame, on the same connection.
-        sender.ready().await.unwrap();
-        let response = sender
-            .send_request(request("big.example", "/download", empty()))
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let mut total = 0;
-        while let Some(frame) = body.frame().await {
-            total += frame.unwrap().data_ref().map_or(0, |d| d.len());
-        }
+        let total = download(&mut sender, "big.example").await;
         assert_eq!(total, 16 * 1024 * 1024);
         edge.shutdown().await;
     });
@@ -510,30 +526,12 @@ fn backends_that_close_after_each_answer_stream_whole_answers() {
             assert_eq!(status, StatusCode::OK);
             assert_eq!(fields(&body)["name"], "alpha");
         }
-        let chunks = futures::stream::iter(0..64)
-            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![1u8; 64 * 1024]))));
-        let upload = Request::builder()
-            .method("POST")
-            .uri("/upload")
-            .header(header::HOST, "shop.example")
-            .body(BodyExt::boxed(StreamBody::new(chunks)))
-            .unwrap();
-        sender.ready().await.unwrap();
-        let (status, body) = read_all(sender.send_request(upload).await.unwrap()).await;
+        let (status, body) = upload(&mut sender, "shop.example", 64).await;
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::OK, "alpha got 4194304 bytes")
         );
-        sender.ready().await.unwrap();
-        let response = sender
-            .send_request(request("shop.example", "/download", empty()))
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let mut total = 0;
-        while let Some(frame) = body.frame().await {
-            total += frame.unwrap().data_ref().map_or(0, |d| d.len());
-        }
+        let total = download(&mut sender, "shop.example").await;
         assert_eq!(total, 16 * 1024 * 1024);
         // An answer that trickles in arrives whole.
         sender.ready().await.unwrap();
