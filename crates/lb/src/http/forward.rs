@@ -12,11 +12,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use super::routes::{normalize_host, Backend};
-use super::upstream::{Failure, UpstreamBody};
+use super::upstream::Failure;
 use super::{upgrade, Scheme, Shared};
 
 /// A backend's streamed answer, or one of ours (404, 502, ...).
-pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

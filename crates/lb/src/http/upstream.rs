@@ -4,18 +4,13 @@
 //! the next endpoint of the backend.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-
-type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Incoming>;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -61,18 +56,18 @@ impl Upstreams {
         backend: &Backend,
         mut request: Request<Incoming>,
         connect_failed: impl Fn(),
-    ) -> Result<(SocketAddr, Response<UpstreamBody>), Failure> {
+    ) -> Result<(SocketAddr, Response<Incoming>), Failure> {
         if !backend.has_endpoints() {
             return Err(Failure::NoEndpoints);
         }
         // An upgraded connection belongs to its two ends and never returns to the pool.
-        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        let reusable = !request.headers().contains_key(http::header::UPGRADE);
         for endpoint in backend.endpoints_in_turn() {
             loop {
-                let (mut sender, connection) = match self.take_idle(endpoint) {
-                    Some(sender) => (sender, None),
+                let (mut sender, fresh) = match self.take_idle(endpoint) {
+                    Some(sender) => (sender, false),
                     None => match connect(endpoint).await {
-                        Ok((sender, connection)) => (sender, Some(connection)),
+                        Ok(sender) => (sender, true),
                         Err(why) => {
                             tracing::debug!(backend = %backend.name, %endpoint, "connect failed: {why}");
                             connect_failed();
@@ -80,38 +75,13 @@ impl Upstreams {
                         }
                     },
                 };
-                let fresh = connection.is_some();
-                // A switch of protocols needs the connection's own upgrade handling from
-                // the first byte of the answer on.
-                let connection = match connection {
-                    Some(connection) if upgrade => {
-                        tokio::spawn(drive(connection, endpoint));
-                        None
-                    }
-                    connection => connection,
-                };
                 // No deadline on the answer: a backend may rightly read a long upload
                 // whole before it answers; the client decides how long to wait.
-                let (connection, sent) =
-                    exchange(sender.try_send_request(request), connection, endpoint).await;
-                match sent {
+                match sender.try_send_request(request).await {
                     Ok(response) => {
-                        let closing = !upgrade && closes_after(&response);
-                        let connection = match connection {
-                            // A backend that closes after this answer (busybox httpd,
-                            // CGI servers): its connection is driven by the response
-                            // body in the client's task, with no task or pool of its own.
-                            Some(connection) if closing => Some(connection),
-                            Some(connection) => {
-                                tokio::spawn(drive(connection, endpoint));
-                                None
-                            }
-                            None => None,
-                        };
-                        if !upgrade && !closing {
+                        if reusable {
                             self.keep_when_done(endpoint, sender);
                         }
-                        let response = response.map(|body| UpstreamBody { body, connection });
                         return Ok((endpoint, response));
                     }
                     Err(mut error) => match error.take_message() {
@@ -175,106 +145,23 @@ impl Upstreams {
     }
 }
 
-async fn connect(endpoint: SocketAddr) -> Result<(SendRequest<Incoming>, Connection), String> {
+async fn connect(endpoint: SocketAddr) -> Result<SendRequest<Incoming>, String> {
     let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
     };
     let _ = stream.set_nodelay(true);
-    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())
-}
-
-/// Waits for the answer to a request sent on a connection, driving a fresh `connection`
-/// (one no task drives yet) meanwhile. Gives the connection back unless it ended.
-async fn exchange<F, T>(
-    sent: F,
-    mut connection: Option<Connection>,
-    endpoint: SocketAddr,
-) -> (Option<Connection>, T)
-where
-    F: Future<Output = T>,
-{
-    let mut sent = std::pin::pin!(sent);
-    loop {
-        let Some(driven) = connection.as_mut() else {
-            return (None, sent.await);
-        };
-        tokio::select! {
-            biased;
-            answer = &mut sent => return (connection, answer),
-            ended = driven => {
-                if let Err(e) = ended {
-                    tracing::debug!(%endpoint, "backend connection ended: {e}");
-                }
-                connection = None;
-            }
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        // Upgrades allowed: a WebSocket's 101 hands the connection over.
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(%endpoint, "backend connection ended: {e}");
         }
-    }
-}
-
-/// Drives a backend connection in a task of its own (a pooled one, or one that switched
-/// protocols: a WebSocket's 101 hands the connection over).
-async fn drive(connection: Connection, endpoint: SocketAddr) {
-    if let Err(e) = connection.with_upgrades().await {
-        tracing::debug!(%endpoint, "backend connection ended: {e}");
-    }
-}
-
-/// Whether the backend closes the connection after this answer (RFC 9112 section 9.6).
-fn closes_after<B>(response: &Response<B>) -> bool {
-    let says = |token: &str| {
-        response
-            .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if response.version() == http::Version::HTTP_10 {
-        !says("keep-alive")
-    } else {
-        says("close")
-    }
-}
-
-/// A backend's answer body; when the backend closes after it, it also drives the
-/// connection it comes on, from the client's task.
-pub(crate) struct UpstreamBody {
-    body: Incoming,
-    connection: Option<Connection>,
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(connection) = this.connection.as_mut() {
-            if let Poll::Ready(ended) = Pin::new(connection).poll(cx) {
-                if let Err(e) = ended {
-                    tracing::debug!("backend connection ended: {e}");
-                }
-                this.connection = None;
-            }
-        }
-        Pin::new(&mut this.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
+    });
+    Ok(sender)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
