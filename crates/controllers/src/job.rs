@@ -35,11 +35,10 @@ pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub(crate) const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Runs the Job controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
-    let (pods, pod_events) = pod_cache::watch(&client);
-    let ctx = Ctx::with_pods(&client, "job-controller", pods);
+pub(crate) async fn run(client: kube::Client, pods: pod_cache::PodInformer) {
+    let ctx = Ctx::with_pods(&client, "job-controller", pods.cache());
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .watches_stream(pod_events, pod_cache::controller_of_pod::<Job>)
+        .watches_shared_stream(pods.subscribe(), pod_cache::controller_of_pod::<Job>)
         .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {});
     tokio::join!(jobs, release_orphans(client));

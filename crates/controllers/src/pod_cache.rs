@@ -10,16 +10,18 @@
 //! brings within milliseconds, syncs read only the store.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
 use kube::runtime::WatchStreamExt;
 use kube::ResourceExt;
+use tokio::sync::mpsc;
 
 use crate::workload::is_controlled_by;
 
@@ -39,7 +41,7 @@ pub(crate) enum Expect {
 }
 
 impl Expect {
-    fn met(&self, pods: &[std::sync::Arc<Pod>]) -> bool {
+    fn met(&self, pods: &[Arc<Pod>]) -> bool {
         let by_uid = |uid: &str| pods.iter().find(|p| p.uid().as_deref() == Some(uid));
         match self {
             Expect::Created(name) => pods.iter().any(|p| p.name_any() == *name),
@@ -65,29 +67,104 @@ type Pending = Vec<(Expect, Instant)>;
 #[derive(Clone)]
 pub(crate) struct PodCache {
     store: Option<Store<Pod>>,
-    pending: std::sync::Arc<Mutex<HashMap<String, Pending>>>,
+    pending: Arc<Mutex<HashMap<String, Pending>>>,
 }
 
-/// A cache of all pods and the stream of pod changes that feeds it, for a Controller's
-/// `watches_stream` (the store is written before each change is passed on).
-pub(crate) fn watch(
-    client: &kube::Client,
-) -> (
-    PodCache,
-    impl futures::Stream<Item = Result<Pod, kube::runtime::watcher::Error>> + Send + 'static,
-) {
-    let (store, writer) = kube::runtime::reflector::store();
-    let events = kube::runtime::reflector::reflector(
-        writer,
-        kube::runtime::watcher(Api::<Pod>::all(client.clone()), Default::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    (PodCache::new(store), events)
+/// How many pod changes a subscriber may have waiting; the watch waits for one that is
+/// this far behind (as kube's shared streams do), so no change is ever lost.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// The one watch of all pods that the controllers of a manager share: a reflector store
+/// and, for each subscriber, the stream of pods the watch touched (applied, relisted or
+/// deleted), each passed on only after the store holds it, so a sync it wakes never
+/// reads a store older than the change. (kube's own shared streams pass on no
+/// deletions.)
+#[derive(Clone)]
+pub(crate) struct PodInformer {
+    store: Store<Pod>,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<Arc<Pod>>>>>,
+}
+
+impl PodInformer {
+    /// An informer over all pods `client` sees, and the future that runs its watch (for
+    /// as long as its subscribers run). A subscriber that comes after the first changes
+    /// misses them, which costs it nothing: its Controller's initial list syncs every
+    /// object, and the store is read only once filled.
+    pub(crate) fn new(
+        client: &kube::Client,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        Self::over(
+            kube::runtime::watcher(Api::<Pod>::all(client.clone()), Default::default())
+                .default_backoff(),
+        )
+    }
+
+    /// An informer over a stream of watch events.
+    fn over(
+        watch: impl futures::Stream<Item = Result<Event<Pod>, kube::runtime::watcher::Error>>
+            + Send
+            + 'static,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (store, writer) = kube::runtime::reflector::store();
+        let informer = Self {
+            store,
+            subscribers: Default::default(),
+        };
+        let subscribers = informer.subscribers.clone();
+        let events = kube::runtime::reflector::reflector(writer, watch).touched_objects();
+        let run = async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let pod = match event {
+                    Ok(pod) => Arc::new(pod),
+                    Err(error) => {
+                        tracing::debug!(%error, "watching pods; retrying");
+                        continue;
+                    }
+                };
+                let senders: Vec<_> = match subscribers.lock() {
+                    Ok(list) => list.clone(),
+                    Err(_) => return,
+                };
+                let mut closed = false;
+                for sender in &senders {
+                    closed |= sender.send(pod.clone()).await.is_err();
+                }
+                if closed {
+                    if let Ok(mut list) = subscribers.lock() {
+                        list.retain(|s| !s.is_closed());
+                    }
+                }
+            }
+        };
+        (informer, run)
+    }
+
+    /// The pods the watch touches from now on, for a Controller's
+    /// `watches_shared_stream`.
+    pub(crate) fn subscribe(&self) -> impl futures::Stream<Item = Arc<Pod>> + Send + 'static {
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+        if let Ok(mut list) = self.subscribers.lock() {
+            list.push(sender);
+        }
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|pod| (pod, receiver))
+        })
+    }
+
+    /// The shared store of all pods (read only).
+    pub(crate) fn store(&self) -> Store<Pod> {
+        self.store.clone()
+    }
+
+    /// A cache over the shared store with expectations of its own, for one controller.
+    pub(crate) fn cache(&self) -> PodCache {
+        PodCache::new(self.store.clone())
+    }
 }
 
 /// The object of kind `K` that controls `pod`, for a Controller's `watches_stream`.
-pub(crate) fn controller_of_pod<K>(pod: Pod) -> Option<ObjectRef<K>>
+pub(crate) fn controller_of_pod<K>(pod: Arc<Pod>) -> Option<ObjectRef<K>>
 where
     K: kube::Resource<DynamicType = ()>,
 {
@@ -143,24 +220,14 @@ impl PodCache {
         let store = self.store.as_ref()?;
         // Ready once the first list arrived; before that a sync lists.
         store.wait_until_ready().now_or_never()?.ok()?;
-        let pods: Vec<std::sync::Arc<Pod>> = store
+        let pods: Vec<Arc<Pod>> = store
             .state()
             .into_iter()
             .filter(|p| p.namespace().as_deref() == Some(namespace))
             .filter(|p| is_controlled_by(&p.metadata, owner_uid))
             .collect();
-        {
-            let mut pending = self.pending.lock().ok()?;
-            if let Some(list) = pending.get_mut(owner_uid) {
-                let now = Instant::now();
-                list.retain(|(e, at)| {
-                    now.duration_since(*at) < EXPECTATION_TIMEOUT && !e.met(&pods)
-                });
-                if !list.is_empty() {
-                    return None;
-                }
-                pending.remove(owner_uid);
-            }
+        if !self.unmet(owner_uid, &pods).ok()?.is_empty() {
+            return None;
         }
         Some(
             pods.into_iter()
@@ -174,6 +241,57 @@ impl PodCache {
                 .map(|p| (*p).clone())
                 .collect(),
         )
+    }
+
+    /// Every pod of `namespace` in the store, once the store has been filled (waiting
+    /// for that), for a controller that counts its writes the store does not show yet
+    /// itself ([`PodCache::unmet`]) instead of listing.
+    pub(crate) async fn in_namespace(&self, namespace: &str) -> Result<Vec<Arc<Pod>>, String> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| "no pod store".to_string())?;
+        store
+            .wait_until_ready()
+            .await
+            .map_err(|e| format!("waiting for the pod store: {e}"))?;
+        Ok(store
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .collect())
+    }
+
+    /// The writes made for `owner_uid` that `pods` (read from the store; they must hold
+    /// the owner's pods) do not show yet. Writes they show, and writes older than the
+    /// timeout, are forgotten.
+    pub(crate) fn unmet(&self, owner_uid: &str, pods: &[Arc<Pod>]) -> Result<Vec<Expect>, String> {
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| "pod expectations lock poisoned".to_string())?;
+        let Some(list) = pending.get_mut(owner_uid) else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        list.retain(|(e, at)| now.duration_since(*at) < EXPECTATION_TIMEOUT && !e.met(pods));
+        let unmet: Vec<Expect> = list.iter().map(|(e, _)| e.clone()).collect();
+        if unmet.is_empty() {
+            pending.remove(owner_uid);
+        }
+        Ok(unmet)
+    }
+
+    /// Whether a write made for `owner_uid` was not yet seen in the store, as of the last
+    /// look ([`PodCache::unmet`], [`PodCache::controlled`]) and within the timeout.
+    pub(crate) fn awaits(&self, owner_uid: &str) -> bool {
+        let now = Instant::now();
+        self.pending.lock().is_ok_and(|pending| {
+            pending.get(owner_uid).is_some_and(|list| {
+                list.iter()
+                    .any(|(_, at)| now.duration_since(*at) < EXPECTATION_TIMEOUT)
+            })
+        })
     }
 }
 
@@ -200,8 +318,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_subscriber_gets_every_touched_pod_once_the_store_has_it() {
+        let (events, watch) = mpsc::unbounded_channel();
+        let watch = futures::stream::unfold(watch, |mut watch| async move {
+            watch.recv().await.map(|event| (Ok(event), watch))
+        });
+        let (informer, run) = PodInformer::over(watch);
+        let (mut first, second) = (Box::pin(informer.subscribe()), informer.subscribe());
+        drop(informer.subscribe()); // gone: the watch does not wait for it
+        let run = tokio::spawn(run);
+        let store = informer.store();
+        let has = |name: &str| store.state().iter().any(|p| p.name_any() == name);
+
+        for event in [
+            Event::Init,
+            Event::InitApply(owned_pod("a", "1")),
+            Event::InitDone,
+        ] {
+            events.send(event).unwrap();
+        }
+        assert_eq!(first.next().await.unwrap().name_any(), "a");
+        assert!(has("a"));
+        events.send(Event::Apply(owned_pod("b", "2"))).unwrap();
+        assert_eq!(first.next().await.unwrap().name_any(), "b");
+        assert!(has("b"));
+        // Deletions are passed on too (kube's shared streams drop them).
+        events.send(Event::Delete(owned_pod("a", "1"))).unwrap();
+        assert_eq!(first.next().await.unwrap().name_any(), "a");
+        assert!(!has("a"));
+
+        let names: Vec<String> = second.take(3).map(|p| p.name_any()).collect().await;
+        assert_eq!(names, ["a", "b", "a"]);
+        let cache = informer.cache();
+        assert_eq!(cache.in_namespace("ns").await.unwrap().len(), 1);
+        drop(events);
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unmet_writes_count_until_the_store_shows_them() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let cache = PodCache::new(store);
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(owned_pod("a", "1")));
+        writer.apply_watcher_event(&Event::InitDone);
+        assert!(!cache.awaits("owner"));
+        cache.expect("owner", Expect::Created("web-x7k2p".into()));
+        cache.expect("owner", Expect::Deleted("1".into()));
+        assert!(cache.awaits("owner"));
+        let pods = cache.in_namespace("ns").await.unwrap();
+        assert_eq!(
+            cache.unmet("owner", &pods).unwrap(),
+            [
+                Expect::Created("web-x7k2p".into()),
+                Expect::Deleted("1".into())
+            ]
+        );
+        writer.apply_watcher_event(&Event::Apply(owned_pod("web-x7k2p", "2")));
+        let pods = cache.in_namespace("ns").await.unwrap();
+        assert_eq!(
+            cache.unmet("owner", &pods).unwrap(),
+            [Expect::Deleted("1".into())]
+        );
+        writer.apply_watcher_event(&Event::Delete(owned_pod("a", "1")));
+        let pods = cache.in_namespace("ns").await.unwrap();
+        assert!(cache.unmet("owner", &pods).unwrap().is_empty());
+        assert!(!cache.awaits("owner"), "met writes are forgotten");
+    }
+
+    #[tokio::test]
     async fn the_store_is_read_only_while_it_shows_every_write() {
-        use kube::runtime::watcher::Event;
         let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
         let cache = PodCache::new(store);
         assert!(
