@@ -158,7 +158,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     loops.push(controller("root-ca-cert-publisher", move |client| {
         service_accounts::run_root_ca_publisher(client, ca.clone())
     }));
-    loops.push(controller("replicaset", replicaset::run));
+    loops.push(pod_controller("replicaset", replicaset::run));
     loops.push(controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
