@@ -159,7 +159,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         service_accounts::run_root_ca_publisher(client, ca.clone())
     }));
     loops.push(pod_controller("replicaset", replicaset::run));
-    loops.push(controller("deployment", deployment::run));
+    loops.push(pod_controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());

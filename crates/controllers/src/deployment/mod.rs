@@ -85,7 +85,7 @@ pub(crate) fn by_creation(a: &ReplicaSet, b: &ReplicaSet) -> std::cmp::Ordering 
 }
 
 /// Runs the Deployment controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client, shared_pods: crate::pod_cache::PodInformer) {
     let (replica_sets, rs_writer) = reflector::store();
     let rs_events = reflector::reflector(
         rs_writer,
@@ -96,13 +96,8 @@ pub(crate) async fn run(client: kube::Client) {
     )
     .default_backoff()
     .touched_objects();
-    let (pods, pod_writer) = reflector::store();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    // The manager's one pod watch: read only here.
+    let (pods, pod_events) = (shared_pods.store(), shared_pods.subscribe());
     let controller = Controller::new(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
@@ -117,7 +112,7 @@ pub(crate) async fn run(client: kube::Client) {
     let for_sets = deployments.clone();
     controller
         .watches_stream(rs_events, move |rs| deployments_of_rs(&for_sets, &rs))
-        .watches_stream(pod_events, move |pod| {
+        .watches_shared_stream(pod_events, move |pod| {
             recreate_deployment_of_pod(&deployments, &replica_sets, &pod)
         })
         .run(reconcile, error_policy, ctx)
