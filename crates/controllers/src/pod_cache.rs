@@ -13,15 +13,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
-use kube::runtime::WatchStreamExt;
+use kube::runtime::WatchStreamExt as _;
 use kube::ResourceExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::workload::is_controlled_by;
 
@@ -67,6 +67,8 @@ type Pending = Vec<(Expect, Instant)>;
 #[derive(Clone)]
 pub(crate) struct PodCache {
     store: Option<Store<Pod>>,
+    /// Whether the store has been filled ([`PodInformer::wait_until_ready`]).
+    ready: watch::Receiver<bool>,
     pending: Arc<Mutex<HashMap<String, Pending>>>,
 }
 
@@ -79,9 +81,14 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// deleted), each passed on only after the store holds it, so a sync it wakes never
 /// reads a store older than the change. (kube's own shared streams pass on no
 /// deletions.)
+///
+/// Readiness is a watch channel of its own: kube's `Store::wait_until_ready` wakes only
+/// the last of several tasks waiting at once (one oneshot receiver behind a mutex), which
+/// a store shared by many controllers' concurrent syncs would hit.
 #[derive(Clone)]
 pub(crate) struct PodInformer {
     store: Store<Pod>,
+    ready: watch::Receiver<bool>,
     subscribers: Arc<Mutex<Vec<mpsc::Sender<Arc<Pod>>>>>,
 }
 
@@ -106,17 +113,33 @@ impl PodInformer {
             + 'static,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (store, writer) = kube::runtime::reflector::store();
+        let (ready_tx, ready) = watch::channel(false);
         let informer = Self {
             store,
+            ready,
             subscribers: Default::default(),
         };
         let subscribers = informer.subscribers.clone();
-        let events = kube::runtime::reflector::reflector(writer, watch).touched_objects();
+        let events = kube::runtime::reflector::reflector(writer, watch);
         let run = async move {
             let mut events = std::pin::pin!(events);
+            // A (re)list's pods, passed on once the store holds them all (at InitDone).
+            let mut listed: Vec<Arc<Pod>> = Vec::new();
             while let Some(event) = events.next().await {
-                let pod = match event {
-                    Ok(pod) => Arc::new(pod),
+                let touched = match event {
+                    Ok(Event::Apply(pod) | Event::Delete(pod)) => vec![Arc::new(pod)],
+                    Ok(Event::Init) => {
+                        listed.clear();
+                        continue;
+                    }
+                    Ok(Event::InitApply(pod)) => {
+                        listed.push(Arc::new(pod));
+                        continue;
+                    }
+                    Ok(Event::InitDone) => {
+                        ready_tx.send_replace(true);
+                        std::mem::take(&mut listed)
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "watching pods; retrying");
                         continue;
@@ -127,8 +150,10 @@ impl PodInformer {
                     Err(_) => return,
                 };
                 let mut closed = false;
-                for sender in &senders {
-                    closed |= sender.send(pod.clone()).await.is_err();
+                for pod in touched {
+                    for sender in &senders {
+                        closed |= sender.send(pod.clone()).await.is_err();
+                    }
                 }
                 if closed {
                     if let Ok(mut list) = subscribers.lock() {
@@ -152,15 +177,30 @@ impl PodInformer {
         })
     }
 
-    /// The shared store of all pods (read only).
+    /// The shared store of all pods (read only); wait for it with
+    /// [`PodInformer::wait_until_ready`], not the store's own.
     pub(crate) fn store(&self) -> Store<Pod> {
         self.store.clone()
     }
 
+    /// Waits until the store has been filled by the first list.
+    pub(crate) async fn wait_until_ready(&self) -> Result<(), String> {
+        wait_until_ready(&self.ready).await
+    }
+
     /// A cache over the shared store with expectations of its own, for one controller.
     pub(crate) fn cache(&self) -> PodCache {
-        PodCache::new(self.store.clone())
+        PodCache::new(self.store.clone(), self.ready.clone())
     }
+}
+
+async fn wait_until_ready(ready: &watch::Receiver<bool>) -> Result<(), String> {
+    ready
+        .clone()
+        .wait_for(|ready| *ready)
+        .await
+        .map(|_| ())
+        .map_err(|_| "the pod watch stopped before the pod store was filled".to_string())
 }
 
 /// The object of kind `K` that controls `pod`, for a Controller's `watches_stream`.
@@ -173,10 +213,11 @@ where
 }
 
 impl PodCache {
-    /// A cache over `store` (a reflector of all pods).
-    pub(crate) fn new(store: Store<Pod>) -> Self {
+    /// A cache over `store` (a reflector of all pods), filled once `ready` says so.
+    fn new(store: Store<Pod>, ready: watch::Receiver<bool>) -> Self {
         Self {
             store: Some(store),
+            ready,
             pending: Default::default(),
         }
     }
@@ -185,6 +226,7 @@ impl PodCache {
     pub(crate) fn none() -> Self {
         Self {
             store: None,
+            ready: watch::channel(false).1,
             pending: Default::default(),
         }
     }
@@ -219,7 +261,9 @@ impl PodCache {
     ) -> Option<Vec<Pod>> {
         let store = self.store.as_ref()?;
         // Ready once the first list arrived; before that a sync lists.
-        store.wait_until_ready().now_or_never()?.ok()?;
+        if !*self.ready.borrow() {
+            return None;
+        }
         let pods: Vec<Arc<Pod>> = store
             .state()
             .into_iter()
@@ -251,10 +295,7 @@ impl PodCache {
             .store
             .as_ref()
             .ok_or_else(|| "no pod store".to_string())?;
-        store
-            .wait_until_ready()
-            .await
-            .map_err(|e| format!("waiting for the pod store: {e}"))?;
+        wait_until_ready(&self.ready).await?;
         Ok(store
             .state()
             .into_iter()
@@ -309,6 +350,27 @@ mod tests {
         Arc::new(serde_json::from_value(value).unwrap())
     }
 
+    /// The writer of a cache's store, ready at InitDone as the informer's.
+    struct FakeWatch {
+        writer: kube::runtime::reflector::store::Writer<Pod>,
+        ready: watch::Sender<bool>,
+    }
+
+    impl FakeWatch {
+        fn apply_watcher_event(&mut self, event: &Event<Pod>) {
+            self.writer.apply_watcher_event(event);
+            if matches!(event, Event::InitDone) {
+                self.ready.send_replace(true);
+            }
+        }
+    }
+
+    fn fake() -> (PodCache, FakeWatch) {
+        let (store, writer) = kube::runtime::reflector::store::<Pod>();
+        let (ready, ready_rx) = watch::channel(false);
+        (PodCache::new(store, ready_rx), FakeWatch { writer, ready })
+    }
+
     fn owned_pod(name: &str, uid: &str) -> Pod {
         serde_json::from_value(serde_json::json!({"metadata": {
             "name": name, "namespace": "ns", "uid": uid,
@@ -329,6 +391,14 @@ mod tests {
         let run = tokio::spawn(run);
         let store = informer.store();
         let has = |name: &str| store.state().iter().any(|p| p.name_any() == name);
+        // Every task waiting for the store at once is woken (kube's wait wakes one).
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let informer = informer.clone();
+                tokio::spawn(async move { informer.wait_until_ready().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
 
         for event in [
             Event::Init,
@@ -338,7 +408,13 @@ mod tests {
             events.send(event).unwrap();
         }
         assert_eq!(first.next().await.unwrap().name_any(), "a");
-        assert!(has("a"));
+        assert!(
+            has("a"),
+            "a listed pod is passed on once the store holds the list"
+        );
+        for waiter in waiting {
+            waiter.await.unwrap().unwrap();
+        }
         events.send(Event::Apply(owned_pod("b", "2"))).unwrap();
         assert_eq!(first.next().await.unwrap().name_any(), "b");
         assert!(has("b"));
@@ -357,8 +433,7 @@ mod tests {
 
     #[tokio::test]
     async fn unmet_writes_count_until_the_store_shows_them() {
-        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
-        let cache = PodCache::new(store);
+        let (cache, mut writer) = fake();
         writer.apply_watcher_event(&Event::Init);
         writer.apply_watcher_event(&Event::InitApply(owned_pod("a", "1")));
         writer.apply_watcher_event(&Event::InitDone);
@@ -388,8 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_store_is_read_only_while_it_shows_every_write() {
-        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
-        let cache = PodCache::new(store);
+        let (cache, mut writer) = fake();
         assert!(
             cache.controlled("ns", "owner", None).await.is_none(),
             "not filled yet"

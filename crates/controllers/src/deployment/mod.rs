@@ -54,7 +54,8 @@ pub(crate) enum Scaled {
 pub(crate) struct Context {
     client: kube::Client,
     replica_sets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    /// The manager's shared pod watch (read only).
+    pods: crate::pod_cache::PodInformer,
     recorder: EventRecorder,
 }
 
@@ -96,8 +97,7 @@ pub(crate) async fn run(client: kube::Client, shared_pods: crate::pod_cache::Pod
     )
     .default_backoff()
     .touched_objects();
-    // The manager's one pod watch: read only here.
-    let (pods, pod_events) = (shared_pods.store(), shared_pods.subscribe());
+    let pod_events = shared_pods.subscribe();
     let controller = Controller::new(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
@@ -107,7 +107,7 @@ pub(crate) async fn run(client: kube::Client, shared_pods: crate::pod_cache::Pod
         recorder: EventRecorder::new(client.clone(), "deployment-controller"),
         client,
         replica_sets: replica_sets.clone(),
-        pods,
+        pods: shared_pods,
     });
     let for_sets = deployments.clone();
     controller
@@ -185,7 +185,10 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Requeue, DeploymentError>
         .wait_until_ready()
         .await
         .map_err(not_ready)?;
-    ctx.pods.wait_until_ready().await.map_err(not_ready)?;
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(DeploymentError::Other)?;
     let mut d = d.clone();
     let spec = d.spec.clone().unwrap_or_default();
     let selects_nothing = spec
