@@ -147,8 +147,11 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     }
     loops.push(controller("garbage-collector", garbage_collector::run));
     loops.push(controller("namespace", namespace::run));
-    loops.push(controller("endpoint", endpoints::run_endpoints));
-    loops.push(controller("endpointslice", endpoints::run_endpoint_slices));
+    loops.push(pod_controller("endpoint", endpoints::run_endpoints));
+    loops.push(pod_controller(
+        "endpointslice",
+        endpoints::run_endpoint_slices,
+    ));
     loops.push(controller("event-ttl", event_ttl::run));
     loops.push(controller(
         "serviceaccount",
