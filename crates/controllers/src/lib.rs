@@ -184,7 +184,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     ));
     loops.push(controller("horizontal-pod-autoscaler", horizontal::run));
     loops.push(controller("resourcequota", resource_quota::run));
-    loops.push(controller("disruption", disruption::run));
+    loops.push(pod_controller("disruption", disruption::run));
     loops
 }
 
