@@ -178,7 +178,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     loops.push(pod_controller("statefulset", statefulset::run));
     loops.push(pod_controller("daemonset", daemonset::run));
     loops.push(controller("node-lifecycle", node_lifecycle::run));
-    loops.push(controller(
+    loops.push(pod_controller(
         "taint-eviction",
         node_lifecycle::taint_eviction::run,
     ));
