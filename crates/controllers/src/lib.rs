@@ -183,7 +183,7 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
         node_lifecycle::taint_eviction::run,
     ));
     loops.push(controller("horizontal-pod-autoscaler", horizontal::run));
-    loops.push(controller("resourcequota", resource_quota::run));
+    loops.push(pod_controller("resourcequota", resource_quota::run));
     loops.push(pod_controller("disruption", disruption::run));
     loops
 }

@@ -89,7 +89,24 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 pub(crate) struct PodInformer {
     store: Store<Pod>,
     ready: watch::Receiver<bool>,
-    subscribers: Arc<Mutex<Vec<mpsc::Sender<Arc<Pod>>>>>,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<PodChange>>>>,
+}
+
+/// A pod the shared watch touched, as a subscriber gets it.
+#[derive(Clone, Debug)]
+pub(crate) enum PodChange {
+    /// Created or changed, or listed (when the watch (re)starts).
+    Applied(Arc<Pod>),
+    /// Deleted (its last state).
+    Deleted(Arc<Pod>),
+}
+
+impl PodChange {
+    pub(crate) fn pod(self) -> Arc<Pod> {
+        match self {
+            PodChange::Applied(pod) | PodChange::Deleted(pod) => pod,
+        }
+    }
 }
 
 impl PodInformer {
@@ -124,16 +141,17 @@ impl PodInformer {
         let run = async move {
             let mut events = std::pin::pin!(events);
             // A (re)list's pods, passed on once the store holds them all (at InitDone).
-            let mut listed: Vec<Arc<Pod>> = Vec::new();
+            let mut listed: Vec<PodChange> = Vec::new();
             while let Some(event) = events.next().await {
                 let touched = match event {
-                    Ok(Event::Apply(pod) | Event::Delete(pod)) => vec![Arc::new(pod)],
+                    Ok(Event::Apply(pod)) => vec![PodChange::Applied(Arc::new(pod))],
+                    Ok(Event::Delete(pod)) => vec![PodChange::Deleted(Arc::new(pod))],
                     Ok(Event::Init) => {
                         listed.clear();
                         continue;
                     }
                     Ok(Event::InitApply(pod)) => {
-                        listed.push(Arc::new(pod));
+                        listed.push(PodChange::Applied(Arc::new(pod)));
                         continue;
                     }
                     Ok(Event::InitDone) => {
@@ -150,9 +168,9 @@ impl PodInformer {
                     Err(_) => return,
                 };
                 let mut closed = false;
-                for pod in touched {
+                for change in touched {
                     for sender in &senders {
-                        closed |= sender.send(pod.clone()).await.is_err();
+                        closed |= sender.send(change.clone()).await.is_err();
                     }
                 }
                 if closed {
@@ -168,12 +186,17 @@ impl PodInformer {
     /// The pods the watch touches from now on, for a Controller's
     /// `watches_shared_stream`.
     pub(crate) fn subscribe(&self) -> impl futures::Stream<Item = Arc<Pod>> + Send + 'static {
+        self.changes().map(PodChange::pod)
+    }
+
+    /// As [`PodInformer::subscribe`], saying which pods were deleted.
+    pub(crate) fn changes(&self) -> impl futures::Stream<Item = PodChange> + Send + 'static {
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
         if let Ok(mut list) = self.subscribers.lock() {
             list.push(sender);
         }
         futures::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|pod| (pod, receiver))
+            receiver.recv().await.map(|change| (change, receiver))
         })
     }
 
@@ -387,6 +410,7 @@ mod tests {
         });
         let (informer, run) = PodInformer::over(watch);
         let (mut first, second) = (Box::pin(informer.subscribe()), informer.subscribe());
+        let third = informer.changes();
         drop(informer.subscribe()); // gone: the watch does not wait for it
         let run = tokio::spawn(run);
         let store = informer.store();
@@ -425,6 +449,12 @@ mod tests {
 
         let names: Vec<String> = second.take(3).map(|p| p.name_any()).collect().await;
         assert_eq!(names, ["a", "b", "a"]);
+        let deleted: Vec<bool> = third
+            .take(3)
+            .map(|c| matches!(c, PodChange::Deleted(_)))
+            .collect()
+            .await;
+        assert_eq!(deleted, [false, false, true]);
         let cache = informer.cache();
         assert_eq!(cache.in_namespace("ns").await.unwrap().len(), 1);
         drop(events);
