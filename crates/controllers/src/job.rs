@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use korvet_apimachinery::{names, selector};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
@@ -41,19 +41,26 @@ pub(crate) async fn run(client: kube::Client, pods: pod_cache::PodInformer) {
         .watches_shared_stream(pods.subscribe(), pod_cache::controller_of_pod::<Job>)
         .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {});
-    tokio::join!(jobs, release_orphans(client));
+    tokio::join!(jobs, release_orphans(client, pods.changes()));
 }
 
 /// Takes the tracking finalizer off pods whose Job is gone: a deleted Job is never
 /// synced again, and its pods would otherwise stay terminating for ever.
-async fn release_orphans(client: kube::Client) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let config = watcher::Config::default().labels("batch.kubernetes.io/controller-uid");
-    let stream = watcher(pods, config).default_backoff().applied_objects();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        let Ok(pod) = event else { continue };
-        if !owned::has_finalizer(&pod.metadata, TRACKING_FINALIZER) {
+/// `changes` are the shared pod watch's.
+async fn release_orphans(
+    client: kube::Client,
+    changes: impl futures::Stream<Item = pod_cache::PodChange>,
+) {
+    futures::pin_mut!(changes);
+    while let Some(change) = changes.next().await {
+        let pod_cache::PodChange::Applied(pod) = change else {
+            continue;
+        };
+        if !pod
+            .labels()
+            .contains_key("batch.kubernetes.io/controller-uid")
+            || !owned::has_finalizer(&pod.metadata, TRACKING_FINALIZER)
+        {
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();

@@ -612,3 +612,35 @@ async fn job_creates_and_counts_each_pod_once_under_a_burst() {
         "every pod released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_deleted_job_lose_the_tracking_finalizer() {
+    let (_cp, client) = setup().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    create(
+        &jobs,
+        json!({"metadata": {"name": "orphan"},
+               "spec": {"template": template(json!({}))}}),
+    )
+    .await;
+    let selector = "batch.kubernetes.io/job-name=orphan";
+    let finalizer = "batch.kubernetes.io/job-tracking";
+    let has_finalizer = |p: &Pod| p.finalizers().iter().any(|f| f == finalizer);
+    let pod = wait_for(10, "the pod with the tracking finalizer", || async {
+        pods(&pod_api, selector)
+            .await
+            .into_iter()
+            .find(|p| has_finalizer(p))
+    })
+    .await;
+    // Orphaned, the pod outlives its Job: the Job controller must let it go.
+    jobs.delete("orphan", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    wait_for(10, "the orphaned pod without the finalizer", || async {
+        let pod = pod_api.get(&pod.name_any()).await.unwrap();
+        (!has_finalizer(&pod)).then_some(())
+    })
+    .await;
+}
