@@ -1,13 +1,17 @@
-//! Pods from a reflector store, with expectations, for controllers that listed their
-//! pods from the API at every sync (a LIST per sync costs the API server a read and a
-//! serialisation of every pod the selector matches, and the controller a round trip).
+//! The controller manager's one watch of all pods ([`PodInformer`]: a reflector store
+//! whose changes are passed on to every controller that subscribes), and per controller
+//! a [`PodCache`] over that store with expectations, so that syncs need no LIST of pods
+//! (a LIST per sync costs the API server a read and a serialisation of every pod the
+//! selector matches, and the controller a round trip).
 //!
 //! A watch cache lags behind this controller's own writes, so a quick second sync could
 //! create a pod twice or count a pod twice. As upstream's "expectations": every pod write
-//! is remembered until the store shows its effect; while one is outstanding for an owner,
-//! [`PodCache::controlled`] says `None` and the caller lists afresh (a fresh list holds
-//! every write acknowledged before it). Once the store has caught up, which the watch
-//! brings within milliseconds, syncs read only the store.
+//! is remembered ([`Expect`]) until the store shows its effect. While one is outstanding
+//! for an owner, either [`PodCache::controlled`] says `None` and the caller lists afresh
+//! (a fresh list holds every write acknowledged before it), or the caller counts what
+//! [`PodCache::unmet`] returns as done (the ReplicaSet controller, as upstream's). Once
+//! the store has caught up, which the watch brings within milliseconds, syncs read only
+//! the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
