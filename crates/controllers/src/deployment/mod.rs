@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -180,11 +180,14 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Depl
 }
 
 async fn sync(d: &Deployment, ctx: &Context) -> Result<Requeue, DeploymentError> {
-    let not_ready = |e: reflector::store::WriterDropped| DeploymentError::Other(e.to_string());
-    ctx.replica_sets
-        .wait_until_ready()
-        .await
-        .map_err(not_ready)?;
+    // kube's `wait_until_ready` wakes only the last of several syncs waiting at once (the
+    // others would hang for good): look, and come back shortly while the ReplicaSet
+    // store is not filled yet.
+    match ctx.replica_sets.wait_until_ready().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(DeploymentError::Other(e.to_string())),
+        None => return Ok(Some(Duration::from_millis(100))),
+    }
     ctx.pods
         .wait_until_ready()
         .await
