@@ -32,9 +32,8 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 
 /// Runs the DaemonSet controller until its task is aborted.
-pub async fn run(client: kube::Client) {
-    let (pods, pod_events) = pod_cache::watch(&client);
-    let ctx = Ctx::with_pods(&client, "daemonset-controller", pods);
+pub(crate) async fn run(client: kube::Client, pods: pod_cache::PodInformer) {
+    let ctx = Ctx::with_pods(&client, "daemonset-controller", pods.cache());
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
@@ -48,7 +47,7 @@ pub async fn run(client: kube::Client) {
     .default_backoff()
     .touched_objects();
     controller
-        .watches_stream(pod_events, pod_cache::controller_of_pod::<DaemonSet>)
+        .watches_shared_stream(pods.subscribe(), pod_cache::controller_of_pod::<DaemonSet>)
         // Any Node change may change where daemons belong.
         .watches_stream(node_events, move |_| {
             sets.state()

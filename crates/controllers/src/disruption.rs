@@ -260,11 +260,10 @@ async fn expected_counts(
     Ok((0, 0, Vec::new()))
 }
 
-pub(crate) async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client, pods: crate::pod_cache::PodInformer) {
     let pdbs: Api<PodDisruptionBudget> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let (pdb_store, pdb_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
+    let pod_store = pods.store();
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut driven = crate::node_lifecycle::Driven::new();
     driven.drive(
@@ -273,12 +272,8 @@ pub(crate) async fn run(client: kube::Client) {
             .touched_objects(),
         &wake,
     );
-    driven.drive(
-        reflector::reflector(pod_writer, watcher(pods, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects(),
-        &wake,
-    );
+    // The manager's shared pod watch.
+    driven.drive(pods.subscribe(), &wake);
     // A controller's scale changes what is expected before any pod changes.
     driven.drive(trigger::<ReplicaSet>(&client), &wake);
     driven.drive(trigger::<Deployment>(&client), &wake);
@@ -286,7 +281,7 @@ pub(crate) async fn run(client: kube::Client) {
     let recorder = EventRecorder::new(client.clone(), "controllermanager");
     // Warnings said once per budget and cause, not on every pass.
     let mut warned: HashSet<(String, String)> = HashSet::new();
-    if pdb_store.wait_until_ready().await.is_err() || pod_store.wait_until_ready().await.is_err() {
+    if pdb_store.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
         return;
     }
     let mut wake_at: Option<jiff::Timestamp> = None;

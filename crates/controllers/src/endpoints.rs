@@ -31,6 +31,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use tokio::task::JoinSet;
 
+use crate::pod_cache::PodInformer;
 use crate::work_queue::WorkQueue;
 use crate::workload::is_pod_ready;
 
@@ -53,16 +54,20 @@ struct Stores {
 
 type Key = (String, String);
 
-/// Watches Services, Pods and Nodes and calls `sync` for every Service that may need it,
-/// until the task is aborted.
-async fn run_per_service<F, Fut>(client: kube::Client, name: &'static str, sync: F)
-where
+/// Watches Services and Nodes, follows the shared pod watch, and calls `sync` for every
+/// Service that may need it, until the task is aborted.
+async fn run_per_service<F, Fut>(
+    client: kube::Client,
+    shared_pods: PodInformer,
+    name: &'static str,
+    sync: F,
+) where
     F: Fn(kube::Client, Stores, Key) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), kube::Error>> + Send,
 {
     let queue: Arc<WorkQueue<Key>> = Arc::new(WorkQueue::default());
     let (services, services_writer) = reflector::store();
-    let (pods, pods_writer) = reflector::store();
+    let (pods, pod_events) = (shared_pods.store(), shared_pods.subscribe());
     let (nodes, nodes_writer) = reflector::store();
     let stores = Stores {
         services: services.clone(),
@@ -90,16 +95,9 @@ where
     {
         let queue = queue.clone();
         let services = services.clone();
-        let api: Api<Pod> = Api::all(client.clone());
         tasks.spawn(async move {
-            let stream = reflector::reflector(
-                pods_writer,
-                watcher(api, watcher::Config::default()).default_backoff(),
-            )
-            .touched_objects();
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                let Ok(pod) = event else { continue };
+            futures::pin_mut!(pod_events);
+            while let Some(pod) = pod_events.next().await {
                 let ns = pod.namespace().unwrap_or_default();
                 for svc in services.state() {
                     let selects = svc.spec.as_ref().is_some_and(|s| s.selector.is_some());
@@ -122,7 +120,7 @@ where
         });
     }
     // Pods and nodes must be known before a sync may call a Service empty.
-    let _ = stores.pods.wait_until_ready().await;
+    let _ = shared_pods.wait_until_ready().await;
     let _ = stores.nodes.wait_until_ready().await;
     let sync = Arc::new(sync);
     for _ in 0..2 {
@@ -270,8 +268,8 @@ fn derived_labels(svc: &Service) -> BTreeMap<String, String> {
 // ---------------------------------------------------------------- Endpoints
 
 /// Runs the Endpoints controller until its task is aborted.
-pub(crate) async fn run_endpoints(client: kube::Client) {
-    run_per_service(client, "endpoint", sync_endpoints).await;
+pub(crate) async fn run_endpoints(client: kube::Client, pods: PodInformer) {
+    run_per_service(client, pods, "endpoint", sync_endpoints).await;
 }
 
 /// Ports, ready and not-ready addresses of one subset being built.
@@ -410,8 +408,8 @@ async fn sync_endpoints(client: kube::Client, stores: Stores, key: Key) -> Resul
 // ----------------------------------------------------------- EndpointSlices
 
 /// Runs the EndpointSlice controller until its task is aborted.
-pub(crate) async fn run_endpoint_slices(client: kube::Client) {
-    run_per_service(client, "endpointslice", sync_slices).await;
+pub(crate) async fn run_endpoint_slices(client: kube::Client, pods: PodInformer) {
+    run_per_service(client, pods, "endpointslice", sync_slices).await;
 }
 
 /// The endpoints of `svc`, grouped by their ports (upstream's slices before they are

@@ -24,7 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use korvet_apimachinery::{names, selector};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::owned::{self, Ctx, SyncError};
@@ -35,31 +36,50 @@ pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub(crate) const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Runs the Job controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
-    let (pods, pod_events) = pod_cache::watch(&client);
-    let ctx = Ctx::with_pods(&client, "job-controller", pods);
-    let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .watches_stream(pod_events, pod_cache::controller_of_pod::<Job>)
+pub(crate) async fn run(client: kube::Client, pods: pod_cache::PodInformer) {
+    let ctx = Ctx::with_pods(&client, "job-controller", pods.cache());
+    let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default());
+    let job_store = controller.store();
+    let jobs = controller
+        .watches_shared_stream(pods.subscribe(), pod_cache::controller_of_pod::<Job>)
         .run(reconcile, owned::retry_soon, ctx)
         .for_each(|_| async {});
-    tokio::join!(jobs, release_orphans(client));
+    tokio::join!(jobs, release_orphans(client, job_store, pods.changes()));
 }
 
 /// Takes the tracking finalizer off pods whose Job is gone: a deleted Job is never
 /// synced again, and its pods would otherwise stay terminating for ever.
-async fn release_orphans(client: kube::Client) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let config = watcher::Config::default().labels("batch.kubernetes.io/controller-uid");
-    let stream = watcher(pods, config).default_backoff().applied_objects();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        let Ok(pod) = event else { continue };
-        if !owned::has_finalizer(&pod.metadata, TRACKING_FINALIZER) {
+/// `changes` are the shared pod watch's; a pod whose Job the controller's store shows is
+/// passed over without asking the API (this shares the pod watch's pace with the other
+/// controllers).
+async fn release_orphans(
+    client: kube::Client,
+    job_store: Store<Job>,
+    changes: impl futures::Stream<Item = pod_cache::PodChange>,
+) {
+    futures::pin_mut!(changes);
+    while let Some(change) = changes.next().await {
+        let pod_cache::PodChange::Applied(pod) = change else {
+            continue;
+        };
+        if !pod
+            .labels()
+            .contains_key("batch.kubernetes.io/controller-uid")
+            || !owned::has_finalizer(&pod.metadata, TRACKING_FINALIZER)
+        {
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
         let owner = workload::controller_of(&pod.metadata).cloned();
         let orphaned = match &owner {
+            Some(owner)
+                if owner.kind == "Job"
+                    && job_store
+                        .get(&ObjectRef::new(&owner.name).within(&ns))
+                        .is_some_and(|job| job.uid().as_deref() == Some(owner.uid.as_str())) =>
+            {
+                false
+            }
             Some(owner) if owner.kind == "Job" => {
                 match Api::<Job>::namespaced(client.clone(), &ns)
                     .get_opt(&owner.name)

@@ -40,9 +40,16 @@ use korvet_apimachinery::{client_from_kubeconfig, leader};
 
 pub use csr::{run_csr_controller, CsrError, CsrSigner};
 
+/// What the controllers of one term of leadership share: the client and the one watch
+/// of all pods.
+struct Shared {
+    client: kube::Client,
+    pods: pod_cache::PodInformer,
+}
+
 /// One controller's loop: runs until its task is aborted.
 type ControllerLoop =
-    Arc<dyn Fn(kube::Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+    Arc<dyn Fn(&Shared) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A named controller loop for [`controller_loops`].
 fn controller<F, Fut>(name: &'static str, run: F) -> (&'static str, ControllerLoop)
@@ -50,7 +57,22 @@ where
     F: Fn(kube::Client) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    (name, Arc::new(move |client| Box::pin(run(client))))
+    (
+        name,
+        Arc::new(move |shared| Box::pin(run(shared.client.clone()))),
+    )
+}
+
+/// A named controller loop that reads pods from the shared pod watch.
+fn pod_controller<F, Fut>(name: &'static str, run: F) -> (&'static str, ControllerLoop)
+where
+    F: Fn(kube::Client, pod_cache::PodInformer) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    (
+        name,
+        Arc::new(move |shared| Box::pin(run(shared.client.clone(), shared.pods.clone()))),
+    )
 }
 
 /// How the controllers of one control plane run.
@@ -125,8 +147,11 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     }
     loops.push(controller("garbage-collector", garbage_collector::run));
     loops.push(controller("namespace", namespace::run));
-    loops.push(controller("endpoint", endpoints::run_endpoints));
-    loops.push(controller("endpointslice", endpoints::run_endpoint_slices));
+    loops.push(pod_controller("endpoint", endpoints::run_endpoints));
+    loops.push(pod_controller(
+        "endpointslice",
+        endpoints::run_endpoint_slices,
+    ));
     loops.push(controller("event-ttl", event_ttl::run));
     loops.push(controller(
         "serviceaccount",
@@ -136,8 +161,8 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
     loops.push(controller("root-ca-cert-publisher", move |client| {
         service_accounts::run_root_ca_publisher(client, ca.clone())
     }));
-    loops.push(controller("replicaset", replicaset::run));
-    loops.push(controller("deployment", deployment::run));
+    loops.push(pod_controller("replicaset", replicaset::run));
+    loops.push(pod_controller("deployment", deployment::run));
     let (cert, key) = (config.ca_cert_pem.clone(), config.ca_key_pem.clone());
     loops.push(controller("csr", move |client| {
         let (cert, key) = (cert.clone(), key.clone());
@@ -147,19 +172,19 @@ fn controller_loops(config: &ControllersConfig) -> Vec<(&'static str, Controller
             }
         }
     }));
-    loops.push(controller("job", job::run));
+    loops.push(pod_controller("job", job::run));
     loops.push(controller("cronjob", cronjob::run));
     loops.push(controller("ttl-after-finished", ttl_after_finished::run));
-    loops.push(controller("statefulset", statefulset::run));
-    loops.push(controller("daemonset", daemonset::run));
+    loops.push(pod_controller("statefulset", statefulset::run));
+    loops.push(pod_controller("daemonset", daemonset::run));
     loops.push(controller("node-lifecycle", node_lifecycle::run));
-    loops.push(controller(
+    loops.push(pod_controller(
         "taint-eviction",
         node_lifecycle::taint_eviction::run,
     ));
     loops.push(controller("horizontal-pod-autoscaler", horizontal::run));
-    loops.push(controller("resourcequota", resource_quota::run));
-    loops.push(controller("disruption", disruption::run));
+    loops.push(pod_controller("resourcequota", resource_quota::run));
+    loops.push(pod_controller("disruption", disruption::run));
     loops
 }
 
@@ -175,13 +200,19 @@ async fn run_while_leading(
         let leading = *is_leader.borrow_and_update();
         if leading && running.0.is_empty() {
             tracing::info!("leading: starting the controllers");
+            let (pods, watch_pods) = pod_cache::PodInformer::new(&client);
+            let shared = Shared {
+                client: client.clone(),
+                pods,
+            };
             running.0 = loops
                 .iter()
                 .map(|(name, run)| {
                     tracing::debug!(controller = name, "starting");
-                    tokio::spawn(run(client.clone()))
+                    tokio::spawn(run(&shared))
                 })
                 .collect();
+            running.0.push(tokio::spawn(watch_pods));
         } else if !leading && !running.0.is_empty() {
             tracing::info!("no longer leading: stopping the controllers");
             running.abort_all();

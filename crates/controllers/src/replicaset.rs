@@ -4,11 +4,13 @@
 //! (replicas, fullyLabeledReplicas, readyReplicas, availableReplicas, the
 //! ReplicaFailure condition) and Events.
 //!
-//! Creations and deletions are remembered ("expectations") until the pod watch shows
-//! them, so a reconcile that runs before the watch catches up does not act twice.
+//! Pods are read from the manager's shared pod store ([`crate::pod_cache`]). Creations
+//! and deletions are remembered there ([`Expect`]) until the store shows them, and
+//! counted as done meanwhile, so a reconcile that runs before the watch catches up does
+//! not act twice.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -19,11 +21,12 @@ use korvet_apimachinery::events::EventRecorder;
 use korvet_apimachinery::{names, selector};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::pod_cache::{Expect, PodCache, PodInformer};
 use crate::workload::{
     controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_available, is_pod_ready,
     labels_match, pod_from_template, ready_since,
@@ -33,7 +36,8 @@ use crate::workload::{
 const BURST_REPLICAS: usize = 500;
 /// The first batch of creations; each successful batch doubles the next.
 const SLOW_START_INITIAL_BATCH: usize = 1;
-/// A creation or deletion the watch never confirms is forgotten after this long.
+/// While a creation or deletion is not yet in the store, look again after this long
+/// (the store forgets it after as long, see [`crate::pod_cache`]).
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -44,32 +48,17 @@ pub(crate) enum ReplicaSetError {
     Manage(String),
 }
 
-/// Pods created or deleted but not yet seen so by the watch.
-#[derive(Default)]
-struct Expectations {
-    /// Names of pods created, with when.
-    creating: HashMap<String, Instant>,
-    /// UIDs of pods deleted, with when.
-    deleting: HashMap<String, Instant>,
-}
-
 struct Context {
     client: kube::Client,
-    pods: Store<Pod>,
+    /// The shared pod store, with this controller's writes it does not show yet.
+    pods: PodCache,
     replica_sets: Store<ReplicaSet>,
-    expectations: Mutex<HashMap<String, Expectations>>,
     recorder: EventRecorder,
 }
 
 /// Runs the ReplicaSet controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
-    let (pods, writer) = reflector::store();
-    let pod_events = reflector::reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+pub(crate) async fn run(client: kube::Client, pods: PodInformer) {
+    let pod_events = pods.subscribe();
     let controller = Controller::new(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
@@ -78,12 +67,11 @@ pub(crate) async fn run(client: kube::Client) {
     let ctx = Arc::new(Context {
         recorder: EventRecorder::new(client.clone(), "replicaset-controller"),
         client,
-        pods,
+        pods: pods.cache(),
         replica_sets: replica_sets.clone(),
-        expectations: Mutex::new(HashMap::new()),
     });
     controller
-        .watches_stream(pod_events, move |pod| owners_of_pod(&replica_sets, &pod))
+        .watches_shared_stream(pod_events, move |pod| owners_of_pod(&replica_sets, &pod))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
@@ -124,10 +112,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Rep
 }
 
 async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, ReplicaSetError> {
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|e| ReplicaSetError::Manage(e.to_string()))?;
     let namespace = rs.namespace().unwrap_or_default();
     let uid = rs.uid().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
@@ -138,10 +122,9 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, ReplicaSetError>
     let mut owned: Vec<Arc<Pod>> = Vec::new();
     let all: Vec<Arc<Pod>> = ctx
         .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .collect();
+        .in_namespace(&namespace)
+        .await
+        .map_err(ReplicaSetError::Manage)?;
     for pod in all.iter().filter(|p| is_pod_active(p)) {
         let matches = selector::matches_unless_empty(Some(&spec.selector), Some(pod.labels()));
         if is_controlled_by(&pod.metadata, &uid) {
@@ -186,20 +169,10 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, ReplicaSetError>
     {
         return Ok(Action::requeue(Duration::from_secs(min_ready as u64)));
     }
-    if has_pending_expectations(ctx, &uid) {
+    if ctx.pods.awaits(&uid) {
         return Ok(Action::requeue(EXPECTATION_TIMEOUT));
     }
     Ok(Action::await_change())
-}
-
-fn has_pending_expectations(ctx: &Context, uid: &str) -> bool {
-    ctx.expectations
-        .lock()
-        .map(|e| {
-            e.get(uid)
-                .is_some_and(|x| !x.creating.is_empty() || !x.deleting.is_empty())
-        })
-        .unwrap_or(false)
 }
 
 /// Creates or deletes pods so that the active pods (as the watch shows them, corrected
@@ -214,35 +187,25 @@ async fn manage_replicas(
     let uid = rs.uid().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
-    let (pending_creates, deleting) = {
-        let mut all_expectations = ctx
-            .expectations
-            .lock()
-            .map_err(|_| ReplicaSetError::Manage("expectations lock poisoned".into()))?;
-        let e = all_expectations.entry(uid.clone()).or_default();
-        let now = Instant::now();
-        e.creating.retain(|name, at| {
-            now.duration_since(*at) < EXPECTATION_TIMEOUT
-                && !all.iter().any(|p| p.metadata.name.as_deref() == Some(name))
-        });
-        e.deleting.retain(|pod_uid, at| {
-            now.duration_since(*at) < EXPECTATION_TIMEOUT
-                && all.iter().any(|p| {
-                    p.metadata.uid.as_deref() == Some(pod_uid.as_str())
-                        && p.metadata.deletion_timestamp.is_none()
-                })
-        });
-        (
-            e.creating.len(),
-            e.deleting.keys().cloned().collect::<Vec<_>>(),
-        )
-    };
+    // What this controller did that the store does not show yet counts as done.
+    let unmet = ctx.pods.unmet(&uid, all).map_err(ReplicaSetError::Manage)?;
+    let pending_creates = unmet
+        .iter()
+        .filter(|e| matches!(e, Expect::Created(_)))
+        .count();
+    let deleting: Vec<&str> = unmet
+        .iter()
+        .filter_map(|e| match e {
+            Expect::Deleted(pod_uid) => Some(pod_uid.as_str()),
+            _ => None,
+        })
+        .collect();
     let live: Vec<&Arc<Pod>> = owned
         .iter()
         .filter(|p| {
             !deleting
                 .iter()
-                .any(|d| p.metadata.uid.as_deref() == Some(d))
+                .any(|d| p.metadata.uid.as_deref() == Some(*d))
         })
         .collect();
     let have = live.len() + pending_creates;
@@ -268,13 +231,9 @@ async fn manage_replicas(
             for result in results {
                 match result {
                     Ok(pod) => {
+                        // The name is known only now (generateName).
                         let name = pod.name_any();
-                        if let Ok(mut e) = ctx.expectations.lock() {
-                            e.entry(uid.clone())
-                                .or_default()
-                                .creating
-                                .insert(name.clone(), Instant::now());
-                        }
+                        ctx.pods.expect(&uid, Expect::Created(name.clone()));
                         ctx.recorder
                             .normal(rs, "SuccessfulCreate", format!("Created pod: {name}"))
                             .await;
@@ -303,12 +262,6 @@ async fn manage_replicas(
         let victims = pods_to_delete(&live, &related, surplus, jiff::Timestamp::now());
         for pod in victims {
             let (name, pod_uid) = (pod.name_any(), pod.uid().unwrap_or_default());
-            if let Ok(mut e) = ctx.expectations.lock() {
-                e.entry(uid.clone())
-                    .or_default()
-                    .deleting
-                    .insert(pod_uid.clone(), Instant::now());
-            }
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: Some(pod_uid.clone()),
@@ -318,17 +271,16 @@ async fn manage_replicas(
             };
             match pods_api.delete(&name, &params).await {
                 Ok(_) => {
+                    ctx.pods.expect(&uid, Expect::Deleted(pod_uid));
                     ctx.recorder
                         .normal(rs, "SuccessfulDelete", format!("Deleted pod: {name}"))
                         .await;
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // Gone already: met as soon as the store shows it.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    ctx.pods.expect(&uid, Expect::Deleted(pod_uid));
+                }
                 Err(e) => {
-                    if let Ok(mut x) = ctx.expectations.lock() {
-                        if let Some(x) = x.get_mut(&uid) {
-                            x.deleting.remove(&pod_uid);
-                        }
-                    }
                     ctx.recorder
                         .warning(
                             rs,

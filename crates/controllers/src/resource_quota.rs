@@ -28,6 +28,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
+use crate::pod_cache::{PodChange, PodInformer};
+
 const NAME: &str = "resourcequota";
 /// Recount period for what no watch replenishes (upstream: 5 min; shorter here so
 /// `count/...` of other kinds does not lag that long).
@@ -46,7 +48,7 @@ struct Ctx {
 }
 
 /// Runs the ResourceQuota controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client, pods: PodInformer) {
     let quotas: Api<ResourceQuota> = Api::all(client.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -59,8 +61,22 @@ pub(crate) async fn run(client: kube::Client) {
             Some("Succeeded" | "Failed")
         )
     };
+    // Pods from the manager's shared pod watch.
+    let pods_freed = {
+        let ctx = ctx.clone();
+        pods.changes()
+            .filter_map(move |change| {
+                let freed = match change {
+                    PodChange::Deleted(_) => true,
+                    PodChange::Applied(pod) => pod_done(&pod),
+                };
+                std::future::ready(freed.then(|| ctx.epoch.fetch_add(1, Ordering::SeqCst)))
+            })
+            .map(|_| ())
+            .boxed()
+    };
     let triggers = futures::stream::select_all([
-        replenish(Api::<Pod>::all(client.clone()), pod_done, ctx.clone()),
+        pods_freed,
         replenish(Api::<Service>::all(client.clone()), |_| false, ctx.clone()),
         replenish(Api::<Secret>::all(client.clone()), |_| false, ctx.clone()),
         replenish(

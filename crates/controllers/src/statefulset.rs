@@ -30,14 +30,16 @@ pub(crate) const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub(crate) const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// Runs the StatefulSet controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
-    let (pods, pod_events) = pod_cache::watch(&client);
-    let ctx = Ctx::with_pods(&client, "statefulset-controller", pods);
+pub(crate) async fn run(client: kube::Client, pods: pod_cache::PodInformer) {
+    let ctx = Ctx::with_pods(&client, "statefulset-controller", pods.cache());
     Controller::new(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches_stream(pod_events, pod_cache::controller_of_pod::<StatefulSet>)
+    .watches_shared_stream(
+        pods.subscribe(),
+        pod_cache::controller_of_pod::<StatefulSet>,
+    )
     .run(reconcile, owned::retry_soon, ctx)
     .for_each(|_| async {})
     .await;

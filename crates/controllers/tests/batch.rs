@@ -612,3 +612,29 @@ async fn job_creates_and_counts_each_pod_once_under_a_burst() {
         "every pod released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_gone_job_lose_the_tracking_finalizer() {
+    let (_cp, client) = setup().await;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let finalizer = "batch.kubernetes.io/job-tracking";
+    // A Job pod whose Job no longer exists (its uid is no Job's): no sync of a Job ever
+    // sees it, the Job controller's watch of pods must let it go.
+    let pod = create(
+        &pod_api,
+        json!({"metadata": {"name": "left-behind", "finalizers": [finalizer],
+                            "labels": {"batch.kubernetes.io/controller-uid": "0000",
+                                       "batch.kubernetes.io/job-name": "gone"},
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                                 "name": "gone", "uid": "0000",
+                                                 "controller": true}]},
+               "spec": {"containers": [{"name": "main", "image": "busybox"}]}}),
+    )
+    .await;
+    wait_for(10, "the left-behind pod without the finalizer", || async {
+        let pod = pod_api.get_opt(&pod.name_any()).await.unwrap();
+        pod.is_none_or(|p| !p.finalizers().iter().any(|f| f == finalizer))
+            .then_some(())
+    })
+    .await;
+}

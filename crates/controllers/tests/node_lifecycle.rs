@@ -92,3 +92,42 @@ async fn cordon_and_pressure_taint_the_node() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn pods_not_tolerating_a_no_execute_taint_are_evicted() {
+    use k8s_openapi::api::core::v1::Pod;
+    let cp = TestControlPlane::start_with_controllers(StoreKind::Embedded).await;
+    let client = cp.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "kwok-2"},
+        "spec": {"taints": [{"key": "example.com/drain", "effect": "NoExecute"}]},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    for (name, tolerations) in [
+        ("intolerant", json!([])),
+        (
+            "tolerant",
+            json!([{"key": "example.com/drain", "operator": "Exists", "effect": "NoExecute"}]),
+        ),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "kwok-2", "tolerations": tolerations,
+                     "containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    // Bound pods get their grace period: evicted means gone or terminating.
+    korvet_test_support::wait_for(10, "the intolerant pod evicted", || async {
+        let pod = pods.get_opt("intolerant").await.unwrap();
+        pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    let tolerant = pods.get("tolerant").await.unwrap();
+    assert!(tolerant.metadata.deletion_timestamp.is_none());
+}

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -54,7 +54,8 @@ pub(crate) enum Scaled {
 pub(crate) struct Context {
     client: kube::Client,
     replica_sets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    /// The manager's shared pod watch (read only).
+    pods: crate::pod_cache::PodInformer,
     recorder: EventRecorder,
 }
 
@@ -85,7 +86,7 @@ pub(crate) fn by_creation(a: &ReplicaSet, b: &ReplicaSet) -> std::cmp::Ordering 
 }
 
 /// Runs the Deployment controller until its task is aborted.
-pub(crate) async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client, shared_pods: crate::pod_cache::PodInformer) {
     let (replica_sets, rs_writer) = reflector::store();
     let rs_events = reflector::reflector(
         rs_writer,
@@ -96,13 +97,7 @@ pub(crate) async fn run(client: kube::Client) {
     )
     .default_backoff()
     .touched_objects();
-    let (pods, pod_writer) = reflector::store();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let pod_events = shared_pods.subscribe();
     let controller = Controller::new(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
@@ -112,12 +107,12 @@ pub(crate) async fn run(client: kube::Client) {
         recorder: EventRecorder::new(client.clone(), "deployment-controller"),
         client,
         replica_sets: replica_sets.clone(),
-        pods,
+        pods: shared_pods,
     });
     let for_sets = deployments.clone();
     controller
         .watches_stream(rs_events, move |rs| deployments_of_rs(&for_sets, &rs))
-        .watches_stream(pod_events, move |pod| {
+        .watches_shared_stream(pod_events, move |pod| {
             recreate_deployment_of_pod(&deployments, &replica_sets, &pod)
         })
         .run(reconcile, error_policy, ctx)
@@ -185,12 +180,18 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Depl
 }
 
 async fn sync(d: &Deployment, ctx: &Context) -> Result<Requeue, DeploymentError> {
-    let not_ready = |e: reflector::store::WriterDropped| DeploymentError::Other(e.to_string());
-    ctx.replica_sets
+    // kube's `wait_until_ready` wakes only the last of several syncs waiting at once (the
+    // others would hang for good): look, and come back shortly while the ReplicaSet
+    // store is not filled yet.
+    match ctx.replica_sets.wait_until_ready().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(DeploymentError::Other(e.to_string())),
+        None => return Ok(Some(Duration::from_millis(100))),
+    }
+    ctx.pods
         .wait_until_ready()
         .await
-        .map_err(not_ready)?;
-    ctx.pods.wait_until_ready().await.map_err(not_ready)?;
+        .map_err(DeploymentError::Other)?;
     let mut d = d.clone();
     let spec = d.spec.clone().unwrap_or_default();
     let selects_nothing = spec

@@ -55,7 +55,7 @@ fn old_pods_running(ctx: &Context, d: &Deployment, old: &[ReplicaSet]) -> bool {
     }
     let namespace = d.namespace();
     let uids: Vec<String> = old.iter().filter_map(|rs| rs.uid()).collect();
-    ctx.pods.state().iter().any(|p| {
+    ctx.pods.store().state().iter().any(|p| {
         p.namespace() == namespace
             && uids.iter().any(|u| is_controlled_by(&p.metadata, u))
             && !matches!(

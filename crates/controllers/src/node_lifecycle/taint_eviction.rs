@@ -61,11 +61,10 @@ pub(crate) fn verdict(
     }
 }
 
-pub(crate) async fn run(client: kube::Client) {
+pub(crate) async fn run(client: kube::Client, pods: crate::pod_cache::PodInformer) {
     let nodes: Api<Node> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let (node_store, node_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
+    let pod_store = pods.store();
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut driven = super::Driven::new();
     driven.drive(
@@ -74,19 +73,15 @@ pub(crate) async fn run(client: kube::Client) {
             .touched_objects(),
         &wake,
     );
-    driven.drive(
-        reflector::reflector(pod_writer, watcher(pods, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects(),
-        &wake,
-    );
+    // The manager's shared pod watch.
+    driven.drive(pods.subscribe(), &wake);
     let recorder = EventRecorder::new(client.clone(), "taint-eviction-controller");
     // Pods this controller deleted, until the watch shows them gone or terminating
     // (upstream's expectations: a lagging cache must not delete twice).
     let mut evicted: HashSet<String> = HashSet::new();
     // Pods waiting for their toleration to run out, to say when that is cancelled.
     let mut scheduled: HashMap<String, jiff::Timestamp> = HashMap::new();
-    if node_store.wait_until_ready().await.is_err() || pod_store.wait_until_ready().await.is_err() {
+    if node_store.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
         return;
     }
     loop {
