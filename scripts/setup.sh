@@ -20,6 +20,7 @@ PACKAGES=(
   busybox-static       # /bin/busybox, the base of the busybox, pause and demo-web images
   haproxy keepalived   # the references of `korvet bench lb` (Octavia's amphora: haproxy + keepalived)
   nginx-light          # the reference of the Ingress figures in `korvet bench lb`
+  procps curl          # kill and curl, which the end-to-end tests run (a minimal Debian lacks them)
 )
 
 as_root() {
