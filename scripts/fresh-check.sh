@@ -63,6 +63,10 @@ cleanup() {
     for _ in $(seq 60); do kill -0 "$demo_pid" 2>/dev/null || break; sleep 1; done
   fi
   umount -R "$root" 2>/dev/null || true
+  # The logs outlive the root filesystem.
+  for name in run.log test.log; do
+    if [ -f "$root/$name" ]; then cp "$root/$name" "$root.$name" && say "kept $root.$name"; fi
+  done
   # Never delete through a mount: the host's toolchain and /tmp are bound in there.
   if grep -q " $root[/ ]" /proc/self/mountinfo; then
     say "mounts remain under $root; not deleting it (unmount them, then remove it)"
@@ -177,7 +181,7 @@ if [ "$test" -eq 1 ]; then
     grep -E '^test result:' "$root/test.log" |
       awk '{p += $4; f += $6; i += $8} END {print "fresh-check: " p " passed, " f " failed, " i " ignored"}' >&2
   else
-    grep -E '^(test .* FAILED|failures:|error)' "$root/test.log" | head -40 >&2 || true
+    grep -E '^(test .* FAILED|error)|panicked at' -A1 "$root/test.log" | head -80 >&2 || true
     tail -40 "$root/test.log" >&2
     say "FAILED: ./scripts/test.sh (after $(( $(date +%s) - test_started )) s)"
     exit 1
