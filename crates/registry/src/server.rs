@@ -487,7 +487,7 @@ impl Registry {
             .await?;
         self.metrics.bytes_in.inc_by(size - before);
         if let Some((s, e)) = start {
-            if e + 1 != size || s > e {
+            if e.checked_add(1) != Some(size) || s > e {
                 tracing::debug!(
                     start = s,
                     end = e,
