@@ -211,23 +211,7 @@ async fn deleting_a_namespace_empties_and_removes_it() {
         .await
         .is_err());
 
-    config_maps
-        .patch(
-            "held",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
-    wait_for(20, "the namespace to be removed", || async {
-        namespaces
-            .get_opt("doomed")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    release_and_wait_gone(&config_maps, &namespaces, "doomed").await;
 }
 
 /// The namespace controller alone, started after the namespace was deleted (as after a
@@ -315,6 +299,16 @@ async fn a_terminating_namespace_waits_for_its_content_and_survives_a_restart() 
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(namespaces.get_opt("later").await.unwrap().is_some());
+    release_and_wait_gone(&config_maps, &namespaces, "later").await;
+    controller.abort();
+}
+
+/// Takes the finalizer off ConfigMap `held` and waits until namespace `name` is gone.
+async fn release_and_wait_gone(
+    config_maps: &Api<ConfigMap>,
+    namespaces: &Api<Namespace>,
+    name: &str,
+) {
     config_maps
         .patch(
             "held",
@@ -325,12 +319,11 @@ async fn a_terminating_namespace_waits_for_its_content_and_survives_a_restart() 
         .unwrap();
     wait_for(20, "the namespace to be removed", || async {
         namespaces
-            .get_opt("later")
+            .get_opt(name)
             .await
             .unwrap()
             .is_none()
             .then_some(())
     })
     .await;
-    controller.abort();
 }
