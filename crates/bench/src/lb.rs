@@ -397,12 +397,8 @@ async fn measure(
         // as failures while it came back.
         back_at: Duration::from_secs(4),
     };
-    let korvet_kill = {
-        let info = server
-            .provider
-            .get_balancer(&key)
-            .await?
-            .context("no balancer")?;
+    let mut korvet_kill = {
+        let info = balancer(server, &key).await?;
         let active = info.active.context("no active instance")?;
         let netns = info.instances[active].netns.clone();
         let stream_netns = external.netns.clone();
@@ -418,14 +414,9 @@ async fn measure(
         .await??
     };
     wait_both_running(server, &key).await?;
-    let mut korvet_kill = korvet_kill;
     korvet_kill.address_holders = holders(server, &key, vip).await?;
-    let korvet_link_down = {
-        let info = server
-            .provider
-            .get_balancer(&key)
-            .await?
-            .context("no balancer")?;
+    let mut korvet_link_down = {
+        let info = balancer(server, &key).await?;
         let active = info.active.context("no active instance")?;
         let link = info.instances[active].external_link.clone();
         let up = link.clone();
@@ -440,7 +431,6 @@ async fn measure(
         })
         .await??
     };
-    let mut korvet_link_down = korvet_link_down;
     korvet_link_down.address_holders = holders(server, &key, vip).await?;
     let (reference_kill, reference_link_down) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -507,11 +497,7 @@ async fn measure(
         anyhow::bail!("the Ingress never answered")
     })
     .await??;
-    let info = server
-        .provider
-        .get_balancer(&key)
-        .await?
-        .context("no balancer")?;
+    let info = balancer(server, &key).await?;
     let standby = 1 - info.active.unwrap_or(0).min(1);
     let standby_instance = info.instances[standby].clone();
     let nginx_address = SocketAddr::from((standby_instance.external_address, 8080));
@@ -606,32 +592,31 @@ async fn holders(
     key: &str,
     address: Ipv4Addr,
 ) -> anyhow::Result<usize> {
-    let info = server
+    let info = balancer(server, key).await?;
+    Ok(info
+        .instances
+        .iter()
+        .filter(|i| traffic::holds_address(&i.netns, "ext", address))
+        .count())
+}
+
+/// The cluster's load balancer as the provider has it.
+async fn balancer(
+    server: &RunningManagementPlane,
+    key: &str,
+) -> anyhow::Result<korvet_cloud::BalancerInfo> {
+    server
         .provider
         .get_balancer(key)
         .await?
-        .context("no balancer")?;
-    let mut count = 0;
-    for instance in &info.instances {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &instance.netns, "-4", "addr", "show", "dev", "ext"])
-            .output()?;
-        if String::from_utf8_lossy(&out.stdout).contains(&format!("{address}/32")) {
-            count += 1;
-        }
-    }
-    Ok(count)
+        .context("no balancer")
 }
 
 /// Waits until both instances run again (the keeper restarts a dead one).
 async fn wait_both_running(server: &RunningManagementPlane, key: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let info = server
-            .provider
-            .get_balancer(key)
-            .await?
-            .context("no balancer")?;
+        let info = balancer(server, key).await?;
         if info.instances.iter().all(|i| i.running) {
             return Ok(());
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::traffic::{ip, Failover, Stream};
+use crate::traffic::{holds_address, ip, Failover, Stream};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 50);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 100);
@@ -167,14 +167,7 @@ impl Lab {
     fn holders(&self) -> Vec<&'static str> {
         ["a", "b"]
             .into_iter()
-            .filter(|role| {
-                Command::new("ip")
-                    .args(["-n", &self.ns(role), "-4", "addr", "show", "dev", "eth0"])
-                    .output()
-                    .is_ok_and(|o| {
-                        String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/32"))
-                    })
-            })
+            .filter(|role| holds_address(&self.ns(role), "eth0", VIP))
             .collect()
     }
 
@@ -293,16 +286,14 @@ fn start_amphora(
 ) -> anyhow::Result<Vec<(String, Child)>> {
     let dir = lab_dir.join(role);
     std::fs::create_dir_all(&dir)?;
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_nonlocal_bind=1",
-        ])
-        .status()?;
+    ip(&[
+        "netns",
+        "exec",
+        netns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_nonlocal_bind=1",
+    ])?;
     let haproxy = dir.join("haproxy.cfg");
     std::fs::write(
             &haproxy,

@@ -28,6 +28,14 @@ pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether interface `dev` of network namespace `netns` holds `address` (as a /32).
+pub(crate) fn holds_address(netns: &str, dev: &str, address: std::net::Ipv4Addr) -> bool {
+    std::process::Command::new("ip")
+        .args(["-n", netns, "-4", "addr", "show", "dev", dev])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{address}/32")))
+}
+
 /// Runs `f` on a thread inside network namespace `netns` (`None`: this one); sockets
 /// it makes stay in that namespace.
 pub(crate) fn in_netns<T: Send + 'static>(
