@@ -862,7 +862,7 @@ pub(crate) async fn write_with_retry(
         // also waits for its `spec.finalizers` (upstream's ShouldDeleteNamespaceDuringUpdate).
         if next["metadata"]["deletionTimestamp"].is_string()
             && finalizers(&next).is_empty()
-            && namespace_finalizers(&call.resource, &next).is_empty()
+            && !held_by_namespace_finalizers(&call.resource, &next)
         {
             return match call.server.objects.delete(&key, revision).await? {
                 Written::Ok(deleted) => {
@@ -947,15 +947,12 @@ fn finalizers(object: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `spec.finalizers` of a namespace (empty for anything else).
-fn namespace_finalizers(resource: &ResourceType, object: &Value) -> Vec<Value> {
-    if !strategy::is_namespace(resource) {
-        return Vec::new();
-    }
-    object["spec"]["finalizers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+/// Whether `object` is a namespace with `spec.finalizers` left.
+fn held_by_namespace_finalizers(resource: &ResourceType, object: &Value) -> bool {
+    strategy::is_namespace(resource)
+        && object["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|list| !list.is_empty())
 }
 
 fn delete_options(call: &Call<'_>) -> ApiResult<Value> {
@@ -1030,7 +1027,7 @@ async fn delete_named(call: &Call<'_>, name: &str, options: &Value) -> ApiResult
         // A namespace waits for the namespace controller to empty it (its `kubernetes`
         // finalizer in `spec.finalizers`), then goes when that is taken out.
         let is_namespace = strategy::is_namespace(resource);
-        let held = is_namespace && !namespace_finalizers(resource, &current).is_empty();
+        let held = held_by_namespace_finalizers(resource, &current);
         let deferred = !fins.is_empty() || grace.is_some() || held;
         if !deferred {
             if dry_run {
