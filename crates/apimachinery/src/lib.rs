@@ -1,6 +1,6 @@
 //! The one implementation of each Kubernetes concept that several Korvet components
 //! need: label and field selectors, quantities and what objects cost against a quota,
-//! taints and tolerations, node affinity, object names. Pure functions over k8s-openapi types and JSON,
+//! taints and tolerations, node affinity and addresses, object names. Pure functions over k8s-openapi types and JSON,
 //! so that the API server, the controllers, the scheduler and the node agree.
 //!
 //! With the `client` feature: a `kube::Client` from a kubeconfig, the event recorder
@@ -10,6 +10,7 @@
 pub mod fuzz;
 pub mod names;
 pub mod node_affinity;
+pub mod nodes;
 pub mod quantity;
 pub mod quota;
 pub mod selector;

@@ -356,15 +356,7 @@ async fn measure(
         .await?
         .items
         .iter()
-        .find_map(|n| {
-            n.status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find(|a| a.type_ == "InternalIP")
-                .map(|a| a.address.clone())
-        })
+        .find_map(korvet_apimachinery::nodes::internal_ip)
         .context("no node address")?
         .parse()?;
     let direct = SocketAddr::from((node_ip, u16::try_from(node_port)?));

@@ -150,12 +150,7 @@ pub(crate) async fn pod_routes(
     let mut routes = Vec::new();
     for node in nodes.list(&Default::default()).await?.items {
         let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
-        let address = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .map(|a| a.address.as_str());
+        let address = korvet_apimachinery::nodes::internal_ip(&node);
         let (Some(cidr), Some(address)) = (cidr, address) else {
             continue;
         };

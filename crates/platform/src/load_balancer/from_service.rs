@@ -43,15 +43,7 @@ pub(crate) fn backend_addresses(nodes: &[Node]) -> Vec<String> {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
-        .filter_map(|n| {
-            n.status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find(|a| a.type_ == "InternalIP")
-                .map(|a| a.address.clone())
-        })
+        .filter_map(|n| korvet_apimachinery::nodes::internal_ip(n).map(str::to_owned))
         .collect();
     out.sort();
     out.dedup();
